@@ -1,0 +1,111 @@
+//! Tunables of ingest and retrieval. Passed explicitly; never global.
+
+use serde::{Deserialize, Serialize};
+
+use crate::memory::MemoryKind;
+
+/// How per-signal scores are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionMethod {
+    /// Weighted sum of min-max normalised scores.
+    Weighted,
+    /// Reciprocal-rank fusion: Σ w / (k + rank).
+    Rrf,
+}
+
+/// Weight of each retrieval signal.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SignalWeights {
+    pub semantic: f32,
+    pub keyword: f32,
+    pub entity: f32,
+}
+
+impl Default for SignalWeights {
+    fn default() -> Self {
+        SignalWeights { semantic: 0.6, keyword: 0.25, entity: 0.15 }
+    }
+}
+
+/// Retrieval settings (DESIGN.md §2.4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievalConfig {
+    pub fusion: FusionMethod,
+    pub weights: SignalWeights,
+    /// `k` of reciprocal-rank fusion.
+    pub rrf_k: f32,
+    /// Candidates each signal contributes before fusion.
+    pub candidates: usize,
+    /// Recency half-life in days; 0 turns decay off.
+    pub half_life_days: f64,
+    /// The lowest decay factor: old memories keep at least this share of their score.
+    pub decay_floor: f64,
+    pub kind_weights: KindWeights,
+    /// `top_k` when a request gives none.
+    pub default_top_k: usize,
+    /// Largest `top_k` accepted.
+    pub max_top_k: usize,
+    /// Token budget when a request gives none; 0 means unlimited.
+    pub default_token_budget: usize,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        RetrievalConfig {
+            fusion: FusionMethod::Weighted,
+            weights: SignalWeights::default(),
+            rrf_k: 60.0,
+            candidates: 50,
+            half_life_days: 365.0,
+            decay_floor: 0.5,
+            kind_weights: KindWeights::default(),
+            default_top_k: 10,
+            max_top_k: 100,
+            default_token_budget: 200,
+        }
+    }
+}
+
+/// Multiplier per memory kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KindWeights {
+    pub semantic: f32,
+    pub episodic: f32,
+    pub procedural: f32,
+}
+
+impl Default for KindWeights {
+    fn default() -> Self {
+        KindWeights { semantic: 1.0, episodic: 1.0, procedural: 1.0 }
+    }
+}
+
+impl KindWeights {
+    pub fn get(&self, kind: MemoryKind) -> f32 {
+        match kind {
+            MemoryKind::Semantic => self.semantic,
+            MemoryKind::Episodic => self.episodic,
+            MemoryKind::Procedural => self.procedural,
+        }
+    }
+}
+
+/// No-LLM ingest settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestConfig {
+    /// A new memory whose cosine similarity to an existing one in the same scope is at least this is a NOOP.
+    pub dedup_threshold: f32,
+    /// Turns longer than this many tokens are split into sentence chunks.
+    pub max_chunk_tokens: usize,
+    /// Longest memory text accepted, in bytes.
+    pub max_text_bytes: usize,
+    /// Most messages accepted in one add.
+    pub max_messages: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { dedup_threshold: 0.95, max_chunk_tokens: 128, max_text_bytes: 16 * 1024, max_messages: 100 }
+    }
+}

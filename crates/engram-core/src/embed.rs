@@ -1,0 +1,73 @@
+//! The embedding port and the query-embedding cache.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use lru::LruCache;
+
+use crate::Result;
+use crate::store::ModelInfo;
+
+/// Turns texts into unit-length vectors.
+#[async_trait]
+pub trait Embedder: Send + Sync + 'static {
+    /// The model's id and dimension; recorded by the store.
+    fn model(&self) -> &ModelInfo;
+
+    /// Embeds a batch. Every vector has `model().dim` components and unit L2 norm.
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
+
+    /// Counts the tokens of `text` with the model's tokenizer (no special tokens).
+    fn count_tokens(&self, text: &str) -> usize;
+}
+
+/// An LRU cache in front of an [`Embedder`] for query texts.
+pub struct QueryCache {
+    inner: Arc<dyn Embedder>,
+    /// `None` when caching is disabled (capacity 0).
+    cache: Option<Mutex<LruCache<String, Arc<[f32]>>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl QueryCache {
+    /// A cache of `capacity` queries; 0 disables caching.
+    pub fn new(inner: Arc<dyn Embedder>, capacity: usize) -> QueryCache {
+        let cache = NonZeroUsize::new(capacity).map(|cap| Mutex::new(LruCache::new(cap)));
+        QueryCache { inner, cache, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+    }
+
+    /// The wrapped embedder.
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.inner
+    }
+
+    fn with_cache<T>(&self, f: impl FnOnce(&mut LruCache<String, Arc<[f32]>>) -> T) -> Option<T> {
+        // A poisoned lock only means another thread panicked mid-update; the map itself is still valid.
+        self.cache.as_ref().map(|c| f(&mut c.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    /// The embedding of `query` and whether it came from the cache.
+    pub async fn embed_query(&self, query: &str) -> Result<(Arc<[f32]>, bool)> {
+        if let Some(v) = self.with_cache(|c| c.get(query).cloned()).flatten() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((v, true));
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let mut vectors = self.inner.embed(&[query.to_owned()]).await?;
+        let v: Arc<[f32]> = vectors.pop().ok_or_else(|| crate::Error::embedder("embedder returned no vector"))?.into();
+        self.with_cache(|c| c.put(query.to_owned(), v.clone()));
+        Ok((v, false))
+    }
+
+    /// (hits, misses) since start.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
+
+    pub fn clear(&self) {
+        self.with_cache(|c| c.clear());
+    }
+}

@@ -1,0 +1,142 @@
+//! Retrieval maths: score normalisation, signal fusion, recency decay.
+//!
+//! Each signal (semantic, keyword, entity) returns candidates with raw
+//! scores. [`fuse`] turns them into one score per memory; the caller then
+//! multiplies by [`decay`] and the kind weight.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use serde::Serialize;
+
+use crate::config::{FusionMethod, RetrievalConfig};
+
+/// A signal's candidates, best first, with raw scores.
+pub type Ranked<K> = Vec<(K, f32)>;
+
+/// What each signal said about one memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SignalScores {
+    /// Raw cosine similarity, if the memory was a semantic candidate.
+    pub semantic: Option<f32>,
+    /// Raw BM25 score, if a keyword candidate.
+    pub keyword: Option<f32>,
+    /// Raw entity-overlap score, if an entity candidate.
+    pub entity: Option<f32>,
+    /// The fused score before decay and kind weight, in [0, 1].
+    pub fused: f32,
+}
+
+/// Min-max normalises scores to [0, 1]. A single candidate (or all equal) gets 1.
+pub fn min_max(scores: &[f32]) -> Vec<f32> {
+    let (lo, hi) = scores.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+    let span = hi - lo;
+    scores.iter().map(|&s| if span > f32::EPSILON { (s - lo) / span } else { 1.0 }).collect()
+}
+
+/// Fuses the three signals' candidate lists into one score per key.
+pub fn fuse<K: Copy + Eq + Hash>(
+    semantic: &Ranked<K>,
+    keyword: &Ranked<K>,
+    entity: &Ranked<K>,
+    config: &RetrievalConfig,
+) -> HashMap<K, SignalScores> {
+    let mut out: HashMap<K, SignalScores> = HashMap::new();
+    for (key, s) in semantic {
+        out.entry(*key).or_default().semantic = Some(*s);
+    }
+    for (key, s) in keyword {
+        out.entry(*key).or_default().keyword = Some(*s);
+    }
+    for (key, s) in entity {
+        out.entry(*key).or_default().entity = Some(*s);
+    }
+    let w = config.weights;
+    let total = (w.semantic + w.keyword + w.entity).max(f32::EPSILON);
+    let lists = [(semantic, w.semantic), (keyword, w.keyword), (entity, w.entity)];
+    match config.fusion {
+        FusionMethod::Weighted => {
+            for (list, weight) in lists {
+                let raw: Vec<f32> = list.iter().map(|(_, s)| *s).collect();
+                for ((key, _), norm) in list.iter().zip(min_max(&raw)) {
+                    if let Some(entry) = out.get_mut(key) {
+                        entry.fused += weight * norm / total;
+                    }
+                }
+            }
+        }
+        FusionMethod::Rrf => {
+            // The best possible RRF score is Σw/(k+1); scale so it maps to 1.
+            let best = 1.0 / (config.rrf_k + 1.0);
+            for (list, weight) in lists {
+                for (rank, (key, _)) in list.iter().enumerate() {
+                    if let Some(entry) = out.get_mut(key) {
+                        entry.fused += weight / (config.rrf_k + rank as f32 + 1.0) / best / total;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Recency decay factor for a memory `age_days` old: `floor + (1 - floor) · 0.5^(age / half_life)`.
+/// A half-life of 0 (or less) disables decay (factor 1). Future timestamps count as age 0.
+pub fn decay(age_days: f64, half_life_days: f64, floor: f64) -> f64 {
+    if half_life_days <= 0.0 {
+        return 1.0;
+    }
+    let floor = floor.clamp(0.0, 1.0);
+    floor + (1.0 - floor) * 0.5f64.powf(age_days.max(0.0) / half_life_days)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SignalWeights;
+
+    fn cfg(fusion: FusionMethod) -> RetrievalConfig {
+        RetrievalConfig { fusion, weights: SignalWeights { semantic: 0.6, keyword: 0.25, entity: 0.15 }, ..Default::default() }
+    }
+
+    #[test]
+    fn min_max_edges() {
+        assert_eq!(min_max(&[2.0, 4.0, 3.0]), vec![0.0, 1.0, 0.5]);
+        assert_eq!(min_max(&[7.0]), vec![1.0]);
+        assert_eq!(min_max(&[]), Vec::<f32>::new());
+    }
+
+    #[test]
+    fn weighted_fusion_combines_signals() {
+        let sem = vec![(1, 0.9), (2, 0.5), (3, 0.1)];
+        let kw = vec![(2, 12.0), (4, 3.0)];
+        let ent = vec![(2, 1.0)];
+        let f = fuse(&sem, &kw, &ent, &cfg(FusionMethod::Weighted));
+        assert!((f[&1].fused - 0.6).abs() < 1e-6); // top semantic only
+        assert!((f[&2].fused - (0.6 * 0.5 + 0.25 + 0.15)).abs() < 1e-6);
+        assert_eq!(f[&3].fused, 0.0);
+        assert_eq!(f[&4].fused, 0.0); // bottom of keyword list normalises to 0
+        assert_eq!(f[&2].keyword, Some(12.0));
+        assert!(f[&2].fused > f[&1].fused, "agreeing signals beat a single strong one");
+    }
+
+    #[test]
+    fn rrf_scales_to_unit_interval() {
+        let sem = vec![(1, 0.9), (2, 0.5)];
+        let kw = vec![(1, 5.0)];
+        let ent = vec![(1, 1.0)];
+        let f = fuse(&sem, &kw, &ent, &cfg(FusionMethod::Rrf));
+        assert!((f[&1].fused - 1.0).abs() < 1e-5, "rank 1 everywhere is a perfect score");
+        assert!(f[&2].fused < 0.6 && f[&2].fused > 0.5);
+    }
+
+    #[test]
+    fn decay_halves_towards_floor() {
+        assert_eq!(decay(10.0, 0.0, 0.5), 1.0);
+        assert!((decay(0.0, 30.0, 0.0) - 1.0).abs() < 1e-12);
+        assert!((decay(30.0, 30.0, 0.0) - 0.5).abs() < 1e-12);
+        assert!((decay(30.0, 30.0, 0.5) - 0.75).abs() < 1e-12);
+        assert!((decay(1e9, 30.0, 0.2) - 0.2).abs() < 1e-9);
+        assert_eq!(decay(-5.0, 30.0, 0.0), 1.0);
+    }
+}

@@ -1,0 +1,24 @@
+//! Engram's domain core.
+//!
+//! This crate holds what Engram *is*, independent of how it is stored or
+//! served: the memory record and its history ([`memory`]), the Mem0 filter
+//! language ([`filter`]), text handling for no-LLM ingest ([`text`]), the
+//! retrieval maths ([`fusion`], [`budget`]), the ports that adapters implement
+//! ([`store::Store`], [`embed::Embedder`]) and the service layer that every
+//! transport calls ([`service::MemoryService`]).
+//!
+//! Architecture invariant: `engram-core` does no I/O. It knows nothing about
+//! HTTP, SQL, MCP, files or threads; adapters implement its traits.
+
+pub mod budget;
+pub mod config;
+pub mod embed;
+pub mod error;
+pub mod filter;
+pub mod fusion;
+pub mod memory;
+pub mod service;
+pub mod store;
+pub mod text;
+
+pub use error::{Error, ErrorCode, Result};

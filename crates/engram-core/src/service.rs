@@ -1,0 +1,616 @@
+//! The service layer: one function per user action, called by every
+//! transport (REST, Mem0 routes, MCP, CLI). Transports parse and map; the
+//! rules live here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::budget;
+use crate::config::{IngestConfig, RetrievalConfig};
+use crate::embed::{Embedder, QueryCache};
+use crate::filter::Filter;
+use crate::fusion::{self, Ranked, SignalScores};
+use crate::memory::{
+    Entity, Event, HistoryEvent, Memory, MemoryId, MemoryKind, Metadata, Scope, entity_key, text_hash,
+};
+use crate::store::{Cursor, Store, VectorPath, Visibility, WriteOp};
+use crate::text;
+use crate::{Error, ErrorCode, Result};
+
+/// Where "now" comes from; tests substitute a controllable clock.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Who is asking, for history and logs.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCtx {
+    pub actor: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+    /// The speaker's name, when the caller gives one; stored as a `Name: ` prefix.
+    pub name: Option<String>,
+}
+
+/// What to remember.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    Text(String),
+    Messages(Vec<Message>),
+}
+
+/// Input of [`MemoryService::add`].
+#[derive(Debug, Clone)]
+pub struct AddInput {
+    pub content: Content,
+    pub scope: Scope,
+    pub metadata: Metadata,
+    pub categories: Vec<String>,
+    pub kind: MemoryKind,
+    pub expires_at: Option<Timestamp>,
+    /// When the content was said; defaults to now (imports and evaluations set it).
+    pub timestamp: Option<Timestamp>,
+}
+
+/// One outcome of an add.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AddResult {
+    pub id: MemoryId,
+    pub memory: String,
+    pub event: Event,
+}
+
+/// Input of [`MemoryService::search`].
+#[derive(Debug, Clone)]
+pub struct SearchInput {
+    pub query: String,
+    pub filter: Filter,
+    pub top_k: Option<usize>,
+    pub threshold: Option<f32>,
+    pub token_budget: Option<usize>,
+    pub explain: bool,
+}
+
+/// Why a hit scored what it did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    #[serde(flatten)]
+    pub signals: SignalScores,
+    /// Recency decay factor applied.
+    pub decay: f32,
+    pub kind_weight: f32,
+    /// `fused × decay × kind_weight`.
+    pub score: f32,
+    pub vector_path: VectorPath,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    pub memory: Memory,
+    pub score: f32,
+    pub explanation: Option<Explanation>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchOutput {
+    pub hits: Vec<SearchHit>,
+    pub vector_path: VectorPath,
+    /// Tokens of the returned hits.
+    pub tokens: usize,
+    /// Whether the query embedding came from the cache.
+    pub cached_embedding: bool,
+}
+
+/// Input of [`MemoryService::update`]. `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateInput {
+    pub text: Option<String>,
+    pub metadata: Option<Metadata>,
+    pub categories: Option<Vec<String>>,
+    pub expires_at: Option<Option<Timestamp>>,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub memories: Vec<Memory>,
+    pub next: Option<Cursor>,
+}
+
+/// Longest search query accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Largest page of a listing.
+pub const MAX_PAGE: usize = 1000;
+
+/// The memory service. Cheap to clone.
+#[derive(Clone)]
+pub struct MemoryService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    embedder: Arc<dyn Embedder>,
+    queries: QueryCache,
+    retrieval: RetrievalConfig,
+    ingest: IngestConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryService {
+    /// Binds the embedder's model to the store (refusing a mismatch) and builds the service.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        embedder: Arc<dyn Embedder>,
+        retrieval: RetrievalConfig,
+        ingest: IngestConfig,
+        query_cache: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<MemoryService> {
+        store.bind_model(embedder.model()).await?;
+        let queries = QueryCache::new(embedder.clone(), query_cache);
+        Ok(MemoryService { inner: Arc::new(Inner { store, embedder, queries, retrieval, ingest, clock }) })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.inner.embedder
+    }
+
+    pub fn query_cache(&self) -> &QueryCache {
+        &self.inner.queries
+    }
+
+    pub fn retrieval_config(&self) -> &RetrievalConfig {
+        &self.inner.retrieval
+    }
+
+    pub fn ingest_config(&self) -> &IngestConfig {
+        &self.inner.ingest
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn vis(&self) -> Visibility {
+        Visibility { now: self.now() }
+    }
+
+    fn check_text(&self, text: &str, what: &str) -> Result<()> {
+        let max = self.inner.ingest.max_text_bytes;
+        if text.len() > max {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("{what} is {} bytes long; the maximum is {max}", text.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stores messages or a text verbatim (no LLM): one memory per turn,
+    /// long turns split by sentence, exact and near-duplicates in the same
+    /// scope reported as NOOP. Every new memory writes an ADD history event.
+    pub async fn add(&self, ctx: &RequestCtx, input: AddInput) -> Result<Vec<AddResult>> {
+        input.scope.validate_for_write()?;
+        let now = self.now();
+        if let Some(exp) = input.expires_at
+            && exp <= now
+        {
+            return Err(Error::invalid("`expires_at` is in the past"));
+        }
+        let turns: Vec<(Option<String>, String)> = match input.content {
+            Content::Text(t) => {
+                self.check_text(&t, "`text`")?;
+                vec![(None, t)]
+            }
+            Content::Messages(messages) => {
+                let max = self.inner.ingest.max_messages;
+                if messages.len() > max {
+                    return Err(Error::new(
+                        ErrorCode::LimitExceeded,
+                        format!("{} messages in one add; the maximum is {max}", messages.len()),
+                    ));
+                }
+                let mut turns = Vec::with_capacity(messages.len());
+                for (i, m) in messages.into_iter().enumerate() {
+                    if !matches!(m.role.as_str(), "user" | "assistant" | "system" | "tool") {
+                        return Err(Error::invalid(format!(
+                            "`messages[{i}].role` is `{}`; expected user, assistant, system or tool",
+                            m.role
+                        )));
+                    }
+                    self.check_text(&m.content, &format!("`messages[{i}].content`"))?;
+                    let text = match &m.name {
+                        Some(name) if !name.trim().is_empty() => format!("{}: {}", name.trim(), m.content.trim()),
+                        _ => m.content,
+                    };
+                    turns.push((Some(m.role), text));
+                }
+                turns
+            }
+        };
+        if turns.iter().all(|(_, t)| t.trim().is_empty()) {
+            return Err(Error::invalid("nothing to remember: the text or every message content is empty"));
+        }
+
+        // Split long turns into sentence chunks.
+        let embedder = &self.inner.embedder;
+        let count = |s: &str| embedder.count_tokens(s);
+        let mut pieces: Vec<(Option<String>, String)> = Vec::new();
+        for (role, t) in turns {
+            let prefix = t.split_once(": ").filter(|(name, _)| name.len() <= 64 && !name.contains('\n'));
+            let chunks = text::chunk(&t, self.inner.ingest.max_chunk_tokens, &count);
+            let many = chunks.len() > 1;
+            for (i, c) in chunks.into_iter().enumerate() {
+                // Later chunks of a named turn keep the speaker, so each chunk stands on its own.
+                let c = match prefix {
+                    Some((name, _)) if many && i > 0 => format!("{name}: {c}"),
+                    _ => c,
+                };
+                pieces.push((role.clone(), c));
+            }
+        }
+        let texts: Vec<String> = pieces.iter().map(|(_, t)| t.clone()).collect();
+        let vectors = self.inner.embedder.embed(&texts).await?;
+        if vectors.len() != texts.len() {
+            return Err(Error::embedder(format!("embedder returned {} vectors for {} texts", vectors.len(), texts.len())));
+        }
+
+        let at = input.timestamp.unwrap_or(now);
+        let scope_filter = Filter::from_scope(&input.scope);
+        let vis = Visibility { now };
+        let threshold = self.inner.ingest.dedup_threshold;
+        let mut results = Vec::with_capacity(pieces.len());
+        let mut ops = Vec::new();
+        let mut batch: Vec<(MemoryId, String, Vec<f32>)> = Vec::new();
+        for ((role, piece), vector) in pieces.into_iter().zip(vectors) {
+            let hash = text_hash(&piece);
+            // Duplicate of something earlier in this batch?
+            if let Some((id, _, _)) = batch.iter().find(|(_, h, v)| *h == hash || dot(v, &vector) >= threshold) {
+                results.push(AddResult { id: *id, memory: piece, event: Event::Noop });
+                continue;
+            }
+            // Duplicate of a stored memory in the same scope?
+            if let Some(existing) = self.find_duplicate(&scope_filter, &input.scope, &hash, &vector, threshold, vis).await? {
+                results.push(AddResult { id: existing, memory: piece, event: Event::Noop });
+                continue;
+            }
+            let id = Uuid::now_v7();
+            let memory = Memory {
+                id,
+                version: 1,
+                entities: text::tag_entities(&piece),
+                tokens: self.inner.embedder.count_tokens(&piece) as u32,
+                hash: hash.clone(),
+                text: piece.clone(),
+                kind: input.kind,
+                scope: input.scope.clone(),
+                metadata: input.metadata.clone(),
+                categories: input.categories.clone(),
+                role,
+                created_at: at,
+                updated_at: at,
+                valid_at: input.timestamp,
+                invalid_at: None,
+                expires_at: input.expires_at,
+                embedding_model: self.inner.embedder.model().id.clone(),
+            };
+            let history = self.history_event(ctx, &memory, Event::Add, None, Some(piece.clone()), now);
+            results.push(AddResult { id, memory: piece, event: Event::Add });
+            batch.push((id, hash, vector.clone()));
+            ops.push(WriteOp::Insert { memory, embedding: vector, history });
+        }
+        if !ops.is_empty() {
+            self.inner.store.apply(ops).await?;
+        }
+        Ok(results)
+    }
+
+    async fn find_duplicate(
+        &self,
+        scope_filter: &Filter,
+        scope: &Scope,
+        hash: &str,
+        vector: &[f32],
+        threshold: f32,
+        vis: Visibility,
+    ) -> Result<Option<MemoryId>> {
+        let near = self.inner.store.vector_search(scope_filter, vis, vector, 4).await?;
+        let candidates: Vec<MemoryId> = near.hits.iter().map(|(id, _)| *id).collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let scores: HashMap<MemoryId, f32> = near.hits.iter().copied().collect();
+        let memories = self.inner.store.get_many(&candidates, vis).await?;
+        Ok(memories
+            .into_iter()
+            .find(|m| m.scope == *scope && (m.hash == hash || scores.get(&m.id).is_some_and(|s| *s >= threshold)))
+            .map(|m| m.id))
+    }
+
+    fn history_event(
+        &self,
+        ctx: &RequestCtx,
+        m: &Memory,
+        event: Event,
+        old_text: Option<String>,
+        new_text: Option<String>,
+        at: Timestamp,
+    ) -> HistoryEvent {
+        HistoryEvent {
+            id: Uuid::now_v7(),
+            memory_id: m.id,
+            event,
+            old_text,
+            new_text,
+            version: m.version,
+            actor: ctx.actor.clone(),
+            reason: None,
+            request_id: ctx.request_id.clone(),
+            scope: m.scope.clone(),
+            created_at: at,
+        }
+    }
+
+    /// Hybrid retrieval: semantic, keyword and entity signals over the
+    /// scope-filtered set, fused, × recency decay × kind weight, thresholded
+    /// and packed into a token budget.
+    pub async fn search(&self, input: SearchInput) -> Result<SearchOutput> {
+        let cfg = &self.inner.retrieval;
+        if !input.filter.names_scope() {
+            return Err(Error::new(
+                ErrorCode::MissingScope,
+                "`filters` must name at least one scope id (user_id, agent_id, run_id, org_id or app_id) by equality or `in`",
+            ));
+        }
+        let query = input.query.trim();
+        if query.is_empty() {
+            return Err(Error::invalid("`query` must not be empty"));
+        }
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("`query` is {} bytes long; the maximum is {MAX_QUERY_BYTES}", query.len()),
+            ));
+        }
+        let top_k = input.top_k.unwrap_or(cfg.default_top_k);
+        if top_k == 0 || top_k > cfg.max_top_k {
+            return Err(Error::new(ErrorCode::LimitExceeded, format!("`top_k` must be between 1 and {}", cfg.max_top_k)));
+        }
+        if let Some(t) = input.threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(Error::invalid("`threshold` must be between 0 and 1"));
+        }
+        let budget = input.token_budget.unwrap_or(cfg.default_token_budget);
+
+        let vis = self.vis();
+        let candidates = cfg.candidates.max(top_k);
+        let (vector, cached) = self.inner.queries.embed_query(query).await?;
+        let w = cfg.weights;
+        let terms = if w.keyword > 0.0 { text::keyword_terms(query) } else { Vec::new() };
+        let keys: Vec<String> = if w.entity > 0.0 {
+            let mut keys: Vec<String> = text::tag_entities(query).iter().map(Entity::key).collect();
+            keys.dedup();
+            keys
+        } else {
+            Vec::new()
+        };
+        let store = &self.inner.store;
+        let filter = &input.filter;
+        let (semantic, keyword, entity) = futures::join!(
+            async {
+                if w.semantic > 0.0 || (w.keyword == 0.0 && w.entity == 0.0) {
+                    store.vector_search(filter, vis, &vector, candidates).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+            async {
+                if terms.is_empty() { Ok(Vec::new()) } else { store.keyword_search(filter, vis, &terms, candidates).await }
+            },
+            async {
+                if keys.is_empty() { Ok(Vec::new()) } else { store.entity_search(filter, vis, &keys, candidates).await }
+            },
+        );
+        let (semantic, path): (Ranked<MemoryId>, VectorPath) = match semantic? {
+            Some(v) => (v.hits, v.path),
+            None => (Vec::new(), VectorPath::Empty),
+        };
+        let (keyword, entity) = (keyword?, entity?);
+        let fused = fusion::fuse(&semantic, &keyword, &entity, cfg);
+        let ids: Vec<MemoryId> = fused.keys().copied().collect();
+        let memories = store.get_many(&ids, vis).await?;
+
+        let now = vis.now;
+        let mut scored: Vec<(Memory, f32, SignalScores, f32, f32)> = memories
+            .into_iter()
+            .filter_map(|m| {
+                let signals = *fused.get(&m.id)?;
+                let age_days = now.duration_since(m.updated_at).as_secs_f64() / 86_400.0;
+                let decay = fusion::decay(age_days, cfg.half_life_days, cfg.decay_floor) as f32;
+                let kind_weight = cfg.kind_weights.get(m.kind);
+                let score = signals.fused * decay * kind_weight;
+                Some((m, score, signals, decay, kind_weight))
+            })
+            .filter(|(_, score, ..)| input.threshold.is_none_or(|t| *score >= t))
+            .collect();
+        // Highest score first; ties broken by newer, then id, so results are deterministic.
+        scored.sort_by(|a, b| {
+            b.1.total_cmp(&a.1).then_with(|| b.0.updated_at.cmp(&a.0.updated_at)).then_with(|| a.0.id.cmp(&b.0.id))
+        });
+        scored.truncate(top_k);
+        let tokens: Vec<usize> = scored.iter().map(|(m, ..)| m.tokens as usize).collect();
+        let (kept, used) = budget::pack(&tokens, budget);
+        let mut scored: Vec<Option<_>> = scored.into_iter().map(Some).collect();
+        let hits = kept
+            .into_iter()
+            .filter_map(|i| scored[i].take())
+            .map(|(memory, score, signals, decay, kind_weight)| SearchHit {
+                memory,
+                score,
+                explanation: input.explain.then_some(Explanation {
+                    signals,
+                    decay,
+                    kind_weight,
+                    score,
+                    vector_path: path,
+                }),
+            })
+            .collect();
+        Ok(SearchOutput { hits, vector_path: path, tokens: used, cached_embedding: cached })
+    }
+
+    /// The current version of a memory.
+    pub async fn get(&self, id: MemoryId) -> Result<Memory> {
+        self.inner.store.get(id, self.vis()).await?.ok_or_else(|| not_found(id))
+    }
+
+    /// Memories matching `filter` (which must name a scope id), newest first.
+    pub async fn list(&self, filter: &Filter, after: Option<Cursor>, limit: usize) -> Result<Page> {
+        if !filter.names_scope() {
+            return Err(Error::new(
+                ErrorCode::MissingScope,
+                "name at least one scope id (user_id, agent_id, run_id, org_id or app_id)",
+            ));
+        }
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(Error::new(ErrorCode::LimitExceeded, format!("`limit` must be between 1 and {MAX_PAGE}")));
+        }
+        let mut memories = self.inner.store.list(filter, self.vis(), after, limit + 1).await?;
+        let next = if memories.len() > limit {
+            memories.truncate(limit);
+            memories.last().map(Cursor::of)
+        } else {
+            None
+        };
+        Ok(Page { memories, next })
+    }
+
+    /// Writes a new version of a memory. Text changes re-embed and re-tag it.
+    pub async fn update(&self, ctx: &RequestCtx, id: MemoryId, input: UpdateInput) -> Result<Memory> {
+        if input.text.is_none() && input.metadata.is_none() && input.categories.is_none() && input.expires_at.is_none() {
+            return Err(Error::invalid("nothing to update: give `text`, `metadata`, `categories` or `expires_at`"));
+        }
+        let current = self.get(id).await?;
+        let now = self.now();
+        let mut next = current.clone();
+        if let Some(text) = &input.text {
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(Error::invalid("`text` must not be empty"));
+            }
+            self.check_text(text, "`text`")?;
+            next.text = text.to_owned();
+        }
+        if let Some(m) = input.metadata {
+            next.metadata = m;
+        }
+        if let Some(c) = input.categories {
+            next.categories = c;
+        }
+        if let Some(e) = input.expires_at {
+            if e.is_some_and(|e| e <= now) {
+                return Err(Error::invalid("`expires_at` is in the past"));
+            }
+            next.expires_at = e;
+        }
+        if next == current {
+            return Ok(current);
+        }
+        next.version = current.version + 1;
+        next.updated_at = now.max(current.updated_at);
+        let embedding = if next.text != current.text {
+            next.hash = text_hash(&next.text);
+            next.entities = text::tag_entities(&next.text);
+            next.tokens = self.inner.embedder.count_tokens(&next.text) as u32;
+            self.inner.embedder.embed(std::slice::from_ref(&next.text)).await?.pop()
+        } else {
+            None
+        };
+        let history =
+            self.history_event(ctx, &next, Event::Update, Some(current.text.clone()), Some(next.text.clone()), now);
+        self.inner.store.apply(vec![WriteOp::Update { memory: next.clone(), embedding, history }]).await?;
+        Ok(next)
+    }
+
+    /// Closes the current version of a memory; its history remains.
+    pub async fn delete(&self, ctx: &RequestCtx, id: MemoryId) -> Result<()> {
+        let current = self.get(id).await?;
+        let now = self.now();
+        let history = self.history_event(ctx, &current, Event::Delete, Some(current.text.clone()), None, now);
+        self.inner.store.apply(vec![WriteOp::Delete { id, at: now, history }]).await
+    }
+
+    /// Deletes every visible memory matching `filter` (which must name a scope id). Returns how many.
+    pub async fn delete_all(&self, ctx: &RequestCtx, filter: &Filter) -> Result<usize> {
+        let mut deleted = 0;
+        loop {
+            // Each round deletes what it listed, so the next listing starts over.
+            let page = self.list(filter, None, 500).await?;
+            if page.memories.is_empty() {
+                return Ok(deleted);
+            }
+            let now = self.now();
+            let ops: Vec<WriteOp> = page
+                .memories
+                .iter()
+                .map(|m| WriteOp::Delete {
+                    id: m.id,
+                    at: now,
+                    history: self.history_event(ctx, m, Event::Delete, Some(m.text.clone()), None, now),
+                })
+                .collect();
+            deleted += ops.len();
+            self.inner.store.apply(ops).await?;
+        }
+    }
+
+    /// Every change of a memory, oldest first (also for deleted memories).
+    pub async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>> {
+        let events = self.inner.store.history(id).await?;
+        if events.is_empty() {
+            return Err(not_found(id));
+        }
+        Ok(events)
+    }
+}
+
+fn not_found(id: MemoryId) -> Error {
+    Error::not_found(format!("memory {id} not found"))
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Normalises an entity list for the index.
+pub fn entity_keys(entities: &[Entity]) -> Vec<String> {
+    let mut keys: Vec<String> = entities.iter().map(|e| entity_key(&e.name)).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}

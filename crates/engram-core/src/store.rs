@@ -1,0 +1,159 @@
+//! The storage port: what the service needs from a backend.
+//!
+//! A backend keeps one record store with three indexes in step (vectors,
+//! keywords, entities) and the history table. Every [`WriteOp`] batch passed
+//! to [`Store::apply`] is atomic: records, indexes and history change
+//! together or not at all.
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::filter::Filter;
+use crate::fusion::Ranked;
+use crate::memory::{HistoryEvent, Memory, MemoryId};
+use crate::{Error, Result};
+
+/// Which memories a read may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visibility {
+    /// Memories that expired at or before `now` are invisible.
+    pub now: Timestamp,
+}
+
+/// One change. Each carries the history row it writes.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// A new memory (version 1).
+    Insert { memory: Memory, embedding: Vec<f32>, history: HistoryEvent },
+    /// A new version of an existing memory: the current version is closed
+    /// (`invalid_at = memory.updated_at`) and `memory` becomes current.
+    /// `embedding: None` keeps the previous version's vector (the text did not change).
+    Update { memory: Memory, embedding: Option<Vec<f32>>, history: HistoryEvent },
+    /// Closes the current version of `id` at `at`; nothing is physically removed.
+    Delete { id: MemoryId, at: Timestamp, history: HistoryEvent },
+}
+
+/// Which vector-search strategy answered a query (DESIGN.md §2, "Filtered vector search").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VectorPath {
+    /// Exact scan over the filtered set.
+    Exact,
+    /// HNSW graph traversal with the filter applied during the search.
+    Hnsw,
+    /// The filter matched nothing.
+    Empty,
+}
+
+impl VectorPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VectorPath::Exact => "exact",
+            VectorPath::Hnsw => "hnsw",
+            VectorPath::Empty => "empty",
+        }
+    }
+}
+
+/// Semantic candidates with the path that produced them.
+#[derive(Debug, Clone)]
+pub struct VectorHits {
+    /// Cosine similarity, best first.
+    pub hits: Ranked<MemoryId>,
+    pub path: VectorPath,
+    /// The estimated size of the filtered set that chose the path.
+    pub estimated: usize,
+}
+
+/// A position in a listing ordered by `(created_at, id)` descending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: Timestamp,
+    pub id: MemoryId,
+}
+
+impl Cursor {
+    pub fn of(m: &Memory) -> Cursor {
+        Cursor { created_at: m.created_at, id: m.id }
+    }
+
+    /// An opaque token: `<millis>.<uuid>`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at.as_millisecond(), self.id.simple())
+    }
+
+    pub fn decode(token: &str) -> Result<Cursor> {
+        let bad = || Error::invalid(format!("`cursor` is not a cursor returned by this server: `{token}`"));
+        let (ms, id) = token.split_once('.').ok_or_else(bad)?;
+        let ms: i64 = ms.parse().map_err(|_| bad())?;
+        Ok(Cursor {
+            created_at: Timestamp::from_millisecond(ms).map_err(|_| bad())?,
+            id: id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Counts describing a store.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreStats {
+    /// Current (live or expired) memory versions.
+    pub memories: u64,
+    /// All versions ever written, including closed ones.
+    pub versions: u64,
+    pub history_events: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Vectors in the ANN graph.
+    pub indexed_vectors: u64,
+}
+
+/// The embedding model a store's vectors come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub dim: usize,
+}
+
+/// A storage backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs: `sqlite`, `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Records the embedding model on first use; afterwards refuses a different one
+    /// with [`crate::ErrorCode::EmbeddingModelMismatch`].
+    async fn bind_model(&self, model: &ModelInfo) -> Result<()>;
+
+    /// Applies a batch atomically.
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<()>;
+
+    /// The current version of a memory, if visible.
+    async fn get(&self, id: MemoryId, vis: Visibility) -> Result<Option<Memory>>;
+
+    /// Current versions of several memories, in the order given; invisible ones are skipped.
+    async fn get_many(&self, ids: &[MemoryId], vis: Visibility) -> Result<Vec<Memory>>;
+
+    /// Visible current memories matching `filter`, newest first, after `cursor`.
+    async fn list(&self, filter: &Filter, vis: Visibility, after: Option<Cursor>, limit: usize) -> Result<Vec<Memory>>;
+
+    /// Every history event of a memory, oldest first.
+    async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>>;
+
+    /// Nearest visible current memories to `vector` among those matching `filter`.
+    async fn vector_search(&self, filter: &Filter, vis: Visibility, vector: &[f32], k: usize) -> Result<VectorHits>;
+
+    /// Best BM25 matches for any of `terms` among visible current memories matching `filter`.
+    async fn keyword_search(&self, filter: &Filter, vis: Visibility, terms: &[String], k: usize)
+    -> Result<Ranked<MemoryId>>;
+
+    /// Memories sharing entities (by [`crate::memory::entity_key`]) with the query,
+    /// scored by the rarity-weighted share of query entities they mention.
+    async fn entity_search(&self, filter: &Filter, vis: Visibility, keys: &[String], k: usize)
+    -> Result<Ranked<MemoryId>>;
+
+    async fn stats(&self) -> Result<StoreStats>;
+
+    /// Persists derived state (the ANN graph) so the next start is fast.
+    async fn flush(&self) -> Result<()>;
+}
