@@ -1,1 +1,782 @@
-//! engram-sqlite
+//! Engram's embedded store: one SQLite file (WAL, FTS5) plus an in-memory
+//! catalog and vector index derived from it.
+//!
+//! - SQLite is the durable truth: every memory version, its vector, the
+//!   keyword (FTS5) and entity indexes and the history, all written in one
+//!   transaction per batch.
+//! - The [`catalog`] keeps the current version of every memory in memory,
+//!   with per-scope-id postings; filters are evaluated there.
+//! - The vector index ([`engram_index`]) holds current vectors; its HNSW
+//!   graph is saved next to the database and rebuilt from the table when
+//!   missing or stale.
+//!
+//! Threading: one writer connection behind a mutex (writes are serialised;
+//! the catalog is updated under the same lock after commit, so a write is
+//! visible to reads when `apply` returns) and a small pool of read
+//! connections. All SQLite calls run on tokio's blocking pool.
+
+mod catalog;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use engram_core::filter::Filter;
+use engram_core::fusion::Ranked;
+use engram_core::memory::{Event, HistoryEvent, Memory, MemoryId, Scope, ScopeField};
+use engram_core::store::{Cursor, ModelInfo, Store, StoreStats, VectorHits, VectorPath, Visibility, WriteOp};
+use engram_core::{Error, ErrorCode, Result};
+use engram_index::{IndexConfig, SearchPath, VectorIndex};
+use jiff::Timestamp;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::catalog::Catalog;
+
+/// File names inside the data directory.
+pub const DB_FILE: &str = "engram.db";
+pub const GRAPH_FILE: &str = "vectors.usearch";
+
+/// Options for [`SqliteStore::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub index: IndexConfig,
+    /// Read connections in the pool.
+    pub readers: usize,
+    /// Threads used to (re)build the HNSW graph.
+    pub build_threads: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { index: IndexConfig::default(), readers: 4, build_threads: 2 }
+    }
+}
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    options: SqliteOptions,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    catalog: std::sync::RwLock<Catalog>,
+    index: OnceLock<VectorIndex>,
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    Error::store(format!("sqlite: {e}"))
+}
+
+fn idx_err(e: engram_index::IndexError) -> Error {
+    Error::store(format!("vector index: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned mutex means a thread panicked holding it; SQLite's own
+    // transaction rollback keeps the data consistent, so continue.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`, migrates the schema and
+    /// loads the catalog and vector index. Blocking: call from a blocking context
+    /// or through [`SqliteStore::open_async`].
+    pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::store(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let db_path = dir.join(DB_FILE);
+        let mut writer = open_conn(&db_path, false).map_err(|e| {
+            Error::store(format!("cannot open database {}: {e}", db_path.display()))
+        })?;
+        schema::migrate(&mut writer).map_err(db_err)?.map_err(Error::store)?;
+        let readers = (0..options.readers.max(1))
+            .map(|_| open_conn(&db_path, true))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err)?;
+        let store = SqliteStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                options,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(readers),
+                catalog: std::sync::RwLock::new(Catalog::default()),
+                index: OnceLock::new(),
+            }),
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// [`open`](Self::open) on the blocking pool.
+    pub async fn open_async(dir: PathBuf, options: SqliteOptions) -> Result<SqliteStore> {
+        tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
+            .await
+            .map_err(|e| Error::internal(format!("open task failed: {e}")))?
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Loads current versions into the catalog and vector index.
+    fn load(&self) -> Result<()> {
+        let conn = lock(&self.inner.writer);
+        let dim: Option<usize> = meta_get(&conn, "embedding_dim")?.and_then(|d| d.parse().ok());
+        let Some(dim) = dim else { return Ok(()) };
+        let index = VectorIndex::new(dim, self.inner.options.index).map_err(idx_err)?;
+        let mut catalog = Catalog::default();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {COLUMNS}, embedding FROM memories WHERE invalid_at IS NULL"))
+            .map_err(db_err)?;
+        let mut rows = stmt.query([]).map_err(db_err)?;
+        let mut batch: Vec<(u64, Vec<f32>)> = Vec::with_capacity(1024);
+        while let Some(row) = rows.next().map_err(db_err)? {
+            let (rowid, memory) = row_to_memory(row)?;
+            let blob: Vec<u8> = row.get(COLUMN_COUNT).map_err(db_err)?;
+            batch.push((rowid as u64, blob_to_vec(&blob)));
+            if batch.len() == 1024 {
+                let items: Vec<(u64, &[f32])> = batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+                index.insert_arena(&items).map_err(idx_err)?;
+                batch.clear();
+            }
+            catalog.insert(rowid, Arc::new(memory));
+        }
+        let items: Vec<(u64, &[f32])> = batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        index.insert_arena(&items).map_err(idx_err)?;
+        drop(rows);
+        drop(stmt);
+        drop(conn);
+
+        let graph_path = self.inner.dir.join(GRAPH_FILE);
+        let loaded = graph_path.exists() && index.load_graph(&graph_path).is_ok();
+        if loaded {
+            let added = index.index_pending().map_err(idx_err)?;
+            tracing::info!(vectors = index.len(), caught_up = added, "loaded HNSW graph");
+        } else if !index.is_empty() {
+            tracing::info!(vectors = index.len(), "building HNSW graph from the table");
+            index.rebuild_graph(self.inner.options.build_threads).map_err(idx_err)?;
+        }
+        *self.inner.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+        let _ = self.inner.index.set(index);
+        Ok(())
+    }
+
+    fn index(&self) -> Result<&VectorIndex> {
+        self.inner.index.get().ok_or_else(|| {
+            Error::new(ErrorCode::Internal, "the store has no embedding model bound yet (bind_model was not called)")
+        })
+    }
+
+    /// Runs `f` with a pooled read connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = lock(&inner.readers).pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_conn(&inner.dir.join(DB_FILE), true).map_err(db_err)?,
+            };
+            let out = f(&conn, &inner);
+            lock(&inner.readers).push(conn);
+            out
+        })
+        .await
+        .map_err(|e| Error::internal(format!("read task failed: {e}")))?
+    }
+
+    /// Runs `f` with the catalog (and index) on the blocking pool.
+    async fn with_catalog<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Catalog, Option<&VectorIndex>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let catalog = inner.catalog.read().unwrap_or_else(|e| e.into_inner());
+            f(&catalog, inner.index.get())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("catalog task failed: {e}")))?
+    }
+
+    /// Forces a WAL checkpoint (truncating the WAL file).
+    pub async fn checkpoint(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            lock(&inner.writer).execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").map_err(db_err)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("checkpoint task failed: {e}")))?
+    }
+
+    /// Runs SQLite's integrity check; returns its report (`ok` when healthy).
+    pub async fn integrity_check(&self) -> Result<String> {
+        self.read(|conn, _| conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)).await
+    }
+
+    /// Drops and rebuilds the HNSW graph from the table's vectors.
+    pub async fn rebuild_index(&self) -> Result<()> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let index = store.index()?;
+            index.rebuild_graph(store.inner.options.build_threads).map_err(idx_err)?;
+            index.save_graph(&store.inner.dir.join(GRAPH_FILE)).map_err(idx_err)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("rebuild task failed: {e}")))?
+    }
+
+    /// Which path a filter's vector search would take, and the estimate behind it.
+    pub fn plan_vector_search(&self, filter: &Filter) -> (VectorPath, usize) {
+        let catalog = self.inner.catalog.read().unwrap_or_else(|e| e.into_inner());
+        let estimated = catalog.estimate(filter);
+        match self.inner.index.get() {
+            None => (VectorPath::Empty, 0),
+            Some(_) if estimated == 0 => (VectorPath::Empty, 0),
+            Some(index) => match index.choose(estimated) {
+                SearchPath::Exact => (VectorPath::Exact, estimated),
+                SearchPath::Hnsw => (VectorPath::Hnsw, estimated),
+            },
+        }
+    }
+}
+
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(db_err)
+}
+
+const COLUMNS: &str = "rowid, id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, metadata, \
+     categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens";
+const COLUMN_COUNT: usize = 22;
+
+fn ts(ms: i64) -> Result<Timestamp> {
+    Timestamp::from_millisecond(ms).map_err(|e| Error::store(format!("bad timestamp {ms} in database: {e}")))
+}
+
+fn row_to_memory(row: &rusqlite::Row<'_>) -> Result<(i64, Memory)> {
+    let get_err = |e: rusqlite::Error| Error::store(format!("reading memory row: {e}"));
+    let id: String = row.get(1).map_err(get_err)?;
+    let json = |i: usize| -> Result<serde_json::Value> {
+        let s: String = row.get(i).map_err(get_err)?;
+        serde_json::from_str(&s).map_err(|e| Error::store(format!("bad JSON in column {i}: {e}")))
+    };
+    let opt_ts = |i: usize| -> Result<Option<Timestamp>> {
+        row.get::<_, Option<i64>>(i).map_err(get_err)?.map(ts).transpose()
+    };
+    let kind: String = row.get(4).map_err(get_err)?;
+    let memory = Memory {
+        id: id.parse().map_err(|e| Error::store(format!("bad memory id `{id}`: {e}")))?,
+        version: row.get(2).map_err(get_err)?,
+        text: row.get(3).map_err(get_err)?,
+        kind: kind.parse()?,
+        hash: row.get(5).map_err(get_err)?,
+        scope: Scope {
+            org_id: row.get(6).map_err(get_err)?,
+            app_id: row.get(7).map_err(get_err)?,
+            user_id: row.get(8).map_err(get_err)?,
+            agent_id: row.get(9).map_err(get_err)?,
+            run_id: row.get(10).map_err(get_err)?,
+        },
+        metadata: match json(11)? {
+            serde_json::Value::Object(m) => m,
+            _ => Default::default(),
+        },
+        categories: serde_json::from_value(json(12)?).map_err(|e| Error::store(format!("bad categories: {e}")))?,
+        entities: serde_json::from_value(json(13)?).map_err(|e| Error::store(format!("bad entities: {e}")))?,
+        role: row.get(14).map_err(get_err)?,
+        created_at: ts(row.get(15).map_err(get_err)?)?,
+        updated_at: ts(row.get(16).map_err(get_err)?)?,
+        valid_at: opt_ts(17)?,
+        invalid_at: opt_ts(18)?,
+        expires_at: opt_ts(19)?,
+        embedding_model: row.get(20).map_err(get_err)?,
+        tokens: row.get(21).map_err(get_err)?,
+    };
+    Ok((row.get(0).map_err(get_err)?, memory))
+}
+
+fn vec_to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn blob_to_vec(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// The opaque FTS token for a scope id: field letter + 16 hex digits of its MD5.
+fn scope_token(field: ScopeField, value: &str) -> String {
+    let letter = match field {
+        ScopeField::Org => 'o',
+        ScopeField::App => 'p',
+        ScopeField::User => 'u',
+        ScopeField::Agent => 'g',
+        ScopeField::Run => 'r',
+    };
+    let hash = engram_core::memory::text_hash(value);
+    format!("{letter}{}", &hash[..16])
+}
+
+fn scope_tokens(scope: &Scope) -> String {
+    scope.iter().map(|(f, v)| scope_token(f, v)).collect::<Vec<_>>().join(" ")
+}
+
+/// Quotes a term for an FTS5 query string.
+fn fts_quote(term: &str) -> String {
+    format!("\"{}\"", term.replace('"', "\"\""))
+}
+
+fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32]) -> Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO memories (id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, metadata, \
+         categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens, embedding) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            m.id.to_string(),
+            m.version,
+            m.text,
+            m.kind.as_str(),
+            m.hash,
+            m.scope.org_id,
+            m.scope.app_id,
+            m.scope.user_id,
+            m.scope.agent_id,
+            m.scope.run_id,
+            to_json(&m.metadata),
+            to_json(&m.categories),
+            to_json(&m.entities),
+            m.role,
+            m.created_at.as_millisecond(),
+            m.updated_at.as_millisecond(),
+            m.valid_at.map(|t| t.as_millisecond()),
+            m.invalid_at.map(|t| t.as_millisecond()),
+            m.expires_at.map(|t| t.as_millisecond()),
+            m.embedding_model,
+            m.tokens,
+            vec_to_blob(embedding),
+        ])
+    })
+    .map_err(db_err)?;
+    let rowid = tx.last_insert_rowid();
+    tx.prepare_cached("INSERT INTO memories_fts (rowid, text, scope) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![rowid, m.text, scope_tokens(&m.scope)]))
+        .map_err(db_err)?;
+    let mut keys: Vec<String> = m.entities.iter().map(|e| e.key()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        tx.prepare_cached("INSERT OR IGNORE INTO entities (key, memory) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![key, rowid]))
+            .map_err(db_err)?;
+    }
+    Ok(rowid)
+}
+
+/// Closes the current version of `id` at `at`; returns its rowid and vector.
+fn close_current(tx: &rusqlite::Transaction<'_>, id: MemoryId, at: Timestamp) -> Result<(i64, Vec<u8>)> {
+    let (rowid, blob): (i64, Vec<u8>) = tx
+        .prepare_cached("SELECT rowid, embedding FROM memories WHERE id = ?1 AND invalid_at IS NULL")
+        .and_then(|mut s| s.query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(db_err)?
+        .ok_or_else(|| Error::not_found(format!("memory {id} not found")))?;
+    tx.prepare_cached("UPDATE memories SET invalid_at = ?2 WHERE rowid = ?1")
+        .and_then(|mut s| s.execute(params![rowid, at.as_millisecond()]))
+        .map_err(db_err)?;
+    tx.prepare_cached("DELETE FROM memories_fts WHERE rowid = ?1")
+        .and_then(|mut s| s.execute([rowid]))
+        .map_err(db_err)?;
+    Ok((rowid, blob))
+}
+
+fn insert_history(tx: &rusqlite::Transaction<'_>, h: &HistoryEvent) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO history (id, memory_id, event, old_text, new_text, version, actor, reason, request_id, \
+         org_id, app_id, user_id, agent_id, run_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            h.id.to_string(),
+            h.memory_id.to_string(),
+            h.event.as_str(),
+            h.old_text,
+            h.new_text,
+            h.version,
+            h.actor,
+            h.reason,
+            h.request_id,
+            h.scope.org_id,
+            h.scope.app_id,
+            h.scope.user_id,
+            h.scope.agent_id,
+            h.scope.run_id,
+            h.created_at.as_millisecond(),
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Serialises a value for a JSON TEXT column.
+fn to_json(v: &impl serde::Serialize) -> String {
+    // Maps, vectors of strings and plain derived structs always serialise.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// What a committed batch changes in the catalog and index.
+enum Applied {
+    Added { rowid: i64, memory: Arc<Memory>, vector: Vec<f32> },
+    Closed { rowid: i64 },
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn bind_model(&self, model: &ModelInfo) -> Result<()> {
+        let store = self.clone();
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = lock(&store.inner.writer);
+            let id = meta_get(&conn, "embedding_model")?;
+            let dim = meta_get(&conn, "embedding_dim")?;
+            match (id, dim) {
+                (Some(id), Some(dim)) => {
+                    if id != model.id || dim != model.dim.to_string() {
+                        return Err(Error::new(
+                            ErrorCode::EmbeddingModelMismatch,
+                            format!(
+                                "this data directory ({}) holds vectors from embedding model `{id}` ({dim} dimensions), \
+                                 but the configured model is `{}` ({} dimensions); start Engram with the same model, \
+                                 or use a new data directory",
+                                store.inner.dir.display(),
+                                model.id,
+                                model.dim
+                            ),
+                        ));
+                    }
+                }
+                _ => {
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('embedding_model', ?1), ('embedding_dim', ?2)",
+                        params![model.id, model.dim.to_string()],
+                    )
+                    .map_err(db_err)?;
+                }
+            }
+            drop(conn);
+            if store.inner.index.get().is_none() {
+                let index = VectorIndex::new(model.dim, store.inner.options.index).map_err(idx_err)?;
+                let _ = store.inner.index.set(index);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("bind task failed: {e}")))?
+    }
+
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let index = store.index()?;
+            for op in &ops {
+                let v = match op {
+                    WriteOp::Insert { embedding, .. } => Some(embedding),
+                    WriteOp::Update { embedding, .. } => embedding.as_ref(),
+                    WriteOp::Delete { .. } => None,
+                };
+                if let Some(v) = v
+                    && v.len() != index.dim()
+                {
+                    return Err(Error::new(
+                        ErrorCode::EmbeddingModelMismatch,
+                        format!("vector has {} dimensions; the store holds {}", v.len(), index.dim()),
+                    ));
+                }
+            }
+            let mut conn = lock(&store.inner.writer);
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let mut applied = Vec::with_capacity(ops.len());
+            for op in ops {
+                match op {
+                    WriteOp::Insert { memory, embedding, history } => {
+                        let rowid = insert_version(&tx, &memory, &embedding)?;
+                        insert_history(&tx, &history)?;
+                        applied.push(Applied::Added { rowid, memory: Arc::new(memory), vector: embedding });
+                    }
+                    WriteOp::Update { memory, embedding, history } => {
+                        let (old, blob) = close_current(&tx, memory.id, memory.updated_at)?;
+                        let vector = embedding.unwrap_or_else(|| blob_to_vec(&blob));
+                        let rowid = insert_version(&tx, &memory, &vector)?;
+                        insert_history(&tx, &history)?;
+                        applied.push(Applied::Closed { rowid: old });
+                        applied.push(Applied::Added { rowid, memory: Arc::new(memory), vector });
+                    }
+                    WriteOp::Delete { id, at, history } => {
+                        let (old, _) = close_current(&tx, id, at)?;
+                        insert_history(&tx, &history)?;
+                        applied.push(Applied::Closed { rowid: old });
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)?;
+
+            // Committed: bring the derived state in step while still holding the writer lock.
+            let mut catalog = store.inner.catalog.write().unwrap_or_else(|e| e.into_inner());
+            let mut added: Vec<(u64, Vec<f32>)> = Vec::new();
+            let mut closed: Vec<u64> = Vec::new();
+            for a in applied {
+                match a {
+                    Applied::Added { rowid, memory, vector } => {
+                        catalog.insert(rowid, memory);
+                        added.push((rowid as u64, vector));
+                    }
+                    Applied::Closed { rowid } => {
+                        catalog.remove(rowid);
+                        added.retain(|(k, _)| *k != rowid as u64);
+                        closed.push(rowid as u64);
+                    }
+                }
+            }
+            drop(catalog);
+            index.remove(&closed).map_err(idx_err)?;
+            let items: Vec<(u64, &[f32])> = added.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            index.insert(&items).map_err(idx_err)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("write task failed: {e}")))?
+    }
+
+    async fn get(&self, id: MemoryId, vis: Visibility) -> Result<Option<Memory>> {
+        self.with_catalog(move |c, _| Ok(c.get(id).filter(|m| m.is_live(vis.now)).map(|m| (**m).clone()))).await
+    }
+
+    async fn get_many(&self, ids: &[MemoryId], vis: Visibility) -> Result<Vec<Memory>> {
+        let ids = ids.to_vec();
+        self.with_catalog(move |c, _| {
+            Ok(ids.iter().filter_map(|id| c.get(*id)).filter(|m| m.is_live(vis.now)).map(|m| (**m).clone()).collect())
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &Filter, vis: Visibility, after: Option<Cursor>, limit: usize) -> Result<Vec<Memory>> {
+        let filter = filter.clone();
+        self.with_catalog(move |c, _| Ok(c.list(&filter, vis.now, after, limit))).await
+    }
+
+    async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>> {
+        self.read(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, event, old_text, new_text, version, actor, reason, request_id, org_id, app_id, \
+                     user_id, agent_id, run_id, created_at FROM history WHERE memory_id = ?1 ORDER BY seq",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([id.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, u32>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                        Scope {
+                            org_id: r.get(8)?,
+                            app_id: r.get(9)?,
+                            user_id: r.get(10)?,
+                            agent_id: r.get(11)?,
+                            run_id: r.get(12)?,
+                        },
+                        r.get::<_, i64>(13)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hid, event, old_text, new_text, version, actor, reason, request_id, scope, at) =
+                    row.map_err(db_err)?;
+                out.push(HistoryEvent {
+                    id: hid.parse().map_err(|e| Error::store(format!("bad history id: {e}")))?,
+                    memory_id: id,
+                    event: Event::parse(&event).ok_or_else(|| Error::store(format!("bad history event `{event}`")))?,
+                    old_text,
+                    new_text,
+                    version,
+                    actor,
+                    reason,
+                    request_id,
+                    scope,
+                    created_at: ts(at)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn vector_search(&self, filter: &Filter, vis: Visibility, vector: &[f32], k: usize) -> Result<VectorHits> {
+        let filter = filter.clone();
+        let vector = vector.to_vec();
+        self.with_catalog(move |c, index| {
+            let Some(index) = index else {
+                return Ok(VectorHits { hits: Vec::new(), path: VectorPath::Empty, estimated: 0 });
+            };
+            let estimated = c.estimate(&filter);
+            if estimated == 0 {
+                return Ok(VectorHits { hits: Vec::new(), path: VectorPath::Empty, estimated });
+            }
+            let keep = |key: u64| c.matches(key as i64, &filter, vis.now);
+            let (raw, path) = match index.choose(estimated) {
+                SearchPath::Exact => {
+                    let candidates = c.candidates(&filter).into_iter().map(|r| r as u64);
+                    (index.exact(&vector, candidates, k, keep).map_err(idx_err)?, VectorPath::Exact)
+                }
+                SearchPath::Hnsw => (index.hnsw(&vector, k, keep).map_err(idx_err)?, VectorPath::Hnsw),
+            };
+            let hits = raw.into_iter().filter_map(|(key, s)| c.id_of(key as i64).map(|id| (id, s))).collect();
+            Ok(VectorHits { hits, path, estimated })
+        })
+        .await
+    }
+
+    async fn keyword_search(
+        &self,
+        filter: &Filter,
+        vis: Visibility,
+        terms: &[String],
+        k: usize,
+    ) -> Result<Ranked<MemoryId>> {
+        if terms.is_empty() || k == 0 {
+            return Ok(Vec::new());
+        }
+        let scope: Vec<String> = filter.required_ids().into_iter().map(|(f, v)| scope_token(f, v)).collect();
+        let text = terms.iter().map(|t| fts_quote(t)).collect::<Vec<_>>().join(" OR ");
+        let query = if scope.is_empty() {
+            format!("text : ({text})")
+        } else {
+            format!("scope : ({}) AND text : ({text})", scope.join(" AND "))
+        };
+        // Over-fetch: closed or expired versions and non-scope conditions are filtered afterwards.
+        let fetch = if scope.is_empty() { k * 10 + 50 } else { k * 2 + 20 };
+        let hits: Vec<(i64, f64)> = self
+            .read(move |conn, _| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT rowid, bm25(memories_fts, 1.0, 0.0) AS r FROM memories_fts \
+                         WHERE memories_fts MATCH ?1 ORDER BY r LIMIT ?2",
+                    )
+                    .map_err(db_err)?;
+                let rows = stmt.query_map(params![query, fetch as i64], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })
+            .await?;
+        let filter = filter.clone();
+        self.with_catalog(move |c, _| {
+            Ok(hits
+                .into_iter()
+                .filter(|(rowid, _)| c.matches(*rowid, &filter, vis.now))
+                .filter_map(|(rowid, bm25)| c.id_of(rowid).map(|id| (id, -bm25 as f32)))
+                .take(k)
+                .collect())
+        })
+        .await
+    }
+
+    async fn entity_search(
+        &self,
+        filter: &Filter,
+        vis: Visibility,
+        keys: &[String],
+        k: usize,
+    ) -> Result<Ranked<MemoryId>> {
+        if keys.is_empty() || k == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = keys.to_vec();
+        let rows: Vec<(String, i64)> = {
+            let keys = keys.clone();
+            self.read(move |conn, _| {
+                let placeholders = vec!["?"; keys.len()].join(", ");
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT key, memory FROM entities WHERE key IN ({placeholders}) ORDER BY memory DESC LIMIT 20000"
+                    ))
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(keys.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })
+            .await?
+        };
+        let filter = filter.clone();
+        self.with_catalog(move |c, _| {
+            let rows: Vec<(String, i64)> = rows.into_iter().filter(|(_, r)| c.matches(*r, &filter, vis.now)).collect();
+            Ok(catalog::score_entities(&keys, &rows, c.estimate(&filter), k)
+                .into_iter()
+                .filter_map(|(rowid, s)| c.id_of(rowid).map(|id| (id, s)))
+                .collect())
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        self.read(|conn, inner| {
+            let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(db_err);
+            let versions = count("SELECT count(*) FROM memories")? as u64;
+            let history_events = count("SELECT count(*) FROM history")? as u64;
+            let mut bytes = 0;
+            for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal"), GRAPH_FILE.to_owned()] {
+                bytes += std::fs::metadata(inner.dir.join(name)).map(|m| m.len()).unwrap_or(0);
+            }
+            let memories = inner.catalog.read().unwrap_or_else(|e| e.into_inner()).len() as u64;
+            let indexed_vectors = inner.index.get().map(|i| i.graph_len() as u64).unwrap_or(0);
+            Ok(StoreStats { memories, versions, history_events, bytes, indexed_vectors })
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _writer = lock(&store.inner.writer); // no writes while the graph is saved
+            if let Some(index) = store.inner.index.get() {
+                index.save_graph(&store.inner.dir.join(GRAPH_FILE)).map_err(idx_err)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("flush task failed: {e}")))??;
+        self.checkpoint().await
+    }
+}

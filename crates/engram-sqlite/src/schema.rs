@@ -1,0 +1,103 @@
+//! Schema migrations, applied in order and recorded in `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `i` to `i + 1`. Never edit a
+/// released migration; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: records, keyword index, entity index, history.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+
+    -- One row per memory version. `id` is shared by all versions of a memory;
+    -- the current version has `invalid_at IS NULL` (a deleted memory has none).
+    -- AUTOINCREMENT: row keys are also vector-index keys and are never reused.
+    CREATE TABLE memories (
+        rowid           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id              TEXT NOT NULL,
+        version         INTEGER NOT NULL,
+        text            TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        hash            TEXT NOT NULL,
+        org_id          TEXT,
+        app_id          TEXT,
+        user_id         TEXT,
+        agent_id        TEXT,
+        run_id          TEXT,
+        metadata        TEXT NOT NULL,
+        categories      TEXT NOT NULL,
+        entities        TEXT NOT NULL,
+        role            TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        valid_at        INTEGER,
+        invalid_at      INTEGER,
+        expires_at      INTEGER,
+        embedding_model TEXT NOT NULL,
+        tokens          INTEGER NOT NULL,
+        embedding       BLOB NOT NULL,
+        UNIQUE (id, version)
+    );
+    CREATE INDEX memories_current ON memories (id) WHERE invalid_at IS NULL;
+
+    -- Keyword index over current versions. Contentless: the text lives only in
+    -- `memories`. `scope` holds one opaque token per scope id so a scoped
+    -- query intersects postings inside FTS5 instead of filtering afterwards.
+    CREATE VIRTUAL TABLE memories_fts USING fts5 (
+        text, scope,
+        content = '', contentless_delete = 1,
+        tokenize = 'porter unicode61 remove_diacritics 2'
+    );
+
+    -- Entity index: normalised entity name → memory version.
+    CREATE TABLE entities (
+        key    TEXT NOT NULL,
+        memory INTEGER NOT NULL REFERENCES memories (rowid) ON DELETE CASCADE,
+        PRIMARY KEY (key, memory)
+    ) WITHOUT ROWID;
+    CREATE INDEX entities_memory ON entities (memory);
+
+    CREATE TABLE history (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT NOT NULL UNIQUE,
+        memory_id  TEXT NOT NULL,
+        event      TEXT NOT NULL,
+        old_text   TEXT,
+        new_text   TEXT,
+        version    INTEGER NOT NULL,
+        actor      TEXT,
+        reason     TEXT,
+        request_id TEXT,
+        org_id     TEXT,
+        app_id     TEXT,
+        user_id    TEXT,
+        agent_id   TEXT,
+        run_id     TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX history_memory ON history (memory_id, seq);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Brings the database up to [`SCHEMA_VERSION`]. Refuses a newer database.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if current > SCHEMA_VERSION {
+        return Ok(Err(format!(
+            "the database has schema version {current}, newer than this build of Engram understands ({SCHEMA_VERSION}); upgrade Engram"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(Ok(()))
+}
