@@ -150,7 +150,7 @@ pub struct MemoryService {
 struct Inner {
     store: Arc<dyn Store>,
     embedder: Arc<dyn Embedder>,
-    queries: QueryCache,
+    queries: Arc<QueryCache>,
     retrieval: RetrievalConfig,
     ingest: IngestConfig,
     clock: Arc<dyn Clock>,
@@ -167,8 +167,23 @@ impl MemoryService {
         clock: Arc<dyn Clock>,
     ) -> Result<MemoryService> {
         store.bind_model(embedder.model()).await?;
-        let queries = QueryCache::new(embedder.clone(), query_cache);
+        let queries = Arc::new(QueryCache::new(embedder.clone(), query_cache));
         Ok(MemoryService { inner: Arc::new(Inner { store, embedder, queries, retrieval, ingest, clock }) })
+    }
+
+    /// The same service (store, embedder, query cache) with other retrieval settings.
+    pub fn with_retrieval(&self, retrieval: RetrievalConfig) -> MemoryService {
+        let i = &self.inner;
+        MemoryService {
+            inner: Arc::new(Inner {
+                store: i.store.clone(),
+                embedder: i.embedder.clone(),
+                queries: i.queries.clone(),
+                retrieval,
+                ingest: i.ingest.clone(),
+                clock: i.clock.clone(),
+            }),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -180,7 +195,7 @@ impl MemoryService {
     }
 
     pub fn query_cache(&self) -> &QueryCache {
-        &self.inner.queries
+        self.inner.queries.as_ref()
     }
 
     pub fn retrieval_config(&self) -> &RetrievalConfig {
@@ -214,17 +229,99 @@ impl MemoryService {
     /// long turns split by sentence, exact and near-duplicates in the same
     /// scope reported as NOOP. Every new memory writes an ADD history event.
     pub async fn add(&self, ctx: &RequestCtx, input: AddInput) -> Result<Vec<AddResult>> {
-        input.scope.validate_for_write()?;
+        let mut out = self.add_batch(ctx, vec![input]).await?;
+        out.pop().ok_or_else(|| Error::internal("add_batch returned no result"))
+    }
+
+    /// [`add`](Self::add) for several inputs at once: one embedding batch and
+    /// one store transaction for all of them (imports, evaluations). Results
+    /// come back per input, in order. Any invalid input fails the whole batch.
+    pub async fn add_batch(&self, ctx: &RequestCtx, inputs: Vec<AddInput>) -> Result<Vec<Vec<AddResult>>> {
         let now = self.now();
+        let mut prepared = Vec::with_capacity(inputs.len());
+        let mut texts: Vec<String> = Vec::new();
+        for input in inputs {
+            let pieces = self.pieces(&input, now)?;
+            texts.extend(pieces.iter().map(|(_, t)| t.clone()));
+            prepared.push((input, pieces));
+        }
+        let vectors = self.inner.embedder.embed(&texts).await?;
+        if vectors.len() != texts.len() {
+            return Err(Error::embedder(format!("embedder returned {} vectors for {} texts", vectors.len(), texts.len())));
+        }
+        let mut vectors = vectors.into_iter();
+        let vis = Visibility { now };
+        let threshold = self.inner.ingest.dedup_threshold;
+        let mut ops = Vec::new();
+        let mut all_results = Vec::with_capacity(prepared.len());
+        // Memories added earlier in this batch, per scope, for duplicate checks within the batch.
+        let mut batch: Vec<(Scope, MemoryId, String, Vec<f32>)> = Vec::new();
+        for (input, pieces) in prepared {
+            let scope_filter = Filter::from_scope(&input.scope);
+            let at = input.timestamp.unwrap_or(now);
+            let mut results = Vec::with_capacity(pieces.len());
+            for (role, piece) in pieces {
+                let vector = vectors.next().ok_or_else(|| Error::internal("vector count changed"))?;
+                let hash = text_hash(&piece);
+                if let Some((_, id, _, _)) = batch
+                    .iter()
+                    .find(|(s, _, h, v)| *s == input.scope && (*h == hash || dot(v, &vector) >= threshold))
+                {
+                    results.push(AddResult { id: *id, memory: piece, event: Event::Noop });
+                    continue;
+                }
+                if let Some(existing) =
+                    self.find_duplicate(&scope_filter, &input.scope, &hash, &vector, threshold, vis).await?
+                {
+                    results.push(AddResult { id: existing, memory: piece, event: Event::Noop });
+                    continue;
+                }
+                let id = Uuid::now_v7();
+                let memory = Memory {
+                    id,
+                    version: 1,
+                    entities: text::tag_entities(&piece),
+                    tokens: self.inner.embedder.count_tokens(&piece) as u32,
+                    hash: hash.clone(),
+                    text: piece.clone(),
+                    kind: input.kind,
+                    scope: input.scope.clone(),
+                    metadata: input.metadata.clone(),
+                    categories: input.categories.clone(),
+                    role,
+                    created_at: at,
+                    updated_at: at,
+                    valid_at: input.timestamp,
+                    invalid_at: None,
+                    expires_at: input.expires_at,
+                    embedding_model: self.inner.embedder.model().id.clone(),
+                };
+                let history = self.history_event(ctx, &memory, Event::Add, None, Some(piece.clone()), now);
+                results.push(AddResult { id, memory: piece, event: Event::Add });
+                batch.push((input.scope.clone(), id, hash, vector.clone()));
+                ops.push(WriteOp::Insert { memory, embedding: vector, history });
+            }
+            all_results.push(results);
+        }
+        if !ops.is_empty() {
+            self.inner.store.apply(ops).await?;
+        }
+        Ok(all_results)
+    }
+
+    /// Validates an add and splits its content into the texts to store, with their roles.
+    fn pieces(&self, input: &AddInput, now: Timestamp) -> Result<Vec<(Option<String>, String)>> {
+        input.scope.validate_for_write()?;
         if let Some(exp) = input.expires_at
             && exp <= now
         {
             return Err(Error::invalid("`expires_at` is in the past"));
         }
-        let turns: Vec<(Option<String>, String)> = match input.content {
+        // (role, speaker name, content) per turn.
+        let turns: Vec<(Option<String>, Option<String>, String)> = match &input.content {
             Content::Text(t) => {
-                self.check_text(&t, "`text`")?;
-                vec![(None, t)]
+                self.check_text(t, "`text`")?;
+                vec![(None, None, t.clone())]
             }
             Content::Messages(messages) => {
                 let max = self.inner.ingest.max_messages;
@@ -235,7 +332,7 @@ impl MemoryService {
                     ));
                 }
                 let mut turns = Vec::with_capacity(messages.len());
-                for (i, m) in messages.into_iter().enumerate() {
+                for (i, m) in messages.iter().enumerate() {
                     if !matches!(m.role.as_str(), "user" | "assistant" | "system" | "tool") {
                         return Err(Error::invalid(format!(
                             "`messages[{i}].role` is `{}`; expected user, assistant, system or tool",
@@ -243,90 +340,29 @@ impl MemoryService {
                         )));
                     }
                     self.check_text(&m.content, &format!("`messages[{i}].content`"))?;
-                    let text = match &m.name {
-                        Some(name) if !name.trim().is_empty() => format!("{}: {}", name.trim(), m.content.trim()),
-                        _ => m.content,
-                    };
-                    turns.push((Some(m.role), text));
+                    let name = m.name.as_deref().map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned);
+                    turns.push((Some(m.role.clone()), name, m.content.clone()));
                 }
                 turns
             }
         };
-        if turns.iter().all(|(_, t)| t.trim().is_empty()) {
+        if turns.iter().all(|(_, _, t)| t.trim().is_empty()) {
             return Err(Error::invalid("nothing to remember: the text or every message content is empty"));
         }
-
-        // Split long turns into sentence chunks.
         let embedder = &self.inner.embedder;
         let count = |s: &str| embedder.count_tokens(s);
-        let mut pieces: Vec<(Option<String>, String)> = Vec::new();
-        for (role, t) in turns {
-            let prefix = t.split_once(": ").filter(|(name, _)| name.len() <= 64 && !name.contains('\n'));
-            let chunks = text::chunk(&t, self.inner.ingest.max_chunk_tokens, &count);
-            let many = chunks.len() > 1;
-            for (i, c) in chunks.into_iter().enumerate() {
-                // Later chunks of a named turn keep the speaker, so each chunk stands on its own.
-                let c = match prefix {
-                    Some((name, _)) if many && i > 0 => format!("{name}: {c}"),
-                    _ => c,
+        let mut pieces = Vec::new();
+        for (role, name, content) in turns {
+            for chunk in text::chunk(&content, self.inner.ingest.max_chunk_tokens, &count) {
+                // Every chunk of a named turn carries the speaker, so each stands on its own.
+                let piece = match &name {
+                    Some(n) => format!("{n}: {chunk}"),
+                    None => chunk,
                 };
-                pieces.push((role.clone(), c));
+                pieces.push((role.clone(), piece));
             }
         }
-        let texts: Vec<String> = pieces.iter().map(|(_, t)| t.clone()).collect();
-        let vectors = self.inner.embedder.embed(&texts).await?;
-        if vectors.len() != texts.len() {
-            return Err(Error::embedder(format!("embedder returned {} vectors for {} texts", vectors.len(), texts.len())));
-        }
-
-        let at = input.timestamp.unwrap_or(now);
-        let scope_filter = Filter::from_scope(&input.scope);
-        let vis = Visibility { now };
-        let threshold = self.inner.ingest.dedup_threshold;
-        let mut results = Vec::with_capacity(pieces.len());
-        let mut ops = Vec::new();
-        let mut batch: Vec<(MemoryId, String, Vec<f32>)> = Vec::new();
-        for ((role, piece), vector) in pieces.into_iter().zip(vectors) {
-            let hash = text_hash(&piece);
-            // Duplicate of something earlier in this batch?
-            if let Some((id, _, _)) = batch.iter().find(|(_, h, v)| *h == hash || dot(v, &vector) >= threshold) {
-                results.push(AddResult { id: *id, memory: piece, event: Event::Noop });
-                continue;
-            }
-            // Duplicate of a stored memory in the same scope?
-            if let Some(existing) = self.find_duplicate(&scope_filter, &input.scope, &hash, &vector, threshold, vis).await? {
-                results.push(AddResult { id: existing, memory: piece, event: Event::Noop });
-                continue;
-            }
-            let id = Uuid::now_v7();
-            let memory = Memory {
-                id,
-                version: 1,
-                entities: text::tag_entities(&piece),
-                tokens: self.inner.embedder.count_tokens(&piece) as u32,
-                hash: hash.clone(),
-                text: piece.clone(),
-                kind: input.kind,
-                scope: input.scope.clone(),
-                metadata: input.metadata.clone(),
-                categories: input.categories.clone(),
-                role,
-                created_at: at,
-                updated_at: at,
-                valid_at: input.timestamp,
-                invalid_at: None,
-                expires_at: input.expires_at,
-                embedding_model: self.inner.embedder.model().id.clone(),
-            };
-            let history = self.history_event(ctx, &memory, Event::Add, None, Some(piece.clone()), now);
-            results.push(AddResult { id, memory: piece, event: Event::Add });
-            batch.push((id, hash, vector.clone()));
-            ops.push(WriteOp::Insert { memory, embedding: vector, history });
-        }
-        if !ops.is_empty() {
-            self.inner.store.apply(ops).await?;
-        }
-        Ok(results)
+        Ok(pieces)
     }
 
     async fn find_duplicate(

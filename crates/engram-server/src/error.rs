@@ -1,0 +1,136 @@
+//! problem+json (RFC 9457) errors.
+//!
+//! One table ([`status_of`]) maps each core [`ErrorCode`] to an HTTP status;
+//! every 4xx and 5xx the server sends — including malformed bodies, unknown
+//! routes and oversized requests — has the same shape:
+//!
+//! ```json
+//! {"type": "urn:engram:problem:invalid_filter", "title": "Invalid filter", "status": 400,
+//!  "detail": "unknown operator `like` at `filters.user_id`; …", "code": "invalid_filter",
+//!  "request_id": "…"}
+//! ```
+//!
+//! A 5xx says only "internal error"; the cause goes to the log with the request id.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use engram_core::{Error, ErrorCode};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The problem+json body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:engram:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable snake_case error code.
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// HTTP-level codes that have no core equivalent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpCode {
+    Core(ErrorCode),
+    MalformedJson,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    RouteNotFound,
+    MethodNotAllowed,
+    Timeout,
+}
+
+impl HttpCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            HttpCode::Core(c) => c.as_str(),
+            HttpCode::MalformedJson => "malformed_json",
+            HttpCode::UnsupportedMediaType => "unsupported_media_type",
+            HttpCode::PayloadTooLarge => "payload_too_large",
+            HttpCode::RouteNotFound => "route_not_found",
+            HttpCode::MethodNotAllowed => "method_not_allowed",
+            HttpCode::Timeout => "timeout",
+        }
+    }
+}
+
+/// The status table.
+pub fn status_of(code: HttpCode) -> StatusCode {
+    match code {
+        HttpCode::Core(c) => match c {
+            ErrorCode::InvalidRequest | ErrorCode::InvalidFilter | ErrorCode::MissingScope => StatusCode::BAD_REQUEST,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::EmbeddingModelMismatch => StatusCode::CONFLICT,
+            ErrorCode::LimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::StoreFailure | ErrorCode::EmbedderFailure | ErrorCode::Internal => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        },
+        HttpCode::MalformedJson => StatusCode::BAD_REQUEST,
+        HttpCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        HttpCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        HttpCode::RouteNotFound => StatusCode::NOT_FOUND,
+        HttpCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        HttpCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+    }
+}
+
+/// An error on its way to becoming a problem+json response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: HttpCode,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(code: HttpCode, detail: impl Into<String>) -> ApiError {
+        ApiError { code, detail: detail.into() }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> ApiError {
+        ApiError::new(HttpCode::Core(ErrorCode::InvalidRequest), detail)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        status_of(self.code)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError { code: HttpCode::Core(e.code), detail: e.message }
+    }
+}
+
+fn title(status: StatusCode) -> String {
+    status.canonical_reason().unwrap_or("Error").to_owned()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = if status.is_server_error() {
+            // The real cause is logged; the client gets no internals.
+            tracing::error!(code = self.code.as_str(), detail = %self.detail, "internal error");
+            "internal error; the server log has details under this request's id".to_owned()
+        } else {
+            self.detail
+        };
+        let body = Problem {
+            kind: format!("urn:engram:problem:{}", self.code.as_str()),
+            title: title(status),
+            status: status.as_u16(),
+            detail,
+            code: self.code.as_str().to_owned(),
+            request_id: crate::request_id::current(),
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp
+    }
+}

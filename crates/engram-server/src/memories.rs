@@ -1,0 +1,181 @@
+//! `/v1/memories`: add, search, list, get, update, delete, history.
+//! Handlers parse, call the service, map the result; nothing else.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use engram_core::filter::Filter;
+use engram_core::service::{AddInput, Content, RequestCtx, SearchInput, UpdateInput};
+use engram_core::store::Cursor;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiQuery, MemoryIdPath};
+use crate::wire::*;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(memories_add, memories_list, memories_delete_all))
+        .routes(routes!(memories_search))
+        .routes(routes!(memories_get, memories_update, memories_delete))
+        .routes(routes!(memories_history))
+}
+
+/// Who is calling, for history rows.
+fn ctx(headers: &HeaderMap) -> RequestCtx {
+    RequestCtx { actor: Some("api".to_owned()), request_id: headers.get(crate::request_id::HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned) }
+}
+
+/// Add memories.
+///
+/// Stores `messages` (one memory per turn, long turns split by sentence) or `text`, with the
+/// scope ids given. Exact and near-duplicates of memories in the same scope come back as `NOOP`.
+#[utoipa::path(post, path = "/v1/memories", tag = "memories", request_body = AddRequest,
+    responses((status = 200, body = AddResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_add(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<AddRequest>,
+) -> Result<ApiJson<AddResponse>, ApiError> {
+    let content = match (req.messages, req.text) {
+        (Some(m), None) if !m.is_empty() => Content::Messages(m.into_iter().map(Into::into).collect()),
+        (None, Some(t)) => Content::Text(t),
+        (Some(_), None) => return Err(ApiError::invalid("`messages` must not be empty")),
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give either `messages` or `text`, not both")),
+        (None, None) => return Err(ApiError::invalid("give `messages` or `text`")),
+    };
+    let input = AddInput {
+        content,
+        scope: ScopeIds { org_id: req.org_id, app_id: req.app_id, user_id: req.user_id, agent_id: req.agent_id, run_id: req.run_id }
+            .into_scope(),
+        metadata: req.metadata.unwrap_or_default(),
+        categories: req.categories.unwrap_or_default(),
+        kind: req.kind.unwrap_or_default(),
+        expires_at: time_field(req.expires_at.as_ref(), "expires_at")?,
+        timestamp: time_field(req.timestamp.as_ref(), "timestamp")?,
+    };
+    let results = app.memory.add(&ctx(&headers), input).await?;
+    Ok(ApiJson(AddResponse {
+        results: results
+            .into_iter()
+            .map(|r| AddResultOut { id: r.id, memory: r.memory, event: r.event.as_str().to_owned() })
+            .collect(),
+    }))
+}
+
+/// Search memories.
+///
+/// Hybrid retrieval (semantic + keyword + entity) over the memories matching `filters`,
+/// with recency decay, a threshold and a token budget.
+#[utoipa::path(post, path = "/v1/memories/search", tag = "memories", request_body = SearchRequest,
+    responses((status = 200, body = SearchResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_search(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<SearchRequest>,
+) -> Result<ApiJson<SearchResponse>, ApiError> {
+    let ids = ScopeIds { org_id: req.org_id, app_id: req.app_id, user_id: req.user_id, agent_id: req.agent_id, run_id: req.run_id };
+    let filter = search_filter(req.filters.as_ref(), ids.into_scope())?;
+    let out = app
+        .memory
+        .search(SearchInput {
+            query: req.query,
+            filter,
+            top_k: req.top_k,
+            threshold: req.threshold,
+            token_budget: req.token_budget,
+            explain: req.explain,
+        })
+        .await?;
+    Ok(ApiJson(SearchResponse {
+        results: out
+            .hits
+            .into_iter()
+            .map(|h| SearchHitOut { memory: h.memory.into(), score: h.score, explanation: h.explanation })
+            .collect(),
+        tokens: out.tokens,
+    }))
+}
+
+fn list_filter(q: &ListQuery) -> Result<Filter, ApiError> {
+    search_filter(None, q.scope())
+}
+
+/// List memories of a scope, newest first, with cursor pagination.
+#[utoipa::path(get, path = "/v1/memories", tag = "memories", params(ListQuery),
+    responses((status = 200, body = ListResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_list(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<ApiJson<ListResponse>, ApiError> {
+    let filter = list_filter(&q)?;
+    let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let page = app.memory.list(&filter, after, q.limit.unwrap_or(100)).await?;
+    Ok(ApiJson(ListResponse {
+        results: page.memories.into_iter().map(Into::into).collect(),
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
+}
+
+/// Delete every memory of a scope.
+#[utoipa::path(delete, path = "/v1/memories", tag = "memories", params(ListQuery),
+    responses((status = 200, body = DeleteAllResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_delete_all(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<ApiJson<DeleteAllResponse>, ApiError> {
+    if q.cursor.is_some() || q.limit.is_some() {
+        return Err(ApiError::invalid("`cursor` and `limit` do not apply to a delete"));
+    }
+    let filter = list_filter(&q)?;
+    let deleted = app.memory.delete_all(&ctx(&headers), &filter).await?;
+    Ok(ApiJson(DeleteAllResponse { deleted }))
+}
+
+/// Get one memory.
+#[utoipa::path(get, path = "/v1/memories/{id}", tag = "memories", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = MemoryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_get(State(app): State<AppState>, MemoryIdPath(id): MemoryIdPath) -> Result<ApiJson<MemoryOut>, ApiError> {
+    Ok(ApiJson(app.memory.get(id).await?.into()))
+}
+
+/// Update a memory's text, metadata, categories or expiry (writes a new version).
+#[utoipa::path(patch, path = "/v1/memories/{id}", tag = "memories", params(("id" = uuid::Uuid, Path)), request_body = UpdateRequest,
+    responses((status = 200, body = MemoryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_update(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    MemoryIdPath(id): MemoryIdPath,
+    ApiJson(req): ApiJson<UpdateRequest>,
+) -> Result<ApiJson<MemoryOut>, ApiError> {
+    let expires_at = match req.expires_at {
+        None => None,
+        Some(v) => Some(time_field(v.as_ref(), "expires_at")?),
+    };
+    let input = UpdateInput { text: req.text, metadata: req.metadata, categories: req.categories, expires_at };
+    Ok(ApiJson(app.memory.update(&ctx(&headers), id, input).await?.into()))
+}
+
+/// Delete a memory (its history is kept).
+#[utoipa::path(delete, path = "/v1/memories/{id}", tag = "memories", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = DeleteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_delete(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    MemoryIdPath(id): MemoryIdPath,
+) -> Result<ApiJson<DeleteResponse>, ApiError> {
+    app.memory.delete(&ctx(&headers), id).await?;
+    Ok(ApiJson(DeleteResponse { id, deleted: true }))
+}
+
+/// Every change of a memory, oldest first.
+#[utoipa::path(get, path = "/v1/memories/{id}/history", tag = "memories", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = HistoryResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_history(
+    State(app): State<AppState>,
+    MemoryIdPath(id): MemoryIdPath,
+) -> Result<ApiJson<HistoryResponse>, ApiError> {
+    let events = app.memory.history(id).await?;
+    Ok(ApiJson(HistoryResponse { results: events.into_iter().map(Into::into).collect() }))
+}

@@ -1,0 +1,343 @@
+//! `engram bench`: latency, throughput and memory on synthetic-but-realistic data.
+//!
+//! Memories are sentences built from names, activities and times. Their
+//! vectors are the normalised sum of the real model's embeddings of their
+//! parts (embedding every one of 100k texts would take ~10 minutes here and
+//! measure the model, not the store); queries are real embeddings. Most
+//! memories belong to one of many users (hundreds each); a third also belong
+//! to one large agent scope, so both vector-search paths are exercised.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use engram_core::embed::Embedder;
+use engram_core::filter::Filter;
+use engram_core::memory::{Event, HistoryEvent, Memory, MemoryKind, Scope, text_hash};
+use engram_core::service::{AddInput, Content, MemoryService, RequestCtx, SearchInput, SystemClock};
+use engram_core::store::{Store, WriteOp};
+use engram_core::text::tag_entities;
+use engram_server::{AppState, ServerConfig};
+use engram_sqlite::{SqliteOptions, SqliteStore};
+use serde_json::{Value, json};
+
+use crate::runtime::{RetrievalArgs, load_embedder};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Memories to load.
+    #[arg(long, default_value_t = 10_000)]
+    pub memories: usize,
+    /// Memories per user (users = memories / this).
+    #[arg(long, default_value_t = 500)]
+    pub per_user: usize,
+    /// Search queries per measured series.
+    #[arg(long, default_value_t = 300)]
+    pub queries: usize,
+    /// Memories added through the full pipeline (embedding included) for the ingest figure.
+    #[arg(long, default_value_t = 1_000)]
+    pub ingest: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Data directory (default: a temporary one, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Sentence-transformers model directory.
+    #[arg(long, env = "ENGRAM_MODEL_DIR")]
+    pub model_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
+}
+
+const NAMES: &[&str] = &[
+    "Alice", "Bob", "Carmen", "Dmitri", "Emeka", "Fatima", "Giulia", "Hiro", "Ingrid", "Jamal", "Kavya", "Liam",
+    "Mei", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Victor", "Wen", "Ximena",
+    "Yusuf", "Zoe", "My sister", "My manager", "Our neighbour", "The kids",
+];
+const VERBS: &[&str] = &[
+    "started learning", "stopped caring about", "is allergic to", "bought", "wants to try", "keeps forgetting",
+    "moved closer to", "wrote a blog post about", "complained about", "fell in love with", "volunteers at",
+    "is saving money for", "had an argument about", "took photos of", "signed up for", "is reading about",
+    "cooked dinner with", "lost", "recommended", "booked tickets for",
+];
+const OBJECTS: &[&str] = &[
+    "the violin", "Portuguese lessons", "peanuts", "a second-hand bike", "rock climbing", "the dentist appointment",
+    "the office in Lisbon", "machine learning", "the new tax rules", "a rescue dog", "the animal shelter",
+    "a trip to Japan", "the mortgage", "the sunset at the beach", "a marathon in Berlin", "Stoic philosophy",
+    "homemade ramen", "the car keys", "a podcast about history", "the Coldplay concert", "vegetarian recipes",
+    "the garden", "a pottery class", "the quarterly report", "a vintage camera", "the Python migration",
+    "board games night", "the wedding in Porto", "an electric scooter", "the book club", "sourdough baking",
+    "the kubernetes cluster", "a jazz festival", "the school play", "solar panels", "the hiking trail",
+    "a new laptop", "the cat's vet visit", "chess openings", "the apartment lease",
+];
+const TIMES: &[&str] = &[
+    "last week", "yesterday", "in March", "over the summer", "two years ago", "this morning", "in 2023",
+    "on Sunday", "after the holidays", "recently", "every Friday", "since January",
+];
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn summary(mut ms: Vec<f64>) -> Value {
+    ms.sort_by(f64::total_cmp);
+    let r = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({"p50_ms": r(percentile(&ms, 50.0)), "p95_ms": r(percentile(&ms, 95.0)), "p99_ms": r(percentile(&ms, 99.0)), "n": ms.len()})
+}
+
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let get = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+fn normalise(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let say = |msg: String| {
+        if !args.json {
+            eprintln!("{msg}");
+        }
+    };
+    let tmp = tempfile::tempdir()?;
+    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let model_dir = args.model_dir.clone().unwrap_or_else(engram_embed::default_model_dir);
+    let embedder = load_embedder(model_dir).await?;
+    let options = SqliteOptions { index: args.retrieval.index(), ..SqliteOptions::default() };
+    let store = SqliteStore::open_async(dir.clone(), options).await?;
+    let store_dyn: Arc<dyn Store> = Arc::new(store.clone());
+    let service = MemoryService::new(
+        store_dyn.clone(),
+        embedder.clone(),
+        args.retrieval.retrieval(),
+        args.retrieval.ingest(),
+        100_000,
+        Arc::new(SystemClock),
+    )
+    .await?;
+
+    // Part embeddings.
+    let t0 = Instant::now();
+    let embed_all = |items: &[&str]| {
+        let texts: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+        let e = embedder.clone();
+        async move { e.embed(&texts).await }
+    };
+    let (names, verbs, objects, times) =
+        (embed_all(NAMES).await?, embed_all(VERBS).await?, embed_all(OBJECTS).await?, embed_all(TIMES).await?);
+    say(format!("embedded {} parts in {:.1}s", NAMES.len() + VERBS.len() + OBJECTS.len() + TIMES.len(), t0.elapsed().as_secs_f64()));
+
+    // Load memories straight into the store.
+    let users = (args.memories / args.per_user.max(1)).max(1);
+    let model_id = embedder.model().id.clone();
+    let now = jiff::Timestamp::now();
+    let t_load = Instant::now();
+    let mut batch = Vec::with_capacity(1000);
+    for i in 0..args.memories {
+        let (n, v, o, t) = (i % NAMES.len(), (i / 7) % VERBS.len(), (i / 3) % OBJECTS.len(), (i / 11) % TIMES.len());
+        // A per-memory suffix keeps texts distinct, like real memories.
+        let text = format!("{} {} {} {} (note {i})", NAMES[n], VERBS[v], OBJECTS[o], TIMES[t]);
+        let vector = normalise(
+            (0..names[0].len())
+                .map(|d| 0.6 * names[n][d] + verbs[v][d] + 1.2 * objects[o][d] + 0.4 * times[t][d])
+                .collect(),
+        );
+        let scope = Scope {
+            user_id: Some(format!("user-{}", (i * 7919) % users)),
+            agent_id: (i % 3 == 0).then(|| "assistant".to_owned()),
+            org_id: Some("acme".to_owned()),
+            ..Default::default()
+        };
+        let at = now - jiff::SignedDuration::from_secs(((args.memories - i) * 60) as i64);
+        let memory = Memory {
+            id: uuid::Uuid::now_v7(),
+            version: 1,
+            hash: text_hash(&text),
+            entities: tag_entities(&text),
+            tokens: embedder.count_tokens(&text) as u32,
+            text: text.clone(),
+            kind: MemoryKind::Semantic,
+            scope: scope.clone(),
+            metadata: Default::default(),
+            categories: Vec::new(),
+            role: Some("user".into()),
+            created_at: at,
+            updated_at: at,
+            valid_at: None,
+            invalid_at: None,
+            expires_at: None,
+            embedding_model: model_id.clone(),
+        };
+        let history = HistoryEvent {
+            id: uuid::Uuid::now_v7(),
+            memory_id: memory.id,
+            event: Event::Add,
+            old_text: None,
+            new_text: Some(text),
+            version: 1,
+            actor: Some("bench".into()),
+            reason: None,
+            request_id: None,
+            scope,
+            created_at: at,
+        };
+        batch.push(WriteOp::Insert { memory, embedding: vector, history });
+        if batch.len() == 1000 {
+            store_dyn.apply(std::mem::take(&mut batch)).await?;
+            if !args.json && (i + 1) % 20_000 == 0 {
+                eprintln!("  loaded {}", i + 1);
+            }
+        }
+    }
+    if !batch.is_empty() {
+        store_dyn.apply(batch).await?;
+    }
+    let load_secs = t_load.elapsed().as_secs_f64();
+    say(format!("loaded {} memories for {users} users in {load_secs:.1}s", args.memories));
+
+    // Queries: real embeddings, warmed into the cache so search timings exclude embedding.
+    let queries: Vec<String> = (0..args.queries)
+        .map(|i| format!("what does {} think about {}?", NAMES[(i * 5) % NAMES.len()], OBJECTS[(i * 13) % OBJECTS.len()]))
+        .collect();
+    let t_embed = Instant::now();
+    for q in &queries {
+        service.query_cache().embed_query(q).await?;
+    }
+    let warm_secs = t_embed.elapsed().as_secs_f64();
+
+    let search_series = |scope: Box<dyn Fn(usize) -> Scope>| {
+        let service = service.clone();
+        let queries = queries.clone();
+        async move {
+            let mut ms = Vec::with_capacity(queries.len());
+            let mut paths = std::collections::BTreeMap::<&'static str, usize>::new();
+            for (i, q) in queries.iter().enumerate() {
+                let filter = Filter::from_scope(&scope(i));
+                let t = Instant::now();
+                let out = service
+                    .search(SearchInput { query: q.clone(), filter, top_k: Some(10), threshold: None, token_budget: None, explain: false })
+                    .await?;
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+                *paths.entry(out.vector_path.as_str()).or_default() += 1;
+            }
+            anyhow::Ok((summary(ms), paths))
+        }
+    };
+    let (user_lat, user_paths) =
+        search_series(Box::new(move |i| Scope { user_id: Some(format!("user-{}", (i * 31) % users)), ..Default::default() })).await?;
+    let (agent_lat, agent_paths) =
+        search_series(Box::new(|_| Scope { agent_id: Some("assistant".into()), ..Default::default() })).await?;
+    let big = store.plan_vector_search(&Filter::from_scope(&Scope { agent_id: Some("assistant".into()), ..Default::default() }));
+    say(format!("search (server-side, embedding cached): user scope {user_lat}, agent scope {agent_lat}"));
+
+    // Embedding alone (fresh texts, one at a time, as a query would be).
+    let mut embed_ms = Vec::new();
+    for i in 0..50.min(args.queries) {
+        let q = vec![format!("fresh question number {i} about {}", OBJECTS[i % OBJECTS.len()])];
+        let t = Instant::now();
+        embedder.embed(&q).await?;
+        embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let embed_lat = summary(embed_ms);
+
+    // End to end over HTTP on a real port.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = AppState { memory: service.clone(), config: ServerConfig::default() };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(engram_server::serve(listener, state, async {
+        let _ = stop_rx.await;
+    }));
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/memories/search");
+    let http_series = |fresh: bool| {
+        let (client, url, queries) = (client.clone(), url.clone(), queries.clone());
+        async move {
+            let mut ms = Vec::new();
+            let n = if fresh { 50.min(queries.len()) } else { queries.len() };
+            for (i, q) in queries.iter().take(n).enumerate() {
+                let query = if fresh { format!("{q} (variant {i})") } else { q.clone() };
+                let body = json!({"query": query, "user_id": format!("user-{}", (i * 31) % users), "top_k": 10});
+                let t = Instant::now();
+                let resp = client.post(&url).json(&body).send().await?;
+                anyhow::ensure!(resp.status().is_success(), "search answered {}", resp.status());
+                let _: Value = resp.json().await?;
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok(summary(ms))
+        }
+    };
+    let http_cached = http_series(false).await?;
+    let http_uncached = http_series(true).await?;
+    let _ = stop_tx.send(());
+    server.await.context("server task")??;
+
+    // Ingest through the whole pipeline (embedding, dedup, write).
+    let texts: Vec<String> = (0..args.ingest)
+        .map(|i| format!("{} {} {} (ingest {i})", NAMES[i % NAMES.len()], VERBS[(i / 3) % VERBS.len()], OBJECTS[(i / 7) % OBJECTS.len()]))
+        .collect();
+    let t_embed_only = Instant::now();
+    for chunk in texts.chunks(64) {
+        embedder.embed(chunk).await?;
+    }
+    let embed_only = t_embed_only.elapsed().as_secs_f64();
+    let ctx = RequestCtx { actor: Some("bench".into()), request_id: None };
+    let t_ingest = Instant::now();
+    for (c, chunk) in texts.chunks(64).enumerate() {
+        let inputs = chunk
+            .iter()
+            .map(|t| AddInput {
+                content: Content::Text(t.clone()),
+                scope: Scope { user_id: Some(format!("ingest-user-{}", c % 20)), ..Default::default() },
+                metadata: Default::default(),
+                categories: Vec::new(),
+                kind: MemoryKind::Semantic,
+                expires_at: None,
+                timestamp: None,
+            })
+            .collect();
+        service.add_batch(&ctx, inputs).await?;
+    }
+    let ingest_secs = t_ingest.elapsed().as_secs_f64();
+
+    store_dyn.flush().await?;
+    let stats = store_dyn.stats().await?;
+    let (rss, peak) = rss_mib();
+    let report = json!({
+        "memories": args.memories,
+        "users": users,
+        "big_scope": {"name": "agent_id=assistant", "size": big.1, "path": big.0.as_str()},
+        "load": {"seconds": (load_secs * 100.0).round() / 100.0, "memories_per_second": (args.memories as f64 / load_secs).round()},
+        "search_server_side_excluding_embedding": {"user_scope": user_lat, "user_scope_paths": user_paths, "agent_scope": agent_lat, "agent_scope_paths": agent_paths},
+        "embedding_one_query": embed_lat,
+        "query_warmup_seconds": (warm_secs * 100.0).round() / 100.0,
+        "http_search_end_to_end": {"embedding_cached": http_cached, "embedding_uncached": http_uncached},
+        "ingest_pipeline": {"memories": args.ingest, "memories_per_second": (args.ingest as f64 / ingest_secs).round(),
+            "embedding_share": ((embed_only / ingest_secs) * 1000.0).round() / 1000.0},
+        "store": {"bytes_on_disk": stats.bytes, "versions": stats.versions, "indexed_vectors": stats.indexed_vectors},
+        "rss_mib": rss,
+        "peak_rss_mib": peak,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}

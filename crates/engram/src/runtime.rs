@@ -1,0 +1,160 @@
+//! Building the service from configuration.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use engram_core::config::{FusionMethod, IngestConfig, RetrievalConfig, SignalWeights};
+use engram_core::service::{MemoryService, SystemClock};
+use engram_embed::BertEmbedder;
+use engram_index::IndexConfig;
+use engram_sqlite::{SqliteOptions, SqliteStore};
+
+/// Logging options.
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `engram=debug`.
+    #[arg(long = "log-level", env = "ENGRAM_LOG", default_value = "info", global = true)]
+    pub level: String,
+    /// Log as JSON lines.
+    #[arg(long = "log-json", env = "ENGRAM_LOG_JSON", global = true)]
+    pub json: bool,
+}
+
+pub fn init_tracing(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Where data and the model live, and how retrieval behaves.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Data directory (SQLite file and vector index).
+    #[arg(long, env = "ENGRAM_DATA_DIR", default_value = "./engram-data")]
+    pub data_dir: PathBuf,
+    /// Sentence-transformers model directory [default: $ENGRAM_MODEL_DIR or ~/.local/share/engram/models/all-MiniLM-L6-v2].
+    #[arg(long, env = "ENGRAM_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
+}
+
+/// Retrieval and ingest tunables.
+#[derive(Args, Debug, Clone)]
+pub struct RetrievalArgs {
+    /// Fusion of the signals: `weighted` (normalised scores) or `rrf` (reciprocal ranks).
+    #[arg(long, env = "ENGRAM_FUSION", default_value = "weighted", value_parser = parse_fusion)]
+    pub fusion: FusionMethod,
+    /// Signal weights `semantic,keyword,entity`.
+    #[arg(long, env = "ENGRAM_WEIGHTS", default_value = "0.6,0.25,0.15", value_parser = parse_weights)]
+    pub weights: SignalWeights,
+    /// Recency half-life in days (0 = no decay).
+    #[arg(long, env = "ENGRAM_HALF_LIFE_DAYS", default_value_t = RetrievalConfig::default().half_life_days)]
+    pub half_life_days: f64,
+    /// Lowest recency decay factor.
+    #[arg(long, env = "ENGRAM_DECAY_FLOOR", default_value_t = RetrievalConfig::default().decay_floor)]
+    pub decay_floor: f64,
+    /// Token budget of a search when the request gives none (0 = unlimited).
+    #[arg(long, env = "ENGRAM_TOKEN_BUDGET", default_value_t = RetrievalConfig::default().default_token_budget)]
+    pub token_budget: usize,
+    /// Candidates per signal before fusion.
+    #[arg(long, env = "ENGRAM_CANDIDATES", default_value_t = RetrievalConfig::default().candidates)]
+    pub candidates: usize,
+    /// Cosine similarity at or above which a new memory duplicates one in the same scope.
+    #[arg(long, env = "ENGRAM_DEDUP_THRESHOLD", default_value_t = IngestConfig::default().dedup_threshold)]
+    pub dedup_threshold: f32,
+    /// Turns longer than this many tokens are split by sentence.
+    #[arg(long, env = "ENGRAM_MAX_CHUNK_TOKENS", default_value_t = IngestConfig::default().max_chunk_tokens)]
+    pub max_chunk_tokens: usize,
+    /// Filtered sets estimated below this size are scanned exactly instead of through the HNSW graph.
+    #[arg(long, env = "ENGRAM_EXACT_THRESHOLD", default_value_t = IndexConfig::default().exact_threshold)]
+    pub exact_threshold: usize,
+    /// Query embeddings kept in the LRU cache (0 disables it).
+    #[arg(long, env = "ENGRAM_QUERY_CACHE", default_value_t = 10_000)]
+    pub query_cache: usize,
+}
+
+fn parse_fusion(s: &str) -> Result<FusionMethod, String> {
+    match s {
+        "weighted" => Ok(FusionMethod::Weighted),
+        "rrf" => Ok(FusionMethod::Rrf),
+        other => Err(format!("unknown fusion `{other}`: use weighted or rrf")),
+    }
+}
+
+fn parse_weights(s: &str) -> Result<SignalWeights, String> {
+    let parts: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>().map_err(|_| format!("`{p}` is not a number")))
+        .collect::<Result<_, _>>()?;
+    match parts[..] {
+        [semantic, keyword, entity] if parts.iter().all(|w| *w >= 0.0) && parts.iter().sum::<f32>() > 0.0 => {
+            Ok(SignalWeights { semantic, keyword, entity })
+        }
+        _ => Err("weights are three non-negative numbers `semantic,keyword,entity`, not all zero".into()),
+    }
+}
+
+impl RetrievalArgs {
+    pub fn retrieval(&self) -> RetrievalConfig {
+        RetrievalConfig {
+            fusion: self.fusion,
+            weights: self.weights,
+            half_life_days: self.half_life_days,
+            decay_floor: self.decay_floor,
+            default_token_budget: self.token_budget,
+            candidates: self.candidates,
+            ..RetrievalConfig::default()
+        }
+    }
+
+    pub fn ingest(&self) -> IngestConfig {
+        IngestConfig {
+            dedup_threshold: self.dedup_threshold,
+            max_chunk_tokens: self.max_chunk_tokens,
+            ..IngestConfig::default()
+        }
+    }
+
+    pub fn index(&self) -> IndexConfig {
+        IndexConfig { exact_threshold: self.exact_threshold, ..IndexConfig::default() }
+    }
+}
+
+impl StoreArgs {
+    pub fn model_dir(&self) -> PathBuf {
+        self.model_dir.clone().unwrap_or_else(engram_embed::default_model_dir)
+    }
+}
+
+/// Loads the embedding model (blocking work on the blocking pool).
+pub async fn load_embedder(dir: PathBuf) -> anyhow::Result<Arc<BertEmbedder>> {
+    let embedder = tokio::task::spawn_blocking(move || BertEmbedder::load(&dir)).await??;
+    Ok(Arc::new(embedder))
+}
+
+/// Opens the store and model and builds the service.
+pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, SqliteStore)> {
+    let embedder = load_embedder(args.model_dir()).await?;
+    let options = SqliteOptions { index: args.retrieval.index(), ..SqliteOptions::default() };
+    let store = SqliteStore::open_async(args.data_dir.clone(), options)
+        .await
+        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    let service = MemoryService::new(
+        Arc::new(store.clone()),
+        embedder,
+        args.retrieval.retrieval(),
+        args.retrieval.ingest(),
+        args.retrieval.query_cache,
+        Arc::new(SystemClock),
+    )
+    .await?;
+    Ok((service, store))
+}
