@@ -23,8 +23,14 @@ pub struct SignalWeights {
 }
 
 impl Default for SignalWeights {
+    /// Measured on the LoCoMo dev set (docs/eval.md): keyword and semantic
+    /// evidence are worth about the same; entities add a little.
     fn default() -> Self {
-        SignalWeights { semantic: 0.6, keyword: 0.25, entity: 0.15 }
+        SignalWeights {
+            semantic: 0.45,
+            keyword: 0.45,
+            entity: 0.1,
+        }
     }
 }
 
@@ -58,7 +64,7 @@ impl Default for RetrievalConfig {
             rrf_k: 60.0,
             candidates: 50,
             half_life_days: 365.0,
-            decay_floor: 0.5,
+            decay_floor: 0.8,
             kind_weights: KindWeights::default(),
             default_top_k: 10,
             max_top_k: 100,
@@ -77,7 +83,11 @@ pub struct KindWeights {
 
 impl Default for KindWeights {
     fn default() -> Self {
-        KindWeights { semantic: 1.0, episodic: 1.0, procedural: 1.0 }
+        KindWeights {
+            semantic: 1.0,
+            episodic: 1.0,
+            procedural: 1.0,
+        }
     }
 }
 
@@ -106,6 +116,11 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { dedup_threshold: 0.95, max_chunk_tokens: 128, max_text_bytes: 16 * 1024, max_messages: 100 }
+        IngestConfig {
+            dedup_threshold: 0.95,
+            max_chunk_tokens: 128,
+            max_text_bytes: 16 * 1024,
+            max_messages: 100,
+        }
     }
 }

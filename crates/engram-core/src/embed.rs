@@ -36,7 +36,12 @@ impl QueryCache {
     /// A cache of `capacity` queries; 0 disables caching.
     pub fn new(inner: Arc<dyn Embedder>, capacity: usize) -> QueryCache {
         let cache = NonZeroUsize::new(capacity).map(|cap| Mutex::new(LruCache::new(cap)));
-        QueryCache { inner, cache, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        QueryCache {
+            inner,
+            cache,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 
     /// The wrapped embedder.
@@ -46,7 +51,9 @@ impl QueryCache {
 
     fn with_cache<T>(&self, f: impl FnOnce(&mut LruCache<String, Arc<[f32]>>) -> T) -> Option<T> {
         // A poisoned lock only means another thread panicked mid-update; the map itself is still valid.
-        self.cache.as_ref().map(|c| f(&mut c.lock().unwrap_or_else(|e| e.into_inner())))
+        self.cache
+            .as_ref()
+            .map(|c| f(&mut c.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
     /// The embedding of `query` and whether it came from the cache.
@@ -57,14 +64,20 @@ impl QueryCache {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let mut vectors = self.inner.embed(&[query.to_owned()]).await?;
-        let v: Arc<[f32]> = vectors.pop().ok_or_else(|| crate::Error::embedder("embedder returned no vector"))?.into();
+        let v: Arc<[f32]> = vectors
+            .pop()
+            .ok_or_else(|| crate::Error::embedder("embedder returned no vector"))?
+            .into();
         self.with_cache(|c| c.put(query.to_owned(), v.clone()));
         Ok((v, false))
     }
 
     /// (hits, misses) since start.
     pub fn counters(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     pub fn clear(&self) {

@@ -49,6 +49,7 @@ impl ErrorCode {
     }
 
     /// Whether the caller caused this error (4xx) rather than the server (5xx).
+    #[deny(clippy::wildcard_enum_match_arm)]
     pub fn is_user_error(self) -> bool {
         match self {
             ErrorCode::InvalidRequest
@@ -82,7 +83,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error { code, message: message.into() }
+        Error {
+            code,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, message)

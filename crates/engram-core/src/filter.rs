@@ -35,13 +35,26 @@ pub enum Filter {
 /// One condition on one field.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cond {
-    Scope { field: ScopeField, op: StrOp },
-    Time { field: TimeField, cmp: Cmp, at: Timestamp },
+    Scope {
+        field: ScopeField,
+        op: StrOp,
+    },
+    Time {
+        field: TimeField,
+        cmp: Cmp,
+        at: Timestamp,
+    },
     Kind(Vec<MemoryKind>, bool),
     /// The memory has at least one of these categories (`contains` is the one-element case).
     Categories(Vec<String>, bool),
-    Metadata { key: String, op: ValueOp },
-    Keywords { needle: String, case_insensitive: bool },
+    Metadata {
+        key: String,
+        op: ValueOp,
+    },
+    Keywords {
+        needle: String,
+        case_insensitive: bool,
+    },
 }
 
 /// Operators on string-valued fields.
@@ -89,7 +102,10 @@ pub enum ValueOp {
     In(Vec<Value>),
     NotIn(Vec<Value>),
     Cmp(Cmp, Value),
-    Contains { needle: String, case_insensitive: bool },
+    Contains {
+        needle: String,
+        case_insensitive: bool,
+    },
     Exists,
 }
 
@@ -143,7 +159,12 @@ impl Filter {
         Filter::And(
             scope
                 .iter()
-                .map(|(field, v)| Filter::Cond(Cond::Scope { field, op: StrOp::In(vec![v.to_owned()]) }))
+                .map(|(field, v)| {
+                    Filter::Cond(Cond::Scope {
+                        field,
+                        op: StrOp::In(vec![v.to_owned()]),
+                    })
+                })
                 .collect(),
         )
     }
@@ -165,7 +186,10 @@ impl Filter {
         match value {
             Value::Null => Ok(Filter::all()),
             Value::Object(map) => parse_object(map, "filters", 0),
-            other => Err(Error::filter(format!("`filters` must be a JSON object, got {}", type_name(other)))),
+            other => Err(Error::filter(format!(
+                "`filters` must be a JSON object, got {}",
+                type_name(other)
+            ))),
         }
     }
 
@@ -190,7 +214,10 @@ impl Filter {
     /// filtered set's size and to enumerate it.
     pub fn scope_plan(&self) -> Option<ScopePlan> {
         match self {
-            Filter::Cond(Cond::Scope { field, op: StrOp::In(values) }) => Some(ScopePlan::Ids(*field, values.clone())),
+            Filter::Cond(Cond::Scope {
+                field,
+                op: StrOp::In(values),
+            }) => Some(ScopePlan::Ids(*field, values.clone())),
             Filter::Cond(_) | Filter::Not(_) => None,
             Filter::And(children) => {
                 let plans: Vec<_> = children.iter().filter_map(Filter::scope_plan).collect();
@@ -218,7 +245,10 @@ impl Filter {
         while let Some(f) = stack.pop() {
             match f {
                 Filter::And(children) => stack.extend(children),
-                Filter::Cond(Cond::Scope { field, op: StrOp::In(values) }) if values.len() == 1 => {
+                Filter::Cond(Cond::Scope {
+                    field,
+                    op: StrOp::In(values),
+                }) if values.len() == 1 => {
                     out.push((*field, values[0].as_str()));
                 }
                 _ => {}
@@ -258,7 +288,9 @@ impl ScopePlan {
                 .min_by_key(|p| p.estimate(count))
                 .map(|p| p.narrowest(count))
                 .unwrap_or_else(|| self.clone()),
-            ScopePlan::Any(plans) => ScopePlan::Any(plans.iter().map(|p| p.narrowest(count)).collect()),
+            ScopePlan::Any(plans) => {
+                ScopePlan::Any(plans.iter().map(|p| p.narrowest(count)).collect())
+            }
             ScopePlan::Ids(..) => self.clone(),
         }
     }
@@ -267,7 +299,9 @@ impl ScopePlan {
     pub fn postings(&self) -> Vec<(ScopeField, &str)> {
         match self {
             ScopePlan::Ids(field, values) => values.iter().map(|v| (*field, v.as_str())).collect(),
-            ScopePlan::All(plans) | ScopePlan::Any(plans) => plans.iter().flat_map(ScopePlan::postings).collect(),
+            ScopePlan::All(plans) | ScopePlan::Any(plans) => {
+                plans.iter().flat_map(ScopePlan::postings).collect()
+            }
         }
     }
 }
@@ -286,16 +320,26 @@ impl Cond {
             Cond::Time { field, cmp, at } => cmp.holds(r.time(*field).cmp(at)),
             Cond::Kind(kinds, negate) => kinds.contains(&r.kind()) != *negate,
             Cond::Categories(wanted, negate) => {
-                wanted.iter().any(|w| r.categories().iter().any(|c| c.eq_ignore_ascii_case(w))) != *negate
+                wanted
+                    .iter()
+                    .any(|w| r.categories().iter().any(|c| c.eq_ignore_ascii_case(w)))
+                    != *negate
             }
             Cond::Metadata { key, op } => {
                 let v = r.metadata().get(key);
                 match op {
                     ValueOp::Exists => v.is_some_and(|v| !v.is_null()),
                     ValueOp::In(values) => v.is_some_and(|v| values.iter().any(|x| json_eq(x, v))),
-                    ValueOp::NotIn(values) => v.is_none_or(|v| !values.iter().any(|x| json_eq(x, v))),
-                    ValueOp::Cmp(cmp, x) => v.and_then(|v| json_cmp(v, x)).is_some_and(|o| cmp.holds(o)),
-                    ValueOp::Contains { needle, case_insensitive } => match v {
+                    ValueOp::NotIn(values) => {
+                        v.is_none_or(|v| !values.iter().any(|x| json_eq(x, v)))
+                    }
+                    ValueOp::Cmp(cmp, x) => {
+                        v.and_then(|v| json_cmp(v, x)).is_some_and(|o| cmp.holds(o))
+                    }
+                    ValueOp::Contains {
+                        needle,
+                        case_insensitive,
+                    } => match v {
                         Some(Value::String(s)) => contains(s, needle, *case_insensitive),
                         Some(Value::Array(items)) => items.iter().any(|i| match i {
                             Value::String(s) => {
@@ -311,13 +355,20 @@ impl Cond {
                     },
                 }
             }
-            Cond::Keywords { needle, case_insensitive } => contains(r.text(), needle, *case_insensitive),
+            Cond::Keywords {
+                needle,
+                case_insensitive,
+            } => contains(r.text(), needle, *case_insensitive),
         }
     }
 }
 
 fn contains(hay: &str, needle: &str, case_insensitive: bool) -> bool {
-    if case_insensitive { hay.to_lowercase().contains(&needle.to_lowercase()) } else { hay.contains(needle) }
+    if case_insensitive {
+        hay.to_lowercase().contains(&needle.to_lowercase())
+    } else {
+        hay.contains(needle)
+    }
 }
 
 /// Equality that treats `1` and `1.0` as equal.
@@ -352,7 +403,9 @@ const FIELDS: &str = "AND, OR, NOT, org_id, app_id, user_id, agent_id, run_id, c
 
 fn parse_object(map: &Map<String, Value>, path: &str, depth: usize) -> Result<Filter> {
     if depth > MAX_DEPTH {
-        return Err(Error::filter(format!("filter nests deeper than {MAX_DEPTH} levels at `{path}`")));
+        return Err(Error::filter(format!(
+            "filter nests deeper than {MAX_DEPTH} levels at `{path}`"
+        )));
     }
     let mut parts = Vec::with_capacity(map.len());
     for (key, value) in map {
@@ -362,7 +415,9 @@ fn parse_object(map: &Map<String, Value>, path: &str, depth: usize) -> Result<Fi
             "OR" | "or" => {
                 let list = parse_list(value, &here, depth)?;
                 if list.is_empty() {
-                    return Err(Error::filter(format!("`{here}` must list at least one filter")));
+                    return Err(Error::filter(format!(
+                        "`{here}` must list at least one filter"
+                    )));
                 }
                 Filter::Or(list)
             }
@@ -383,19 +438,29 @@ fn parse_object(map: &Map<String, Value>, path: &str, depth: usize) -> Result<Fi
         };
         parts.push(part);
     }
-    Ok(if parts.len() == 1 { parts.pop().unwrap_or_else(Filter::all) } else { Filter::And(parts) })
+    Ok(if parts.len() == 1 {
+        parts.pop().unwrap_or_else(Filter::all)
+    } else {
+        Filter::And(parts)
+    })
 }
 
 fn parse_list(value: &Value, path: &str, depth: usize) -> Result<Vec<Filter>> {
     let Value::Array(items) = value else {
-        return Err(Error::filter(format!("`{path}` must be a list of filter objects, got {}", type_name(value))));
+        return Err(Error::filter(format!(
+            "`{path}` must be a list of filter objects, got {}",
+            type_name(value)
+        )));
     };
     items
         .iter()
         .enumerate()
         .map(|(i, item)| match item {
             Value::Object(m) => parse_object(m, &format!("{path}[{i}]"), depth + 1),
-            other => Err(Error::filter(format!("`{path}[{i}]` must be a filter object, got {}", type_name(other)))),
+            other => Err(Error::filter(format!(
+                "`{path}[{i}]` must be a filter object, got {}",
+                type_name(other)
+            ))),
         })
         .collect()
 }
@@ -410,7 +475,10 @@ fn operator<'a>(value: &'a Value, path: &str) -> Result<(&'a str, &'a Value)> {
                     m.len()
                 )));
             }
-            let (op, operand) = m.iter().next().ok_or_else(|| Error::internal("non-empty map has no entry"))?;
+            let (op, operand) = m
+                .iter()
+                .next()
+                .ok_or_else(|| Error::internal("non-empty map has no entry"))?;
             Ok((op.as_str(), operand))
         }
         Value::String(s) if s == "*" => Ok(("*", value)),
@@ -419,7 +487,9 @@ fn operator<'a>(value: &'a Value, path: &str) -> Result<(&'a str, &'a Value)> {
 }
 
 fn unknown_op(path: &str, op: &str, allowed: &str) -> Error {
-    Error::filter(format!("unknown operator `{op}` at `{path}`; allowed here: {allowed}"))
+    Error::filter(format!(
+        "unknown operator `{op}` at `{path}`; allowed here: {allowed}"
+    ))
 }
 
 fn parse_field(name: &str, value: &Value, path: &str) -> Result<Filter> {
@@ -428,7 +498,11 @@ fn parse_field(name: &str, value: &Value, path: &str) -> Result<Filter> {
     }
     match name {
         "created_at" | "updated_at" => {
-            let field = if name == "created_at" { TimeField::CreatedAt } else { TimeField::UpdatedAt };
+            let field = if name == "created_at" {
+                TimeField::CreatedAt
+            } else {
+                TimeField::UpdatedAt
+            };
             parse_time(field, value, path)
         }
         "kind" | "memory_type" => parse_kind(value, path),
@@ -446,7 +520,11 @@ fn parse_field(name: &str, value: &Value, path: &str) -> Result<Filter> {
                 .iter()
                 .map(|(k, v)| parse_metadata(k, v, &format!("{path}.{k}")))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(if parts.len() == 1 { parts.into_iter().next().unwrap_or_else(Filter::all) } else { Filter::And(parts) })
+            Ok(if parts.len() == 1 {
+                parts.into_iter().next().unwrap_or_else(Filter::all)
+            } else {
+                Filter::And(parts)
+            })
         }
         "keywords" => {
             let (op, operand) = operator(value, path)?;
@@ -456,7 +534,10 @@ fn parse_field(name: &str, value: &Value, path: &str) -> Result<Filter> {
                 other => return Err(unknown_op(path, other, "contains, icontains")),
             };
             let needle = string(operand, path)?;
-            Ok(Filter::Cond(Cond::Keywords { needle, case_insensitive: ci }))
+            Ok(Filter::Cond(Cond::Keywords {
+                needle,
+                case_insensitive: ci,
+            }))
         }
         other => Err(Error::filter(format!(
             "unknown filter field `{other}` at `{path}`; known fields: {FIELDS} (put custom keys under `metadata`)"
@@ -467,18 +548,30 @@ fn parse_field(name: &str, value: &Value, path: &str) -> Result<Filter> {
 fn string(v: &Value, path: &str) -> Result<String> {
     match v {
         Value::String(s) if !s.is_empty() => Ok(s.clone()),
-        Value::String(_) => Err(Error::filter(format!("`{path}` must not be an empty string"))),
-        other => Err(Error::filter(format!("`{path}` must be a string, got {}", type_name(other)))),
+        Value::String(_) => Err(Error::filter(format!(
+            "`{path}` must not be an empty string"
+        ))),
+        other => Err(Error::filter(format!(
+            "`{path}` must be a string, got {}",
+            type_name(other)
+        ))),
     }
 }
 
 fn strings(v: &Value, path: &str) -> Result<Vec<String>> {
     match v {
-        Value::Array(items) if !items.is_empty() => {
-            items.iter().enumerate().map(|(i, s)| string(s, &format!("{path}[{i}]"))).collect()
-        }
-        Value::Array(_) => Err(Error::filter(format!("`{path}` must list at least one value"))),
-        other => Err(Error::filter(format!("`{path}` must be a list of strings, got {}", type_name(other)))),
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| string(s, &format!("{path}[{i}]")))
+            .collect(),
+        Value::Array(_) => Err(Error::filter(format!(
+            "`{path}` must list at least one value"
+        ))),
+        other => Err(Error::filter(format!(
+            "`{path}` must be a list of strings, got {}",
+            type_name(other)
+        ))),
     }
 }
 
@@ -488,7 +581,11 @@ fn parse_scope(field: ScopeField, value: &Value, path: &str) -> Result<Filter> {
         "*" => StrOp::Exists,
         "eq" => {
             let s = string(operand, path)?;
-            if s == "*" { StrOp::Exists } else { StrOp::In(vec![s]) }
+            if s == "*" {
+                StrOp::Exists
+            } else {
+                StrOp::In(vec![s])
+            }
         }
         "ne" => StrOp::NotIn(vec![string(operand, path)?]),
         "in" => StrOp::In(strings(operand, path)?),
@@ -522,21 +619,32 @@ pub fn parse_timestamp(v: &Value, path: &str) -> Result<Timestamp> {
             )))
         }
         Value::Number(n) => {
-            let secs = n.as_f64().ok_or_else(|| Error::filter(format!("`{path}` is not a finite number")))?;
+            let secs = n
+                .as_f64()
+                .ok_or_else(|| Error::filter(format!("`{path}` is not a finite number")))?;
             Timestamp::from_millisecond((secs * 1000.0) as i64)
                 .map_err(|e| Error::filter(format!("`{path}` is out of range: {e}")))
         }
-        other => Err(Error::filter(format!("`{path}` must be a time string or Unix seconds, got {}", type_name(other)))),
+        other => Err(Error::filter(format!(
+            "`{path}` must be a time string or Unix seconds, got {}",
+            type_name(other)
+        ))),
     }
 }
 
 fn parse_time(field: TimeField, value: &Value, path: &str) -> Result<Filter> {
     let Value::Object(ops) = value else {
         let at = parse_timestamp(value, path)?;
-        return Ok(Filter::Cond(Cond::Time { field, cmp: Cmp::Eq, at }));
+        return Ok(Filter::Cond(Cond::Time {
+            field,
+            cmp: Cmp::Eq,
+            at,
+        }));
     };
     if ops.is_empty() {
-        return Err(Error::filter(format!("`{path}` needs an operator: gt, gte, lt, lte, eq, ne")));
+        return Err(Error::filter(format!(
+            "`{path}` needs an operator: gt, gte, lt, lte, eq, ne"
+        )));
     }
     // Several operators on one time field form a range: {"gte": a, "lt": b}.
     let mut parts = Vec::new();
@@ -553,17 +661,36 @@ fn parse_time(field: TimeField, value: &Value, path: &str) -> Result<Filter> {
         let at = parse_timestamp(operand, &format!("{path}.{op}"))?;
         parts.push(Filter::Cond(Cond::Time { field, cmp, at }));
     }
-    Ok(if parts.len() == 1 { parts.pop().unwrap_or_else(Filter::all) } else { Filter::And(parts) })
+    Ok(if parts.len() == 1 {
+        parts.pop().unwrap_or_else(Filter::all)
+    } else {
+        Filter::And(parts)
+    })
 }
 
 fn parse_kind(value: &Value, path: &str) -> Result<Filter> {
     let (op, operand) = operator(value, path)?;
-    let parse = |s: &str| s.parse::<MemoryKind>().map_err(|e| Error::filter(format!("`{path}`: {}", e.message)));
+    let parse = |s: &str| {
+        s.parse::<MemoryKind>()
+            .map_err(|e| Error::filter(format!("`{path}`: {}", e.message)))
+    };
     let (kinds, negate) = match op {
         "eq" => (vec![parse(&string(operand, path)?)?], false),
         "ne" => (vec![parse(&string(operand, path)?)?], true),
-        "in" => (strings(operand, path)?.iter().map(|s| parse(s)).collect::<Result<_>>()?, false),
-        "nin" => (strings(operand, path)?.iter().map(|s| parse(s)).collect::<Result<_>>()?, true),
+        "in" => (
+            strings(operand, path)?
+                .iter()
+                .map(|s| parse(s))
+                .collect::<Result<_>>()?,
+            false,
+        ),
+        "nin" => (
+            strings(operand, path)?
+                .iter()
+                .map(|s| parse(s))
+                .collect::<Result<_>>()?,
+            true,
+        ),
         other => return Err(unknown_op(path, other, "eq, ne, in, nin")),
     };
     Ok(Filter::Cond(Cond::Kind(kinds, negate)))
@@ -572,15 +699,23 @@ fn parse_kind(value: &Value, path: &str) -> Result<Filter> {
 fn parse_categories(value: &Value, path: &str) -> Result<Filter> {
     let (op, operand) = operator(value, path)?;
     let (cats, negate) = match (op, operand) {
-        ("eq" | "contains" | "icontains", Value::String(_)) => (vec![string(operand, path)?], false),
+        ("eq" | "contains" | "icontains", Value::String(_)) => {
+            (vec![string(operand, path)?], false)
+        }
         ("eq" | "in" | "contains", Value::Array(_)) => (strings(operand, path)?, false),
         ("ne", Value::String(_)) => (vec![string(operand, path)?], true),
         ("nin" | "ne", Value::Array(_)) => (strings(operand, path)?, true),
         ("in" | "nin", other) => {
-            return Err(Error::filter(format!("`{path}.{op}` must be a list of strings, got {}", type_name(other))));
+            return Err(Error::filter(format!(
+                "`{path}.{op}` must be a list of strings, got {}",
+                type_name(other)
+            )));
         }
         ("eq" | "ne" | "contains" | "icontains", other) => {
-            return Err(Error::filter(format!("`{path}` must be a string or a list of strings, got {}", type_name(other))));
+            return Err(Error::filter(format!(
+                "`{path}` must be a string or a list of strings, got {}",
+                type_name(other)
+            )));
         }
         (other, _) => return Err(unknown_op(path, other, "contains, in, nin, ne")),
     };
@@ -597,13 +732,18 @@ fn parse_metadata(key: &str, value: &Value, path: &str) -> Result<Filter> {
     let scalar = |v: &Value| -> Result<Value> {
         match v {
             Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(v.clone()),
-            other => Err(Error::filter(format!("`{path}` must compare with a string, number or boolean, got {}", type_name(other)))),
+            other => Err(Error::filter(format!(
+                "`{path}` must compare with a string, number or boolean, got {}",
+                type_name(other)
+            ))),
         }
     };
     let list = |v: &Value| -> Result<Vec<Value>> {
         match v {
             Value::Array(items) if !items.is_empty() => items.iter().map(scalar).collect(),
-            _ => Err(Error::filter(format!("`{path}.{op}` must be a non-empty list"))),
+            _ => Err(Error::filter(format!(
+                "`{path}.{op}` must be a non-empty list"
+            ))),
         }
     };
     let op = match op {
@@ -616,11 +756,26 @@ fn parse_metadata(key: &str, value: &Value, path: &str) -> Result<Filter> {
         "gte" => ValueOp::Cmp(Cmp::Gte, scalar(operand)?),
         "lt" => ValueOp::Cmp(Cmp::Lt, scalar(operand)?),
         "lte" => ValueOp::Cmp(Cmp::Lte, scalar(operand)?),
-        "contains" => ValueOp::Contains { needle: string(operand, path)?, case_insensitive: false },
-        "icontains" => ValueOp::Contains { needle: string(operand, path)?, case_insensitive: true },
-        other => return Err(unknown_op(path, other, "eq, ne, in, nin, gt, gte, lt, lte, contains, icontains, \"*\"")),
+        "contains" => ValueOp::Contains {
+            needle: string(operand, path)?,
+            case_insensitive: false,
+        },
+        "icontains" => ValueOp::Contains {
+            needle: string(operand, path)?,
+            case_insensitive: true,
+        },
+        other => {
+            return Err(unknown_op(
+                path,
+                other,
+                "eq, ne, in, nin, gt, gte, lt, lte, contains, icontains, \"*\"",
+            ));
+        }
     };
-    Ok(Filter::Cond(Cond::Metadata { key: key.to_owned(), op }))
+    Ok(Filter::Cond(Cond::Metadata {
+        key: key.to_owned(),
+        op,
+    }))
 }
 
 #[cfg(test)]
@@ -636,8 +791,15 @@ mod tests {
             text: "Alice moved to Lisbon".into(),
             kind: MemoryKind::Semantic,
             hash: String::new(),
-            scope: Scope { user_id: Some(user.into()), agent_id: agent.map(Into::into), ..Default::default() },
-            metadata: json!({"city": "Lisbon", "stars": 4, "tags": ["travel", "home"]}).as_object().unwrap().clone(),
+            scope: Scope {
+                user_id: Some(user.into()),
+                agent_id: agent.map(Into::into),
+                ..Default::default()
+            },
+            metadata: json!({"city": "Lisbon", "stars": 4, "tags": ["travel", "home"]})
+                .as_object()
+                .unwrap()
+                .clone(),
             categories: vec!["travel".into()],
             entities: vec![],
             role: None,
@@ -692,7 +854,9 @@ mod tests {
     #[test]
     fn dates() {
         let m = mem("alice", None); // 2024-07-03T09:46:40Z
-        assert!(parse(json!({"created_at": {"gte": "2024-07-01", "lt": "2024-08-01"}})).matches(&m));
+        assert!(
+            parse(json!({"created_at": {"gte": "2024-07-01", "lt": "2024-08-01"}})).matches(&m)
+        );
         assert!(!parse(json!({"created_at": {"gt": "2024-07-03T10:00:00Z"}})).matches(&m));
         assert!(parse(json!({"updated_at": {"lte": 1_720_000_000}})).matches(&m));
         assert!(!parse(json!({"updated_at": {"lt": 1_720_000_000}})).matches(&m));
@@ -715,7 +879,10 @@ mod tests {
 
     #[test]
     fn clear_errors() {
-        assert!(err(json!({"user_id": {"like": "a%"}})).contains("unknown operator `like` at `filters.user_id`"));
+        assert!(
+            err(json!({"user_id": {"like": "a%"}}))
+                .contains("unknown operator `like` at `filters.user_id`")
+        );
         assert!(err(json!({"usr_id": "alice"})).contains("unknown filter field `usr_id`"));
         assert!(err(json!({"AND": {"user_id": "a"}})).contains("must be a list"));
         assert!(err(json!({"OR": []})).contains("at least one"));
@@ -754,8 +921,13 @@ mod tests {
             _ => 0,
         };
         assert_eq!(plan.estimate(&count), 42);
-        assert_eq!(plan.narrowest(&count), ScopePlan::Ids(ScopeField::User, vec!["a".into(), "b".into()]));
-        let or = parse(json!({"OR": [{"user_id": "a"}, {"org_id": "acme"}]})).scope_plan().unwrap();
+        assert_eq!(
+            plan.narrowest(&count),
+            ScopePlan::Ids(ScopeField::User, vec!["a".into(), "b".into()])
+        );
+        let or = parse(json!({"OR": [{"user_id": "a"}, {"org_id": "acme"}]}))
+            .scope_plan()
+            .unwrap();
         assert_eq!(or.estimate(&count), 10_030);
     }
 }

@@ -29,9 +29,22 @@ pub struct SignalScores {
 
 /// Min-max normalises scores to [0, 1]. A single candidate (or all equal) gets 1.
 pub fn min_max(scores: &[f32]) -> Vec<f32> {
-    let (lo, hi) = scores.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+    let (lo, hi) = scores
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| {
+            (lo.min(s), hi.max(s))
+        });
     let span = hi - lo;
-    scores.iter().map(|&s| if span > f32::EPSILON { (s - lo) / span } else { 1.0 }).collect()
+    scores
+        .iter()
+        .map(|&s| {
+            if span > f32::EPSILON {
+                (s - lo) / span
+            } else {
+                1.0
+            }
+        })
+        .collect()
 }
 
 /// Fuses the three signals' candidate lists into one score per key.
@@ -53,12 +66,24 @@ pub fn fuse<K: Copy + Eq + Hash>(
     }
     let w = config.weights;
     let total = (w.semantic + w.keyword + w.entity).max(f32::EPSILON);
-    let lists = [(semantic, w.semantic), (keyword, w.keyword), (entity, w.entity)];
+    let lists = [
+        (semantic, w.semantic),
+        (keyword, w.keyword),
+        (entity, w.entity),
+    ];
     match config.fusion {
         FusionMethod::Weighted => {
-            for (list, weight) in lists {
+            // Semantic and keyword scores are relative (cosine ranges differ per
+            // query, BM25 is unbounded): min-max them over the candidates.
+            // Entity scores are absolute in [0, 1] already: a common name must stay weak.
+            for (i, (list, weight)) in lists.into_iter().enumerate() {
                 let raw: Vec<f32> = list.iter().map(|(_, s)| *s).collect();
-                for ((key, _), norm) in list.iter().zip(min_max(&raw)) {
+                let norm = if i == 2 {
+                    raw.iter().map(|s| s.clamp(0.0, 1.0)).collect()
+                } else {
+                    min_max(&raw)
+                };
+                for ((key, _), norm) in list.iter().zip(norm) {
                     if let Some(entry) = out.get_mut(key) {
                         entry.fused += weight * norm / total;
                     }
@@ -96,7 +121,15 @@ mod tests {
     use crate::config::SignalWeights;
 
     fn cfg(fusion: FusionMethod) -> RetrievalConfig {
-        RetrievalConfig { fusion, weights: SignalWeights { semantic: 0.6, keyword: 0.25, entity: 0.15 }, ..Default::default() }
+        RetrievalConfig {
+            fusion,
+            weights: SignalWeights {
+                semantic: 0.6,
+                keyword: 0.25,
+                entity: 0.15,
+            },
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -110,14 +143,17 @@ mod tests {
     fn weighted_fusion_combines_signals() {
         let sem = vec![(1, 0.9), (2, 0.5), (3, 0.1)];
         let kw = vec![(2, 12.0), (4, 3.0)];
-        let ent = vec![(2, 1.0)];
+        let ent = vec![(2, 1.0), (1, 0.2)];
         let f = fuse(&sem, &kw, &ent, &cfg(FusionMethod::Weighted));
-        assert!((f[&1].fused - 0.6).abs() < 1e-6); // top semantic only
+        assert!((f[&1].fused - (0.6 + 0.15 * 0.2)).abs() < 1e-6); // top semantic, weak entity
         assert!((f[&2].fused - (0.6 * 0.5 + 0.25 + 0.15)).abs() < 1e-6);
         assert_eq!(f[&3].fused, 0.0);
         assert_eq!(f[&4].fused, 0.0); // bottom of keyword list normalises to 0
         assert_eq!(f[&2].keyword, Some(12.0));
-        assert!(f[&2].fused > f[&1].fused, "agreeing signals beat a single strong one");
+        assert!(
+            f[&2].fused > f[&1].fused,
+            "agreeing signals beat a single strong one"
+        );
     }
 
     #[test]
@@ -126,7 +162,10 @@ mod tests {
         let kw = vec![(1, 5.0)];
         let ent = vec![(1, 1.0)];
         let f = fuse(&sem, &kw, &ent, &cfg(FusionMethod::Rrf));
-        assert!((f[&1].fused - 1.0).abs() < 1e-5, "rank 1 everywhere is a perfect score");
+        assert!(
+            (f[&1].fused - 1.0).abs() < 1e-5,
+            "rank 1 everywhere is a perfect score"
+        );
         assert!(f[&2].fused < 0.6 && f[&2].fused > 0.5);
     }
 

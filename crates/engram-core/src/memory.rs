@@ -30,7 +30,11 @@ pub enum MemoryKind {
 }
 
 impl MemoryKind {
-    pub const ALL: [MemoryKind; 3] = [MemoryKind::Semantic, MemoryKind::Episodic, MemoryKind::Procedural];
+    pub const ALL: [MemoryKind; 3] = [
+        MemoryKind::Semantic,
+        MemoryKind::Episodic,
+        MemoryKind::Procedural,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -72,8 +76,13 @@ pub enum ScopeField {
 }
 
 impl ScopeField {
-    pub const ALL: [ScopeField; 5] =
-        [ScopeField::Org, ScopeField::App, ScopeField::User, ScopeField::Agent, ScopeField::Run];
+    pub const ALL: [ScopeField; 5] = [
+        ScopeField::Org,
+        ScopeField::App,
+        ScopeField::User,
+        ScopeField::Agent,
+        ScopeField::Run,
+    ];
 
     /// The wire / column name, e.g. `user_id`.
     pub fn as_str(self) -> &'static str {
@@ -137,7 +146,9 @@ impl Scope {
 
     /// The ids that are set, in field order.
     pub fn iter(&self) -> impl Iterator<Item = (ScopeField, &str)> {
-        ScopeField::ALL.into_iter().filter_map(|f| self.get(f).map(|v| (f, v)))
+        ScopeField::ALL
+            .into_iter()
+            .filter_map(|f| self.get(f).map(|v| (f, v)))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,7 +173,10 @@ impl Scope {
 /// A scope id must be non-empty, at most [`MAX_SCOPE_ID_LEN`] bytes, without control characters, and not `*`.
 pub fn validate_scope_id(field: ScopeField, value: &str) -> Result<()> {
     if value.trim().is_empty() {
-        return Err(Error::invalid(format!("`{}` must not be empty", field.as_str())));
+        return Err(Error::invalid(format!(
+            "`{}` must not be empty",
+            field.as_str()
+        )));
     }
     if value.len() > MAX_SCOPE_ID_LEN {
         return Err(Error::invalid(format!(
@@ -172,10 +186,16 @@ pub fn validate_scope_id(field: ScopeField, value: &str) -> Result<()> {
         )));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid(format!("`{}` must not contain control characters", field.as_str())));
+        return Err(Error::invalid(format!(
+            "`{}` must not contain control characters",
+            field.as_str()
+        )));
     }
     if value == "*" {
-        return Err(Error::invalid(format!("`{}` cannot be the wildcard `*` when writing", field.as_str())));
+        return Err(Error::invalid(format!(
+            "`{}` cannot be the wildcard `*` when writing",
+            field.as_str()
+        )));
     }
     Ok(())
 }
@@ -199,7 +219,10 @@ impl Entity {
 
 /// Normalises an entity name for indexing and lookup.
 pub fn entity_key(name: &str) -> String {
-    name.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    name.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// One version of a memory.
@@ -317,11 +340,23 @@ mod tests {
     #[test]
     fn scope_validation() {
         assert!(Scope::default().validate_for_write().is_err());
-        let s = Scope { user_id: Some("alice".into()), ..Default::default() };
+        let s = Scope {
+            user_id: Some("alice".into()),
+            ..Default::default()
+        };
         assert!(s.validate_for_write().is_ok());
-        let bad = Scope { user_id: Some(" ".into()), ..Default::default() };
-        assert_eq!(bad.validate_for_write().unwrap_err().code, crate::ErrorCode::InvalidRequest);
-        let star = Scope { agent_id: Some("*".into()), ..Default::default() };
+        let bad = Scope {
+            user_id: Some(" ".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate_for_write().unwrap_err().code,
+            crate::ErrorCode::InvalidRequest
+        );
+        let star = Scope {
+            agent_id: Some("*".into()),
+            ..Default::default()
+        };
         assert!(star.validate_for_write().is_err());
     }
 

@@ -15,7 +15,8 @@ use crate::embed::{Embedder, QueryCache};
 use crate::filter::Filter;
 use crate::fusion::{self, Ranked, SignalScores};
 use crate::memory::{
-    Entity, Event, HistoryEvent, Memory, MemoryId, MemoryKind, Metadata, Scope, entity_key, text_hash,
+    Entity, Event, HistoryEvent, Memory, MemoryId, MemoryKind, Metadata, Scope, entity_key,
+    text_hash,
 };
 use crate::store::{Cursor, Store, VectorPath, Visibility, WriteOp};
 use crate::text;
@@ -33,6 +34,11 @@ impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::now()
     }
+}
+
+/// Truncates to whole milliseconds: the precision stores keep and cursors carry.
+pub fn to_millis(t: Timestamp) -> Timestamp {
+    Timestamp::from_millisecond(t.as_millisecond()).unwrap_or(t)
 }
 
 /// Who is asking, for history and logs.
@@ -168,7 +174,16 @@ impl MemoryService {
     ) -> Result<MemoryService> {
         store.bind_model(embedder.model()).await?;
         let queries = Arc::new(QueryCache::new(embedder.clone(), query_cache));
-        Ok(MemoryService { inner: Arc::new(Inner { store, embedder, queries, retrieval, ingest, clock }) })
+        Ok(MemoryService {
+            inner: Arc::new(Inner {
+                store,
+                embedder,
+                queries,
+                retrieval,
+                ingest,
+                clock,
+            }),
+        })
     }
 
     /// The same service (store, embedder, query cache) with other retrieval settings.
@@ -207,7 +222,7 @@ impl MemoryService {
     }
 
     pub fn now(&self) -> Timestamp {
-        self.inner.clock.now()
+        to_millis(self.inner.clock.now())
     }
 
     fn vis(&self) -> Visibility {
@@ -230,13 +245,18 @@ impl MemoryService {
     /// scope reported as NOOP. Every new memory writes an ADD history event.
     pub async fn add(&self, ctx: &RequestCtx, input: AddInput) -> Result<Vec<AddResult>> {
         let mut out = self.add_batch(ctx, vec![input]).await?;
-        out.pop().ok_or_else(|| Error::internal("add_batch returned no result"))
+        out.pop()
+            .ok_or_else(|| Error::internal("add_batch returned no result"))
     }
 
     /// [`add`](Self::add) for several inputs at once: one embedding batch and
     /// one store transaction for all of them (imports, evaluations). Results
     /// come back per input, in order. Any invalid input fails the whole batch.
-    pub async fn add_batch(&self, ctx: &RequestCtx, inputs: Vec<AddInput>) -> Result<Vec<Vec<AddResult>>> {
+    pub async fn add_batch(
+        &self,
+        ctx: &RequestCtx,
+        inputs: Vec<AddInput>,
+    ) -> Result<Vec<Vec<AddResult>>> {
         let now = self.now();
         let mut prepared = Vec::with_capacity(inputs.len());
         let mut texts: Vec<String> = Vec::new();
@@ -247,7 +267,11 @@ impl MemoryService {
         }
         let vectors = self.inner.embedder.embed(&texts).await?;
         if vectors.len() != texts.len() {
-            return Err(Error::embedder(format!("embedder returned {} vectors for {} texts", vectors.len(), texts.len())));
+            return Err(Error::embedder(format!(
+                "embedder returned {} vectors for {} texts",
+                vectors.len(),
+                texts.len()
+            )));
         }
         let mut vectors = vectors.into_iter();
         let vis = Visibility { now };
@@ -258,22 +282,32 @@ impl MemoryService {
         let mut batch: Vec<(Scope, MemoryId, String, Vec<f32>)> = Vec::new();
         for (input, pieces) in prepared {
             let scope_filter = Filter::from_scope(&input.scope);
-            let at = input.timestamp.unwrap_or(now);
+            let at = input.timestamp.map(to_millis).unwrap_or(now);
             let mut results = Vec::with_capacity(pieces.len());
             for (role, piece) in pieces {
-                let vector = vectors.next().ok_or_else(|| Error::internal("vector count changed"))?;
+                let vector = vectors
+                    .next()
+                    .ok_or_else(|| Error::internal("vector count changed"))?;
                 let hash = text_hash(&piece);
-                if let Some((_, id, _, _)) = batch
-                    .iter()
-                    .find(|(s, _, h, v)| *s == input.scope && (*h == hash || dot(v, &vector) >= threshold))
-                {
-                    results.push(AddResult { id: *id, memory: piece, event: Event::Noop });
+                if let Some((_, id, _, _)) = batch.iter().find(|(s, _, h, v)| {
+                    *s == input.scope && (*h == hash || dot(v, &vector) >= threshold)
+                }) {
+                    results.push(AddResult {
+                        id: *id,
+                        memory: piece,
+                        event: Event::Noop,
+                    });
                     continue;
                 }
-                if let Some(existing) =
-                    self.find_duplicate(&scope_filter, &input.scope, &hash, &vector, threshold, vis).await?
+                if let Some(existing) = self
+                    .find_duplicate(&scope_filter, &input.scope, &hash, &vector, threshold, vis)
+                    .await?
                 {
-                    results.push(AddResult { id: existing, memory: piece, event: Event::Noop });
+                    results.push(AddResult {
+                        id: existing,
+                        memory: piece,
+                        event: Event::Noop,
+                    });
                     continue;
                 }
                 let id = Uuid::now_v7();
@@ -291,15 +325,24 @@ impl MemoryService {
                     role,
                     created_at: at,
                     updated_at: at,
-                    valid_at: input.timestamp,
+                    valid_at: input.timestamp.map(to_millis),
                     invalid_at: None,
-                    expires_at: input.expires_at,
+                    expires_at: input.expires_at.map(to_millis),
                     embedding_model: self.inner.embedder.model().id.clone(),
                 };
-                let history = self.history_event(ctx, &memory, Event::Add, None, Some(piece.clone()), now);
-                results.push(AddResult { id, memory: piece, event: Event::Add });
+                let history =
+                    self.history_event(ctx, &memory, Event::Add, None, Some(piece.clone()), now);
+                results.push(AddResult {
+                    id,
+                    memory: piece,
+                    event: Event::Add,
+                });
                 batch.push((input.scope.clone(), id, hash, vector.clone()));
-                ops.push(WriteOp::Insert { memory, embedding: vector, history });
+                ops.push(WriteOp::Insert {
+                    memory,
+                    embedding: vector,
+                    history,
+                });
             }
             all_results.push(results);
         }
@@ -328,7 +371,10 @@ impl MemoryService {
                 if messages.len() > max {
                     return Err(Error::new(
                         ErrorCode::LimitExceeded,
-                        format!("{} messages in one add; the maximum is {max}", messages.len()),
+                        format!(
+                            "{} messages in one add; the maximum is {max}",
+                            messages.len()
+                        ),
                     ));
                 }
                 let mut turns = Vec::with_capacity(messages.len());
@@ -340,14 +386,21 @@ impl MemoryService {
                         )));
                     }
                     self.check_text(&m.content, &format!("`messages[{i}].content`"))?;
-                    let name = m.name.as_deref().map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned);
+                    let name = m
+                        .name
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned);
                     turns.push((Some(m.role.clone()), name, m.content.clone()));
                 }
                 turns
             }
         };
         if turns.iter().all(|(_, _, t)| t.trim().is_empty()) {
-            return Err(Error::invalid("nothing to remember: the text or every message content is empty"));
+            return Err(Error::invalid(
+                "nothing to remember: the text or every message content is empty",
+            ));
         }
         let embedder = &self.inner.embedder;
         let count = |s: &str| embedder.count_tokens(s);
@@ -374,7 +427,11 @@ impl MemoryService {
         threshold: f32,
         vis: Visibility,
     ) -> Result<Option<MemoryId>> {
-        let near = self.inner.store.vector_search(scope_filter, vis, vector, 4).await?;
+        let near = self
+            .inner
+            .store
+            .vector_search(scope_filter, vis, vector, 4)
+            .await?;
         let candidates: Vec<MemoryId> = near.hits.iter().map(|(id, _)| *id).collect();
         if candidates.is_empty() {
             return Ok(None);
@@ -383,7 +440,10 @@ impl MemoryService {
         let memories = self.inner.store.get_many(&candidates, vis).await?;
         Ok(memories
             .into_iter()
-            .find(|m| m.scope == *scope && (m.hash == hash || scores.get(&m.id).is_some_and(|s| *s >= threshold)))
+            .find(|m| {
+                m.scope == *scope
+                    && (m.hash == hash || scores.get(&m.id).is_some_and(|s| *s >= threshold))
+            })
             .map(|m| m.id))
     }
 
@@ -429,12 +489,18 @@ impl MemoryService {
         if query.len() > MAX_QUERY_BYTES {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,
-                format!("`query` is {} bytes long; the maximum is {MAX_QUERY_BYTES}", query.len()),
+                format!(
+                    "`query` is {} bytes long; the maximum is {MAX_QUERY_BYTES}",
+                    query.len()
+                ),
             ));
         }
         let top_k = input.top_k.unwrap_or(cfg.default_top_k);
         if top_k == 0 || top_k > cfg.max_top_k {
-            return Err(Error::new(ErrorCode::LimitExceeded, format!("`top_k` must be between 1 and {}", cfg.max_top_k)));
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("`top_k` must be between 1 and {}", cfg.max_top_k),
+            ));
         }
         if let Some(t) = input.threshold
             && !(0.0..=1.0).contains(&t)
@@ -447,7 +513,11 @@ impl MemoryService {
         let candidates = cfg.candidates.max(top_k);
         let (vector, cached) = self.inner.queries.embed_query(query).await?;
         let w = cfg.weights;
-        let terms = if w.keyword > 0.0 { text::keyword_terms(query) } else { Vec::new() };
+        let terms = if w.keyword > 0.0 {
+            text::keyword_terms(query)
+        } else {
+            Vec::new()
+        };
         let keys: Vec<String> = if w.entity > 0.0 {
             let mut keys: Vec<String> = text::tag_entities(query).iter().map(Entity::key).collect();
             keys.dedup();
@@ -460,16 +530,27 @@ impl MemoryService {
         let (semantic, keyword, entity) = futures::join!(
             async {
                 if w.semantic > 0.0 || (w.keyword == 0.0 && w.entity == 0.0) {
-                    store.vector_search(filter, vis, &vector, candidates).await.map(Some)
+                    store
+                        .vector_search(filter, vis, &vector, candidates)
+                        .await
+                        .map(Some)
                 } else {
                     Ok(None)
                 }
             },
             async {
-                if terms.is_empty() { Ok(Vec::new()) } else { store.keyword_search(filter, vis, &terms, candidates).await }
+                if terms.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    store.keyword_search(filter, vis, &terms, candidates).await
+                }
             },
             async {
-                if keys.is_empty() { Ok(Vec::new()) } else { store.entity_search(filter, vis, &keys, candidates).await }
+                if keys.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    store.entity_search(filter, vis, &keys, candidates).await
+                }
             },
         );
         let (semantic, path): (Ranked<MemoryId>, VectorPath) = match semantic? {
@@ -477,6 +558,26 @@ impl MemoryService {
             None => (Vec::new(), VectorPath::Empty),
         };
         let (keyword, entity) = (keyword?, entity?);
+        // Candidates that only keyword or entity search found still get their
+        // real cosine similarity, so fusion compares like with like. (Filling in
+        // BM25 for semantic-only candidates was measured too: no gain, one more query.)
+        let mut semantic = semantic;
+        if w.semantic > 0.0 {
+            let known: std::collections::HashSet<MemoryId> =
+                semantic.iter().map(|(id, _)| *id).collect();
+            let mut missing: Vec<MemoryId> = keyword
+                .iter()
+                .chain(&entity)
+                .map(|(id, _)| *id)
+                .filter(|id| !known.contains(id))
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            if !missing.is_empty() {
+                semantic.extend(store.vector_scores(&missing, &vector).await?);
+                semantic.sort_by(|a, b| b.1.total_cmp(&a.1));
+            }
+        }
         let fused = fusion::fuse(&semantic, &keyword, &entity, cfg);
         let ids: Vec<MemoryId> = fused.keys().copied().collect();
         let memories = store.get_many(&ids, vis).await?;
@@ -496,7 +597,9 @@ impl MemoryService {
             .collect();
         // Highest score first; ties broken by newer, then id, so results are deterministic.
         scored.sort_by(|a, b| {
-            b.1.total_cmp(&a.1).then_with(|| b.0.updated_at.cmp(&a.0.updated_at)).then_with(|| a.0.id.cmp(&b.0.id))
+            b.1.total_cmp(&a.1)
+                .then_with(|| b.0.updated_at.cmp(&a.0.updated_at))
+                .then_with(|| a.0.id.cmp(&b.0.id))
         });
         scored.truncate(top_k);
         let tokens: Vec<usize> = scored.iter().map(|(m, ..)| m.tokens as usize).collect();
@@ -517,12 +620,21 @@ impl MemoryService {
                 }),
             })
             .collect();
-        Ok(SearchOutput { hits, vector_path: path, tokens: used, cached_embedding: cached })
+        Ok(SearchOutput {
+            hits,
+            vector_path: path,
+            tokens: used,
+            cached_embedding: cached,
+        })
     }
 
     /// The current version of a memory.
     pub async fn get(&self, id: MemoryId) -> Result<Memory> {
-        self.inner.store.get(id, self.vis()).await?.ok_or_else(|| not_found(id))
+        self.inner
+            .store
+            .get(id, self.vis())
+            .await?
+            .ok_or_else(|| not_found(id))
     }
 
     /// Memories matching `filter` (which must name a scope id), newest first.
@@ -534,9 +646,16 @@ impl MemoryService {
             ));
         }
         if limit == 0 || limit > MAX_PAGE {
-            return Err(Error::new(ErrorCode::LimitExceeded, format!("`limit` must be between 1 and {MAX_PAGE}")));
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("`limit` must be between 1 and {MAX_PAGE}"),
+            ));
         }
-        let mut memories = self.inner.store.list(filter, self.vis(), after, limit + 1).await?;
+        let mut memories = self
+            .inner
+            .store
+            .list(filter, self.vis(), after, limit + 1)
+            .await?;
         let next = if memories.len() > limit {
             memories.truncate(limit);
             memories.last().map(Cursor::of)
@@ -547,9 +666,20 @@ impl MemoryService {
     }
 
     /// Writes a new version of a memory. Text changes re-embed and re-tag it.
-    pub async fn update(&self, ctx: &RequestCtx, id: MemoryId, input: UpdateInput) -> Result<Memory> {
-        if input.text.is_none() && input.metadata.is_none() && input.categories.is_none() && input.expires_at.is_none() {
-            return Err(Error::invalid("nothing to update: give `text`, `metadata`, `categories` or `expires_at`"));
+    pub async fn update(
+        &self,
+        ctx: &RequestCtx,
+        id: MemoryId,
+        input: UpdateInput,
+    ) -> Result<Memory> {
+        if input.text.is_none()
+            && input.metadata.is_none()
+            && input.categories.is_none()
+            && input.expires_at.is_none()
+        {
+            return Err(Error::invalid(
+                "nothing to update: give `text`, `metadata`, `categories` or `expires_at`",
+            ));
         }
         let current = self.get(id).await?;
         let now = self.now();
@@ -572,7 +702,7 @@ impl MemoryService {
             if e.is_some_and(|e| e <= now) {
                 return Err(Error::invalid("`expires_at` is in the past"));
             }
-            next.expires_at = e;
+            next.expires_at = e.map(to_millis);
         }
         if next == current {
             return Ok(current);
@@ -583,13 +713,30 @@ impl MemoryService {
             next.hash = text_hash(&next.text);
             next.entities = text::tag_entities(&next.text);
             next.tokens = self.inner.embedder.count_tokens(&next.text) as u32;
-            self.inner.embedder.embed(std::slice::from_ref(&next.text)).await?.pop()
+            self.inner
+                .embedder
+                .embed(std::slice::from_ref(&next.text))
+                .await?
+                .pop()
         } else {
             None
         };
-        let history =
-            self.history_event(ctx, &next, Event::Update, Some(current.text.clone()), Some(next.text.clone()), now);
-        self.inner.store.apply(vec![WriteOp::Update { memory: next.clone(), embedding, history }]).await?;
+        let history = self.history_event(
+            ctx,
+            &next,
+            Event::Update,
+            Some(current.text.clone()),
+            Some(next.text.clone()),
+            now,
+        );
+        self.inner
+            .store
+            .apply(vec![WriteOp::Update {
+                memory: next.clone(),
+                embedding,
+                history,
+            }])
+            .await?;
         Ok(next)
     }
 
@@ -597,8 +744,22 @@ impl MemoryService {
     pub async fn delete(&self, ctx: &RequestCtx, id: MemoryId) -> Result<()> {
         let current = self.get(id).await?;
         let now = self.now();
-        let history = self.history_event(ctx, &current, Event::Delete, Some(current.text.clone()), None, now);
-        self.inner.store.apply(vec![WriteOp::Delete { id, at: now, history }]).await
+        let history = self.history_event(
+            ctx,
+            &current,
+            Event::Delete,
+            Some(current.text.clone()),
+            None,
+            now,
+        );
+        self.inner
+            .store
+            .apply(vec![WriteOp::Delete {
+                id,
+                at: now,
+                history,
+            }])
+            .await
     }
 
     /// Deletes every visible memory matching `filter` (which must name a scope id). Returns how many.
@@ -617,7 +778,14 @@ impl MemoryService {
                 .map(|m| WriteOp::Delete {
                     id: m.id,
                     at: now,
-                    history: self.history_event(ctx, m, Event::Delete, Some(m.text.clone()), None, now),
+                    history: self.history_event(
+                        ctx,
+                        m,
+                        Event::Delete,
+                        Some(m.text.clone()),
+                        None,
+                        now,
+                    ),
                 })
                 .collect();
             deleted += ops.len();

@@ -25,13 +25,25 @@ pub struct Visibility {
 #[derive(Debug, Clone)]
 pub enum WriteOp {
     /// A new memory (version 1).
-    Insert { memory: Memory, embedding: Vec<f32>, history: HistoryEvent },
+    Insert {
+        memory: Memory,
+        embedding: Vec<f32>,
+        history: HistoryEvent,
+    },
     /// A new version of an existing memory: the current version is closed
     /// (`invalid_at = memory.updated_at`) and `memory` becomes current.
     /// `embedding: None` keeps the previous version's vector (the text did not change).
-    Update { memory: Memory, embedding: Option<Vec<f32>>, history: HistoryEvent },
+    Update {
+        memory: Memory,
+        embedding: Option<Vec<f32>>,
+        history: HistoryEvent,
+    },
     /// Closes the current version of `id` at `at`; nothing is physically removed.
-    Delete { id: MemoryId, at: Timestamp, history: HistoryEvent },
+    Delete {
+        id: MemoryId,
+        at: Timestamp,
+        history: HistoryEvent,
+    },
 }
 
 /// Which vector-search strategy answered a query (DESIGN.md §2, "Filtered vector search").
@@ -75,7 +87,10 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn of(m: &Memory) -> Cursor {
-        Cursor { created_at: m.created_at, id: m.id }
+        Cursor {
+            created_at: m.created_at,
+            id: m.id,
+        }
     }
 
     /// An opaque token: `<millis>.<uuid>`.
@@ -84,7 +99,11 @@ impl Cursor {
     }
 
     pub fn decode(token: &str) -> Result<Cursor> {
-        let bad = || Error::invalid(format!("`cursor` is not a cursor returned by this server: `{token}`"));
+        let bad = || {
+            Error::invalid(format!(
+                "`cursor` is not a cursor returned by this server: `{token}`"
+            ))
+        };
         let (ms, id) = token.split_once('.').ok_or_else(bad)?;
         let ms: i64 = ms.parse().map_err(|_| bad())?;
         Ok(Cursor {
@@ -135,22 +154,48 @@ pub trait Store: Send + Sync + 'static {
     async fn get_many(&self, ids: &[MemoryId], vis: Visibility) -> Result<Vec<Memory>>;
 
     /// Visible current memories matching `filter`, newest first, after `cursor`.
-    async fn list(&self, filter: &Filter, vis: Visibility, after: Option<Cursor>, limit: usize) -> Result<Vec<Memory>>;
+    async fn list(
+        &self,
+        filter: &Filter,
+        vis: Visibility,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Vec<Memory>>;
 
     /// Every history event of a memory, oldest first.
     async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>>;
 
     /// Nearest visible current memories to `vector` among those matching `filter`.
-    async fn vector_search(&self, filter: &Filter, vis: Visibility, vector: &[f32], k: usize) -> Result<VectorHits>;
+    async fn vector_search(
+        &self,
+        filter: &Filter,
+        vis: Visibility,
+        vector: &[f32],
+        k: usize,
+    ) -> Result<VectorHits>;
+
+    /// Cosine similarity of `vector` to each listed memory's current vector (missing ones are skipped).
+    async fn vector_scores(&self, ids: &[MemoryId], vector: &[f32]) -> Result<Ranked<MemoryId>>;
 
     /// Best BM25 matches for any of `terms` among visible current memories matching `filter`.
-    async fn keyword_search(&self, filter: &Filter, vis: Visibility, terms: &[String], k: usize)
-    -> Result<Ranked<MemoryId>>;
+    async fn keyword_search(
+        &self,
+        filter: &Filter,
+        vis: Visibility,
+        terms: &[String],
+        k: usize,
+    ) -> Result<Ranked<MemoryId>>;
 
-    /// Memories sharing entities (by [`crate::memory::entity_key`]) with the query,
-    /// scored by the rarity-weighted share of query entities they mention.
-    async fn entity_search(&self, filter: &Filter, vis: Visibility, keys: &[String], k: usize)
-    -> Result<Ranked<MemoryId>>;
+    /// Memories sharing entities (by [`crate::memory::entity_key`]) with the query.
+    /// Scores are absolute, in [0, 1]: each matched entity adds its rarity in the
+    /// filtered set, `ln(1 + n/df) / ln(1 + n)`, averaged over the query's entities.
+    async fn entity_search(
+        &self,
+        filter: &Filter,
+        vis: Visibility,
+        keys: &[String],
+        k: usize,
+    ) -> Result<Ranked<MemoryId>>;
 
     async fn stats(&self) -> Result<StoreStats>;
 

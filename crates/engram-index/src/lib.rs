@@ -51,7 +51,12 @@ pub struct IndexConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         // exact_threshold: measured crossover on a 2-core machine, see docs/benchmarks.md.
-        IndexConfig { exact_threshold: 20_000, connectivity: 16, expansion_add: 128, expansion_search: 128 }
+        IndexConfig {
+            exact_threshold: 20_000,
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 128,
+        }
     }
 }
 
@@ -86,7 +91,9 @@ impl Arena {
     }
 
     fn remove(&mut self, key: u64) -> bool {
-        let Some(slot) = self.slots.remove(&key) else { return false };
+        let Some(slot) = self.slots.remove(&key) else {
+            return false;
+        };
         let last = self.keys.len() - 1;
         if slot != last {
             let moved = self.keys[last];
@@ -116,8 +123,18 @@ fn graph_err(e: impl std::fmt::Display) -> IndexError {
 impl VectorIndex {
     pub fn new(dim: usize, config: IndexConfig) -> Result<VectorIndex> {
         let graph = new_graph(dim, &config)?;
-        let arena = Arena { dim, data: Vec::new(), keys: Vec::new(), slots: HashMap::new() };
-        Ok(VectorIndex { config, dim, arena: RwLock::new(arena), graph: RwLock::new(graph) })
+        let arena = Arena {
+            dim,
+            data: Vec::new(),
+            keys: Vec::new(),
+            slots: HashMap::new(),
+        };
+        Ok(VectorIndex {
+            config,
+            dim,
+            arena: RwLock::new(arena),
+            graph: RwLock::new(graph),
+        })
     }
 
     pub fn dim(&self) -> usize {
@@ -130,7 +147,10 @@ impl VectorIndex {
 
     fn check(&self, v: &[f32]) -> Result<()> {
         if v.len() != self.dim {
-            return Err(IndexError::Dimension { expected: self.dim, got: v.len() });
+            return Err(IndexError::Dimension {
+                expected: self.dim,
+                got: v.len(),
+            });
         }
         Ok(())
     }
@@ -174,7 +194,9 @@ impl VectorIndex {
             if graph.size() + items.len() > graph.capacity() {
                 drop(graph);
                 let graph = self.graph_write();
-                let want = (graph.size() + items.len()).max(graph.capacity() * 2).max(1024);
+                let want = (graph.size() + items.len())
+                    .max(graph.capacity() * 2)
+                    .max(1024);
                 graph.reserve(want).map_err(graph_err)?;
             }
         }
@@ -238,7 +260,11 @@ impl VectorIndex {
 
     /// Which path a filtered set of `estimated` vectors takes.
     pub fn choose(&self, estimated: usize) -> SearchPath {
-        if estimated < self.config.exact_threshold { SearchPath::Exact } else { SearchPath::Hnsw }
+        if estimated < self.config.exact_threshold {
+            SearchPath::Exact
+        } else {
+            SearchPath::Hnsw
+        }
     }
 
     /// Exact top-`k` by cosine over `candidates` that pass `keep`.
@@ -253,7 +279,9 @@ impl VectorIndex {
         let arena = self.arena_read();
         let mut top = TopK::new(k);
         for key in candidates {
-            let Some(&slot) = arena.slots.get(&key) else { continue };
+            let Some(&slot) = arena.slots.get(&key) else {
+                continue;
+            };
             if keep(key) {
                 top.push(key, dot(query, arena.vector(slot)));
             }
@@ -262,7 +290,12 @@ impl VectorIndex {
     }
 
     /// Exact top-`k` over every vector that passes `keep` (no candidate list).
-    pub fn exact_all(&self, query: &[f32], k: usize, keep: impl Fn(u64) -> bool) -> Result<Vec<(u64, f32)>> {
+    pub fn exact_all(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, f32)>> {
         self.check(query)?;
         let arena = self.arena_read();
         let mut top = TopK::new(k);
@@ -275,27 +308,46 @@ impl VectorIndex {
     }
 
     /// Approximate top-`k` by cosine through the graph, visiting only keys that pass `keep`.
-    pub fn hnsw(&self, query: &[f32], k: usize, keep: impl Fn(u64) -> bool) -> Result<Vec<(u64, f32)>> {
+    pub fn hnsw(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, f32)>> {
         self.check(query)?;
         let graph = self.graph_read();
         let matches = graph.filtered_search(query, k, keep).map_err(graph_err)?;
         // usearch's cosine distance is 1 - cos.
-        Ok(matches.keys.into_iter().zip(matches.distances).map(|(key, d)| (key, 1.0 - d)).collect())
+        Ok(matches
+            .keys
+            .into_iter()
+            .zip(matches.distances)
+            .map(|(key, d)| (key, 1.0 - d))
+            .collect())
     }
 
     /// Keys in the arena that are missing from the graph, e.g. after loading a stale graph file.
     pub fn pending(&self) -> Vec<u64> {
         let arena = self.arena_read();
         let graph = self.graph_read();
-        arena.keys.iter().copied().filter(|k| !graph.contains(*k)).collect()
+        arena
+            .keys
+            .iter()
+            .copied()
+            .filter(|k| !graph.contains(*k))
+            .collect()
     }
 
     /// Adds every arena vector missing from the graph. Returns how many.
     pub fn index_pending(&self) -> Result<usize> {
         let pending = self.pending();
         for chunk in pending.chunks(256) {
-            let vectors: Vec<(u64, Vec<f32>)> = chunk.iter().filter_map(|k| self.get(*k).map(|v| (*k, v))).collect();
-            let items: Vec<(u64, &[f32])> = vectors.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            let vectors: Vec<(u64, Vec<f32>)> = chunk
+                .iter()
+                .filter_map(|k| self.get(*k).map(|v| (*k, v)))
+                .collect();
+            let items: Vec<(u64, &[f32])> =
+                vectors.iter().map(|(k, v)| (*k, v.as_slice())).collect();
             self.add_to_graph(&items)?;
         }
         Ok(pending.len())
@@ -305,7 +357,9 @@ impl VectorIndex {
     pub fn rebuild_graph(&self, threads: usize) -> Result<()> {
         let fresh = new_graph(self.dim, &self.config)?;
         let arena = self.arena_read();
-        fresh.reserve_capacity_and_threads(arena.keys.len().max(1024), threads.max(1)).map_err(graph_err)?;
+        fresh
+            .reserve_capacity_and_threads(arena.keys.len().max(1024), threads.max(1))
+            .map_err(graph_err)?;
         let n = arena.keys.len();
         let per = n.div_ceil(threads.max(1)).max(1);
         let result: Result<()> = std::thread::scope(|s| {
@@ -315,14 +369,17 @@ impl VectorIndex {
                     let (arena, fresh) = (&arena, &fresh);
                     s.spawn(move || -> Result<()> {
                         for slot in start..(start + per).min(n) {
-                            fresh.add(arena.keys[slot], arena.vector(slot)).map_err(graph_err)?;
+                            fresh
+                                .add(arena.keys[slot], arena.vector(slot))
+                                .map_err(graph_err)?;
                         }
                         Ok(())
                     })
                 })
                 .collect();
             for h in handles {
-                h.join().map_err(|_| IndexError::Graph("graph build thread panicked".into()))??;
+                h.join()
+                    .map_err(|_| IndexError::Graph("graph build thread panicked".into()))??;
             }
             Ok(())
         });
@@ -335,7 +392,9 @@ impl VectorIndex {
     /// Writes the graph to `path` (atomically: a temporary file then rename).
     pub fn save_graph(&self, path: &FsPath) -> Result<()> {
         let tmp = path.with_extension("tmp");
-        let tmp_str = tmp.to_str().ok_or_else(|| IndexError::Graph("path is not UTF-8".into()))?;
+        let tmp_str = tmp
+            .to_str()
+            .ok_or_else(|| IndexError::Graph("path is not UTF-8".into()))?;
         self.graph_read().save(tmp_str).map_err(graph_err)?;
         std::fs::rename(&tmp, path).map_err(graph_err)
     }
@@ -344,11 +403,16 @@ impl VectorIndex {
     /// are not in the arena are removed; arena keys missing from the file are
     /// reported by [`pending`](Self::pending).
     pub fn load_graph(&self, path: &FsPath) -> Result<()> {
-        let path_str = path.to_str().ok_or_else(|| IndexError::Graph("path is not UTF-8".into()))?;
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| IndexError::Graph("path is not UTF-8".into()))?;
         let graph = new_graph(self.dim, &self.config)?;
         graph.load(path_str).map_err(graph_err)?;
         if graph.dimensions() != self.dim {
-            return Err(IndexError::Dimension { expected: self.dim, got: graph.dimensions() });
+            return Err(IndexError::Dimension {
+                expected: self.dim,
+                got: graph.dimensions(),
+            });
         }
         graph.change_expansion_search(self.config.expansion_search);
         *self.graph_write() = graph;
@@ -401,13 +465,18 @@ impl PartialOrd for Scored {
 }
 impl Ord for Scored {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0).then_with(|| other.1.cmp(&self.1))
+        self.0
+            .total_cmp(&other.0)
+            .then_with(|| other.1.cmp(&self.1))
     }
 }
 
 impl TopK {
     fn new(k: usize) -> TopK {
-        TopK { k, heap: std::collections::BinaryHeap::with_capacity(k + 1) }
+        TopK {
+            k,
+            heap: std::collections::BinaryHeap::with_capacity(k + 1),
+        }
     }
 
     fn push(&mut self, key: u64, score: f32) {
@@ -458,8 +527,19 @@ mod tests {
 
     fn build(n: usize) -> (VectorIndex, Vec<Vec<f32>>) {
         let data = vectors(n, 32, 7);
-        let idx = VectorIndex::new(32, IndexConfig { exact_threshold: 100, ..Default::default() }).unwrap();
-        let items: Vec<(u64, &[f32])> = data.iter().enumerate().map(|(i, v)| (i as u64, v.as_slice())).collect();
+        let idx = VectorIndex::new(
+            32,
+            IndexConfig {
+                exact_threshold: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let items: Vec<(u64, &[f32])> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.as_slice()))
+            .collect();
         idx.insert(&items).unwrap();
         (idx, data)
     }
@@ -483,8 +563,14 @@ mod tests {
         for q in 0..20 {
             let exact = idx.exact_all(&data[q * 7], 10, |k| k % 3 == 0).unwrap();
             let approx = idx.hnsw(&data[q * 7], 10, |k| k % 3 == 0).unwrap();
-            assert!(approx.iter().all(|(k, _)| k % 3 == 0), "the filter is applied during traversal");
-            agree += approx.iter().filter(|(k, _)| exact.iter().any(|(e, _)| e == k)).count();
+            assert!(
+                approx.iter().all(|(k, _)| k % 3 == 0),
+                "the filter is applied during traversal"
+            );
+            agree += approx
+                .iter()
+                .filter(|(k, _)| exact.iter().any(|(e, _)| e == k))
+                .count();
         }
         assert!(agree as f32 / 200.0 >= 0.95, "recall@10 {agree}/200");
     }
@@ -498,9 +584,15 @@ mod tests {
         let hits = idx.hnsw(&data[5], 5, |_| true).unwrap();
         assert!(hits.iter().all(|(k, _)| *k != 5));
         // The slot of the last key moved into 5's place; it is still found.
-        assert_eq!(idx.exact(&data[299], [299u64], 1, |_| true).unwrap()[0].0, 299);
+        assert_eq!(
+            idx.exact(&data[299], [299u64], 1, |_| true).unwrap()[0].0,
+            299
+        );
         idx.insert(&[(5, data[6].as_slice())]).unwrap();
-        assert_eq!(idx.similarity(&data[6], 5).map(|s| (s * 1000.0).round()), Some(1000.0));
+        assert_eq!(
+            idx.similarity(&data[6], 5).map(|s| (s * 1000.0).round()),
+            Some(1000.0)
+        );
     }
 
     #[test]
@@ -510,7 +602,11 @@ mod tests {
         let path = dir.path().join("graph.usearch");
         idx.save_graph(&path).unwrap();
         let fresh = VectorIndex::new(32, IndexConfig::default()).unwrap();
-        let items: Vec<(u64, &[f32])> = data.iter().enumerate().map(|(i, v)| (i as u64, v.as_slice())).collect();
+        let items: Vec<(u64, &[f32])> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.as_slice()))
+            .collect();
         fresh.insert_arena(&items).unwrap();
         fresh.insert_arena(&[(1000, data[0].as_slice())]).unwrap();
         fresh.load_graph(&path).unwrap();
@@ -526,12 +622,25 @@ mod tests {
     #[test]
     fn dimension_mismatch_is_an_error() {
         let idx = VectorIndex::new(4, IndexConfig::default()).unwrap();
-        assert!(matches!(idx.insert(&[(1, &[1.0, 0.0][..])]), Err(IndexError::Dimension { expected: 4, got: 2 })));
+        assert!(matches!(
+            idx.insert(&[(1, &[1.0, 0.0][..])]),
+            Err(IndexError::Dimension {
+                expected: 4,
+                got: 2
+            })
+        ));
     }
 
     #[test]
     fn path_choice_follows_threshold() {
-        let idx = VectorIndex::new(4, IndexConfig { exact_threshold: 1000, ..Default::default() }).unwrap();
+        let idx = VectorIndex::new(
+            4,
+            IndexConfig {
+                exact_threshold: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(idx.choose(999), SearchPath::Exact);
         assert_eq!(idx.choose(1000), SearchPath::Hnsw);
     }

@@ -28,22 +28,41 @@ fn json_rejection(r: JsonRejection) -> ApiError {
         JsonRejection::JsonDataError(e) => {
             // serde's message says which field and why ("missing field `query`").
             use std::error::Error as _;
-            let detail = e.source().map(|s| s.to_string()).unwrap_or_else(|| e.body_text());
-            ApiError::new(HttpCode::Core(engram_core::ErrorCode::InvalidRequest), format!("invalid request body: {detail}"))
+            let detail = e
+                .source()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.body_text());
+            ApiError::new(
+                HttpCode::Core(engram_core::ErrorCode::InvalidRequest),
+                format!("invalid request body: {detail}"),
+            )
         }
         JsonRejection::JsonSyntaxError(e) => {
             use std::error::Error as _;
-            let detail = e.source().map(|s| s.to_string()).unwrap_or_else(|| e.body_text());
-            ApiError::new(HttpCode::MalformedJson, format!("request body is not valid JSON: {detail}"))
+            let detail = e
+                .source()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.body_text());
+            ApiError::new(
+                HttpCode::MalformedJson,
+                format!("request body is not valid JSON: {detail}"),
+            )
         }
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::new(HttpCode::UnsupportedMediaType, "send the body as JSON with `Content-Type: application/json`")
-        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            HttpCode::UnsupportedMediaType,
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
         JsonRejection::BytesRejection(e) => {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(HttpCode::PayloadTooLarge, "request body is larger than the server's limit")
+                ApiError::new(
+                    HttpCode::PayloadTooLarge,
+                    "request body is larger than the server's limit",
+                )
             } else {
-                ApiError::invalid(format!("could not read the request body: {}", e.body_text()))
+                ApiError::invalid(format!(
+                    "could not read the request body: {}",
+                    e.body_text()
+                ))
             }
         }
         other => ApiError::invalid(other.body_text()),
@@ -67,7 +86,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
                 use std::error::Error as _;
-                let detail = e.source().map(|s| s.to_string()).unwrap_or_else(|| e.body_text());
+                let detail = e
+                    .source()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.body_text());
                 Err(ApiError::invalid(format!("invalid query string: {detail}")))
             }
             Err(other) => Err(ApiError::invalid(other.body_text())),
@@ -82,9 +104,10 @@ impl<S: Send + Sync> FromRequestParts<S> for MemoryIdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(e.body_text()))?;
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::invalid(e.body_text()))?;
         raw.parse()
             .map(MemoryIdPath)
             .map_err(|_| ApiError::invalid(format!("`{raw}` is not a memory id (a UUID)")))

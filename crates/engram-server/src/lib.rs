@@ -38,7 +38,10 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_body_bytes: 1024 * 1024, request_timeout: Duration::from_secs(30) }
+        ServerConfig {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -72,36 +75,59 @@ pub fn app(state: AppState) -> Router {
     let (api, doc) = api_router().split_for_parts();
     let doc = std::sync::Arc::new(doc);
     let timeout = state.config.request_timeout;
-    api.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
-        .route("/healthz", get(healthz))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(axum::middleware::from_fn(move |req, next| with_timeout(timeout, req, next)))
-        .layer(axum::middleware::from_fn(request_id::layer))
-        .with_state(state)
+    api.route(
+        "/openapi.json",
+        get(move || async move { axum::Json(doc.as_ref().clone()) }),
+    )
+    .route("/healthz", get(healthz))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+    .layer(axum::middleware::from_fn(move |req, next| {
+        with_timeout(timeout, req, next)
+    }))
+    .layer(axum::middleware::from_fn(request_id::layer))
+    .with_state(state)
 }
 
-async fn with_timeout(limit: Duration, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn with_timeout(
+    limit: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => ApiError::new(HttpCode::Timeout, format!("the request took longer than {}s", limit.as_secs()))
-            .into_response(),
+        Err(_) => ApiError::new(
+            HttpCode::Timeout,
+            format!("the request took longer than {}s", limit.as_secs()),
+        )
+        .into_response(),
     }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(HttpCode::RouteNotFound, format!("no route for `{}`; see /openapi.json", uri.path()))
+    ApiError::new(
+        HttpCode::RouteNotFound,
+        format!("no route for `{}`; see /openapi.json", uri.path()),
+    )
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(HttpCode::MethodNotAllowed, format!("`{method}` is not allowed on `{}`", uri.path()))
+    ApiError::new(
+        HttpCode::MethodNotAllowed,
+        format!("`{method}` is not allowed on `{}`", uri.path()),
+    )
 }
 
 /// Process liveness.
 async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
     let model = app.memory.embedder().model().clone();
-    (StatusCode::OK, axum::Json(json!({"status": "ok", "store": app.memory.store().backend(), "embedding_model": model.id})))
+    (
+        StatusCode::OK,
+        axum::Json(
+            json!({"status": "ok", "store": app.memory.store().backend(), "embedding_model": model.id}),
+        ),
+    )
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
@@ -110,5 +136,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

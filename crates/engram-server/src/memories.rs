@@ -24,7 +24,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Who is calling, for history rows.
 fn ctx(headers: &HeaderMap) -> RequestCtx {
-    RequestCtx { actor: Some("api".to_owned()), request_id: headers.get(crate::request_id::HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned) }
+    RequestCtx {
+        actor: Some("api".to_owned()),
+        request_id: headers
+            .get(crate::request_id::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
 }
 
 /// Add memories.
@@ -39,16 +45,28 @@ async fn memories_add(
     ApiJson(req): ApiJson<AddRequest>,
 ) -> Result<ApiJson<AddResponse>, ApiError> {
     let content = match (req.messages, req.text) {
-        (Some(m), None) if !m.is_empty() => Content::Messages(m.into_iter().map(Into::into).collect()),
+        (Some(m), None) if !m.is_empty() => {
+            Content::Messages(m.into_iter().map(Into::into).collect())
+        }
         (None, Some(t)) => Content::Text(t),
         (Some(_), None) => return Err(ApiError::invalid("`messages` must not be empty")),
-        (Some(_), Some(_)) => return Err(ApiError::invalid("give either `messages` or `text`, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "give either `messages` or `text`, not both",
+            ));
+        }
         (None, None) => return Err(ApiError::invalid("give `messages` or `text`")),
     };
     let input = AddInput {
         content,
-        scope: ScopeIds { org_id: req.org_id, app_id: req.app_id, user_id: req.user_id, agent_id: req.agent_id, run_id: req.run_id }
-            .into_scope(),
+        scope: ScopeIds {
+            org_id: req.org_id,
+            app_id: req.app_id,
+            user_id: req.user_id,
+            agent_id: req.agent_id,
+            run_id: req.run_id,
+        }
+        .into_scope(),
         metadata: req.metadata.unwrap_or_default(),
         categories: req.categories.unwrap_or_default(),
         kind: req.kind.unwrap_or_default(),
@@ -59,7 +77,11 @@ async fn memories_add(
     Ok(ApiJson(AddResponse {
         results: results
             .into_iter()
-            .map(|r| AddResultOut { id: r.id, memory: r.memory, event: r.event.as_str().to_owned() })
+            .map(|r| AddResultOut {
+                id: r.id,
+                memory: r.memory,
+                event: r.event.as_str().to_owned(),
+            })
             .collect(),
     }))
 }
@@ -74,7 +96,13 @@ async fn memories_search(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<SearchRequest>,
 ) -> Result<ApiJson<SearchResponse>, ApiError> {
-    let ids = ScopeIds { org_id: req.org_id, app_id: req.app_id, user_id: req.user_id, agent_id: req.agent_id, run_id: req.run_id };
+    let ids = ScopeIds {
+        org_id: req.org_id,
+        app_id: req.app_id,
+        user_id: req.user_id,
+        agent_id: req.agent_id,
+        run_id: req.run_id,
+    };
     let filter = search_filter(req.filters.as_ref(), ids.into_scope())?;
     let out = app
         .memory
@@ -91,7 +119,11 @@ async fn memories_search(
         results: out
             .hits
             .into_iter()
-            .map(|h| SearchHitOut { memory: h.memory.into(), score: h.score, explanation: h.explanation })
+            .map(|h| SearchHitOut {
+                memory: h.memory.into(),
+                score: h.score,
+                explanation: h.explanation,
+            })
             .collect(),
         tokens: out.tokens,
     }))
@@ -110,7 +142,10 @@ async fn memories_list(
 ) -> Result<ApiJson<ListResponse>, ApiError> {
     let filter = list_filter(&q)?;
     let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
-    let page = app.memory.list(&filter, after, q.limit.unwrap_or(100)).await?;
+    let page = app
+        .memory
+        .list(&filter, after, q.limit.unwrap_or(100))
+        .await?;
     Ok(ApiJson(ListResponse {
         results: page.memories.into_iter().map(Into::into).collect(),
         next_cursor: page.next.map(|c| c.encode()),
@@ -126,7 +161,9 @@ async fn memories_delete_all(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<DeleteAllResponse>, ApiError> {
     if q.cursor.is_some() || q.limit.is_some() {
-        return Err(ApiError::invalid("`cursor` and `limit` do not apply to a delete"));
+        return Err(ApiError::invalid(
+            "`cursor` and `limit` do not apply to a delete",
+        ));
     }
     let filter = list_filter(&q)?;
     let deleted = app.memory.delete_all(&ctx(&headers), &filter).await?;
@@ -136,7 +173,10 @@ async fn memories_delete_all(
 /// Get one memory.
 #[utoipa::path(get, path = "/v1/memories/{id}", tag = "memories", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = MemoryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn memories_get(State(app): State<AppState>, MemoryIdPath(id): MemoryIdPath) -> Result<ApiJson<MemoryOut>, ApiError> {
+async fn memories_get(
+    State(app): State<AppState>,
+    MemoryIdPath(id): MemoryIdPath,
+) -> Result<ApiJson<MemoryOut>, ApiError> {
     Ok(ApiJson(app.memory.get(id).await?.into()))
 }
 
@@ -153,8 +193,15 @@ async fn memories_update(
         None => None,
         Some(v) => Some(time_field(v.as_ref(), "expires_at")?),
     };
-    let input = UpdateInput { text: req.text, metadata: req.metadata, categories: req.categories, expires_at };
-    Ok(ApiJson(app.memory.update(&ctx(&headers), id, input).await?.into()))
+    let input = UpdateInput {
+        text: req.text,
+        metadata: req.metadata,
+        categories: req.categories,
+        expires_at,
+    };
+    Ok(ApiJson(
+        app.memory.update(&ctx(&headers), id, input).await?.into(),
+    ))
 }
 
 /// Delete a memory (its history is kept).
@@ -177,5 +224,7 @@ async fn memories_history(
     MemoryIdPath(id): MemoryIdPath,
 ) -> Result<ApiJson<HistoryResponse>, ApiError> {
     let events = app.memory.history(id).await?;
-    Ok(ApiJson(HistoryResponse { results: events.into_iter().map(Into::into).collect() }))
+    Ok(ApiJson(HistoryResponse {
+        results: events.into_iter().map(Into::into).collect(),
+    }))
 }

@@ -36,7 +36,13 @@ pub struct ScopeIds {
 
 impl ScopeIds {
     pub fn into_scope(self) -> Scope {
-        Scope { org_id: self.org_id, app_id: self.app_id, user_id: self.user_id, agent_id: self.agent_id, run_id: self.run_id }
+        Scope {
+            org_id: self.org_id,
+            app_id: self.app_id,
+            user_id: self.user_id,
+            agent_id: self.agent_id,
+            run_id: self.run_id,
+        }
     }
 }
 
@@ -235,7 +241,9 @@ pub struct UpdateRequest {
     pub expires_at: Option<Option<Value>>,
 }
 
-fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>, D::Error> {
+fn double_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Value>>, D::Error> {
     Ok(Some(Option::<Value>::deserialize(d)?))
 }
 
@@ -290,7 +298,9 @@ pub struct HistoryResponse {
 pub fn time_field(v: Option<&Value>, name: &str) -> Result<Option<Timestamp>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => parse_timestamp(v, name).map(Some).map_err(|e| ApiError::invalid(e.message)),
+        Some(v) => parse_timestamp(v, name)
+            .map(Some)
+            .map_err(|e| ApiError::invalid(e.message)),
     }
 }
 
@@ -305,6 +315,10 @@ pub fn search_filter(filters: Option<&Value>, ids: Scope) -> Result<Filter, ApiE
 
 impl From<MessageIn> for Message {
     fn from(m: MessageIn) -> Self {
-        Message { role: m.role, content: m.content, name: m.name }
+        Message {
+            role: m.role,
+            content: m.content,
+            name: m.name,
+        }
     }
 }

@@ -26,7 +26,10 @@ impl Catalog {
 
     pub fn insert(&mut self, rowid: i64, memory: Arc<Memory>) {
         for (field, value) in memory.scope.iter() {
-            self.postings[field.index()].entry(value.to_owned()).or_default().insert(rowid);
+            self.postings[field.index()]
+                .entry(value.to_owned())
+                .or_default()
+                .insert(rowid);
         }
         if let Some(old) = self.current.insert(memory.id, rowid)
             && old != rowid
@@ -46,7 +49,9 @@ impl Catalog {
     }
 
     fn remove_row(&mut self, rowid: i64) {
-        let Some(memory) = self.rows.remove(&rowid) else { return };
+        let Some(memory) = self.rows.remove(&rowid) else {
+            return;
+        };
         for (field, value) in memory.scope.iter() {
             let postings = &mut self.postings[field.index()];
             if let Some(set) = postings.get_mut(value) {
@@ -62,12 +67,18 @@ impl Catalog {
         self.current.get(&id).and_then(|r| self.rows.get(r))
     }
 
+    pub fn rowid_of(&self, id: MemoryId) -> Option<i64> {
+        self.current.get(&id).copied()
+    }
+
     pub fn id_of(&self, rowid: i64) -> Option<MemoryId> {
         self.rows.get(&rowid).map(|m| m.id)
     }
 
     fn count(&self, field: ScopeField, value: &str) -> usize {
-        self.postings[field.index()].get(value).map_or(0, HashSet::len)
+        self.postings[field.index()]
+            .get(value)
+            .map_or(0, HashSet::len)
     }
 
     /// An upper bound on how many current versions match `filter`.
@@ -102,11 +113,19 @@ impl Catalog {
 
     /// Whether `rowid` is a current, unexpired version matching `filter`.
     pub fn matches(&self, rowid: i64, filter: &Filter, now: Timestamp) -> bool {
-        self.rows.get(&rowid).is_some_and(|m| m.is_live(now) && filter.matches(m.as_ref()))
+        self.rows
+            .get(&rowid)
+            .is_some_and(|m| m.is_live(now) && filter.matches(m.as_ref()))
     }
 
     /// Matching memories ordered by `(created_at, id)` descending, strictly after `after`.
-    pub fn list(&self, filter: &Filter, now: Timestamp, after: Option<Cursor>, limit: usize) -> Vec<Memory> {
+    pub fn list(
+        &self,
+        filter: &Filter,
+        now: Timestamp,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Vec<Memory> {
         let key = |m: &Memory| (m.created_at, m.id);
         let mut hits: Vec<&Arc<Memory>> = self
             .candidates(filter)
@@ -125,30 +144,45 @@ impl Catalog {
     }
 }
 
-/// Scores memories by the rarity-weighted share of query entities they mention.
+/// Scores memories by the rare query entities they mention.
 ///
 /// `rows` are (entity key, rowid) pairs already restricted to the filtered
 /// set of about `n` memories. An entity that appears in `df` of them weighs
-/// `ln(1 + n / df)`, so a name every memory mentions (a speaker prefix)
-/// counts for little and a rare one for a lot.
-pub fn score_entities(keys: &[String], rows: &[(String, i64)], n: usize, k: usize) -> Vec<(i64, f32)> {
+/// `ln(1 + n/df) / ln(1 + n)`: 1 for an entity only one memory mentions. An
+/// entity more than [`UBIQUITOUS`] of the set mentions (a speaker's name on
+/// every turn, the user's own name) says nothing about relevance and weighs 0.
+/// A memory's score is the mean weight over the query's entities, so it is
+/// absolute in [0, 1].
+/// Share of the filtered set above which an entity carries no signal…
+pub const UBIQUITOUS: f32 = 0.1;
+/// …as long as more than this many memories mention it (small scopes keep their entities).
+pub const MIN_UBIQUITOUS: f32 = 3.0;
+
+pub fn score_entities(
+    keys: &[String],
+    rows: &[(String, i64)],
+    n: usize,
+    k: usize,
+) -> Vec<(i64, f32)> {
     let mut df: HashMap<&str, usize> = HashMap::new();
     for (key, _) in rows {
         *df.entry(key.as_str()).or_default() += 1;
     }
+    let n = n.max(rows.len()).max(1) as f32;
+    let max = (1.0 + n).ln().max(f32::EPSILON);
     let weight = |key: &str| -> f32 {
-        let d = df.get(key).copied().unwrap_or(0);
-        if d == 0 { 0.0 } else { (1.0 + n.max(d) as f32 / d as f32).ln() }
+        match df.get(key) {
+            Some(&d) if d > 0 && (d as f32) <= (UBIQUITOUS * n).max(MIN_UBIQUITOUS) => {
+                (1.0 + n / d as f32).ln() / max
+            }
+            _ => 0.0,
+        }
     };
-    let total: f32 = keys.iter().map(|k| weight(k)).sum();
-    if total <= 0.0 {
-        return Vec::new();
-    }
     let mut scores: HashMap<i64, f32> = HashMap::new();
     for (key, rowid) in rows {
-        *scores.entry(*rowid).or_default() += weight(key) / total;
+        *scores.entry(*rowid).or_default() += weight(key) / keys.len().max(1) as f32;
     }
-    let mut out: Vec<(i64, f32)> = scores.into_iter().collect();
+    let mut out: Vec<(i64, f32)> = scores.into_iter().filter(|(_, s)| *s > 0.0).collect();
     // Best first; among equals the newer row (higher rowid) wins.
     out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
     out.truncate(k);
@@ -168,10 +202,24 @@ mod tests {
             ("sweden".to_owned(), 3),
         ];
         let keys = vec!["caroline".to_owned(), "sweden".to_owned()];
-        let scored = score_entities(&keys, &rows, 10, 10);
-        assert_eq!(scored[0].0, 3);
-        assert!((scored[0].1 - 1.0).abs() < 1e-6, "mentions every query entity");
-        assert!(scored[1].1 < 0.5, "only the common entity");
+        let scored = score_entities(&keys, &rows, 40, 10);
+        assert_eq!(scored[0].0, 3, "mentions the rare entity");
+        assert!(scored[0].1 > 0.5 && scored[0].1 <= 1.0);
+        assert!(
+            scored[1].1 < scored[0].1 / 2.0,
+            "only the common entity: {}",
+            scored[1].1
+        );
+        let common: Vec<(String, i64)> = (0..40).map(|i| ("caroline".to_owned(), i)).collect();
+        assert!(
+            score_entities(&keys[..1], &common, 40, 10).is_empty(),
+            "an entity every memory mentions says nothing"
+        );
+        assert_eq!(
+            score_entities(&keys[..1], &rows[..3], 3, 10).len(),
+            3,
+            "tiny scopes keep their entities"
+        );
         assert!(score_entities(&keys, &[], 10, 10).is_empty());
     }
 }

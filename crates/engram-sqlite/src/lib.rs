@@ -25,7 +25,9 @@ use async_trait::async_trait;
 use engram_core::filter::Filter;
 use engram_core::fusion::Ranked;
 use engram_core::memory::{Event, HistoryEvent, Memory, MemoryId, Scope, ScopeField};
-use engram_core::store::{Cursor, ModelInfo, Store, StoreStats, VectorHits, VectorPath, Visibility, WriteOp};
+use engram_core::store::{
+    Cursor, ModelInfo, Store, StoreStats, VectorHits, VectorPath, Visibility, WriteOp,
+};
 use engram_core::{Error, ErrorCode, Result};
 use engram_index::{IndexConfig, SearchPath, VectorIndex};
 use jiff::Timestamp;
@@ -49,7 +51,11 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { index: IndexConfig::default(), readers: 4, build_threads: 2 }
+        SqliteOptions {
+            index: IndexConfig::default(),
+            readers: 4,
+            build_threads: 2,
+        }
     }
 }
 
@@ -86,7 +92,9 @@ fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -103,13 +111,19 @@ impl SqliteStore {
     /// loads the catalog and vector index. Blocking: call from a blocking context
     /// or through [`SqliteStore::open_async`].
     pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::store(format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::store(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let db_path = dir.join(DB_FILE);
         let mut writer = open_conn(&db_path, false).map_err(|e| {
             Error::store(format!("cannot open database {}: {e}", db_path.display()))
         })?;
-        schema::migrate(&mut writer).map_err(db_err)?.map_err(Error::store)?;
+        schema::migrate(&mut writer)
+            .map_err(db_err)?
+            .map_err(Error::store)?;
         let readers = (0..options.readers.max(1))
             .map(|_| open_conn(&db_path, true))
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -147,7 +161,9 @@ impl SqliteStore {
         let index = VectorIndex::new(dim, self.inner.options.index).map_err(idx_err)?;
         let mut catalog = Catalog::default();
         let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS}, embedding FROM memories WHERE invalid_at IS NULL"))
+            .prepare(&format!(
+                "SELECT {COLUMNS}, embedding FROM memories WHERE invalid_at IS NULL"
+            ))
             .map_err(db_err)?;
         let mut rows = stmt.query([]).map_err(db_err)?;
         let mut batch: Vec<(u64, Vec<f32>)> = Vec::with_capacity(1024);
@@ -156,7 +172,8 @@ impl SqliteStore {
             let blob: Vec<u8> = row.get(COLUMN_COUNT).map_err(db_err)?;
             batch.push((rowid as u64, blob_to_vec(&blob)));
             if batch.len() == 1024 {
-                let items: Vec<(u64, &[f32])> = batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+                let items: Vec<(u64, &[f32])> =
+                    batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
                 index.insert_arena(&items).map_err(idx_err)?;
                 batch.clear();
             }
@@ -172,19 +189,32 @@ impl SqliteStore {
         let loaded = graph_path.exists() && index.load_graph(&graph_path).is_ok();
         if loaded {
             let added = index.index_pending().map_err(idx_err)?;
-            tracing::info!(vectors = index.len(), caught_up = added, "loaded HNSW graph");
+            tracing::info!(
+                vectors = index.len(),
+                caught_up = added,
+                "loaded HNSW graph"
+            );
         } else if !index.is_empty() {
             tracing::info!(vectors = index.len(), "building HNSW graph from the table");
-            index.rebuild_graph(self.inner.options.build_threads).map_err(idx_err)?;
+            index
+                .rebuild_graph(self.inner.options.build_threads)
+                .map_err(idx_err)?;
         }
-        *self.inner.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+        *self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = catalog;
         let _ = self.inner.index.set(index);
         Ok(())
     }
 
     fn index(&self) -> Result<&VectorIndex> {
         self.inner.index.get().ok_or_else(|| {
-            Error::new(ErrorCode::Internal, "the store has no embedding model bound yet (bind_model was not called)")
+            Error::new(
+                ErrorCode::Internal,
+                "the store has no embedding model bound yet (bind_model was not called)",
+            )
         })
     }
 
@@ -226,7 +256,9 @@ impl SqliteStore {
     pub async fn checkpoint(&self) -> Result<()> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            lock(&inner.writer).execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").map_err(db_err)
+            lock(&inner.writer)
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(db_err)
         })
         .await
         .map_err(|e| Error::internal(format!("checkpoint task failed: {e}")))?
@@ -234,7 +266,11 @@ impl SqliteStore {
 
     /// Runs SQLite's integrity check; returns its report (`ok` when healthy).
     pub async fn integrity_check(&self) -> Result<String> {
-        self.read(|conn, _| conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)).await
+        self.read(|conn, _| {
+            conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .map_err(db_err)
+        })
+        .await
     }
 
     /// Drops and rebuilds the HNSW graph from the table's vectors.
@@ -242,8 +278,12 @@ impl SqliteStore {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let index = store.index()?;
-            index.rebuild_graph(store.inner.options.build_threads).map_err(idx_err)?;
-            index.save_graph(&store.inner.dir.join(GRAPH_FILE)).map_err(idx_err)
+            index
+                .rebuild_graph(store.inner.options.build_threads)
+                .map_err(idx_err)?;
+            index
+                .save_graph(&store.inner.dir.join(GRAPH_FILE))
+                .map_err(idx_err)
         })
         .await
         .map_err(|e| Error::internal(format!("rebuild task failed: {e}")))?
@@ -265,7 +305,9 @@ impl SqliteStore {
 }
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(db_err)
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+        .map_err(db_err)
 }
 
 const COLUMNS: &str = "rowid, id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, metadata, \
@@ -273,7 +315,8 @@ const COLUMNS: &str = "rowid, id, version, text, kind, hash, org_id, app_id, use
 const COLUMN_COUNT: usize = 22;
 
 fn ts(ms: i64) -> Result<Timestamp> {
-    Timestamp::from_millisecond(ms).map_err(|e| Error::store(format!("bad timestamp {ms} in database: {e}")))
+    Timestamp::from_millisecond(ms)
+        .map_err(|e| Error::store(format!("bad timestamp {ms} in database: {e}")))
 }
 
 fn row_to_memory(row: &rusqlite::Row<'_>) -> Result<(i64, Memory)> {
@@ -284,11 +327,16 @@ fn row_to_memory(row: &rusqlite::Row<'_>) -> Result<(i64, Memory)> {
         serde_json::from_str(&s).map_err(|e| Error::store(format!("bad JSON in column {i}: {e}")))
     };
     let opt_ts = |i: usize| -> Result<Option<Timestamp>> {
-        row.get::<_, Option<i64>>(i).map_err(get_err)?.map(ts).transpose()
+        row.get::<_, Option<i64>>(i)
+            .map_err(get_err)?
+            .map(ts)
+            .transpose()
     };
     let kind: String = row.get(4).map_err(get_err)?;
     let memory = Memory {
-        id: id.parse().map_err(|e| Error::store(format!("bad memory id `{id}`: {e}")))?,
+        id: id
+            .parse()
+            .map_err(|e| Error::store(format!("bad memory id `{id}`: {e}")))?,
         version: row.get(2).map_err(get_err)?,
         text: row.get(3).map_err(get_err)?,
         kind: kind.parse()?,
@@ -304,8 +352,10 @@ fn row_to_memory(row: &rusqlite::Row<'_>) -> Result<(i64, Memory)> {
             serde_json::Value::Object(m) => m,
             _ => Default::default(),
         },
-        categories: serde_json::from_value(json(12)?).map_err(|e| Error::store(format!("bad categories: {e}")))?,
-        entities: serde_json::from_value(json(13)?).map_err(|e| Error::store(format!("bad entities: {e}")))?,
+        categories: serde_json::from_value(json(12)?)
+            .map_err(|e| Error::store(format!("bad categories: {e}")))?,
+        entities: serde_json::from_value(json(13)?)
+            .map_err(|e| Error::store(format!("bad entities: {e}")))?,
         role: row.get(14).map_err(get_err)?,
         created_at: ts(row.get(15).map_err(get_err)?)?,
         updated_at: ts(row.get(16).map_err(get_err)?)?,
@@ -323,7 +373,9 @@ fn vec_to_blob(v: &[f32]) -> Vec<u8> {
 }
 
 fn blob_to_vec(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// The opaque FTS token for a scope id: field letter + 16 hex digits of its MD5.
@@ -340,7 +392,11 @@ fn scope_token(field: ScopeField, value: &str) -> String {
 }
 
 fn scope_tokens(scope: &Scope) -> String {
-    scope.iter().map(|(f, v)| scope_token(f, v)).collect::<Vec<_>>().join(" ")
+    scope
+        .iter()
+        .map(|(f, v)| scope_token(f, v))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Quotes a term for an FTS5 query string.
@@ -397,10 +453,19 @@ fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32])
 }
 
 /// Closes the current version of `id` at `at`; returns its rowid and vector.
-fn close_current(tx: &rusqlite::Transaction<'_>, id: MemoryId, at: Timestamp) -> Result<(i64, Vec<u8>)> {
+fn close_current(
+    tx: &rusqlite::Transaction<'_>,
+    id: MemoryId,
+    at: Timestamp,
+) -> Result<(i64, Vec<u8>)> {
     let (rowid, blob): (i64, Vec<u8>) = tx
-        .prepare_cached("SELECT rowid, embedding FROM memories WHERE id = ?1 AND invalid_at IS NULL")
-        .and_then(|mut s| s.query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .prepare_cached(
+            "SELECT rowid, embedding FROM memories WHERE id = ?1 AND invalid_at IS NULL",
+        )
+        .and_then(|mut s| {
+            s.query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
         .map_err(db_err)?
         .ok_or_else(|| Error::not_found(format!("memory {id} not found")))?;
     tx.prepare_cached("UPDATE memories SET invalid_at = ?2 WHERE rowid = ?1")
@@ -449,8 +514,14 @@ fn to_json(v: &impl serde::Serialize) -> String {
 
 /// What a committed batch changes in the catalog and index.
 enum Applied {
-    Added { rowid: i64, memory: Arc<Memory>, vector: Vec<f32> },
-    Closed { rowid: i64 },
+    Added {
+        rowid: i64,
+        memory: Arc<Memory>,
+        vector: Vec<f32>,
+    },
+    Closed {
+        rowid: i64,
+    },
 }
 
 #[async_trait]
@@ -516,27 +587,49 @@ impl Store for SqliteStore {
                 {
                     return Err(Error::new(
                         ErrorCode::EmbeddingModelMismatch,
-                        format!("vector has {} dimensions; the store holds {}", v.len(), index.dim()),
+                        format!(
+                            "vector has {} dimensions; the store holds {}",
+                            v.len(),
+                            index.dim()
+                        ),
                     ));
                 }
             }
             let mut conn = lock(&store.inner.writer);
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             let mut applied = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
-                    WriteOp::Insert { memory, embedding, history } => {
+                    WriteOp::Insert {
+                        memory,
+                        embedding,
+                        history,
+                    } => {
                         let rowid = insert_version(&tx, &memory, &embedding)?;
                         insert_history(&tx, &history)?;
-                        applied.push(Applied::Added { rowid, memory: Arc::new(memory), vector: embedding });
+                        applied.push(Applied::Added {
+                            rowid,
+                            memory: Arc::new(memory),
+                            vector: embedding,
+                        });
                     }
-                    WriteOp::Update { memory, embedding, history } => {
+                    WriteOp::Update {
+                        memory,
+                        embedding,
+                        history,
+                    } => {
                         let (old, blob) = close_current(&tx, memory.id, memory.updated_at)?;
                         let vector = embedding.unwrap_or_else(|| blob_to_vec(&blob));
                         let rowid = insert_version(&tx, &memory, &vector)?;
                         insert_history(&tx, &history)?;
                         applied.push(Applied::Closed { rowid: old });
-                        applied.push(Applied::Added { rowid, memory: Arc::new(memory), vector });
+                        applied.push(Applied::Added {
+                            rowid,
+                            memory: Arc::new(memory),
+                            vector,
+                        });
                     }
                     WriteOp::Delete { id, at, history } => {
                         let (old, _) = close_current(&tx, id, at)?;
@@ -548,12 +641,20 @@ impl Store for SqliteStore {
             tx.commit().map_err(db_err)?;
 
             // Committed: bring the derived state in step while still holding the writer lock.
-            let mut catalog = store.inner.catalog.write().unwrap_or_else(|e| e.into_inner());
+            let mut catalog = store
+                .inner
+                .catalog
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             let mut added: Vec<(u64, Vec<f32>)> = Vec::new();
             let mut closed: Vec<u64> = Vec::new();
             for a in applied {
                 match a {
-                    Applied::Added { rowid, memory, vector } => {
+                    Applied::Added {
+                        rowid,
+                        memory,
+                        vector,
+                    } => {
                         catalog.insert(rowid, memory);
                         added.push((rowid as u64, vector));
                     }
@@ -575,20 +676,37 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: MemoryId, vis: Visibility) -> Result<Option<Memory>> {
-        self.with_catalog(move |c, _| Ok(c.get(id).filter(|m| m.is_live(vis.now)).map(|m| (**m).clone()))).await
+        self.with_catalog(move |c, _| {
+            Ok(c.get(id)
+                .filter(|m| m.is_live(vis.now))
+                .map(|m| (**m).clone()))
+        })
+        .await
     }
 
     async fn get_many(&self, ids: &[MemoryId], vis: Visibility) -> Result<Vec<Memory>> {
         let ids = ids.to_vec();
         self.with_catalog(move |c, _| {
-            Ok(ids.iter().filter_map(|id| c.get(*id)).filter(|m| m.is_live(vis.now)).map(|m| (**m).clone()).collect())
+            Ok(ids
+                .iter()
+                .filter_map(|id| c.get(*id))
+                .filter(|m| m.is_live(vis.now))
+                .map(|m| (**m).clone())
+                .collect())
         })
         .await
     }
 
-    async fn list(&self, filter: &Filter, vis: Visibility, after: Option<Cursor>, limit: usize) -> Result<Vec<Memory>> {
+    async fn list(
+        &self,
+        filter: &Filter,
+        vis: Visibility,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Vec<Memory>> {
         let filter = filter.clone();
-        self.with_catalog(move |c, _| Ok(c.list(&filter, vis.now, after, limit))).await
+        self.with_catalog(move |c, _| Ok(c.list(&filter, vis.now, after, limit)))
+            .await
     }
 
     async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>> {
@@ -644,27 +762,73 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn vector_search(&self, filter: &Filter, vis: Visibility, vector: &[f32], k: usize) -> Result<VectorHits> {
+    async fn vector_search(
+        &self,
+        filter: &Filter,
+        vis: Visibility,
+        vector: &[f32],
+        k: usize,
+    ) -> Result<VectorHits> {
         let filter = filter.clone();
         let vector = vector.to_vec();
         self.with_catalog(move |c, index| {
             let Some(index) = index else {
-                return Ok(VectorHits { hits: Vec::new(), path: VectorPath::Empty, estimated: 0 });
+                return Ok(VectorHits {
+                    hits: Vec::new(),
+                    path: VectorPath::Empty,
+                    estimated: 0,
+                });
             };
             let estimated = c.estimate(&filter);
             if estimated == 0 {
-                return Ok(VectorHits { hits: Vec::new(), path: VectorPath::Empty, estimated });
+                return Ok(VectorHits {
+                    hits: Vec::new(),
+                    path: VectorPath::Empty,
+                    estimated,
+                });
             }
             let keep = |key: u64| c.matches(key as i64, &filter, vis.now);
             let (raw, path) = match index.choose(estimated) {
                 SearchPath::Exact => {
                     let candidates = c.candidates(&filter).into_iter().map(|r| r as u64);
-                    (index.exact(&vector, candidates, k, keep).map_err(idx_err)?, VectorPath::Exact)
+                    (
+                        index.exact(&vector, candidates, k, keep).map_err(idx_err)?,
+                        VectorPath::Exact,
+                    )
                 }
-                SearchPath::Hnsw => (index.hnsw(&vector, k, keep).map_err(idx_err)?, VectorPath::Hnsw),
+                SearchPath::Hnsw => (
+                    index.hnsw(&vector, k, keep).map_err(idx_err)?,
+                    VectorPath::Hnsw,
+                ),
             };
-            let hits = raw.into_iter().filter_map(|(key, s)| c.id_of(key as i64).map(|id| (id, s))).collect();
-            Ok(VectorHits { hits, path, estimated })
+            let hits = raw
+                .into_iter()
+                .filter_map(|(key, s)| c.id_of(key as i64).map(|id| (id, s)))
+                .collect();
+            Ok(VectorHits {
+                hits,
+                path,
+                estimated,
+            })
+        })
+        .await
+    }
+
+    async fn vector_scores(&self, ids: &[MemoryId], vector: &[f32]) -> Result<Ranked<MemoryId>> {
+        let ids = ids.to_vec();
+        let vector = vector.to_vec();
+        self.with_catalog(move |c, index| {
+            let Some(index) = index else {
+                return Ok(Vec::new());
+            };
+            Ok(ids
+                .iter()
+                .filter_map(|id| {
+                    c.rowid_of(*id)
+                        .and_then(|r| index.similarity(&vector, r as u64))
+                        .map(|s| (*id, s))
+                })
+                .collect())
         })
         .await
     }
@@ -679,15 +843,27 @@ impl Store for SqliteStore {
         if terms.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        let scope: Vec<String> = filter.required_ids().into_iter().map(|(f, v)| scope_token(f, v)).collect();
-        let text = terms.iter().map(|t| fts_quote(t)).collect::<Vec<_>>().join(" OR ");
+        let scope: Vec<String> = filter
+            .required_ids()
+            .into_iter()
+            .map(|(f, v)| scope_token(f, v))
+            .collect();
+        let text = terms
+            .iter()
+            .map(|t| fts_quote(t))
+            .collect::<Vec<_>>()
+            .join(" OR ");
         let query = if scope.is_empty() {
             format!("text : ({text})")
         } else {
             format!("scope : ({}) AND text : ({text})", scope.join(" AND "))
         };
         // Over-fetch: closed or expired versions and non-scope conditions are filtered afterwards.
-        let fetch = if scope.is_empty() { k * 10 + 50 } else { k * 2 + 20 };
+        let fetch = if scope.is_empty() {
+            k * 10 + 50
+        } else {
+            k * 2 + 20
+        };
         let hits: Vec<(i64, f64)> = self
             .read(move |conn, _| {
                 let mut stmt = conn
@@ -696,7 +872,9 @@ impl Store for SqliteStore {
                          WHERE memories_fts MATCH ?1 ORDER BY r LIMIT ?2",
                     )
                     .map_err(db_err)?;
-                let rows = stmt.query_map(params![query, fetch as i64], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![query, fetch as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(db_err)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
             })
             .await?;
@@ -741,27 +919,51 @@ impl Store for SqliteStore {
         };
         let filter = filter.clone();
         self.with_catalog(move |c, _| {
-            let rows: Vec<(String, i64)> = rows.into_iter().filter(|(_, r)| c.matches(*r, &filter, vis.now)).collect();
-            Ok(catalog::score_entities(&keys, &rows, c.estimate(&filter), k)
+            let rows: Vec<(String, i64)> = rows
                 .into_iter()
-                .filter_map(|(rowid, s)| c.id_of(rowid).map(|id| (id, s)))
-                .collect())
+                .filter(|(_, r)| c.matches(*r, &filter, vis.now))
+                .collect();
+            Ok(
+                catalog::score_entities(&keys, &rows, c.estimate(&filter), k)
+                    .into_iter()
+                    .filter_map(|(rowid, s)| c.id_of(rowid).map(|id| (id, s)))
+                    .collect(),
+            )
         })
         .await
     }
 
     async fn stats(&self) -> Result<StoreStats> {
         self.read(|conn, inner| {
-            let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(db_err);
+            let count = |sql: &str| {
+                conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                    .map_err(db_err)
+            };
             let versions = count("SELECT count(*) FROM memories")? as u64;
             let history_events = count("SELECT count(*) FROM history")? as u64;
             let mut bytes = 0;
-            for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal"), GRAPH_FILE.to_owned()] {
-                bytes += std::fs::metadata(inner.dir.join(name)).map(|m| m.len()).unwrap_or(0);
+            for name in [
+                DB_FILE.to_owned(),
+                format!("{DB_FILE}-wal"),
+                GRAPH_FILE.to_owned(),
+            ] {
+                bytes += std::fs::metadata(inner.dir.join(name))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
             }
-            let memories = inner.catalog.read().unwrap_or_else(|e| e.into_inner()).len() as u64;
+            let memories = inner
+                .catalog
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .len() as u64;
             let indexed_vectors = inner.index.get().map(|i| i.graph_len() as u64).unwrap_or(0);
-            Ok(StoreStats { memories, versions, history_events, bytes, indexed_vectors })
+            Ok(StoreStats {
+                memories,
+                versions,
+                history_events,
+                bytes,
+                indexed_vectors,
+            })
         })
         .await
     }
@@ -771,7 +973,9 @@ impl Store for SqliteStore {
         tokio::task::spawn_blocking(move || {
             let _writer = lock(&store.inner.writer); // no writes while the graph is saved
             if let Some(index) = store.inner.index.get() {
-                index.save_graph(&store.inner.dir.join(GRAPH_FILE)).map_err(idx_err)?;
+                index
+                    .save_graph(&store.inner.dir.join(GRAPH_FILE))
+                    .map_err(idx_err)?;
             }
             Ok(())
         })

@@ -87,7 +87,8 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// Brings the database up to [`SCHEMA_VERSION`]. Refuses a newer database.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
-    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let current: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if current > SCHEMA_VERSION {
         return Ok(Err(format!(
             "the database has schema version {current}, newer than this build of Engram understands ({SCHEMA_VERSION}); upgrade Engram"

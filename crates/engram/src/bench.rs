@@ -14,7 +14,9 @@ use anyhow::Context;
 use engram_core::embed::Embedder;
 use engram_core::filter::Filter;
 use engram_core::memory::{Event, HistoryEvent, Memory, MemoryKind, Scope, text_hash};
-use engram_core::service::{AddInput, Content, MemoryService, RequestCtx, SearchInput, SystemClock};
+use engram_core::service::{
+    AddInput, Content, MemoryService, RequestCtx, SearchInput, SystemClock,
+};
 use engram_core::store::{Store, WriteOp};
 use engram_core::text::tag_entities;
 use engram_server::{AppState, ServerConfig};
@@ -40,6 +42,10 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Instead of the full run: time exact scan vs filtered HNSW over filtered sets of these
+    /// sizes (comma-separated) inside an index of `--memories` vectors, to place `--exact-threshold`.
+    #[arg(long, value_delimiter = ',')]
+    pub crossover: Option<Vec<usize>>,
     /// Data directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
@@ -51,29 +57,114 @@ pub struct BenchArgs {
 }
 
 const NAMES: &[&str] = &[
-    "Alice", "Bob", "Carmen", "Dmitri", "Emeka", "Fatima", "Giulia", "Hiro", "Ingrid", "Jamal", "Kavya", "Liam",
-    "Mei", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Victor", "Wen", "Ximena",
-    "Yusuf", "Zoe", "My sister", "My manager", "Our neighbour", "The kids",
+    "Alice",
+    "Bob",
+    "Carmen",
+    "Dmitri",
+    "Emeka",
+    "Fatima",
+    "Giulia",
+    "Hiro",
+    "Ingrid",
+    "Jamal",
+    "Kavya",
+    "Liam",
+    "Mei",
+    "Nadia",
+    "Oscar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tariq",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Ximena",
+    "Yusuf",
+    "Zoe",
+    "My sister",
+    "My manager",
+    "Our neighbour",
+    "The kids",
 ];
 const VERBS: &[&str] = &[
-    "started learning", "stopped caring about", "is allergic to", "bought", "wants to try", "keeps forgetting",
-    "moved closer to", "wrote a blog post about", "complained about", "fell in love with", "volunteers at",
-    "is saving money for", "had an argument about", "took photos of", "signed up for", "is reading about",
-    "cooked dinner with", "lost", "recommended", "booked tickets for",
+    "started learning",
+    "stopped caring about",
+    "is allergic to",
+    "bought",
+    "wants to try",
+    "keeps forgetting",
+    "moved closer to",
+    "wrote a blog post about",
+    "complained about",
+    "fell in love with",
+    "volunteers at",
+    "is saving money for",
+    "had an argument about",
+    "took photos of",
+    "signed up for",
+    "is reading about",
+    "cooked dinner with",
+    "lost",
+    "recommended",
+    "booked tickets for",
 ];
 const OBJECTS: &[&str] = &[
-    "the violin", "Portuguese lessons", "peanuts", "a second-hand bike", "rock climbing", "the dentist appointment",
-    "the office in Lisbon", "machine learning", "the new tax rules", "a rescue dog", "the animal shelter",
-    "a trip to Japan", "the mortgage", "the sunset at the beach", "a marathon in Berlin", "Stoic philosophy",
-    "homemade ramen", "the car keys", "a podcast about history", "the Coldplay concert", "vegetarian recipes",
-    "the garden", "a pottery class", "the quarterly report", "a vintage camera", "the Python migration",
-    "board games night", "the wedding in Porto", "an electric scooter", "the book club", "sourdough baking",
-    "the kubernetes cluster", "a jazz festival", "the school play", "solar panels", "the hiking trail",
-    "a new laptop", "the cat's vet visit", "chess openings", "the apartment lease",
+    "the violin",
+    "Portuguese lessons",
+    "peanuts",
+    "a second-hand bike",
+    "rock climbing",
+    "the dentist appointment",
+    "the office in Lisbon",
+    "machine learning",
+    "the new tax rules",
+    "a rescue dog",
+    "the animal shelter",
+    "a trip to Japan",
+    "the mortgage",
+    "the sunset at the beach",
+    "a marathon in Berlin",
+    "Stoic philosophy",
+    "homemade ramen",
+    "the car keys",
+    "a podcast about history",
+    "the Coldplay concert",
+    "vegetarian recipes",
+    "the garden",
+    "a pottery class",
+    "the quarterly report",
+    "a vintage camera",
+    "the Python migration",
+    "board games night",
+    "the wedding in Porto",
+    "an electric scooter",
+    "the book club",
+    "sourdough baking",
+    "the kubernetes cluster",
+    "a jazz festival",
+    "the school play",
+    "solar panels",
+    "the hiking trail",
+    "a new laptop",
+    "the cat's vet visit",
+    "chess openings",
+    "the apartment lease",
 ];
 const TIMES: &[&str] = &[
-    "last week", "yesterday", "in March", "over the summer", "two years ago", "this morning", "in 2023",
-    "on Sunday", "after the holidays", "recently", "every Friday", "since January",
+    "last week",
+    "yesterday",
+    "in March",
+    "over the summer",
+    "two years ago",
+    "this morning",
+    "in 2023",
+    "on Sunday",
+    "after the holidays",
+    "recently",
+    "every Friday",
+    "since January",
 ];
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -110,16 +201,28 @@ fn normalise(mut v: Vec<f32>) -> Vec<f32> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(sizes) = args.crossover.clone() {
+        return crossover(&args, &sizes);
+    }
     let say = |msg: String| {
         if !args.json {
             eprintln!("{msg}");
         }
     };
     let tmp = tempfile::tempdir()?;
-    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
-    let model_dir = args.model_dir.clone().unwrap_or_else(engram_embed::default_model_dir);
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
+    let model_dir = args
+        .model_dir
+        .clone()
+        .unwrap_or_else(engram_embed::default_model_dir);
     let embedder = load_embedder(model_dir).await?;
-    let options = SqliteOptions { index: args.retrieval.index(), ..SqliteOptions::default() };
+    let options = SqliteOptions {
+        index: args.retrieval.index(),
+        ..SqliteOptions::default()
+    };
     let store = SqliteStore::open_async(dir.clone(), options).await?;
     let store_dyn: Arc<dyn Store> = Arc::new(store.clone());
     let service = MemoryService::new(
@@ -139,9 +242,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let e = embedder.clone();
         async move { e.embed(&texts).await }
     };
-    let (names, verbs, objects, times) =
-        (embed_all(NAMES).await?, embed_all(VERBS).await?, embed_all(OBJECTS).await?, embed_all(TIMES).await?);
-    say(format!("embedded {} parts in {:.1}s", NAMES.len() + VERBS.len() + OBJECTS.len() + TIMES.len(), t0.elapsed().as_secs_f64()));
+    let (names, verbs, objects, times) = (
+        embed_all(NAMES).await?,
+        embed_all(VERBS).await?,
+        embed_all(OBJECTS).await?,
+        embed_all(TIMES).await?,
+    );
+    say(format!(
+        "embedded {} parts in {:.1}s",
+        NAMES.len() + VERBS.len() + OBJECTS.len() + TIMES.len(),
+        t0.elapsed().as_secs_f64()
+    ));
 
     // Load memories straight into the store.
     let users = (args.memories / args.per_user.max(1)).max(1);
@@ -150,9 +261,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let t_load = Instant::now();
     let mut batch = Vec::with_capacity(1000);
     for i in 0..args.memories {
-        let (n, v, o, t) = (i % NAMES.len(), (i / 7) % VERBS.len(), (i / 3) % OBJECTS.len(), (i / 11) % TIMES.len());
+        let (n, v, o, t) = (
+            i % NAMES.len(),
+            (i / 7) % VERBS.len(),
+            (i / 3) % OBJECTS.len(),
+            (i / 11) % TIMES.len(),
+        );
         // A per-memory suffix keeps texts distinct, like real memories.
-        let text = format!("{} {} {} {} (note {i})", NAMES[n], VERBS[v], OBJECTS[o], TIMES[t]);
+        let text = format!(
+            "{} {} {} {} (note {i})",
+            NAMES[n], VERBS[v], OBJECTS[o], TIMES[t]
+        );
         let vector = normalise(
             (0..names[0].len())
                 .map(|d| 0.6 * names[n][d] + verbs[v][d] + 1.2 * objects[o][d] + 0.4 * times[t][d])
@@ -197,7 +316,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             scope,
             created_at: at,
         };
-        batch.push(WriteOp::Insert { memory, embedding: vector, history });
+        batch.push(WriteOp::Insert {
+            memory,
+            embedding: vector,
+            history,
+        });
         if batch.len() == 1000 {
             store_dyn.apply(std::mem::take(&mut batch)).await?;
             if !args.json && (i + 1) % 20_000 == 0 {
@@ -209,11 +332,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         store_dyn.apply(batch).await?;
     }
     let load_secs = t_load.elapsed().as_secs_f64();
-    say(format!("loaded {} memories for {users} users in {load_secs:.1}s", args.memories));
+    say(format!(
+        "loaded {} memories for {users} users in {load_secs:.1}s",
+        args.memories
+    ));
 
     // Queries: real embeddings, warmed into the cache so search timings exclude embedding.
     let queries: Vec<String> = (0..args.queries)
-        .map(|i| format!("what does {} think about {}?", NAMES[(i * 5) % NAMES.len()], OBJECTS[(i * 13) % OBJECTS.len()]))
+        .map(|i| {
+            format!(
+                "what does {} think about {}?",
+                NAMES[(i * 5) % NAMES.len()],
+                OBJECTS[(i * 13) % OBJECTS.len()]
+            )
+        })
         .collect();
     let t_embed = Instant::now();
     for q in &queries {
@@ -231,7 +363,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let filter = Filter::from_scope(&scope(i));
                 let t = Instant::now();
                 let out = service
-                    .search(SearchInput { query: q.clone(), filter, top_k: Some(10), threshold: None, token_budget: None, explain: false })
+                    .search(SearchInput {
+                        query: q.clone(),
+                        filter,
+                        top_k: Some(10),
+                        threshold: None,
+                        token_budget: None,
+                        explain: false,
+                    })
                     .await?;
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
                 *paths.entry(out.vector_path.as_str()).or_default() += 1;
@@ -239,17 +378,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             anyhow::Ok((summary(ms), paths))
         }
     };
-    let (user_lat, user_paths) =
-        search_series(Box::new(move |i| Scope { user_id: Some(format!("user-{}", (i * 31) % users)), ..Default::default() })).await?;
-    let (agent_lat, agent_paths) =
-        search_series(Box::new(|_| Scope { agent_id: Some("assistant".into()), ..Default::default() })).await?;
-    let big = store.plan_vector_search(&Filter::from_scope(&Scope { agent_id: Some("assistant".into()), ..Default::default() }));
-    say(format!("search (server-side, embedding cached): user scope {user_lat}, agent scope {agent_lat}"));
+    let (user_lat, user_paths) = search_series(Box::new(move |i| Scope {
+        user_id: Some(format!("user-{}", (i * 31) % users)),
+        ..Default::default()
+    }))
+    .await?;
+    let (agent_lat, agent_paths) = search_series(Box::new(|_| Scope {
+        agent_id: Some("assistant".into()),
+        ..Default::default()
+    }))
+    .await?;
+    let big = store.plan_vector_search(&Filter::from_scope(&Scope {
+        agent_id: Some("assistant".into()),
+        ..Default::default()
+    }));
+    say(format!(
+        "search (server-side, embedding cached): user scope {user_lat}, agent scope {agent_lat}"
+    ));
 
     // Embedding alone (fresh texts, one at a time, as a query would be).
     let mut embed_ms = Vec::new();
     for i in 0..50.min(args.queries) {
-        let q = vec![format!("fresh question number {i} about {}", OBJECTS[i % OBJECTS.len()])];
+        let q = vec![format!(
+            "fresh question number {i} about {}",
+            OBJECTS[i % OBJECTS.len()]
+        )];
         let t = Instant::now();
         embedder.embed(&q).await?;
         embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -259,7 +412,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // End to end over HTTP on a real port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let state = AppState { memory: service.clone(), config: ServerConfig::default() };
+    let state = AppState {
+        memory: service.clone(),
+        config: ServerConfig::default(),
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(engram_server::serve(listener, state, async {
         let _ = stop_rx.await;
@@ -270,13 +426,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (client, url, queries) = (client.clone(), url.clone(), queries.clone());
         async move {
             let mut ms = Vec::new();
-            let n = if fresh { 50.min(queries.len()) } else { queries.len() };
+            let n = if fresh {
+                50.min(queries.len())
+            } else {
+                queries.len()
+            };
             for (i, q) in queries.iter().take(n).enumerate() {
-                let query = if fresh { format!("{q} (variant {i})") } else { q.clone() };
+                let query = if fresh {
+                    format!("{q} (variant {i})")
+                } else {
+                    q.clone()
+                };
                 let body = json!({"query": query, "user_id": format!("user-{}", (i * 31) % users), "top_k": 10});
                 let t = Instant::now();
                 let resp = client.post(&url).json(&body).send().await?;
-                anyhow::ensure!(resp.status().is_success(), "search answered {}", resp.status());
+                anyhow::ensure!(
+                    resp.status().is_success(),
+                    "search answered {}",
+                    resp.status()
+                );
                 let _: Value = resp.json().await?;
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -290,21 +458,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Ingest through the whole pipeline (embedding, dedup, write).
     let texts: Vec<String> = (0..args.ingest)
-        .map(|i| format!("{} {} {} (ingest {i})", NAMES[i % NAMES.len()], VERBS[(i / 3) % VERBS.len()], OBJECTS[(i / 7) % OBJECTS.len()]))
+        .map(|i| {
+            format!(
+                "{} {} {} (ingest {i})",
+                NAMES[i % NAMES.len()],
+                VERBS[(i / 3) % VERBS.len()],
+                OBJECTS[(i / 7) % OBJECTS.len()]
+            )
+        })
         .collect();
     let t_embed_only = Instant::now();
     for chunk in texts.chunks(64) {
         embedder.embed(chunk).await?;
     }
     let embed_only = t_embed_only.elapsed().as_secs_f64();
-    let ctx = RequestCtx { actor: Some("bench".into()), request_id: None };
+    let ctx = RequestCtx {
+        actor: Some("bench".into()),
+        request_id: None,
+    };
     let t_ingest = Instant::now();
     for (c, chunk) in texts.chunks(64).enumerate() {
         let inputs = chunk
             .iter()
             .map(|t| AddInput {
                 content: Content::Text(t.clone()),
-                scope: Scope { user_id: Some(format!("ingest-user-{}", c % 20)), ..Default::default() },
+                scope: Scope {
+                    user_id: Some(format!("ingest-user-{}", c % 20)),
+                    ..Default::default()
+                },
                 metadata: Default::default(),
                 categories: Vec::new(),
                 kind: MemoryKind::Semantic,
@@ -339,5 +520,86 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    Ok(())
+}
+
+/// Exact scan vs filtered HNSW for filtered sets of growing size in one index.
+fn crossover(args: &BenchArgs, sizes: &[usize]) -> anyhow::Result<()> {
+    use engram_index::{IndexConfig, VectorIndex};
+    const DIM: usize = 384;
+    let n = args.memories;
+    // Clustered unit vectors (real embeddings cluster by topic), from a fixed-seed xorshift.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let centres: Vec<Vec<f32>> = (0..200)
+        .map(|_| (0..DIM).map(|_| rnd()).collect())
+        .collect();
+    let mut point = |c: usize| {
+        normalise(
+            centres[c % centres.len()]
+                .iter()
+                .map(|x| x + 0.35 * rnd())
+                .collect(),
+        )
+    };
+    let index = VectorIndex::new(DIM, IndexConfig::default())?;
+    let t = Instant::now();
+    let vectors: Vec<Vec<f32>> = (0..n).map(|i| point(i * 7919)).collect();
+    let items: Vec<(u64, &[f32])> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64, v.as_slice()))
+        .collect();
+    index.insert_arena(&items)?;
+    index.rebuild_graph(2)?;
+    let build = t.elapsed().as_secs_f64();
+    if !args.json {
+        eprintln!("built an HNSW graph of {n} vectors in {build:.1}s");
+    }
+    let queries: Vec<Vec<f32>> = (0..args.queries.max(1))
+        .map(|i| point(i * 31 + 5))
+        .collect();
+    let mut rows = Vec::new();
+    for &size in sizes {
+        // The filtered set: every (n / size)-th key, spread over the whole index like a real scope.
+        let stride = (n / size.max(1)).max(1);
+        let members: Vec<u64> = (0..n as u64).step_by(stride).take(size).collect();
+        let mut bitmap = vec![false; n];
+        for &m in &members {
+            bitmap[m as usize] = true;
+        }
+        let keep = |k: u64| bitmap.get(k as usize).copied().unwrap_or(false);
+        let (mut exact_ms, mut hnsw_ms, mut overlap) = (Vec::new(), Vec::new(), 0usize);
+        for q in &queries {
+            let t = Instant::now();
+            let exact = index.exact(q, members.iter().copied(), 10, keep)?;
+            exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let approx = index.hnsw(q, 10, keep)?;
+            hnsw_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            overlap += approx
+                .iter()
+                .filter(|(k, _)| exact.iter().any(|(e, _)| e == k))
+                .count();
+        }
+        let recall = overlap as f64 / (queries.len() * 10) as f64;
+        let row = json!({"filtered_set": members.len(), "exact": summary(exact_ms), "hnsw": summary(hnsw_ms),
+                         "hnsw_recall_at_10": (recall * 1000.0).round() / 1000.0});
+        if !args.json {
+            eprintln!("{row}");
+        }
+        rows.push(row);
+    }
+    println!(
+        "{}",
+        serde_json::to_string(
+            &json!({"vectors": n, "graph_build_seconds": (build * 10.0).round() / 10.0, "rows": rows})
+        )?
+    );
     Ok(())
 }

@@ -152,7 +152,10 @@ async fn local(target: &Target) -> anyhow::Result<(MemoryService, crate::serve::
 }
 
 fn cli_ctx() -> RequestCtx {
-    RequestCtx { actor: Some("cli".into()), request_id: None }
+    RequestCtx {
+        actor: Some("cli".into()),
+        request_id: None,
+    }
 }
 
 async fn post(url: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
@@ -165,7 +168,10 @@ async fn post(url: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
     let status = resp.status();
     let value: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        let detail = value.get("detail").and_then(Value::as_str).unwrap_or("no detail");
+        let detail = value
+            .get("detail")
+            .and_then(Value::as_str)
+            .unwrap_or("no detail");
         bail!("server answered {status}: {detail}");
     }
     Ok(value)
@@ -198,7 +204,12 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         serde_json::to_value(out)?
     };
     for r in results.as_array().into_iter().flatten() {
-        println!("{} {} {}", r["event"].as_str().unwrap_or("?"), r["id"].as_str().unwrap_or("?"), r["memory"].as_str().unwrap_or(""));
+        println!(
+            "{} {} {}",
+            r["event"].as_str().unwrap_or("?"),
+            r["id"].as_str().unwrap_or("?"),
+            r["memory"].as_str().unwrap_or("")
+        );
     }
     Ok(())
 }
@@ -230,7 +241,8 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
             .hits
             .into_iter()
             .map(|h| {
-                let mut v = serde_json::to_value(engram_server::wire::MemoryOut::from(h.memory)).unwrap_or(Value::Null);
+                let mut v = serde_json::to_value(engram_server::wire::MemoryOut::from(h.memory))
+                    .unwrap_or(Value::Null);
                 v["score"] = json!(h.score);
                 if let Some(e) = h.explanation {
                     v["explanation"] = serde_json::to_value(e).unwrap_or(Value::Null);
@@ -249,7 +261,11 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
         println!("no memories found");
     }
     for r in results {
-        println!("{:.3}  {}", r["score"].as_f64().unwrap_or(0.0), r["memory"].as_str().unwrap_or(""));
+        println!(
+            "{:.3}  {}",
+            r["score"].as_f64().unwrap_or(0.0),
+            r["memory"].as_str().unwrap_or("")
+        );
         if let Some(e) = r.get("explanation") {
             println!("       {e}");
         }
@@ -267,11 +283,18 @@ fn import_line(line: &str, n: usize) -> anyhow::Result<AddInput> {
         _ => bail!("line {n}: give exactly one of `messages` or `text`"),
     };
     let time = |v: Option<&Value>, name: &str| {
-        engram_server::wire::time_field(v, name).map_err(|e| anyhow::anyhow!("line {n}: {}", e.detail))
+        engram_server::wire::time_field(v, name)
+            .map_err(|e| anyhow::anyhow!("line {n}: {}", e.detail))
     };
     Ok(AddInput {
         content,
-        scope: Scope { org_id: req.org_id, app_id: req.app_id, user_id: req.user_id, agent_id: req.agent_id, run_id: req.run_id },
+        scope: Scope {
+            org_id: req.org_id,
+            app_id: req.app_id,
+            user_id: req.user_id,
+            agent_id: req.agent_id,
+            run_id: req.run_id,
+        },
         metadata: req.metadata.unwrap_or_default(),
         categories: req.categories.unwrap_or_default(),
         kind: req.kind.unwrap_or_default(),
@@ -281,7 +304,8 @@ fn import_line(line: &str, n: usize) -> anyhow::Result<AddInput> {
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let file = std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("opening {}", args.file.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = indicatif::ProgressBar::new(size);
     bar.set_style(
@@ -311,16 +335,31 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         let events: Vec<String> = if let Some(url) = &args.target.url {
             let mut events = Vec::new();
             for (n, line) in &batch {
-                let body: Value = serde_json::from_str(line).with_context(|| format!("line {n}: not JSON"))?;
-                let out = post(url, "/v1/memories", &body).await.with_context(|| format!("line {n}"))?;
-                events.extend(out["results"].as_array().into_iter().flatten().filter_map(|r| r["event"].as_str().map(str::to_owned)));
+                let body: Value =
+                    serde_json::from_str(line).with_context(|| format!("line {n}: not JSON"))?;
+                let out = post(url, "/v1/memories", &body)
+                    .await
+                    .with_context(|| format!("line {n}"))?;
+                events.extend(
+                    out["results"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r["event"].as_str().map(str::to_owned)),
+                );
             }
             events
         } else {
             let (service, _) = local.as_ref().context("no local store")?;
-            let inputs = batch.iter().map(|(n, l)| import_line(l, *n)).collect::<anyhow::Result<Vec<_>>>()?;
+            let inputs = batch
+                .iter()
+                .map(|(n, l)| import_line(l, *n))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let out = service.add_batch(&cli_ctx(), inputs).await?;
-            out.into_iter().flatten().map(|r| r.event.as_str().to_owned()).collect()
+            out.into_iter()
+                .flatten()
+                .map(|r| r.event.as_str().to_owned())
+                .collect()
         };
         added += events.iter().filter(|e| *e == "ADD").count();
         noops += events.iter().filter(|e| *e == "NOOP").count();
@@ -332,6 +371,9 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     if let Some((service, _)) = &local {
         service.store().flush().await?;
     }
-    println!("imported {}: {added} memories added, {noops} duplicates skipped", args.file.display());
+    println!(
+        "imported {}: {added} memories added, {noops} duplicates skipped",
+        args.file.display()
+    );
     Ok(())
 }

@@ -14,7 +14,9 @@ use anyhow::{Context, bail};
 use engram_core::config::{RetrievalConfig, SignalWeights};
 use engram_core::filter::Filter;
 use engram_core::memory::Scope;
-use engram_core::service::{AddInput, Clock, Content, Message, MemoryService, RequestCtx, SearchInput};
+use engram_core::service::{
+    AddInput, Clock, Content, MemoryService, Message, RequestCtx, SearchInput,
+};
 use engram_sqlite::{SqliteOptions, SqliteStore};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -41,6 +43,10 @@ pub struct LocomoArgs {
     /// Also score each signal alone (semantic, keyword, entity) and report their headlines.
     #[arg(long)]
     pub signals: bool,
+    /// Extra retrieval settings to score on the same ingest, `;`-separated:
+    /// `semantic,keyword,entity[@half_life_days[:floor]][#candidates][/rrf]`, e.g. `0.5,0.5,0@0;0.4,0.4,0.2#100`.
+    #[arg(long)]
+    pub sweep: Option<String>,
     /// Only the first N conversations.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -67,18 +73,38 @@ fn metrics(items: &[&Scored], ks: &[usize]) -> Metrics {
     for &k in ks {
         let r: f64 = items
             .iter()
-            .map(|s| s.ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64 / s.ranks.len() as f64)
+            .map(|s| {
+                s.ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64
+                    / s.ranks.len() as f64
+            })
             .sum::<f64>()
             / n;
         m.insert(format!("recall@{k}"), json!(round(r)));
     }
-    let mrr: f64 =
-        items.iter().map(|s| s.ranks.iter().flatten().min().map_or(0.0, |r| 1.0 / *r as f64)).sum::<f64>() / n;
+    let mrr: f64 = items
+        .iter()
+        .map(|s| {
+            s.ranks
+                .iter()
+                .flatten()
+                .min()
+                .map_or(0.0, |r| 1.0 / *r as f64)
+        })
+        .sum::<f64>()
+        / n;
     let ndcg: f64 = items
         .iter()
         .map(|s| {
-            let dcg: f64 = s.ranks.iter().flatten().filter(|r| **r <= 10).map(|r| 1.0 / ((*r as f64) + 1.0).log2()).sum();
-            let ideal: f64 = (1..=s.ranks.len().min(10)).map(|i| 1.0 / ((i as f64) + 1.0).log2()).sum();
+            let dcg: f64 = s
+                .ranks
+                .iter()
+                .flatten()
+                .filter(|r| **r <= 10)
+                .map(|r| 1.0 / ((*r as f64) + 1.0).log2())
+                .sum();
+            let ideal: f64 = (1..=s.ranks.len().min(10))
+                .map(|i| 1.0 / ((i as f64) + 1.0).log2())
+                .sum();
             if ideal > 0.0 { dcg / ideal } else { 0.0 }
         })
         .sum::<f64>()
@@ -100,10 +126,14 @@ pub fn evidence_ids(raw: &Value) -> Vec<String> {
         let Some(s) = item.as_str() else { continue };
         for part in s.split(|c: char| c == ';' || c == ',' || c.is_whitespace()) {
             let p = part.trim().trim_end_matches('.');
-            let Some(rest) = p.strip_prefix('D') else { continue };
+            let Some(rest) = p.strip_prefix('D') else {
+                continue;
+            };
             let rest = rest.trim_start_matches(':');
             let mut nums = rest.split(':').filter(|x| !x.is_empty());
-            let (Some(a), Some(b)) = (nums.next(), nums.next()) else { continue };
+            let (Some(a), Some(b)) = (nums.next(), nums.next()) else {
+                continue;
+            };
             if a.chars().all(|c| c.is_ascii_digit()) && b.chars().all(|c| c.is_ascii_digit()) {
                 let id = format!("D{a}:{b}");
                 if !out.contains(&id) {
@@ -135,9 +165,26 @@ pub fn session_time(s: &str) -> Option<Timestamp> {
     let day: i8 = d.next()?.parse().ok()?;
     let month = d.next()?.to_lowercase();
     let year: i16 = d.next()?.parse().ok()?;
-    let months = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"];
+    let months = [
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ];
     let month = months.iter().position(|m| month.starts_with(&m[..3]))? as i8 + 1;
-    jiff::civil::date(year, month, day).at(hour, minute, 0, 0).to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp())
+    jiff::civil::date(year, month, day)
+        .at(hour, minute, 0, 0)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
 }
 
 /// A clock that stands still (questions are asked right after the conversation).
@@ -156,17 +203,27 @@ struct Turn {
 }
 
 fn turns(conv: &Value) -> anyhow::Result<Vec<Turn>> {
-    let obj = conv.as_object().context("`conversation` is not an object")?;
+    let obj = conv
+        .as_object()
+        .context("`conversation` is not an object")?;
     let mut sessions: Vec<(usize, &Value)> = obj
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix("session_").and_then(|n| n.parse().ok()).map(|n: usize| (n, v)))
+        .filter_map(|(k, v)| {
+            k.strip_prefix("session_")
+                .and_then(|n| n.parse().ok())
+                .map(|n: usize| (n, v))
+        })
         .filter(|(_, v)| v.is_array())
         .collect();
     sessions.sort_by_key(|(n, _)| *n);
     let mut out = Vec::new();
     for (n, session) in sessions {
-        let date = obj.get(&format!("session_{n}_date_time")).and_then(Value::as_str).unwrap_or_default();
-        let base = session_time(date).with_context(|| format!("session {n}: cannot read date `{date}`"))?;
+        let date = obj
+            .get(&format!("session_{n}_date_time"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let base = session_time(date)
+            .with_context(|| format!("session {n}: cannot read date `{date}`"))?;
         for (i, turn) in session.as_array().into_iter().flatten().enumerate() {
             let mut text = turn["text"].as_str().unwrap_or_default().to_owned();
             if let Some(caption) = turn.get("blip_caption").and_then(Value::as_str) {
@@ -189,7 +246,8 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     let raw = std::fs::read_to_string(&args.path).with_context(|| {
         format!("cannot read {} (LoCoMo data: data/locomo10.json in the snap-research/LoCoMo repository)", args.path.display())
     })?;
-    let mut samples: Vec<Value> = serde_json::from_str(&raw).context("the file is not a LoCoMo JSON list")?;
+    let mut samples: Vec<Value> =
+        serde_json::from_str(&raw).context("the file is not a LoCoMo JSON list")?;
     if let Some(n) = args.limit {
         samples.truncate(n);
     }
@@ -198,7 +256,10 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     }
 
     let dir = tempfile::tempdir()?;
-    let model_dir = args.model_dir.clone().unwrap_or_else(engram_embed::default_model_dir);
+    let model_dir = args
+        .model_dir
+        .clone()
+        .unwrap_or_else(engram_embed::default_model_dir);
     let embedder = load_embedder(model_dir).await?;
     let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default()).await?;
     let mut latest = Timestamp::UNIX_EPOCH;
@@ -213,7 +274,10 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     let service = MemoryService::new(
         Arc::new(store),
         embedder,
-        RetrievalConfig { default_token_budget: 0, ..base_cfg.clone() },
+        RetrievalConfig {
+            default_token_budget: 0,
+            ..base_cfg.clone()
+        },
         args.retrieval.ingest(),
         100_000,
         clock,
@@ -222,10 +286,16 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 
     // Ingest.
     let started = std::time::Instant::now();
-    let ctx = RequestCtx { actor: Some("eval".into()), request_id: None };
+    let ctx = RequestCtx {
+        actor: Some("eval".into()),
+        request_id: None,
+    };
     let mut memories = 0usize;
     for (sample, turns) in samples.iter().zip(&all_turns) {
-        let user = sample["sample_id"].as_str().unwrap_or("conversation").to_owned();
+        let user = sample["sample_id"]
+            .as_str()
+            .unwrap_or("conversation")
+            .to_owned();
         for chunk in turns.chunks(64) {
             let inputs: Vec<AddInput> = chunk
                 .iter()
@@ -235,8 +305,14 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                         content: t.text.clone(),
                         name: Some(t.speaker.clone()),
                     }]),
-                    scope: Scope { user_id: Some(user.clone()), ..Default::default() },
-                    metadata: json!({"dia_id": t.dia_id}).as_object().cloned().unwrap_or_default(),
+                    scope: Scope {
+                        user_id: Some(user.clone()),
+                        ..Default::default()
+                    },
+                    metadata: json!({"dia_id": t.dia_id})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
                     categories: Vec::new(),
                     kind: Default::default(),
                     expires_at: None,
@@ -244,7 +320,11 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 })
                 .collect();
             let out = service.add_batch(&ctx, inputs).await?;
-            memories += out.iter().flatten().filter(|r| r.event.as_str() == "ADD").count();
+            memories += out
+                .iter()
+                .flatten()
+                .filter(|r| r.event.as_str() == "ADD")
+                .count();
         }
     }
     let ingest_secs = started.elapsed().as_secs_f64();
@@ -256,37 +336,131 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         );
     }
 
-    let mut configs: Vec<(&str, RetrievalConfig)> = vec![("fused", base_cfg.clone())];
+    let mut configs: Vec<(String, RetrievalConfig)> = vec![("fused".into(), base_cfg.clone())];
     if args.signals {
         for (name, w) in [
-            ("semantic", SignalWeights { semantic: 1.0, keyword: 0.0, entity: 0.0 }),
-            ("keyword", SignalWeights { semantic: 0.0, keyword: 1.0, entity: 0.0 }),
-            ("entity", SignalWeights { semantic: 0.0, keyword: 0.0, entity: 1.0 }),
+            (
+                "semantic",
+                SignalWeights {
+                    semantic: 1.0,
+                    keyword: 0.0,
+                    entity: 0.0,
+                },
+            ),
+            (
+                "keyword",
+                SignalWeights {
+                    semantic: 0.0,
+                    keyword: 1.0,
+                    entity: 0.0,
+                },
+            ),
+            (
+                "entity",
+                SignalWeights {
+                    semantic: 0.0,
+                    keyword: 0.0,
+                    entity: 1.0,
+                },
+            ),
         ] {
-            configs.push((name, RetrievalConfig { weights: w, ..base_cfg.clone() }));
+            configs.push((
+                name.into(),
+                RetrievalConfig {
+                    weights: w,
+                    ..base_cfg.clone()
+                },
+            ));
         }
+    }
+    for spec in args
+        .sweep
+        .iter()
+        .flat_map(|s| s.split(';'))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (rest, rrf) = match spec.strip_suffix("/rrf") {
+            Some(r) => (r, true),
+            None => (spec, false),
+        };
+        let (rest, cands) = rest
+            .split_once('#')
+            .map_or((rest, None), |(r, c)| (r, Some(c)));
+        let (w, hl) = rest
+            .split_once('@')
+            .map_or((rest, None), |(w, h)| (w, Some(h)));
+        let parts: Vec<f32> = w
+            .split(',')
+            .map(|x| x.trim().parse::<f32>())
+            .collect::<Result<_, _>>()
+            .context("--sweep weights")?;
+        let [semantic, keyword, entity] = parts[..] else {
+            bail!("--sweep entry `{spec}` needs three weights")
+        };
+        let mut cfg = RetrievalConfig {
+            weights: SignalWeights {
+                semantic,
+                keyword,
+                entity,
+            },
+            ..base_cfg.clone()
+        };
+        if let Some(h) = hl {
+            let (h, floor) = h.split_once(':').map_or((h, None), |(h, f)| (h, Some(f)));
+            cfg.half_life_days = h.parse().context("--sweep half-life")?;
+            if let Some(f) = floor {
+                cfg.decay_floor = f.parse().context("--sweep decay floor")?;
+            }
+        }
+        if let Some(c) = cands {
+            cfg.candidates = c.parse().context("--sweep candidates")?;
+        }
+        if rrf {
+            cfg.fusion = engram_core::config::FusionMethod::Rrf;
+        }
+        configs.push((format!("sweep {spec}"), cfg));
     }
     let max_k = args.k.iter().copied().max().unwrap_or(20).max(10);
     let mut report = serde_json::Map::new();
     let mut signals = serde_json::Map::new();
     for (name, cfg) in configs {
-        let svc = service.with_retrieval(RetrievalConfig { default_token_budget: 0, candidates: cfg.candidates.max(max_k), ..cfg });
+        let svc = service.with_retrieval(RetrievalConfig {
+            default_token_budget: 0,
+            candidates: cfg.candidates.max(max_k),
+            ..cfg
+        });
         let started = std::time::Instant::now();
         let scored = ask_all(&svc, &samples, max_k).await?;
         let search_secs = started.elapsed().as_secs_f64();
         let all: Vec<&Scored> = scored.iter().collect();
-        let headline: Vec<&Scored> = scored.iter().filter(|s| (1..=4).contains(&s.category)).collect();
+        let headline: Vec<&Scored> = scored
+            .iter()
+            .filter(|s| (1..=4).contains(&s.category))
+            .collect();
         if name == "fused" {
-            report.insert("overall".into(), serde_json::to_value(metrics(&all, &args.k))?);
+            report.insert(
+                "overall".into(),
+                serde_json::to_value(metrics(&all, &args.k))?,
+            );
             let mut by_cat = serde_json::Map::new();
-            for (cat, label) in [(1, "multi-hop"), (2, "temporal"), (3, "open-domain"), (4, "single-hop"), (5, "adversarial")] {
+            for (cat, label) in [
+                (1, "multi-hop"),
+                (2, "temporal"),
+                (3, "open-domain"),
+                (4, "single-hop"),
+                (5, "adversarial"),
+            ] {
                 let items: Vec<&Scored> = scored.iter().filter(|s| s.category == cat).collect();
                 let mut v = serde_json::to_value(metrics(&items, &args.k))?;
                 v["category"] = json!(label);
                 by_cat.insert(cat.to_string(), v);
             }
             report.insert("by_category".into(), Value::Object(by_cat));
-            report.insert("headline".into(), serde_json::to_value(metrics(&headline, &args.k))?);
+            report.insert(
+                "headline".into(),
+                serde_json::to_value(metrics(&headline, &args.k))?,
+            );
             report.insert(
                 "run".into(),
                 json!({"conversations": samples.len(), "turns": n_turns, "memories": memories,
@@ -294,7 +468,7 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                        "questions_per_second": round(scored.len() as f64 / search_secs.max(1e-9))}),
             );
         } else {
-            signals.insert(name.into(), serde_json::to_value(metrics(&headline, &args.k))?);
+            signals.insert(name, serde_json::to_value(metrics(&headline, &args.k))?);
         }
     }
     if !signals.is_empty() {
@@ -308,11 +482,21 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ask_all(service: &MemoryService, samples: &[Value], max_k: usize) -> anyhow::Result<Vec<Scored>> {
+async fn ask_all(
+    service: &MemoryService,
+    samples: &[Value],
+    max_k: usize,
+) -> anyhow::Result<Vec<Scored>> {
     let mut out = Vec::new();
     for sample in samples {
-        let user = sample["sample_id"].as_str().unwrap_or("conversation").to_owned();
-        let filter = Filter::from_scope(&Scope { user_id: Some(user.clone()), ..Default::default() });
+        let user = sample["sample_id"]
+            .as_str()
+            .unwrap_or("conversation")
+            .to_owned();
+        let filter = Filter::from_scope(&Scope {
+            user_id: Some(user.clone()),
+            ..Default::default()
+        });
         for qa in sample["qa"].as_array().into_iter().flatten() {
             let evidence = evidence_ids(&qa["evidence"]);
             if evidence.is_empty() {
@@ -340,18 +524,44 @@ async fn ask_all(service: &MemoryService, samples: &[Value], max_k: usize) -> an
                     ranked.push(id.to_owned());
                 }
             }
-            let ranks = evidence.iter().map(|e| ranked.iter().position(|r| r == e).map(|p| p + 1)).collect();
-            out.push(Scored { category: qa["category"].as_u64().unwrap_or(0), ranks });
+            let ranks = evidence
+                .iter()
+                .map(|e| ranked.iter().position(|r| r == e).map(|p| p + 1))
+                .collect();
+            out.push(Scored {
+                category: qa["category"].as_u64().unwrap_or(0),
+                ranks,
+            });
         }
     }
     Ok(out)
 }
 
 fn print_table(report: &serde_json::Map<String, Value>) {
-    let cols = ["recall@1", "recall@5", "recall@10", "recall@20", "mrr", "ndcg@10", "questions"];
-    println!("{:<24}{}", "", cols.iter().map(|c| format!("{c:>11}")).collect::<String>());
+    let cols = [
+        "recall@1",
+        "recall@5",
+        "recall@10",
+        "recall@20",
+        "mrr",
+        "ndcg@10",
+        "questions",
+    ];
+    println!(
+        "{:<24}{}",
+        "",
+        cols.iter().map(|c| format!("{c:>11}")).collect::<String>()
+    );
     let row = |label: &str, m: &Value| {
-        let cells: String = cols.iter().map(|c| format!("{:>11}", m.get(*c).map(|v| v.to_string()).unwrap_or_default())).collect();
+        let cells: String = cols
+            .iter()
+            .map(|c| {
+                format!(
+                    "{:>11}",
+                    m.get(*c).map(|v| v.to_string()).unwrap_or_default()
+                )
+            })
+            .collect();
         println!("{label:<24}{cells}");
     };
     if let Some(h) = report.get("headline") {
@@ -362,7 +572,10 @@ fn print_table(report: &serde_json::Map<String, Value>) {
     }
     if let Some(Value::Object(cats)) = report.get("by_category") {
         for (k, v) in cats {
-            row(&format!("  {k} {}", v["category"].as_str().unwrap_or("")), v);
+            row(
+                &format!("  {k} {}", v["category"].as_str().unwrap_or("")),
+                v,
+            );
         }
     }
     if let Some(Value::Object(s)) = report.get("signals") {
@@ -378,7 +591,10 @@ mod tests {
 
     #[test]
     fn evidence_normalisation() {
-        assert_eq!(evidence_ids(&json!(["D1:3", "D:11:26", "D8:6; D9:17", "garbage"])), vec!["D1:3", "D11:26", "D8:6", "D9:17"]);
+        assert_eq!(
+            evidence_ids(&json!(["D1:3", "D:11:26", "D8:6; D9:17", "garbage"])),
+            vec!["D1:3", "D11:26", "D8:6", "D9:17"]
+        );
         assert!(evidence_ids(&json!([])).is_empty());
     }
 
@@ -386,14 +602,25 @@ mod tests {
     fn session_dates() {
         let t = session_time("1:56 pm on 8 May, 2023").unwrap();
         assert_eq!(t.to_string(), "2023-05-08T13:56:00Z");
-        assert_eq!(session_time("12:09 am on 13 September, 2023").unwrap().to_string(), "2023-09-13T00:09:00Z");
+        assert_eq!(
+            session_time("12:09 am on 13 September, 2023")
+                .unwrap()
+                .to_string(),
+            "2023-09-13T00:09:00Z"
+        );
         assert!(session_time("yesterday").is_none());
     }
 
     #[test]
     fn metric_maths() {
-        let a = Scored { category: 1, ranks: vec![Some(1), None] };
-        let b = Scored { category: 2, ranks: vec![Some(3)] };
+        let a = Scored {
+            category: 1,
+            ranks: vec![Some(1), None],
+        };
+        let b = Scored {
+            category: 2,
+            ranks: vec![Some(3)],
+        };
         let m = metrics(&[&a, &b], &[1, 5]).0;
         assert_eq!(m["recall@1"], json!(0.25)); // (1/2 + 0) / 2
         assert_eq!(m["recall@5"], json!(0.75)); // (1/2 + 1) / 2

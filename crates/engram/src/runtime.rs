@@ -15,7 +15,12 @@ use engram_sqlite::{SqliteOptions, SqliteStore};
 #[derive(Args, Debug, Clone)]
 pub struct LogArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `engram=debug`.
-    #[arg(long = "log-level", env = "ENGRAM_LOG", default_value = "info", global = true)]
+    #[arg(
+        long = "log-level",
+        env = "ENGRAM_LOG",
+        default_value = "info",
+        global = true
+    )]
     pub level: String,
     /// Log as JSON lines.
     #[arg(long = "log-json", env = "ENGRAM_LOG_JSON", global = true)]
@@ -25,7 +30,9 @@ pub struct LogArgs {
 pub fn init_tracing(log: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if log.json {
         builder.json().init();
     } else {
@@ -53,7 +60,7 @@ pub struct RetrievalArgs {
     #[arg(long, env = "ENGRAM_FUSION", default_value = "weighted", value_parser = parse_fusion)]
     pub fusion: FusionMethod,
     /// Signal weights `semantic,keyword,entity`.
-    #[arg(long, env = "ENGRAM_WEIGHTS", default_value = "0.6,0.25,0.15", value_parser = parse_weights)]
+    #[arg(long, env = "ENGRAM_WEIGHTS", default_value = "0.45,0.45,0.1", value_parser = parse_weights)]
     pub weights: SignalWeights,
     /// Recency half-life in days (0 = no decay).
     #[arg(long, env = "ENGRAM_HALF_LIFE_DAYS", default_value_t = RetrievalConfig::default().half_life_days)]
@@ -92,13 +99,25 @@ fn parse_fusion(s: &str) -> Result<FusionMethod, String> {
 fn parse_weights(s: &str) -> Result<SignalWeights, String> {
     let parts: Vec<f32> = s
         .split(',')
-        .map(|p| p.trim().parse::<f32>().map_err(|_| format!("`{p}` is not a number")))
+        .map(|p| {
+            p.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("`{p}` is not a number"))
+        })
         .collect::<Result<_, _>>()?;
     match parts[..] {
-        [semantic, keyword, entity] if parts.iter().all(|w| *w >= 0.0) && parts.iter().sum::<f32>() > 0.0 => {
-            Ok(SignalWeights { semantic, keyword, entity })
+        [semantic, keyword, entity]
+            if parts.iter().all(|w| *w >= 0.0) && parts.iter().sum::<f32>() > 0.0 =>
+        {
+            Ok(SignalWeights {
+                semantic,
+                keyword,
+                entity,
+            })
         }
-        _ => Err("weights are three non-negative numbers `semantic,keyword,entity`, not all zero".into()),
+        _ => Err(
+            "weights are three non-negative numbers `semantic,keyword,entity`, not all zero".into(),
+        ),
     }
 }
 
@@ -124,13 +143,18 @@ impl RetrievalArgs {
     }
 
     pub fn index(&self) -> IndexConfig {
-        IndexConfig { exact_threshold: self.exact_threshold, ..IndexConfig::default() }
+        IndexConfig {
+            exact_threshold: self.exact_threshold,
+            ..IndexConfig::default()
+        }
     }
 }
 
 impl StoreArgs {
     pub fn model_dir(&self) -> PathBuf {
-        self.model_dir.clone().unwrap_or_else(engram_embed::default_model_dir)
+        self.model_dir
+            .clone()
+            .unwrap_or_else(engram_embed::default_model_dir)
     }
 }
 
@@ -143,7 +167,10 @@ pub async fn load_embedder(dir: PathBuf) -> anyhow::Result<Arc<BertEmbedder>> {
 /// Opens the store and model and builds the service.
 pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, SqliteStore)> {
     let embedder = load_embedder(args.model_dir()).await?;
-    let options = SqliteOptions { index: args.retrieval.index(), ..SqliteOptions::default() };
+    let options = SqliteOptions {
+        index: args.retrieval.index(),
+        ..SqliteOptions::default()
+    };
     let store = SqliteStore::open_async(args.data_dir.clone(), options)
         .await
         .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;

