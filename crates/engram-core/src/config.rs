@@ -14,6 +14,16 @@ pub enum FusionMethod {
     Rrf,
 }
 
+/// How semantic and keyword scores are put on a common [0, 1] scale before weighting.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalization {
+    /// `(s - min) / (max - min)` over the candidates.
+    MinMax,
+    /// `s / max` over the candidates (keeps the gap to zero).
+    Max,
+}
+
 /// Weight of each retrieval signal.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SignalWeights {
@@ -38,7 +48,12 @@ impl Default for SignalWeights {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetrievalConfig {
     pub fusion: FusionMethod,
+    pub normalization: Normalization,
     pub weights: SignalWeights,
+    /// Share of a neighbouring turn's score a memory inherits (0 turns the context signal off).
+    pub context_weight: f32,
+    /// Memories at most this many seconds apart in the same scope are each other's context.
+    pub context_window_secs: i64,
     /// `k` of reciprocal-rank fusion.
     pub rrf_k: f32,
     /// Candidates each signal contributes before fusion.
@@ -60,7 +75,10 @@ impl Default for RetrievalConfig {
     fn default() -> Self {
         RetrievalConfig {
             fusion: FusionMethod::Weighted,
+            normalization: Normalization::MinMax,
             weights: SignalWeights::default(),
+            context_weight: 0.3,
+            context_window_secs: 1800,
             rrf_k: 60.0,
             candidates: 50,
             half_life_days: 365.0,

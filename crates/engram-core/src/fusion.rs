@@ -9,7 +9,7 @@ use std::hash::Hash;
 
 use serde::Serialize;
 
-use crate::config::{FusionMethod, RetrievalConfig};
+use crate::config::{FusionMethod, Normalization, RetrievalConfig};
 
 /// A signal's candidates, best first, with raw scores.
 pub type Ranked<K> = Vec<(K, f32)>;
@@ -23,6 +23,8 @@ pub struct SignalScores {
     pub keyword: Option<f32>,
     /// Raw entity-overlap score, if an entity candidate.
     pub entity: Option<f32>,
+    /// The best fused score of a neighbouring turn, if the context signal is on.
+    pub context: Option<f32>,
     /// The fused score before decay and kind weight, in [0, 1].
     pub fused: f32,
 }
@@ -45,6 +47,12 @@ pub fn min_max(scores: &[f32]) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// Scales scores by their maximum; non-positive maxima give zeros.
+pub fn max_scale(scores: &[f32]) -> Vec<f32> {
+    let hi = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    scores.iter().map(|&s| if hi > f32::EPSILON { (s / hi).max(0.0) } else { 0.0 }).collect()
 }
 
 /// Fuses the three signals' candidate lists into one score per key.
@@ -78,10 +86,10 @@ pub fn fuse<K: Copy + Eq + Hash>(
             // Entity scores are absolute in [0, 1] already: a common name must stay weak.
             for (i, (list, weight)) in lists.into_iter().enumerate() {
                 let raw: Vec<f32> = list.iter().map(|(_, s)| *s).collect();
-                let norm = if i == 2 {
-                    raw.iter().map(|s| s.clamp(0.0, 1.0)).collect()
-                } else {
-                    min_max(&raw)
+                let norm = match (i, config.normalization) {
+                    (2, _) => raw.iter().map(|s| s.clamp(0.0, 1.0)).collect(),
+                    (_, Normalization::MinMax) => min_max(&raw),
+                    (_, Normalization::Max) => max_scale(&raw),
                 };
                 for ((key, _), norm) in list.iter().zip(norm) {
                     if let Some(entry) = out.get_mut(key) {
@@ -103,6 +111,40 @@ pub fn fuse<K: Copy + Eq + Hash>(
         }
     }
     out
+}
+
+/// Adds conversational context: each memory inherits `weight ×` the best fused
+/// score among its neighbours (`neighbors` maps a scored memory to its
+/// neighbours); memories found only as neighbours join the candidates.
+/// Scores are divided by `1 + weight` to stay in [0, 1].
+pub fn add_context<K: Copy + Eq + Hash>(
+    scores: &mut HashMap<K, SignalScores>,
+    neighbors: &[(K, Vec<K>)],
+    weight: f32,
+) {
+    if weight <= 0.0 {
+        return;
+    }
+    let mut inherited: HashMap<K, f32> = HashMap::new();
+    for (key, near) in neighbors {
+        let Some(own) = scores.get(key).map(|s| s.fused) else { continue };
+        for n in near {
+            let best = inherited.entry(*n).or_insert(0.0);
+            *best = best.max(own);
+        }
+    }
+    for (key, s) in scores.iter_mut() {
+        let ctx = inherited.get(key).copied().unwrap_or(0.0);
+        s.context = Some(ctx);
+        s.fused = (s.fused + weight * ctx) / (1.0 + weight);
+    }
+    for (key, ctx) in inherited {
+        scores.entry(key).or_insert_with(|| SignalScores {
+            context: Some(ctx),
+            fused: weight * ctx / (1.0 + weight),
+            ..Default::default()
+        });
+    }
 }
 
 /// Recency decay factor for a memory `age_days` old: `floor + (1 - floor) · 0.5^(age / half_life)`.
@@ -130,6 +172,12 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn max_scale_keeps_ratios() {
+        assert_eq!(max_scale(&[2.0, 4.0, 1.0]), vec![0.5, 1.0, 0.25]);
+        assert_eq!(max_scale(&[-1.0, 0.0]), vec![0.0, 0.0]);
     }
 
     #[test]
@@ -167,6 +215,22 @@ mod tests {
             "rank 1 everywhere is a perfect score"
         );
         assert!(f[&2].fused < 0.6 && f[&2].fused > 0.5);
+    }
+
+    #[test]
+    fn context_lifts_neighbours_and_adds_new_ones() {
+        let mut scores: HashMap<u32, SignalScores> = HashMap::new();
+        scores.insert(1, SignalScores { fused: 0.9, ..Default::default() });
+        scores.insert(2, SignalScores { fused: 0.1, ..Default::default() });
+        add_context(&mut scores, &[(1, vec![2, 3]), (2, vec![1])], 0.5);
+        assert!((scores[&2].fused - (0.1 + 0.45) / 1.5).abs() < 1e-6, "2 inherits from 1");
+        assert!((scores[&1].fused - (0.9 + 0.05) / 1.5).abs() < 1e-6);
+        assert!((scores[&3].fused - 0.45 / 1.5).abs() < 1e-6, "a neighbour nobody found joins");
+        assert_eq!(scores[&3].context, Some(0.9));
+        let mut off = HashMap::from([(1u32, SignalScores { fused: 0.9, ..Default::default() })]);
+        add_context(&mut off, &[(1, vec![2])], 0.0);
+        assert_eq!(off.len(), 1);
+        assert_eq!(off[&1].fused, 0.9);
     }
 
     #[test]

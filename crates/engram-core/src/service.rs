@@ -578,7 +578,15 @@ impl MemoryService {
                 semantic.sort_by(|a, b| b.1.total_cmp(&a.1));
             }
         }
-        let fused = fusion::fuse(&semantic, &keyword, &entity, cfg);
+        let mut fused = fusion::fuse(&semantic, &keyword, &entity, cfg);
+        if cfg.context_weight > 0.0 {
+            // The best candidates lend their score to the turns said around them.
+            let mut best: Vec<(MemoryId, f32)> = fused.iter().map(|(id, s)| (*id, s.fused)).collect();
+            best.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let top: Vec<MemoryId> = best.iter().take(top_k.max(20)).map(|(id, _)| *id).collect();
+            let neighbors = store.neighbors(&top, cfg.context_window_secs * 1000, vis).await?;
+            fusion::add_context(&mut fused, &neighbors, cfg.context_weight);
+        }
         let ids: Vec<MemoryId> = fused.keys().copied().collect();
         let memories = store.get_many(&ids, vis).await?;
 

@@ -197,6 +197,11 @@ pub trait Store: Send + Sync + 'static {
         k: usize,
     ) -> Result<Ranked<MemoryId>>;
 
+    /// For each listed memory, the live memories said just before and after it in
+    /// the same scope, at most `max_gap_ms` apart (its conversational context).
+    async fn neighbors(&self, ids: &[MemoryId], max_gap_ms: i64, vis: Visibility)
+    -> Result<Vec<(MemoryId, Vec<MemoryId>)>>;
+
     async fn stats(&self) -> Result<StoreStats>;
 
     /// Persists derived state (the ANN graph) so the next start is fast.

@@ -322,7 +322,8 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
             return;
         }
         let key = crate::memory::entity_key(name);
-        if !out.iter().any(|e| e.key() == key) {
+        // Skip repeats, and capitalised spans inside a quoted title already tagged.
+        if !out.iter().any(|e| e.key() == key || (e.kind == "quoted" && e.key().contains(&key))) {
             out.push(Entity {
                 name: name.to_owned(),
                 kind: kind.to_owned(),
@@ -472,7 +473,10 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
                     } {
                         span.remove(0);
                     }
-                    push(&span.join(" "), "name");
+                    let rest = span.join(" ").to_lowercase();
+                    if !(span.len() == 1 && (is_stopword(&rest) || NOT_NAMES.contains(&rest.as_str()))) {
+                        push(&span.join(" "), "name");
+                    }
                 }
                 i = j;
                 continue;

@@ -4,7 +4,7 @@
 //! filter's candidate set can be sized and enumerated without SQL, and the
 //! full filter is evaluated on the record itself.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use engram_core::filter::Filter;
@@ -12,11 +12,19 @@ use engram_core::memory::{Memory, MemoryId, ScopeField};
 use engram_core::store::Cursor;
 use jiff::Timestamp;
 
+/// A posting entry: ordered by time, then row.
+type Entry = (i64, i64);
+
+fn entry(rowid: i64, m: &Memory) -> Entry {
+    (m.created_at.as_millisecond(), rowid)
+}
+
 #[derive(Default)]
 pub struct Catalog {
     rows: HashMap<i64, Arc<Memory>>,
     current: HashMap<MemoryId, i64>,
-    postings: [HashMap<String, HashSet<i64>>; 5],
+    /// Per scope field, per id: that scope's memories in time order.
+    postings: [HashMap<String, BTreeSet<Entry>>; 5],
 }
 
 impl Catalog {
@@ -29,7 +37,7 @@ impl Catalog {
             self.postings[field.index()]
                 .entry(value.to_owned())
                 .or_default()
-                .insert(rowid);
+                .insert(entry(rowid, &memory));
         }
         if let Some(old) = self.current.insert(memory.id, rowid)
             && old != rowid
@@ -55,7 +63,7 @@ impl Catalog {
         for (field, value) in memory.scope.iter() {
             let postings = &mut self.postings[field.index()];
             if let Some(set) = postings.get_mut(value) {
-                set.remove(&rowid);
+                set.remove(&entry(rowid, &memory));
                 if set.is_empty() {
                     postings.remove(value);
                 }
@@ -78,7 +86,7 @@ impl Catalog {
     fn count(&self, field: ScopeField, value: &str) -> usize {
         self.postings[field.index()]
             .get(value)
-            .map_or(0, HashSet::len)
+            .map_or(0, BTreeSet::len)
     }
 
     /// An upper bound on how many current versions match `filter`.
@@ -98,7 +106,7 @@ impl Catalog {
                 let mut out: Vec<i64> = Vec::new();
                 for (f, v) in &lists {
                     if let Some(set) = self.postings[f.index()].get(*v) {
-                        out.extend(set.iter().copied());
+                        out.extend(set.iter().map(|(_, rowid)| *rowid));
                     }
                 }
                 if lists.len() > 1 {
@@ -109,6 +117,27 @@ impl Catalog {
             }
             None => self.rows.keys().copied().collect(),
         }
+    }
+
+    /// The live memories said just before and just after `id` in the same
+    /// scope (identical scope ids), at most `max_gap_ms` away in time.
+    pub fn neighbors(&self, id: MemoryId, max_gap_ms: i64, now: Timestamp) -> Vec<MemoryId> {
+        let Some((&rowid, m)) = self.current.get(&id).and_then(|r| self.rows.get_key_value(r)) else {
+            return Vec::new();
+        };
+        // The narrowest id the memory carries orders its conversation.
+        let narrowest = [ScopeField::Run, ScopeField::User, ScopeField::Agent, ScopeField::App, ScopeField::Org]
+            .into_iter()
+            .find_map(|f| m.scope.get(f).map(|v| (f, v)));
+        let Some((field, value)) = narrowest else { return Vec::new() };
+        let Some(set) = self.postings[field.index()].get(value) else { return Vec::new() };
+        let at = entry(rowid, m);
+        let same = |e: &&Entry| {
+            self.rows.get(&e.1).is_some_and(|n| n.scope == m.scope && n.is_live(now) && (e.0 - at.0).abs() <= max_gap_ms)
+        };
+        let before = set.range(..at).rev().take(8).find(same);
+        let after = set.range((std::ops::Bound::Excluded(at), std::ops::Bound::Unbounded)).take(8).find(same);
+        before.into_iter().chain(after).filter_map(|e| self.id_of(e.1)).collect()
     }
 
     /// Whether `rowid` is a current, unexpired version matching `filter`.

@@ -933,6 +933,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn neighbors(
+        &self,
+        ids: &[MemoryId],
+        max_gap_ms: i64,
+        vis: Visibility,
+    ) -> Result<Vec<(MemoryId, Vec<MemoryId>)>> {
+        let ids = ids.to_vec();
+        self.with_catalog(move |c, _| Ok(ids.iter().map(|id| (*id, c.neighbors(*id, max_gap_ms, vis.now))).collect()))
+            .await
+    }
+
     async fn stats(&self) -> Result<StoreStats> {
         self.read(|conn, inner| {
             let count = |sql: &str| {

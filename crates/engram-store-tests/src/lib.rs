@@ -672,6 +672,27 @@ pub async fn keyword_and_entity_ranking(f: Fixture) {
     assert!((vs[0].1 - 1.0).abs() < 1e-4 && vs[1].1.abs() < 1e-4);
 }
 
+/// Neighbours are the turns just before and after in the same scope, within the time window.
+pub async fn neighbors_are_adjacent_turns_of_the_same_scope(f: Fixture) {
+    bound(&f).await;
+    let a = memory("first turn", user("nia"), 0);
+    let b = memory("second turn", user("nia"), 10);
+    let other = memory("someone else, in between", user("zed"), 15);
+    let mut wider = memory("same user, with an agent", user("nia"), 16);
+    wider.scope.agent_id = Some("bot".into());
+    let c = memory("third turn", user("nia"), 20);
+    let d = memory("next day", user("nia"), 86_400);
+    let ops = [&a, &b, &other, &wider, &c, &d].iter().enumerate().map(|(i, m)| insert(m, vector(i, 0.0))).collect();
+    f.store.apply(ops).await.unwrap();
+    let window = 1_800_000;
+    let got = f.store.neighbors(&[b.id, c.id, a.id, other.id], window, vis()).await.unwrap();
+    assert_eq!(got[0], (b.id, vec![a.id, c.id]));
+    assert_eq!(got[1], (c.id, vec![b.id]), "the next day is outside the window; other scopes never count");
+    assert_eq!(got[2], (a.id, vec![b.id]));
+    assert_eq!(got[3], (other.id, vec![]));
+    assert_eq!(f.store.neighbors(&[d.id], 100 * window, vis()).await.unwrap()[0], (d.id, vec![c.id]));
+}
+
 /// Expands to one `#[tokio::test]` per suite case, each given a fresh fixture from `$factory().await`.
 #[macro_export]
 macro_rules! store_suite {
@@ -687,6 +708,7 @@ macro_rules! store_suite {
             filters_apply_to_reads,
             expired_memories_are_invisible,
             keyword_and_entity_ranking,
+            neighbors_are_adjacent_turns_of_the_same_scope,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -44,7 +44,7 @@ pub struct LocomoArgs {
     #[arg(long)]
     pub signals: bool,
     /// Extra retrieval settings to score on the same ingest, `;`-separated:
-    /// `semantic,keyword,entity[@half_life_days[:floor]][#candidates][/rrf]`, e.g. `0.5,0.5,0@0;0.4,0.4,0.2#100`.
+    /// `semantic,keyword,entity[@half_life_days[:floor]][#candidates][/max][+context_weight][/rrf]`, e.g. `0.5,0.5,0@0;0.4,0.4,0.2#100`.
     #[arg(long)]
     pub sweep: Option<String>,
     /// Only the first N conversations.
@@ -384,6 +384,11 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             Some(r) => (r, true),
             None => (spec, false),
         };
+        let (rest, context) = rest.split_once('+').map_or((rest, None), |(r, c)| (r, Some(c)));
+        let (rest, max_norm) = match rest.strip_suffix("/max") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
         let (rest, cands) = rest
             .split_once('#')
             .map_or((rest, None), |(r, c)| (r, Some(c)));
@@ -418,6 +423,12 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         }
         if rrf {
             cfg.fusion = engram_core::config::FusionMethod::Rrf;
+        }
+        if let Some(c) = context {
+            cfg.context_weight = c.parse().context("--sweep context weight")?;
+        }
+        if max_norm {
+            cfg.normalization = engram_core::config::Normalization::Max;
         }
         configs.push((format!("sweep {spec}"), cfg));
     }

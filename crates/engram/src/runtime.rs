@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use engram_core::config::{FusionMethod, IngestConfig, RetrievalConfig, SignalWeights};
+use engram_core::config::{FusionMethod, IngestConfig, Normalization, RetrievalConfig, SignalWeights};
 use engram_core::service::{MemoryService, SystemClock};
 use engram_embed::BertEmbedder;
 use engram_index::IndexConfig;
@@ -59,6 +59,9 @@ pub struct RetrievalArgs {
     /// Fusion of the signals: `weighted` (normalised scores) or `rrf` (reciprocal ranks).
     #[arg(long, env = "ENGRAM_FUSION", default_value = "weighted", value_parser = parse_fusion)]
     pub fusion: FusionMethod,
+    /// Score normalisation before weighting: `minmax` or `max`.
+    #[arg(long, env = "ENGRAM_NORMALIZATION", default_value = "minmax", value_parser = parse_normalization)]
+    pub normalization: Normalization,
     /// Signal weights `semantic,keyword,entity`.
     #[arg(long, env = "ENGRAM_WEIGHTS", default_value = "0.45,0.45,0.1", value_parser = parse_weights)]
     pub weights: SignalWeights,
@@ -68,6 +71,9 @@ pub struct RetrievalArgs {
     /// Lowest recency decay factor.
     #[arg(long, env = "ENGRAM_DECAY_FLOOR", default_value_t = RetrievalConfig::default().decay_floor)]
     pub decay_floor: f64,
+    /// Share of a neighbouring turn's score a memory inherits (0 = off).
+    #[arg(long, env = "ENGRAM_CONTEXT_WEIGHT", default_value_t = RetrievalConfig::default().context_weight)]
+    pub context_weight: f32,
     /// Token budget of a search when the request gives none (0 = unlimited).
     #[arg(long, env = "ENGRAM_TOKEN_BUDGET", default_value_t = RetrievalConfig::default().default_token_budget)]
     pub token_budget: usize,
@@ -93,6 +99,14 @@ fn parse_fusion(s: &str) -> Result<FusionMethod, String> {
         "weighted" => Ok(FusionMethod::Weighted),
         "rrf" => Ok(FusionMethod::Rrf),
         other => Err(format!("unknown fusion `{other}`: use weighted or rrf")),
+    }
+}
+
+fn parse_normalization(s: &str) -> Result<Normalization, String> {
+    match s {
+        "minmax" => Ok(Normalization::MinMax),
+        "max" => Ok(Normalization::Max),
+        other => Err(format!("unknown normalization `{other}`: use minmax or max")),
     }
 }
 
@@ -125,8 +139,10 @@ impl RetrievalArgs {
     pub fn retrieval(&self) -> RetrievalConfig {
         RetrievalConfig {
             fusion: self.fusion,
+            normalization: self.normalization,
             weights: self.weights,
             half_life_days: self.half_life_days,
+            context_weight: self.context_weight,
             decay_floor: self.decay_floor,
             default_token_budget: self.token_budget,
             candidates: self.candidates,
