@@ -20,6 +20,8 @@ pub enum ErrorCode {
     MissingScope,
     /// The requested memory does not exist (or is not visible).
     NotFound,
+    /// The memory changed since it was read (a concurrent update); retry.
+    Conflict,
     /// The embedding model does not match the one the store was built with.
     EmbeddingModelMismatch,
     /// A request or payload exceeds a configured limit.
@@ -40,6 +42,7 @@ impl ErrorCode {
             ErrorCode::InvalidFilter => "invalid_filter",
             ErrorCode::MissingScope => "missing_scope",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::EmbeddingModelMismatch => "embedding_model_mismatch",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::StoreFailure => "store_failure",
@@ -56,6 +59,7 @@ impl ErrorCode {
             | ErrorCode::InvalidFilter
             | ErrorCode::MissingScope
             | ErrorCode::NotFound
+            | ErrorCode::Conflict
             | ErrorCode::EmbeddingModelMismatch
             | ErrorCode::LimitExceeded => true,
             ErrorCode::StoreFailure | ErrorCode::EmbedderFailure | ErrorCode::Internal => false,

@@ -147,6 +147,8 @@ impl Filterable for Memory {
 const MAX_KEY_LEN: usize = 128;
 /// Deepest nesting of AND/OR/NOT accepted.
 const MAX_DEPTH: usize = 16;
+/// Most values in one `in` / `nin` list, and most filters in one AND/OR list.
+const MAX_LIST: usize = 256;
 
 impl Filter {
     /// Matches everything.
@@ -167,6 +169,23 @@ impl Filter {
                 })
                 .collect(),
         )
+    }
+
+    /// Exactly this scope: the ids set in `scope` match and the others are unset.
+    pub fn exact_scope(scope: &Scope) -> Filter {
+        let mut parts = match Filter::from_scope(scope) {
+            Filter::And(p) => p,
+            other => vec![other],
+        };
+        for field in ScopeField::ALL {
+            if scope.get(field).is_none() {
+                parts.push(Filter::Not(Box::new(Filter::Cond(Cond::Scope {
+                    field,
+                    op: StrOp::Exists,
+                }))));
+            }
+        }
+        Filter::And(parts)
     }
 
     /// `self AND other`, flattening nested conjunctions.
@@ -446,6 +465,14 @@ fn parse_object(map: &Map<String, Value>, path: &str, depth: usize) -> Result<Fi
 }
 
 fn parse_list(value: &Value, path: &str, depth: usize) -> Result<Vec<Filter>> {
+    if let Value::Array(items) = value
+        && items.len() > MAX_LIST
+    {
+        return Err(Error::filter(format!(
+            "`{path}` lists {} entries; the maximum is {MAX_LIST}",
+            items.len()
+        )));
+    }
     let Value::Array(items) = value else {
         return Err(Error::filter(format!(
             "`{path}` must be a list of filter objects, got {}",
@@ -560,6 +587,10 @@ fn string(v: &Value, path: &str) -> Result<String> {
 
 fn strings(v: &Value, path: &str) -> Result<Vec<String>> {
     match v {
+        Value::Array(items) if items.len() > MAX_LIST => Err(Error::filter(format!(
+            "`{path}` lists {} values; the maximum is {MAX_LIST}",
+            items.len()
+        ))),
         Value::Array(items) if !items.is_empty() => items
             .iter()
             .enumerate()
@@ -740,9 +771,11 @@ fn parse_metadata(key: &str, value: &Value, path: &str) -> Result<Filter> {
     };
     let list = |v: &Value| -> Result<Vec<Value>> {
         match v {
-            Value::Array(items) if !items.is_empty() => items.iter().map(scalar).collect(),
+            Value::Array(items) if !items.is_empty() && items.len() <= MAX_LIST => {
+                items.iter().map(scalar).collect()
+            }
             _ => Err(Error::filter(format!(
-                "`{path}.{op}` must be a non-empty list"
+                "`{path}.{op}` must be a non-empty list of at most {MAX_LIST} values"
             ))),
         }
     };
@@ -890,12 +923,31 @@ mod tests {
         assert!(err(json!({"user_id": {"in": []}})).contains("at least one value"));
         assert!(err(json!({"user_id": {"eq": "a", "ne": "b"}})).contains("exactly one operator"));
         assert!(err(json!({"kind": "fact"})).contains("unknown memory kind"));
+        assert!(err(json!({"user_id": {"in": vec!["a"; 300]}})).contains("maximum is 256"));
+        let many: Vec<Value> = (0..300)
+            .map(|i| json!({"user_id": format!("u{i}")}))
+            .collect();
+        assert!(err(json!({"OR": many})).contains("maximum is 256"));
         assert!(err(json!("user_id=alice")).contains("must be a JSON object"));
         let mut deep = json!({"user_id": "a"});
         for _ in 0..40 {
             deep = json!({"AND": [deep]});
         }
         assert!(err(deep).contains("deeper"));
+    }
+
+    #[test]
+    fn exact_scope_requires_unset_ids_absent() {
+        let exact = Filter::exact_scope(&Scope {
+            user_id: Some("alice".into()),
+            ..Default::default()
+        });
+        assert!(exact.matches(&mem("alice", None)));
+        assert!(
+            !exact.matches(&mem("alice", Some("bot"))),
+            "a wider scope is another scope"
+        );
+        assert!(exact.names_scope());
     }
 
     #[test]

@@ -52,7 +52,16 @@ pub fn min_max(scores: &[f32]) -> Vec<f32> {
 /// Scales scores by their maximum; non-positive maxima give zeros.
 pub fn max_scale(scores: &[f32]) -> Vec<f32> {
     let hi = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    scores.iter().map(|&s| if hi > f32::EPSILON { (s / hi).max(0.0) } else { 0.0 }).collect()
+    scores
+        .iter()
+        .map(|&s| {
+            if hi > f32::EPSILON {
+                (s / hi).max(0.0)
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// Fuses the three signals' candidate lists into one score per key.
@@ -127,7 +136,9 @@ pub fn add_context<K: Copy + Eq + Hash>(
     }
     let mut inherited: HashMap<K, f32> = HashMap::new();
     for (key, near) in neighbors {
-        let Some(own) = scores.get(key).map(|s| s.fused) else { continue };
+        let Some(own) = scores.get(key).map(|s| s.fused) else {
+            continue;
+        };
         for n in near {
             let best = inherited.entry(*n).or_insert(0.0);
             *best = best.max(own);
@@ -220,14 +231,38 @@ mod tests {
     #[test]
     fn context_lifts_neighbours_and_adds_new_ones() {
         let mut scores: HashMap<u32, SignalScores> = HashMap::new();
-        scores.insert(1, SignalScores { fused: 0.9, ..Default::default() });
-        scores.insert(2, SignalScores { fused: 0.1, ..Default::default() });
+        scores.insert(
+            1,
+            SignalScores {
+                fused: 0.9,
+                ..Default::default()
+            },
+        );
+        scores.insert(
+            2,
+            SignalScores {
+                fused: 0.1,
+                ..Default::default()
+            },
+        );
         add_context(&mut scores, &[(1, vec![2, 3]), (2, vec![1])], 0.5);
-        assert!((scores[&2].fused - (0.1 + 0.45) / 1.5).abs() < 1e-6, "2 inherits from 1");
+        assert!(
+            (scores[&2].fused - (0.1 + 0.45) / 1.5).abs() < 1e-6,
+            "2 inherits from 1"
+        );
         assert!((scores[&1].fused - (0.9 + 0.05) / 1.5).abs() < 1e-6);
-        assert!((scores[&3].fused - 0.45 / 1.5).abs() < 1e-6, "a neighbour nobody found joins");
+        assert!(
+            (scores[&3].fused - 0.45 / 1.5).abs() < 1e-6,
+            "a neighbour nobody found joins"
+        );
         assert_eq!(scores[&3].context, Some(0.9));
-        let mut off = HashMap::from([(1u32, SignalScores { fused: 0.9, ..Default::default() })]);
+        let mut off = HashMap::from([(
+            1u32,
+            SignalScores {
+                fused: 0.9,
+                ..Default::default()
+            },
+        )]);
         add_context(&mut off, &[(1, vec![2])], 0.0);
         assert_eq!(off.len(), 1);
         assert_eq!(off[&1].fused, 0.9);

@@ -144,6 +144,8 @@ pub struct Page {
 
 /// Longest search query accepted, in bytes.
 pub const MAX_QUERY_BYTES: usize = 4096;
+/// Longest speaker name accepted in a message.
+pub const MAX_NAME_BYTES: usize = 128;
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 1000;
 
@@ -281,7 +283,7 @@ impl MemoryService {
         // Memories added earlier in this batch, per scope, for duplicate checks within the batch.
         let mut batch: Vec<(Scope, MemoryId, String, Vec<f32>)> = Vec::new();
         for (input, pieces) in prepared {
-            let scope_filter = Filter::from_scope(&input.scope);
+            let scope_filter = Filter::exact_scope(&input.scope);
             let at = input.timestamp.map(to_millis).unwrap_or(now);
             let mut results = Vec::with_capacity(pieces.len());
             for (role, piece) in pieces {
@@ -386,6 +388,14 @@ impl MemoryService {
                         )));
                     }
                     self.check_text(&m.content, &format!("`messages[{i}].content`"))?;
+                    if m.name
+                        .as_ref()
+                        .is_some_and(|n| n.len() > MAX_NAME_BYTES || n.contains(['\n', '\r']))
+                    {
+                        return Err(Error::invalid(format!(
+                            "`messages[{i}].name` must be one line of at most {MAX_NAME_BYTES} bytes"
+                        )));
+                    }
                     let name = m
                         .name
                         .as_deref()
@@ -581,14 +591,23 @@ impl MemoryService {
         let mut fused = fusion::fuse(&semantic, &keyword, &entity, cfg);
         if cfg.context_weight > 0.0 {
             // The best candidates lend their score to the turns said around them.
-            let mut best: Vec<(MemoryId, f32)> = fused.iter().map(|(id, s)| (*id, s.fused)).collect();
+            let mut best: Vec<(MemoryId, f32)> =
+                fused.iter().map(|(id, s)| (*id, s.fused)).collect();
             best.sort_by(|a, b| b.1.total_cmp(&a.1));
             let top: Vec<MemoryId> = best.iter().take(top_k.max(20)).map(|(id, _)| *id).collect();
-            let neighbors = store.neighbors(&top, cfg.context_window_secs * 1000, vis).await?;
+            let neighbors = store
+                .neighbors(&top, filter, cfg.context_window_secs * 1000, vis)
+                .await?;
             fusion::add_context(&mut fused, &neighbors, cfg.context_weight);
         }
         let ids: Vec<MemoryId> = fused.keys().copied().collect();
-        let memories = store.get_many(&ids, vis).await?;
+        // Re-check the filter on what is returned: a memory may have changed since a signal saw it.
+        let memories: Vec<Memory> = store
+            .get_many(&ids, vis)
+            .await?
+            .into_iter()
+            .filter(|m| input.filter.matches(m))
+            .collect();
 
         let now = vis.now;
         let mut scored: Vec<(Memory, f32, SignalScores, f32, f32)> = memories
@@ -721,11 +740,13 @@ impl MemoryService {
             next.hash = text_hash(&next.text);
             next.entities = text::tag_entities(&next.text);
             next.tokens = self.inner.embedder.count_tokens(&next.text) as u32;
-            self.inner
+            let v = self
+                .inner
                 .embedder
                 .embed(std::slice::from_ref(&next.text))
                 .await?
-                .pop()
+                .pop();
+            Some(v.ok_or_else(|| Error::embedder("embedder returned no vector"))?)
         } else {
             None
         };

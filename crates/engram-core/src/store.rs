@@ -199,8 +199,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// For each listed memory, the live memories said just before and after it in
     /// the same scope, at most `max_gap_ms` apart (its conversational context).
-    async fn neighbors(&self, ids: &[MemoryId], max_gap_ms: i64, vis: Visibility)
-    -> Result<Vec<(MemoryId, Vec<MemoryId>)>>;
+    /// Neighbours must match `filter` too.
+    async fn neighbors(
+        &self,
+        ids: &[MemoryId],
+        filter: &Filter,
+        max_gap_ms: i64,
+        vis: Visibility,
+    ) -> Result<Vec<(MemoryId, Vec<MemoryId>)>>;
 
     async fn stats(&self) -> Result<StoreStats>;
 

@@ -223,6 +223,9 @@ pub fn keyword_terms(query: &str) -> Vec<String> {
         .collect()
 }
 
+/// Most entities tagged in one text (a list of 3,000 numbers is not 3,000 entities).
+pub const MAX_ENTITIES: usize = 64;
+
 const MONTHS: &[&str] = &[
     "january",
     "february",
@@ -316,19 +319,26 @@ const NOT_NAMES: &[&str] = &[
 /// numbers. Deterministic and cheap; used when no LLM extracts entities.
 pub fn tag_entities(text: &str) -> Vec<Entity> {
     let mut out: Vec<Entity> = Vec::new();
+    let mut keys: HashSet<String> = HashSet::new();
+    let mut quoted: Vec<String> = Vec::new();
     let mut push = |name: &str, kind: &str| {
         let name = name.trim_matches(|c: char| !c.is_alphanumeric());
-        if name.is_empty() {
+        if name.is_empty() || out.len() >= MAX_ENTITIES {
             return;
         }
         let key = crate::memory::entity_key(name);
         // Skip repeats, and capitalised spans inside a quoted title already tagged.
-        if !out.iter().any(|e| e.key() == key || (e.kind == "quoted" && e.key().contains(&key))) {
-            out.push(Entity {
-                name: name.to_owned(),
-                kind: kind.to_owned(),
-            });
+        if keys.contains(&key) || quoted.iter().any(|q| q.contains(&key)) {
+            return;
         }
+        if kind == "quoted" {
+            quoted.push(key.clone());
+        }
+        keys.insert(key);
+        out.push(Entity {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+        });
     };
 
     // Quoted spans: "Becoming Nicole", “Charlotte's Web”.
@@ -474,7 +484,9 @@ pub fn tag_entities(text: &str) -> Vec<Entity> {
                         span.remove(0);
                     }
                     let rest = span.join(" ").to_lowercase();
-                    if !(span.len() == 1 && (is_stopword(&rest) || NOT_NAMES.contains(&rest.as_str()))) {
+                    if !(span.len() == 1
+                        && (is_stopword(&rest) || NOT_NAMES.contains(&rest.as_str())))
+                    {
                         push(&span.join(" "), "name");
                     }
                 }

@@ -52,7 +52,7 @@ impl Default for IndexConfig {
     fn default() -> Self {
         // exact_threshold: measured crossover on a 2-core machine, see docs/benchmarks.md.
         IndexConfig {
-            exact_threshold: 20_000,
+            exact_threshold: 12_000,
             connectivity: 16,
             expansion_add: 128,
             expansion_search: 128,

@@ -68,6 +68,7 @@ pub fn status_of(code: HttpCode) -> StatusCode {
                 StatusCode::BAD_REQUEST
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::EmbeddingModelMismatch => StatusCode::CONFLICT,
             ErrorCode::LimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::StoreFailure | ErrorCode::EmbedderFailure | ErrorCode::Internal => {

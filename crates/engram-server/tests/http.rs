@@ -530,6 +530,16 @@ async fn bad_input_is_problem_json_and_writes_nothing() {
             "invalid_request",
         ),
         (
+            raw("POST", "/v1/memories", json_ct, json!({"messages": [{"role": "user", "content": "hi", "name": "n".repeat(300)}], "user_id": "ivy"}).to_string()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            raw("POST", "/v1/memories/search", json_ct, json!({"query": "tea", "filters": {"user_id": {"in": vec!["x"; 300]}}}).to_string()),
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+        ),
+        (
             raw("GET", "/v1/memories", None, String::new()),
             StatusCode::BAD_REQUEST,
             "missing_scope",

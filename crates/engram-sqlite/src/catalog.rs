@@ -121,23 +121,85 @@ impl Catalog {
 
     /// The live memories said just before and just after `id` in the same
     /// scope (identical scope ids), at most `max_gap_ms` away in time.
-    pub fn neighbors(&self, id: MemoryId, max_gap_ms: i64, now: Timestamp) -> Vec<MemoryId> {
-        let Some((&rowid, m)) = self.current.get(&id).and_then(|r| self.rows.get_key_value(r)) else {
+    pub fn neighbors(
+        &self,
+        id: MemoryId,
+        filter: &Filter,
+        max_gap_ms: i64,
+        now: Timestamp,
+    ) -> Vec<MemoryId> {
+        let Some((&rowid, m)) = self
+            .current
+            .get(&id)
+            .and_then(|r| self.rows.get_key_value(r))
+        else {
             return Vec::new();
         };
         // The narrowest id the memory carries orders its conversation.
-        let narrowest = [ScopeField::Run, ScopeField::User, ScopeField::Agent, ScopeField::App, ScopeField::Org]
-            .into_iter()
-            .find_map(|f| m.scope.get(f).map(|v| (f, v)));
-        let Some((field, value)) = narrowest else { return Vec::new() };
-        let Some(set) = self.postings[field.index()].get(value) else { return Vec::new() };
+        let narrowest = [
+            ScopeField::Run,
+            ScopeField::User,
+            ScopeField::Agent,
+            ScopeField::App,
+            ScopeField::Org,
+        ]
+        .into_iter()
+        .find_map(|f| m.scope.get(f).map(|v| (f, v)));
+        let Some((field, value)) = narrowest else {
+            return Vec::new();
+        };
+        let Some(set) = self.postings[field.index()].get(value) else {
+            return Vec::new();
+        };
         let at = entry(rowid, m);
         let same = |e: &&Entry| {
-            self.rows.get(&e.1).is_some_and(|n| n.scope == m.scope && n.is_live(now) && (e.0 - at.0).abs() <= max_gap_ms)
+            self.rows.get(&e.1).is_some_and(|n| {
+                n.scope == m.scope
+                    && n.is_live(now)
+                    && (e.0 - at.0).abs() <= max_gap_ms
+                    && filter.matches(n.as_ref())
+            })
         };
         let before = set.range(..at).rev().take(8).find(same);
-        let after = set.range((std::ops::Bound::Excluded(at), std::ops::Bound::Unbounded)).take(8).find(same);
-        before.into_iter().chain(after).filter_map(|e| self.id_of(e.1)).collect()
+        let after = set
+            .range((std::ops::Bound::Excluded(at), std::ops::Bound::Unbounded))
+            .take(8)
+            .find(same);
+        before
+            .into_iter()
+            .chain(after)
+            .filter_map(|e| self.id_of(e.1))
+            .collect()
+    }
+
+    /// (entity key, rowid) pairs of the live memories matching `filter` that
+    /// mention any of `keys`, found by walking the filtered set.
+    pub fn entity_rows(
+        &self,
+        filter: &Filter,
+        keys: &[String],
+        now: Timestamp,
+    ) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for rowid in self.candidates(filter) {
+            let Some(m) = self.rows.get(&rowid) else {
+                continue;
+            };
+            if !m.is_live(now) || !filter.matches(m.as_ref()) {
+                continue;
+            }
+            for e in &m.entities {
+                let key = e.key();
+                if keys.contains(&key)
+                    && !out
+                        .iter()
+                        .any(|(k, r): &(String, i64)| *r == rowid && *k == key)
+                {
+                    out.push((key, rowid));
+                }
+            }
+        }
+        out
     }
 
     /// Whether `rowid` is a current, unexpired version matching `filter`.

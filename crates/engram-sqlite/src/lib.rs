@@ -277,6 +277,8 @@ impl SqliteStore {
     pub async fn rebuild_index(&self) -> Result<()> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
+            // No writes while the graph is rebuilt, so none is lost in the swap.
+            let _writer = lock(&store.inner.writer);
             let index = store.index()?;
             index
                 .rebuild_graph(store.inner.options.build_threads)
@@ -453,25 +455,42 @@ fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32])
 }
 
 /// Closes the current version of `id` at `at`; returns its rowid and vector.
+/// With `expect_version`, the current version must be that one (else a conflict:
+/// someone else updated the memory since it was read).
 fn close_current(
     tx: &rusqlite::Transaction<'_>,
     id: MemoryId,
     at: Timestamp,
+    expect_version: Option<u32>,
 ) -> Result<(i64, Vec<u8>)> {
-    let (rowid, blob): (i64, Vec<u8>) = tx
+    let (rowid, version, blob): (i64, u32, Vec<u8>) = tx
         .prepare_cached(
-            "SELECT rowid, embedding FROM memories WHERE id = ?1 AND invalid_at IS NULL",
+            "SELECT rowid, version, embedding FROM memories WHERE id = ?1 AND invalid_at IS NULL",
         )
         .and_then(|mut s| {
-            s.query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+            s.query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()
         })
         .map_err(db_err)?
         .ok_or_else(|| Error::not_found(format!("memory {id} not found")))?;
+    if let Some(v) = expect_version
+        && v != version
+    {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            format!(
+                "memory {id} changed while this request ran (now version {version}); read it again and retry"
+            ),
+        ));
+    }
     tx.prepare_cached("UPDATE memories SET invalid_at = ?2 WHERE rowid = ?1")
         .and_then(|mut s| s.execute(params![rowid, at.as_millisecond()]))
         .map_err(db_err)?;
+    // Keyword and entity indexes hold current versions only.
     tx.prepare_cached("DELETE FROM memories_fts WHERE rowid = ?1")
+        .and_then(|mut s| s.execute([rowid]))
+        .map_err(db_err)?;
+    tx.prepare_cached("DELETE FROM entities WHERE memory = ?1")
         .and_then(|mut s| s.execute([rowid]))
         .map_err(db_err)?;
     Ok((rowid, blob))
@@ -620,7 +639,8 @@ impl Store for SqliteStore {
                         embedding,
                         history,
                     } => {
-                        let (old, blob) = close_current(&tx, memory.id, memory.updated_at)?;
+                        let expect = memory.version.checked_sub(1);
+                        let (old, blob) = close_current(&tx, memory.id, memory.updated_at, expect)?;
                         let vector = embedding.unwrap_or_else(|| blob_to_vec(&blob));
                         let rowid = insert_version(&tx, &memory, &vector)?;
                         insert_history(&tx, &history)?;
@@ -632,7 +652,7 @@ impl Store for SqliteStore {
                         });
                     }
                     WriteOp::Delete { id, at, history } => {
-                        let (old, _) = close_current(&tx, id, at)?;
+                        let (old, _) = close_current(&tx, id, at, None)?;
                         insert_history(&tx, &history)?;
                         applied.push(Applied::Closed { rowid: old });
                     }
@@ -666,9 +686,15 @@ impl Store for SqliteStore {
                 }
             }
             drop(catalog);
-            index.remove(&closed).map_err(idx_err)?;
+            // The write is committed: an index failure here must not turn it into an
+            // error. Vectors missing from the graph are added again at the next start.
+            if let Err(e) = index.remove(&closed) {
+                tracing::error!(error = %e, "removing closed versions from the vector index");
+            }
             let items: Vec<(u64, &[f32])> = added.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-            index.insert(&items).map_err(idx_err)?;
+            if let Err(e) = index.insert(&items) {
+                tracing::error!(error = %e, "adding vectors to the vector index");
+            }
             Ok(())
         })
         .await
@@ -901,21 +927,36 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let keys = keys.to_vec();
-        let rows: Vec<(String, i64)> = {
+        // Filtered sets small enough to scan exactly are walked in memory; only
+        // large ones go to the SQL entity index (then filtered the same way).
+        let small = {
+            let filter = filter.clone();
             let keys = keys.clone();
-            self.read(move |conn, _| {
-                let placeholders = vec!["?"; keys.len()].join(", ");
-                let mut stmt = conn
-                    .prepare(&format!(
-                        "SELECT key, memory FROM entities WHERE key IN ({placeholders}) ORDER BY memory DESC LIMIT 20000"
-                    ))
-                    .map_err(db_err)?;
-                let rows = stmt
-                    .query_map(rusqlite::params_from_iter(keys.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(db_err)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            self.with_catalog(move |c, index| {
+                let threshold = index.map_or(usize::MAX, |i| i.config().exact_threshold);
+                Ok((c.estimate(&filter) < threshold)
+                    .then(|| c.entity_rows(&filter, &keys, vis.now)))
             })
             .await?
+        };
+        let rows: Vec<(String, i64)> = match small {
+            Some(rows) => rows,
+            None => {
+                let keys = keys.clone();
+                self.read(move |conn, _| {
+                    let placeholders = vec!["?"; keys.len()].join(", ");
+                    let mut stmt = conn
+                        .prepare(&format!(
+                            "SELECT key, memory FROM entities WHERE key IN ({placeholders}) ORDER BY memory DESC LIMIT 50000"
+                        ))
+                        .map_err(db_err)?;
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(keys.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(db_err)?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+                })
+                .await?
+            }
         };
         let filter = filter.clone();
         self.with_catalog(move |c, _| {
@@ -936,12 +977,19 @@ impl Store for SqliteStore {
     async fn neighbors(
         &self,
         ids: &[MemoryId],
+        filter: &Filter,
         max_gap_ms: i64,
         vis: Visibility,
     ) -> Result<Vec<(MemoryId, Vec<MemoryId>)>> {
         let ids = ids.to_vec();
-        self.with_catalog(move |c, _| Ok(ids.iter().map(|id| (*id, c.neighbors(*id, max_gap_ms, vis.now))).collect()))
-            .await
+        let filter = filter.clone();
+        self.with_catalog(move |c, _| {
+            Ok(ids
+                .iter()
+                .map(|id| (*id, c.neighbors(*id, &filter, max_gap_ms, vis.now)))
+                .collect())
+        })
+        .await
     }
 
     async fn stats(&self) -> Result<StoreStats> {

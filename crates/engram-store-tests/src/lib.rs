@@ -306,6 +306,47 @@ pub async fn update_versions_and_reindexes(f: Fixture) {
     assert!((hits.hits[0].1 - 1.0).abs() < 1e-4, "vector carried over");
 }
 
+/// An update written against a stale version is a conflict and changes nothing.
+pub async fn stale_update_is_a_conflict(f: Fixture) {
+    bound(&f).await;
+    let a = memory("Ola likes jazz", user("ola"), 0);
+    f.store
+        .apply(vec![insert(&a, vector(0, 0.0))])
+        .await
+        .unwrap();
+    let mut v2 = a.clone();
+    v2.version = 2;
+    v2.text = "Ola likes blues".into();
+    v2.updated_at = a.updated_at + SignedDuration::from_secs(1);
+    let h = history(&v2, Event::Update, Some(&a.text), Some(&v2.text));
+    f.store
+        .apply(vec![WriteOp::Update {
+            memory: v2.clone(),
+            embedding: None,
+            history: h.clone(),
+        }])
+        .await
+        .unwrap();
+    // A second writer that also read version 1 tries to write version 2 again.
+    let mut stale = v2.clone();
+    stale.text = "Ola likes opera".into();
+    let err = f
+        .store
+        .apply(vec![WriteOp::Update {
+            memory: stale,
+            embedding: None,
+            history: h,
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict);
+    assert_eq!(
+        f.store.get(a.id, vis()).await.unwrap().unwrap().text,
+        "Ola likes blues"
+    );
+    assert_eq!(f.store.history(a.id).await.unwrap().len(), 2);
+}
+
 /// Delete hides a memory from every read but keeps its history.
 pub async fn delete_hides_but_keeps_history(f: Fixture) {
     bound(&f).await;
@@ -682,15 +723,42 @@ pub async fn neighbors_are_adjacent_turns_of_the_same_scope(f: Fixture) {
     wider.scope.agent_id = Some("bot".into());
     let c = memory("third turn", user("nia"), 20);
     let d = memory("next day", user("nia"), 86_400);
-    let ops = [&a, &b, &other, &wider, &c, &d].iter().enumerate().map(|(i, m)| insert(m, vector(i, 0.0))).collect();
+    let ops = [&a, &b, &other, &wider, &c, &d]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| insert(m, vector(i, 0.0)))
+        .collect();
     f.store.apply(ops).await.unwrap();
     let window = 1_800_000;
-    let got = f.store.neighbors(&[b.id, c.id, a.id, other.id], window, vis()).await.unwrap();
+    let got = f
+        .store
+        .neighbors(&[b.id, c.id, a.id, other.id], &Filter::all(), window, vis())
+        .await
+        .unwrap();
     assert_eq!(got[0], (b.id, vec![a.id, c.id]));
-    assert_eq!(got[1], (c.id, vec![b.id]), "the next day is outside the window; other scopes never count");
+    assert_eq!(
+        got[1],
+        (c.id, vec![b.id]),
+        "the next day is outside the window; other scopes never count"
+    );
     assert_eq!(got[2], (a.id, vec![b.id]));
     assert_eq!(got[3], (other.id, vec![]));
-    assert_eq!(f.store.neighbors(&[d.id], 100 * window, vis()).await.unwrap()[0], (d.id, vec![c.id]));
+    assert_eq!(
+        f.store
+            .neighbors(&[d.id], &Filter::all(), 100 * window, vis())
+            .await
+            .unwrap()[0],
+        (d.id, vec![c.id])
+    );
+    // Neighbours must pass the rest of the filter too.
+    let only_first = filter::Filter::parse(&json!({"keywords": {"contains": "first"}})).unwrap();
+    assert_eq!(
+        f.store
+            .neighbors(&[b.id], &only_first, window, vis())
+            .await
+            .unwrap()[0],
+        (b.id, vec![a.id])
+    );
 }
 
 /// Expands to one `#[tokio::test]` per suite case, each given a fresh fixture from `$factory().await`.
@@ -709,6 +777,7 @@ macro_rules! store_suite {
             expired_memories_are_invisible,
             keyword_and_entity_ranking,
             neighbors_are_adjacent_turns_of_the_same_scope,
+            stale_update_is_a_conflict,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

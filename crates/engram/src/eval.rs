@@ -368,6 +368,7 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 name.into(),
                 RetrievalConfig {
                     weights: w,
+                    context_weight: 0.0,
                     ..base_cfg.clone()
                 },
             ));
@@ -384,7 +385,9 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             Some(r) => (r, true),
             None => (spec, false),
         };
-        let (rest, context) = rest.split_once('+').map_or((rest, None), |(r, c)| (r, Some(c)));
+        let (rest, context) = rest
+            .split_once('+')
+            .map_or((rest, None), |(r, c)| (r, Some(c)));
         let (rest, max_norm) = match rest.strip_suffix("/max") {
             Some(r) => (r, true),
             None => (rest, false),

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use engram_core::config::{FusionMethod, IngestConfig, Normalization, RetrievalConfig, SignalWeights};
+use engram_core::config::{
+    FusionMethod, IngestConfig, Normalization, RetrievalConfig, SignalWeights,
+};
 use engram_core::service::{MemoryService, SystemClock};
 use engram_embed::BertEmbedder;
 use engram_index::IndexConfig;
@@ -16,6 +18,7 @@ use engram_sqlite::{SqliteOptions, SqliteStore};
 pub struct LogArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `engram=debug`.
     #[arg(
+        id = "log_level",
         long = "log-level",
         env = "ENGRAM_LOG",
         default_value = "info",
@@ -23,7 +26,12 @@ pub struct LogArgs {
     )]
     pub level: String,
     /// Log as JSON lines.
-    #[arg(long = "log-json", env = "ENGRAM_LOG_JSON", global = true)]
+    #[arg(
+        id = "log_json",
+        long = "log-json",
+        env = "ENGRAM_LOG_JSON",
+        global = true
+    )]
     pub json: bool,
 }
 
@@ -106,7 +114,9 @@ fn parse_normalization(s: &str) -> Result<Normalization, String> {
     match s {
         "minmax" => Ok(Normalization::MinMax),
         "max" => Ok(Normalization::Max),
-        other => Err(format!("unknown normalization `{other}`: use minmax or max")),
+        other => Err(format!(
+            "unknown normalization `{other}`: use minmax or max"
+        )),
     }
 }
 
