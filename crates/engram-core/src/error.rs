@@ -22,6 +22,10 @@ pub enum ErrorCode {
     NotFound,
     /// The memory changed since it was read (a concurrent update); retry.
     Conflict,
+    /// No or bad credentials.
+    Unauthorized,
+    /// Credentials are fine but may not do this.
+    Forbidden,
     /// The embedding model does not match the one the store was built with.
     EmbeddingModelMismatch,
     /// A request or payload exceeds a configured limit.
@@ -43,6 +47,8 @@ impl ErrorCode {
             ErrorCode::MissingScope => "missing_scope",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::EmbeddingModelMismatch => "embedding_model_mismatch",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::StoreFailure => "store_failure",
@@ -60,6 +66,8 @@ impl ErrorCode {
             | ErrorCode::MissingScope
             | ErrorCode::NotFound
             | ErrorCode::Conflict
+            | ErrorCode::Unauthorized
+            | ErrorCode::Forbidden
             | ErrorCode::EmbeddingModelMismatch
             | ErrorCode::LimitExceeded => true,
             ErrorCode::StoreFailure | ErrorCode::EmbedderFailure | ErrorCode::Internal => false,

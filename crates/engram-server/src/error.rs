@@ -69,6 +69,8 @@ pub fn status_of(code: HttpCode) -> StatusCode {
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::EmbeddingModelMismatch => StatusCode::CONFLICT,
             ErrorCode::LimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::StoreFailure | ErrorCode::EmbedderFailure | ErrorCode::Internal => {

@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod mcp;
 mod memories;
 pub mod request_id;
 pub mod wire;
@@ -34,6 +35,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// MCP over streamable HTTP at `/mcp` (off without a token).
+    pub mcp: mcp::McpHttpConfig,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +44,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            mcp: mcp::McpHttpConfig::default(),
         }
     }
 }
@@ -75,19 +79,33 @@ pub fn app(state: AppState) -> Router {
     let (api, doc) = api_router().split_for_parts();
     let doc = std::sync::Arc::new(doc);
     let timeout = state.config.request_timeout;
-    api.route(
-        "/openapi.json",
-        get(move || async move { axum::Json(doc.as_ref().clone()) }),
+    let mcp = mcp::http_service(state.memory.clone(), state.config.mcp.clone());
+    let router = api
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(doc.as_ref().clone()) }),
+        )
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            with_timeout(timeout, req, next)
+        }))
+        .with_state(state);
+    // MCP sessions stream (SSE), so they sit outside the per-request timeout.
+    let router = match mcp {
+        Some(mcp) => router.nest_service("/mcp", mcp),
+        None => router.route("/mcp", axum::routing::any(mcp_off)),
+    };
+    router.layer(axum::middleware::from_fn(request_id::layer))
+}
+
+async fn mcp_off() -> ApiError {
+    ApiError::new(
+        HttpCode::RouteNotFound,
+        "MCP over HTTP is off: start the server with --mcp-token (or ENGRAM_MCP_TOKEN) to enable /mcp",
     )
-    .route("/healthz", get(healthz))
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed)
-    .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-    .layer(axum::middleware::from_fn(move |req, next| {
-        with_timeout(timeout, req, next)
-    }))
-    .layer(axum::middleware::from_fn(request_id::layer))
-    .with_state(state)
 }
 
 async fn with_timeout(

@@ -24,8 +24,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve the REST API.
+    /// Serve the REST API (and MCP over HTTP at /mcp with --mcp-token).
     Serve(crate::serve::ServeArgs),
+    /// Serve MCP over stdio (for Claude Desktop, Cursor, VS Code…).
+    Mcp(crate::mcp::McpArgs),
     /// Remember a text.
     Add(AddArgs),
     /// Search memories.
@@ -136,6 +138,7 @@ pub struct ImportArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args).await,
+        Command::Mcp(args) => crate::mcp::run(args).await,
         Command::Add(args) => add(args).await,
         Command::Search(args) => search(args).await,
         Command::Import(args) => import(args).await,

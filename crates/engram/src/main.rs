@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod eval;
+mod mcp;
 mod runtime;
 mod serve;
 

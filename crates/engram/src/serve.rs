@@ -23,6 +23,15 @@ pub struct ServeArgs {
     /// Per-request timeout in seconds.
     #[arg(long, env = "ENGRAM_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Bearer token for MCP over HTTP at /mcp (unset: /mcp is off).
+    #[arg(long, env = "ENGRAM_MCP_TOKEN", hide_env_values = true)]
+    pub mcp_token: Option<String>,
+    /// Bind every MCP-over-HTTP session to this user.
+    #[arg(long, env = "ENGRAM_MCP_USER_ID")]
+    pub mcp_user_id: Option<String>,
+    /// Browser origins allowed to call /mcp besides loopback (comma-separated).
+    #[arg(long, env = "ENGRAM_MCP_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub mcp_allowed_origins: Vec<String>,
 }
 
 /// An exclusive lock on a data directory, held while a server or a CLI command uses it.
@@ -83,6 +92,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config: ServerConfig {
             max_body_bytes: args.max_body_bytes,
             request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
+            mcp: engram_server::mcp::McpHttpConfig {
+                token: args.mcp_token.clone().filter(|t| !t.is_empty()),
+                scope: engram_core::memory::Scope {
+                    user_id: args.mcp_user_id.clone(),
+                    ..Default::default()
+                },
+                allowed_origins: args.mcp_allowed_origins.clone(),
+            },
         },
     };
     tracing::info!(%addr, data_dir = %args.store.data_dir.display(), "engram listening; LLM: none configured, ingest stores messages verbatim");

@@ -1,0 +1,790 @@
+//! The MCP server: memory tools, resources and a prompt over the official
+//! Rust SDK (`rmcp`), for stdio (`engram mcp`) and streamable HTTP (`/mcp`).
+//!
+//! Like the REST handlers, each tool only maps arguments to a service call
+//! and the result back; the rules live in `engram_core::service`. A server is
+//! bound to a base scope (flags / env); tool arguments may narrow it (add an
+//! id the base leaves open) but never change or widen it.
+
+use std::sync::Arc;
+
+use engram_core::filter::Filter;
+use engram_core::memory::{Memory, Scope, ScopeField};
+use engram_core::service::{
+    AddInput, Content, MemoryService, Message, RequestCtx, SearchInput, UpdateInput,
+};
+use engram_core::store::Cursor;
+use engram_core::{Error, ErrorCode};
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+    Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, Prompt, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// Scope ids a tool call may give to narrow the server's scope.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct ScopeArgs {
+    /// The user the memories belong to.
+    pub user_id: Option<String>,
+    /// The agent the memories belong to.
+    pub agent_id: Option<String>,
+    /// The session (conversation) the memories belong to.
+    pub run_id: Option<String>,
+    /// The organisation.
+    pub org_id: Option<String>,
+    /// The application (project).
+    pub app_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct MessageArg {
+    /// `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AddArgs {
+    /// A fact to remember, in one or a few sentences. Give this or `messages`.
+    pub text: Option<String>,
+    /// Conversation turns to remember verbatim (one memory per turn). Give this or `text`.
+    pub messages: Option<Vec<MessageArg>>,
+    /// Optional key/value labels, e.g. {"topic": "travel"}.
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(flatten)]
+    pub scope: ScopeArgs,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SearchArgs {
+    /// What you want to know, in natural language, e.g. "what food does the user like?".
+    pub query: String,
+    /// Most memories to return (1-100, default 10).
+    pub top_k: Option<u32>,
+    #[serde(flatten)]
+    pub scope: ScopeArgs,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListArgs {
+    /// Page size (1-100, default 20).
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+    #[serde(flatten)]
+    pub scope: ScopeArgs,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct IdArgs {
+    /// The memory id (a UUID returned by add_memory, search_memory or list_memories).
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct UpdateArgs {
+    /// The memory id.
+    pub id: String,
+    /// The corrected text that replaces the memory's text.
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DeleteAllArgs {
+    /// Must be true: confirms that every memory of the scope is to be deleted.
+    pub confirm: bool,
+    #[serde(flatten)]
+    pub scope: ScopeArgs,
+}
+
+/// A memory as tools return it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct MemoryView {
+    pub id: String,
+    pub memory: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    pub kind: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub metadata: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+impl MemoryView {
+    fn of(m: Memory, score: Option<f32>) -> MemoryView {
+        MemoryView {
+            id: m.id.to_string(),
+            memory: m.text,
+            score,
+            kind: m.kind.as_str().to_owned(),
+            created_at: m.created_at.to_string(),
+            updated_at: m.updated_at.to_string(),
+            metadata: m.metadata,
+            user_id: m.scope.user_id,
+            agent_id: m.scope.agent_id,
+            run_id: m.scope.run_id,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AddedView {
+    pub id: String,
+    pub memory: String,
+    /// `ADD` (stored) or `NOOP` (a duplicate of an existing memory).
+    pub event: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AddOutput {
+    pub results: Vec<AddedView>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SearchOutput {
+    /// Best first.
+    pub results: Vec<MemoryView>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListOutput {
+    /// Newest first.
+    pub results: Vec<MemoryView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeleteOutput {
+    pub id: String,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeleteAllOutput {
+    pub deleted: usize,
+}
+
+/// The MCP handler. One per client session; cheap to clone.
+#[derive(Clone)]
+pub struct MemoryMcp {
+    memory: MemoryService,
+    base: Arc<Scope>,
+    /// Who the audit log names as the caller.
+    caller: Arc<str>,
+}
+
+const INSTRUCTIONS: &str = "Engram is the user's long-term memory. Before answering, call search_memory with \
+what you need to know about the user (preferences, facts, past events). After the user tells you something \
+worth remembering across conversations (a preference, a fact about them, a decision, an instruction for you), \
+call add_memory with one short, self-contained sentence. Do not store secrets, passwords or one-off chit-chat.";
+
+fn ok<T: Serialize>(value: &T) -> Result<CallToolResult, McpError> {
+    let v =
+        serde_json::to_value(value).map_err(|e| McpError::internal_error(e.to_string(), None))?;
+    Ok(CallToolResult::structured(v))
+}
+
+/// A failed call as a tool result the model can read (`isError: true`), never a protocol error.
+fn fail(e: Error) -> Result<CallToolResult, McpError> {
+    let message = if e.code.is_user_error() {
+        format!("{}: {}", e.code, e.message)
+    } else {
+        tracing::error!(code = %e.code, detail = %e.message, "mcp tool failed");
+        format!("{}: internal error; the server log has details", e.code)
+    };
+    Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
+}
+
+macro_rules! try_tool {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        }
+    };
+}
+
+#[tool_router]
+impl MemoryMcp {
+    pub fn new(memory: MemoryService, base: Scope, caller: impl Into<Arc<str>>) -> MemoryMcp {
+        MemoryMcp {
+            memory,
+            base: Arc::new(base),
+            caller: caller.into(),
+        }
+    }
+
+    /// The base scope narrowed by the call's ids; a call may not change an id the base sets.
+    fn scope(&self, args: ScopeArgs) -> Result<Scope, Error> {
+        let mut scope = (*self.base).clone();
+        let given = [
+            (ScopeField::User, args.user_id),
+            (ScopeField::Agent, args.agent_id),
+            (ScopeField::Run, args.run_id),
+            (ScopeField::Org, args.org_id),
+            (ScopeField::App, args.app_id),
+        ];
+        for (field, value) in given {
+            let Some(value) = value else { continue };
+            engram_core::memory::validate_scope_id(field, &value)?;
+            match scope.get(field) {
+                Some(bound) if bound != value => {
+                    return Err(Error::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "this server is bound to {}={bound}; a call cannot use another {}",
+                            field.as_str(),
+                            field.as_str()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => scope.set(field, Some(value)),
+            }
+        }
+        if scope.is_empty() {
+            return Err(Error::new(
+                ErrorCode::MissingScope,
+                "no scope: pass user_id (or agent_id / run_id) in the call, or start the server with --user-id",
+            ));
+        }
+        Ok(scope)
+    }
+
+    /// A memory by id, if it lies inside the server's base scope.
+    async fn owned(&self, id: &str) -> Result<Memory, Error> {
+        let uuid = id
+            .parse()
+            .map_err(|_| Error::invalid(format!("`{id}` is not a memory id (a UUID)")))?;
+        let m = self.memory.get(uuid).await?;
+        if Filter::from_scope(&self.base).matches(&m) {
+            Ok(m)
+        } else {
+            Err(Error::not_found(format!("memory {id} not found")))
+        }
+    }
+
+    fn ctx(&self, tool: &str) -> RequestCtx {
+        RequestCtx {
+            actor: Some(format!("mcp:{}", self.caller)),
+            request_id: Some(format!("mcp-{tool}-{}", uuid::Uuid::now_v7().simple())),
+        }
+    }
+
+    fn audit(&self, tool: &str, detail: &Value, result: &Result<CallToolResult, McpError>) {
+        let outcome = match result {
+            Ok(r) if r.is_error == Some(true) => "tool_error",
+            Ok(_) => "ok",
+            Err(_) => "protocol_error",
+        };
+        tracing::info!(target: "engram::audit", caller = %self.caller, tool, args = %detail, outcome, "mcp tool call");
+    }
+
+    #[tool(
+        description = "Remember something about the user for future conversations. Call this when the user states a \
+lasting fact about themselves, a preference, a decision, or an instruction for you (e.g. 'I'm vegetarian', 'call me \
+Sam', 'we moved the launch to May'). Pass one short, self-contained sentence in `text` (or the raw turns in \
+`messages`). Exact and near-duplicates are detected and not stored twice. Returns each stored memory's id and \
+whether it was added (ADD) or was already known (NOOP).",
+        output_schema = rmcp::handler::server::common::schema_for_output::<AddOutput>(),
+        annotations(title = "Add memory", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn add_memory(
+        &self,
+        Parameters(args): Parameters<AddArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let detail =
+            json!({"text": "<redacted>", "messages": args.messages.as_ref().map(Vec::len)});
+        let result = async {
+            let scope = try_tool!(self.scope(args.scope));
+            let content = match (args.text, args.messages) {
+                (Some(t), None) => Content::Text(t),
+                (None, Some(m)) if !m.is_empty() => Content::Messages(
+                    m.into_iter()
+                        .map(|m| Message {
+                            role: m.role,
+                            content: m.content,
+                            name: None,
+                        })
+                        .collect(),
+                ),
+                _ => {
+                    return fail(Error::invalid(
+                        "give exactly one of `text` or a non-empty `messages`",
+                    ));
+                }
+            };
+            let input = AddInput {
+                content,
+                scope,
+                metadata: args.metadata.unwrap_or_default(),
+                categories: Vec::new(),
+                kind: Default::default(),
+                expires_at: None,
+                timestamp: None,
+            };
+            let out = try_tool!(self.memory.add(&self.ctx("add_memory"), input).await);
+            ok(&AddOutput {
+                results: out
+                    .into_iter()
+                    .map(|r| AddedView {
+                        id: r.id.to_string(),
+                        memory: r.memory,
+                        event: r.event.as_str().to_owned(),
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        self.audit("add_memory", &detail, &result);
+        result
+    }
+
+    #[tool(
+        description = "Search the user's memories. Call this before answering whenever facts about the user, their \
+preferences, or earlier conversations could matter. Pass a natural-language `query` describing what you need to \
+know. Returns the most relevant memories, best first, each with its text, id and a relevance score; an empty list \
+means nothing relevant is stored.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<SearchOutput>(),
+        annotations(title = "Search memories", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn search_memory(
+        &self,
+        Parameters(args): Parameters<SearchArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let detail = json!({"query": "<redacted>", "top_k": args.top_k});
+        let result = async {
+            let scope = try_tool!(self.scope(args.scope));
+            let out = try_tool!(
+                self.memory
+                    .search(SearchInput {
+                        query: args.query,
+                        filter: Filter::from_scope(&scope),
+                        top_k: Some(args.top_k.unwrap_or(10) as usize),
+                        threshold: None,
+                        token_budget: Some(0),
+                        explain: false,
+                    })
+                    .await
+            );
+            ok(&SearchOutput {
+                results: out
+                    .hits
+                    .into_iter()
+                    .map(|h| MemoryView::of(h.memory, Some(h.score)))
+                    .collect(),
+            })
+        }
+        .await;
+        self.audit("search_memory", &detail, &result);
+        result
+    }
+
+    #[tool(
+        description = "List the user's memories, newest first, one page at a time. Use this to review or audit what \
+is stored (not to answer questions; use search_memory for that). Pass `cursor` from the previous page to continue. \
+Returns the memories and a `next_cursor` when more remain.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<ListOutput>(),
+        annotations(title = "List memories", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn list_memories(
+        &self,
+        Parameters(args): Parameters<ListArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let detail = json!({"limit": args.limit, "cursor": args.cursor.is_some()});
+        let result = async {
+            let scope = try_tool!(self.scope(args.scope));
+            let after = match args.cursor.as_deref().map(Cursor::decode).transpose() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let limit = args.limit.unwrap_or(20).min(100) as usize;
+            let page = try_tool!(
+                self.memory
+                    .list(&Filter::from_scope(&scope), after, limit)
+                    .await
+            );
+            ok(&ListOutput {
+                results: page
+                    .memories
+                    .into_iter()
+                    .map(|m| MemoryView::of(m, None))
+                    .collect(),
+                next_cursor: page.next.map(|c| c.encode()),
+            })
+        }
+        .await;
+        self.audit("list_memories", &detail, &result);
+        result
+    }
+
+    #[tool(
+        description = "Get one memory by its id (from add_memory, search_memory or list_memories). Returns its text, \
+kind, scope, metadata and timestamps.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<MemoryView>(),
+        annotations(title = "Get memory", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_memory(
+        &self,
+        Parameters(args): Parameters<IdArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let detail = json!({"id": args.id});
+        let result =
+            async { ok(&MemoryView::of(try_tool!(self.owned(&args.id).await), None)) }.await;
+        self.audit("get_memory", &detail, &result);
+        result
+    }
+
+    #[tool(
+        description = "Correct a stored memory: replaces the text of the memory with this id. Call this when the user \
+says something you remembered is wrong or has changed (e.g. they moved city). The previous text stays in the \
+memory's history. Returns the updated memory.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<MemoryView>(),
+        annotations(title = "Update memory", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn update_memory(
+        &self,
+        Parameters(args): Parameters<UpdateArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let detail = json!({"id": args.id, "text": "<redacted>"});
+        let result = async {
+            let m = try_tool!(self.owned(&args.id).await);
+            let input = UpdateInput {
+                text: Some(args.text),
+                ..Default::default()
+            };
+            ok(&MemoryView::of(
+                try_tool!(
+                    self.memory
+                        .update(&self.ctx("update_memory"), m.id, input)
+                        .await
+                ),
+                None,
+            ))
+        }
+        .await;
+        self.audit("update_memory", &detail, &result);
+        result
+    }
+
+    #[tool(
+        description = "Forget one memory by id. Call this when the user asks you to forget something specific. The \
+memory stops appearing in searches; its history is kept. Returns the id and `deleted: true`.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<DeleteOutput>(),
+        annotations(title = "Delete memory", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn delete_memory(
+        &self,
+        Parameters(args): Parameters<IdArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let detail = json!({"id": args.id});
+        let result = async {
+            let m = try_tool!(self.owned(&args.id).await);
+            try_tool!(self.memory.delete(&self.ctx("delete_memory"), m.id).await);
+            ok(&DeleteOutput {
+                id: m.id.to_string(),
+                deleted: true,
+            })
+        }
+        .await;
+        self.audit("delete_memory", &detail, &result);
+        result
+    }
+
+    #[tool(
+        description = "Forget every memory of the scope (the user, or the given agent/session). Only call this when \
+the user explicitly asks to erase everything you remember about them, and pass `confirm: true`. Returns how many \
+memories were deleted.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<DeleteAllOutput>(),
+        annotations(title = "Delete all memories", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn delete_all_memories(
+        &self,
+        Parameters(args): Parameters<DeleteAllArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let detail = json!({"confirm": args.confirm});
+        let result = async {
+            if !args.confirm {
+                return fail(Error::invalid(
+                    "`confirm` must be true to delete every memory of the scope",
+                ));
+            }
+            let scope = try_tool!(self.scope(args.scope));
+            let deleted = try_tool!(
+                self.memory
+                    .delete_all(
+                        &self.ctx("delete_all_memories"),
+                        &Filter::from_scope(&scope)
+                    )
+                    .await
+            );
+            ok(&DeleteAllOutput { deleted })
+        }
+        .await;
+        self.audit("delete_all_memories", &detail, &result);
+        result
+    }
+}
+
+fn resource_error(e: Error) -> McpError {
+    if e.code == ErrorCode::NotFound {
+        McpError::resource_not_found(e.message, None)
+    } else if e.code.is_user_error() {
+        McpError::invalid_params(e.message, None)
+    } else {
+        McpError::internal_error("internal error", None)
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for MemoryMcp {
+    fn get_info(&self) -> ServerConfig {
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_prompts()
+            .build();
+        ServerConfig::new(caps)
+            .with_server_info(Implementation::new("engram", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        // The newest memories of the base scope (an unscoped server lists none).
+        if self.base.is_empty() {
+            return Ok(ListResourcesResult::with_all_items(Vec::new()));
+        }
+        let page = self
+            .memory
+            .list(&Filter::from_scope(&self.base), None, 100)
+            .await
+            .map_err(resource_error)?;
+        let resources = page
+            .memories
+            .into_iter()
+            .map(|m| {
+                let name: String = m.text.chars().take(60).collect();
+                Resource::new(format!("memory://{}", m.id), name).with_mime_type("application/json")
+            })
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let template = ResourceTemplate::new("memory://{id}", "memory")
+            .with_description("One memory by id, as JSON")
+            .with_mime_type("application/json");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let Some(id) = request.uri.strip_prefix("memory://") else {
+            return Err(McpError::invalid_params(
+                format!("unknown resource `{}`; use memory://{{id}}", request.uri),
+                None,
+            ));
+        };
+        let m = self.owned(id).await.map_err(resource_error)?;
+        let body = serde_json::to_string(&MemoryView::of(m, None))
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let contents =
+            ResourceContents::text(body, request.uri.clone()).with_mime_type("application/json");
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let prompt = Prompt::new(
+            "use_memory",
+            Some("How to use Engram's memory tools in a conversation"),
+            None,
+        );
+        Ok(ListPromptsResult::with_all_items(vec![prompt]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if request.name != "use_memory" {
+            return Err(McpError::invalid_params(
+                format!("unknown prompt `{}`", request.name),
+                None,
+            ));
+        }
+        let text = format!(
+            "{INSTRUCTIONS}\n\nWhen to search: at the start of a conversation and whenever the answer depends on who \
+the user is or on what was said before. When to add: right after the user reveals a durable fact, preference or \
+instruction; store it as one sentence in the third person or the user's own words. When to update: when a stored \
+fact changed (use update_memory with the id from search). When to delete: only when the user asks you to forget."
+        );
+        Ok(
+            GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)])
+                .with_description("How to use Engram's memory tools")
+                .into(),
+        )
+    }
+}
+
+/// Settings of MCP over streamable HTTP.
+#[derive(Debug, Clone, Default)]
+pub struct McpHttpConfig {
+    /// The bearer token clients must send; `None` turns `/mcp` off.
+    pub token: Option<String>,
+    /// The scope every HTTP session is bound to (calls may narrow it).
+    pub scope: Scope,
+    /// Browser origins allowed besides loopback ones (DNS-rebinding protection).
+    pub allowed_origins: Vec<String>,
+}
+
+/// The `/mcp` service: a session per client, bearer auth, Origin check.
+pub fn http_service(memory: MemoryService, config: McpHttpConfig) -> Option<axum::Router> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let token: Arc<str> = config.token.clone()?.into();
+    let scope = config.scope.clone();
+    let mut http_config = StreamableHttpServerConfig::default();
+    // Host checking is ours (the server may listen on any address); Origin is checked below.
+    http_config.allowed_hosts = Vec::new();
+    let service = StreamableHttpService::new(
+        move || Ok(MemoryMcp::new(memory.clone(), scope.clone(), "http")),
+        LocalSessionManager::default().into(),
+        http_config,
+    );
+    let allowed: Arc<Vec<String>> = Arc::new(config.allowed_origins);
+    Some(
+        axum::Router::new()
+            .fallback_service(service)
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let (token, allowed) = (token.clone(), allowed.clone());
+                    async move { guard(&token, &allowed, req, next).await }
+                },
+            )),
+    )
+}
+
+/// Whether an `Origin` may call: loopback origins, or ones configured.
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a == origin) {
+        return true;
+    }
+    let host = origin
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+async fn guard(
+    token: &str,
+    allowed: &[String],
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+
+    use crate::error::{ApiError, HttpCode};
+    if let Some(origin) = req
+        .headers()
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        && !origin_allowed(origin, allowed)
+    {
+        return ApiError::new(
+            HttpCode::Core(ErrorCode::Forbidden),
+            format!("origin `{origin}` may not call /mcp"),
+        )
+        .into_response();
+    }
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        let mut resp = ApiError::new(
+            HttpCode::Core(ErrorCode::Unauthorized),
+            "send `Authorization: Bearer <token>` with the server's MCP token",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert!(origin_allowed("http://localhost:6274", &[]));
+        assert!(origin_allowed("http://127.0.0.1", &[]));
+        assert!(!origin_allowed("http://evil.example", &[]));
+        assert!(!origin_allowed("http://localhost.evil.example:80", &[]));
+        assert!(origin_allowed(
+            "https://app.example",
+            &["https://app.example".to_owned()]
+        ));
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
