@@ -261,6 +261,17 @@ const WEEKDAYS: &[&str] = &[
     "saturday",
     "sunday",
 ];
+/// The month (1-12) a month name or its abbreviation names, case-insensitively.
+pub fn month_number(word: &str) -> Option<i8> {
+    let w = word.to_lowercase();
+    // MONTHS lists the twelve full names first; abbreviations are their prefixes.
+    let prefix = w.get(..3)?;
+    MONTHS[..12]
+        .iter()
+        .position(|m| m.starts_with(prefix) && m.starts_with(w.as_str()))
+        .map(|i| i as i8 + 1)
+}
+
 /// Capitalised words that start sentences or are pronouns/greetings rather than names.
 const NOT_NAMES: &[&str] = &[
     "i",
@@ -534,6 +545,15 @@ mod tests {
     fn stopwords_sorted_for_binary_search() {
         // `is_stopword` falls back to a linear scan, but keep the list sorted-ish for readers.
         assert!(is_stopword("the") && is_stopword("you") && !is_stopword("lisbon"));
+    }
+
+    #[test]
+    fn month_names() {
+        assert_eq!(month_number("May"), Some(5));
+        assert_eq!(month_number("sept"), Some(9));
+        assert_eq!(month_number("December"), Some(12));
+        assert_eq!(month_number("Ma"), None);
+        assert_eq!(month_number("Mayday"), None);
     }
 
     #[test]

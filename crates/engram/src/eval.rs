@@ -165,21 +165,7 @@ pub fn session_time(s: &str) -> Option<Timestamp> {
     let day: i8 = d.next()?.parse().ok()?;
     let month = d.next()?.to_lowercase();
     let year: i16 = d.next()?.parse().ok()?;
-    let months = [
-        "january",
-        "february",
-        "march",
-        "april",
-        "may",
-        "june",
-        "july",
-        "august",
-        "september",
-        "october",
-        "november",
-        "december",
-    ];
-    let month = months.iter().position(|m| month.starts_with(&m[..3]))? as i8 + 1;
+    let month = engram_core::text::month_number(&month)?;
     jiff::civil::date(year, month, day)
         .at(hour, minute, 0, 0)
         .to_zoned(jiff::tz::TimeZone::UTC)
