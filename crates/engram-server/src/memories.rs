@@ -4,7 +4,8 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use engram_core::filter::Filter;
-use engram_core::service::{AddInput, Content, RequestCtx, SearchInput, UpdateInput};
+use engram_core::memory::Scope;
+use engram_core::service::{RequestCtx, SearchInput, UpdateInput};
 use engram_core::store::Cursor;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -44,35 +45,7 @@ async fn memories_add(
     headers: HeaderMap,
     ApiJson(req): ApiJson<AddRequest>,
 ) -> Result<ApiJson<AddResponse>, ApiError> {
-    let content = match (req.messages, req.text) {
-        (Some(m), None) if !m.is_empty() => {
-            Content::Messages(m.into_iter().map(Into::into).collect())
-        }
-        (None, Some(t)) => Content::Text(t),
-        (Some(_), None) => return Err(ApiError::invalid("`messages` must not be empty")),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "give either `messages` or `text`, not both",
-            ));
-        }
-        (None, None) => return Err(ApiError::invalid("give `messages` or `text`")),
-    };
-    let input = AddInput {
-        content,
-        scope: ScopeIds {
-            org_id: req.org_id,
-            app_id: req.app_id,
-            user_id: req.user_id,
-            agent_id: req.agent_id,
-            run_id: req.run_id,
-        }
-        .into_scope(),
-        metadata: req.metadata.unwrap_or_default(),
-        categories: req.categories.unwrap_or_default(),
-        kind: req.kind.unwrap_or_default(),
-        expires_at: time_field(req.expires_at.as_ref(), "expires_at")?,
-        timestamp: time_field(req.timestamp.as_ref(), "timestamp")?,
-    };
+    let input = req.into_input()?;
     let results = app.memory.add(&ctx(&headers), input).await?;
     Ok(ApiJson(AddResponse {
         results: results
@@ -96,14 +69,14 @@ async fn memories_search(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<SearchRequest>,
 ) -> Result<ApiJson<SearchResponse>, ApiError> {
-    let ids = ScopeIds {
+    let ids = Scope {
         org_id: req.org_id,
         app_id: req.app_id,
         user_id: req.user_id,
         agent_id: req.agent_id,
         run_id: req.run_id,
     };
-    let filter = search_filter(req.filters.as_ref(), ids.into_scope())?;
+    let filter = search_filter(req.filters.as_ref(), ids)?;
     let out = app
         .memory
         .search(SearchInput {

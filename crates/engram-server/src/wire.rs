@@ -3,7 +3,7 @@
 
 use engram_core::filter::{Filter, parse_timestamp};
 use engram_core::memory::{Entity, HistoryEvent, Memory, MemoryKind, Scope};
-use engram_core::service::{Explanation, Message};
+use engram_core::service::{AddInput, Content, Explanation, Message};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -22,28 +22,6 @@ pub struct MessageIn {
     /// Optional speaker name; stored as a `Name: ` prefix of the memory text.
     #[serde(default)]
     pub name: Option<String>,
-}
-
-/// Scope ids, accepted at the top level of requests.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct ScopeIds {
-    pub org_id: Option<String>,
-    pub app_id: Option<String>,
-    pub user_id: Option<String>,
-    pub agent_id: Option<String>,
-    pub run_id: Option<String>,
-}
-
-impl ScopeIds {
-    pub fn into_scope(self) -> Scope {
-        Scope {
-            org_id: self.org_id,
-            app_id: self.app_id,
-            user_id: self.user_id,
-            agent_id: self.agent_id,
-            run_id: self.run_id,
-        }
-    }
 }
 
 /// `POST /v1/memories`.
@@ -73,6 +51,41 @@ pub struct AddRequest {
     /// When the content was said (RFC 3339 or Unix seconds); defaults to now.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub timestamp: Option<Value>,
+}
+
+impl AddRequest {
+    /// The domain input: exactly one of `messages` (non-empty) or `text`, times parsed.
+    /// Shared by the REST handler and `engram import`.
+    pub fn into_input(self) -> Result<AddInput, ApiError> {
+        let content = match (self.messages, self.text) {
+            (Some(m), None) if !m.is_empty() => {
+                Content::Messages(m.into_iter().map(Into::into).collect())
+            }
+            (None, Some(t)) => Content::Text(t),
+            (Some(_), None) => return Err(ApiError::invalid("`messages` must not be empty")),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "give either `messages` or `text`, not both",
+                ));
+            }
+            (None, None) => return Err(ApiError::invalid("give `messages` or `text`")),
+        };
+        Ok(AddInput {
+            content,
+            scope: Scope {
+                org_id: self.org_id,
+                app_id: self.app_id,
+                user_id: self.user_id,
+                agent_id: self.agent_id,
+                run_id: self.run_id,
+            },
+            metadata: self.metadata.unwrap_or_default(),
+            categories: self.categories.unwrap_or_default(),
+            kind: self.kind.unwrap_or_default(),
+            expires_at: time_field(self.expires_at.as_ref(), "expires_at")?,
+            timestamp: time_field(self.timestamp.as_ref(), "timestamp")?,
+        })
+    }
 }
 
 /// One result of an add.

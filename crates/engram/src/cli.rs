@@ -280,30 +280,8 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
 fn import_line(line: &str, n: usize) -> anyhow::Result<AddInput> {
     let req: engram_server::wire::AddRequest =
         serde_json::from_str(line).with_context(|| format!("line {n}: not an add request"))?;
-    let content = match (req.messages, req.text) {
-        (Some(m), None) => Content::Messages(m.into_iter().map(Into::into).collect()),
-        (None, Some(t)) => Content::Text(t),
-        _ => bail!("line {n}: give exactly one of `messages` or `text`"),
-    };
-    let time = |v: Option<&Value>, name: &str| {
-        engram_server::wire::time_field(v, name)
-            .map_err(|e| anyhow::anyhow!("line {n}: {}", e.detail))
-    };
-    Ok(AddInput {
-        content,
-        scope: Scope {
-            org_id: req.org_id,
-            app_id: req.app_id,
-            user_id: req.user_id,
-            agent_id: req.agent_id,
-            run_id: req.run_id,
-        },
-        metadata: req.metadata.unwrap_or_default(),
-        categories: req.categories.unwrap_or_default(),
-        kind: req.kind.unwrap_or_default(),
-        expires_at: time(req.expires_at.as_ref(), "expires_at")?,
-        timestamp: time(req.timestamp.as_ref(), "timestamp")?,
-    })
+    req.into_input()
+        .map_err(|e| anyhow::anyhow!("line {n}: {}", e.detail))
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
