@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::access::{Principal, Role};
 use crate::budget;
 use crate::config::{IngestConfig, RetrievalConfig};
 use crate::embed::{Embedder, QueryCache};
@@ -19,6 +20,7 @@ use crate::memory::{
     text_hash,
 };
 use crate::store::{Cursor, Store, VectorPath, Visibility, WriteOp};
+use crate::telemetry;
 use crate::text;
 use crate::{Error, ErrorCode, Result};
 
@@ -41,11 +43,33 @@ pub fn to_millis(t: Timestamp) -> Timestamp {
     Timestamp::from_millisecond(t.as_millisecond()).unwrap_or(t)
 }
 
-/// Who is asking, for history and logs.
-#[derive(Debug, Clone, Default)]
+/// Who is asking (and through what), for access checks, history and logs.
+#[derive(Debug, Clone)]
 pub struct RequestCtx {
-    pub actor: Option<String>,
+    pub principal: Principal,
+    /// The transport (`api`, `mcp:http`, `cli`…); names the actor when no key is involved.
+    pub transport: String,
     pub request_id: Option<String>,
+}
+
+impl RequestCtx {
+    pub fn new(principal: Principal, transport: &str, request_id: Option<String>) -> RequestCtx {
+        RequestCtx {
+            principal,
+            transport: transport.to_owned(),
+            request_id,
+        }
+    }
+
+    /// The local operator through `transport` (CLI, MCP over stdio, evaluations).
+    pub fn operator(transport: &str) -> RequestCtx {
+        RequestCtx::new(Principal::operator(), transport, None)
+    }
+
+    /// `key:<id>` for an API key, else the transport.
+    pub fn actor(&self) -> String {
+        self.principal.actor(&self.transport)
+    }
 }
 
 /// A chat message.
@@ -259,10 +283,12 @@ impl MemoryService {
         ctx: &RequestCtx,
         inputs: Vec<AddInput>,
     ) -> Result<Vec<Vec<AddResult>>> {
+        ctx.principal.require(Role::ReadWrite, "adding memories")?;
         let now = self.now();
         let mut prepared = Vec::with_capacity(inputs.len());
         let mut texts: Vec<String> = Vec::new();
-        for input in inputs {
+        for mut input in inputs {
+            input.scope = ctx.principal.bind_scope(input.scope)?;
             let pieces = self.pieces(&input, now)?;
             texts.extend(pieces.iter().map(|(_, t)| t.clone()));
             prepared.push((input, pieces));
@@ -350,6 +376,9 @@ impl MemoryService {
         }
         if !ops.is_empty() {
             self.inner.store.apply(ops).await?;
+        }
+        for r in all_results.iter().flatten() {
+            telemetry::memory_event(r.event, 1);
         }
         Ok(all_results)
     }
@@ -473,7 +502,7 @@ impl MemoryService {
             old_text,
             new_text,
             version: m.version,
-            actor: ctx.actor.clone(),
+            actor: Some(ctx.actor()),
             reason: None,
             request_id: ctx.request_id.clone(),
             scope: m.scope.clone(),
@@ -484,8 +513,9 @@ impl MemoryService {
     /// Hybrid retrieval: semantic, keyword and entity signals over the
     /// scope-filtered set, fused, × recency decay × kind weight, thresholded
     /// and packed into a token budget.
-    pub async fn search(&self, input: SearchInput) -> Result<SearchOutput> {
+    pub async fn search(&self, ctx: &RequestCtx, mut input: SearchInput) -> Result<SearchOutput> {
         let cfg = &self.inner.retrieval;
+        input.filter = ctx.principal.bind_filter(input.filter)?;
         if !input.filter.names_scope() {
             return Err(Error::new(
                 ErrorCode::MissingScope,
@@ -519,9 +549,11 @@ impl MemoryService {
         }
         let budget = input.token_budget.unwrap_or(cfg.default_token_budget);
 
+        let started = std::time::Instant::now();
         let vis = self.vis();
         let candidates = cfg.candidates.max(top_k);
         let (vector, cached) = self.inner.queries.embed_query(query).await?;
+        let embedded = started.elapsed();
         let w = cfg.weights;
         let terms = if w.keyword > 0.0 {
             text::keyword_terms(query)
@@ -646,7 +678,15 @@ impl MemoryService {
                     vector_path: path,
                 }),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        telemetry::search(
+            path,
+            started.elapsed(),
+            embedded,
+            cached,
+            hits.len(),
+            used,
+        );
         Ok(SearchOutput {
             hits,
             vector_path: path,
@@ -655,17 +695,26 @@ impl MemoryService {
         })
     }
 
-    /// The current version of a memory.
-    pub async fn get(&self, id: MemoryId) -> Result<Memory> {
+    /// The current version of a memory, if it lies inside the caller's binding.
+    pub async fn get(&self, ctx: &RequestCtx, id: MemoryId) -> Result<Memory> {
         self.inner
             .store
             .get(id, self.vis())
             .await?
+            .filter(|m| ctx.principal.covers(&m.scope))
             .ok_or_else(|| not_found(id))
     }
 
-    /// Memories matching `filter` (which must name a scope id), newest first.
-    pub async fn list(&self, filter: &Filter, after: Option<Cursor>, limit: usize) -> Result<Page> {
+    /// Memories matching `filter` (which must name a scope id) inside the
+    /// caller's binding, newest first.
+    pub async fn list(
+        &self,
+        ctx: &RequestCtx,
+        filter: &Filter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page> {
+        let filter = &ctx.principal.bind_filter(filter.clone())?;
         if !filter.names_scope() {
             return Err(Error::new(
                 ErrorCode::MissingScope,
@@ -699,6 +748,7 @@ impl MemoryService {
         id: MemoryId,
         input: UpdateInput,
     ) -> Result<Memory> {
+        ctx.principal.require(Role::ReadWrite, "updating memories")?;
         if input.text.is_none()
             && input.metadata.is_none()
             && input.categories.is_none()
@@ -708,7 +758,7 @@ impl MemoryService {
                 "nothing to update: give `text`, `metadata`, `categories` or `expires_at`",
             ));
         }
-        let current = self.get(id).await?;
+        let current = self.get(ctx, id).await?;
         let now = self.now();
         let mut next = current.clone();
         if let Some(text) = &input.text {
@@ -766,12 +816,14 @@ impl MemoryService {
                 history,
             }])
             .await?;
+        telemetry::memory_event(Event::Update, 1);
         Ok(next)
     }
 
     /// Closes the current version of a memory; its history remains.
     pub async fn delete(&self, ctx: &RequestCtx, id: MemoryId) -> Result<()> {
-        let current = self.get(id).await?;
+        ctx.principal.require(Role::ReadWrite, "deleting memories")?;
+        let current = self.get(ctx, id).await?;
         let now = self.now();
         let history = self.history_event(
             ctx,
@@ -788,15 +840,18 @@ impl MemoryService {
                 at: now,
                 history,
             }])
-            .await
+            .await?;
+        telemetry::memory_event(Event::Delete, 1);
+        Ok(())
     }
 
     /// Deletes every visible memory matching `filter` (which must name a scope id). Returns how many.
     pub async fn delete_all(&self, ctx: &RequestCtx, filter: &Filter) -> Result<usize> {
+        ctx.principal.require(Role::ReadWrite, "deleting memories")?;
         let mut deleted = 0;
         loop {
             // Each round deletes what it listed, so the next listing starts over.
-            let page = self.list(filter, None, 500).await?;
+            let page = self.list(ctx, filter, None, 500).await?;
             if page.memories.is_empty() {
                 return Ok(deleted);
             }
@@ -818,17 +873,20 @@ impl MemoryService {
                 })
                 .collect();
             deleted += ops.len();
+            let n = ops.len() as u64;
             self.inner.store.apply(ops).await?;
+            telemetry::memory_event(Event::Delete, n);
         }
     }
 
     /// Every change of a memory, oldest first (also for deleted memories).
-    pub async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>> {
+    pub async fn history(&self, ctx: &RequestCtx, id: MemoryId) -> Result<Vec<HistoryEvent>> {
         let events = self.inner.store.history(id).await?;
-        if events.is_empty() {
-            return Err(not_found(id));
+        // Every version of a memory keeps its scope, so the first event decides.
+        match events.first() {
+            Some(first) if ctx.principal.covers(&first.scope) => Ok(events),
+            _ => Err(not_found(id)),
         }
-        Ok(events)
     }
 }
 

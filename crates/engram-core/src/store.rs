@@ -134,9 +134,9 @@ pub struct ModelInfo {
     pub dim: usize,
 }
 
-/// A storage backend.
+/// A storage backend: memories, their indexes and history, and API keys.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: crate::keys::KeyStore + Send + Sync + 'static {
     /// A short name for logs: `sqlite`, `postgres`.
     fn backend(&self) -> &'static str;
 
@@ -209,6 +209,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(MemoryId, Vec<MemoryId>)>>;
 
     async fn stats(&self) -> Result<StoreStats>;
+
+    /// Whether the store can take a write now (readiness): fails with
+    /// [`crate::ErrorCode::StoreFailure`] saying why when it cannot.
+    async fn check_writable(&self) -> Result<()>;
 
     /// Persists derived state (the ANN graph) so the next start is fast.
     async fn flush(&self) -> Result<()>;

@@ -43,6 +43,7 @@ pub enum HttpCode {
     RouteNotFound,
     MethodNotAllowed,
     Timeout,
+    RateLimited,
 }
 
 impl HttpCode {
@@ -55,6 +56,7 @@ impl HttpCode {
             HttpCode::RouteNotFound => "route_not_found",
             HttpCode::MethodNotAllowed => "method_not_allowed",
             HttpCode::Timeout => "timeout",
+            HttpCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -83,6 +85,7 @@ pub fn status_of(code: HttpCode) -> StatusCode {
         HttpCode::RouteNotFound => StatusCode::NOT_FOUND,
         HttpCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         HttpCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+        HttpCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 

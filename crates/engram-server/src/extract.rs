@@ -113,3 +113,25 @@ impl<S: Send + Sync> FromRequestParts<S> for MemoryIdPath {
             .map_err(|_| ApiError::invalid(format!("`{raw}` is not a memory id (a UUID)")))
     }
 }
+
+/// An API key id in the path; anything but 16 hex digits is a problem+json 404.
+pub struct KeyIdPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::invalid(e.body_text()))?;
+        if raw.len() == 16 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(KeyIdPath(raw))
+        } else {
+            Err(ApiError::new(
+                HttpCode::Core(engram_core::ErrorCode::NotFound),
+                format!("API key {raw} not found (key ids are 16 hex digits)"),
+            ))
+        }
+    }
+}

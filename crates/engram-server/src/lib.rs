@@ -1,41 +1,54 @@
-//! Engram's HTTP server: the native REST API (`/v1`), problem+json errors,
-//! request ids, OpenAPI 3.1 at `/openapi.json`, health.
+//! Engram's HTTP server: the native REST API (`/v1`), MCP over streamable
+//! HTTP (`/mcp`), API-key authentication and rate limits, problem+json
+//! errors, request ids, Prometheus metrics, health and readiness, OpenAPI
+//! 3.1 at `/openapi.json`.
 //!
 //! Architecture invariant: no business logic here. Handlers turn wire types
 //! into domain inputs, call [`engram_core::service::MemoryService`] and map
 //! the result; every rule lives in the service. This crate names no storage
 //! backend and no model.
 
+mod api_keys;
+pub mod auth;
 pub mod error;
 pub mod extract;
+mod health;
 pub mod mcp;
 mod memories;
+pub mod metrics;
 pub mod request_id;
 pub mod wire;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use engram_core::keys::KeyService;
 use engram_core::service::MemoryService;
-use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::auth::{AuthMode, RateLimitConfig, RateLimits};
 use crate::error::{ApiError, HttpCode};
 
-/// Server limits.
-#[derive(Debug, Clone)]
+/// Server settings.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Per-request timeout.
     pub request_timeout: Duration,
-    /// MCP over streamable HTTP at `/mcp` (off without a token).
+    /// How long shutdown waits for in-flight requests before giving up on them.
+    pub shutdown_timeout: Duration,
+    pub auth: AuthMode,
+    pub rate_limit: RateLimitConfig,
+    /// MCP over streamable HTTP at `/mcp`.
     pub mcp: mcp::McpHttpConfig,
 }
 
@@ -44,25 +57,70 @@ impl Default for ServerConfig {
         ServerConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            auth: AuthMode::Keys,
+            rate_limit: RateLimitConfig::default(),
             mcp: mcp::McpHttpConfig::default(),
         }
     }
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub memory: MemoryService,
+    pub keys: KeyService,
     pub config: ServerConfig,
+    limits: Arc<RateLimits>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Cancelled when the server shuts down (ends MCP sessions).
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(memory: MemoryService, keys: KeyService, config: ServerConfig) -> AppState {
+        AppState {
+            memory,
+            keys,
+            limits: Arc::new(RateLimits::new(config.rate_limit)),
+            config,
+            metrics: crate::metrics::install(),
+            shutdown: CancellationToken::new(),
+        }
+    }
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Engram", description = "Long-term memory server for AI agents: native REST API."),
-    tags((name = "memories", description = "Add, search, list, update and delete memories")),
-    components(schemas(error::Problem))
+    info(title = "Engram", description = "Long-term memory server for AI agents: native REST API. \
+Every route needs an API key (`Authorization: Bearer <key>`) bound to an org and optionally an app, user or agent; \
+a key never reads or writes outside its binding."),
+    tags(
+        (name = "memories", description = "Add, search, list, update and delete memories"),
+        (name = "keys", description = "API keys (admin)")
+    ),
+    components(schemas(error::Problem)),
+    modifiers(&BearerAuth),
+    security(("api_key" = []))
 )]
 struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An Engram API key (`engram keys create`)"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The OpenAPI document of the native API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -71,7 +129,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 fn api_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(memories::router())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(memories::router())
+        .merge(api_keys::router())
 }
 
 /// The whole application, ready to serve (tests call it with `oneshot`).
@@ -79,33 +139,36 @@ pub fn app(state: AppState) -> Router {
     let (api, doc) = api_router().split_for_parts();
     let doc = std::sync::Arc::new(doc);
     let timeout = state.config.request_timeout;
-    let mcp = mcp::http_service(state.memory.clone(), state.config.mcp.clone());
+    let mcp = mcp::http_service(
+        state.memory.clone(),
+        state.config.mcp.clone(),
+        state.shutdown.clone(),
+    );
     let router = api
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),
         )
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::metrics_get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn(move |req, next| {
             with_timeout(timeout, req, next)
-        }))
-        .with_state(state);
+        }));
     // MCP sessions stream (SSE), so they sit outside the per-request timeout.
-    let router = match mcp {
-        Some(mcp) => router.nest_service("/mcp", mcp),
-        None => router.route("/mcp", axum::routing::any(mcp_off)),
-    };
-    router.layer(axum::middleware::from_fn(request_id::layer))
-}
-
-async fn mcp_off() -> ApiError {
-    ApiError::new(
-        HttpCode::RouteNotFound,
-        "MCP over HTTP is off: start the server with --mcp-token (or ENGRAM_MCP_TOKEN) to enable /mcp",
-    )
+    let router = router.nest_service("/mcp", mcp);
+    // Layers run outside in: request id → metrics → auth and rate limit → timeout → route.
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::layer,
+        ))
+        .layer(axum::middleware::from_fn(crate::metrics::layer))
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
 }
 
 async fn with_timeout(
@@ -137,24 +200,31 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     )
 }
 
-/// Process liveness.
-async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
-    let model = app.memory.embedder().model().clone();
-    (
-        StatusCode::OK,
-        axum::Json(
-            json!({"status": "ok", "store": app.memory.store().backend(), "embedding_model": model.id}),
-        ),
-    )
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves `app` on `listener` until `shutdown` resolves: then stops accepting,
+/// ends MCP sessions, and waits for in-flight requests — at most
+/// `shutdown_timeout`. Returns whether every request finished in time.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> std::io::Result<bool> {
+    let token = state.shutdown.clone();
+    let limit = state.config.shutdown_timeout;
+    let signalled = token.clone();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutdown: no new connections; draining in-flight requests");
+        signalled.cancel();
+    });
+    let deadline = async {
+        token.cancelled().await;
+        tokio::time::sleep(limit).await;
+    };
+    tokio::select! {
+        r = server => r.map(|()| true),
+        () = deadline => {
+            tracing::warn!(timeout_secs = limit.as_secs(), "shutdown: in-flight requests did not finish in time; abandoning them");
+            Ok(false)
+        }
+    }
 }

@@ -2,12 +2,15 @@
 //! Rust SDK (`rmcp`), for stdio (`engram mcp`) and streamable HTTP (`/mcp`).
 //!
 //! Like the REST handlers, each tool only maps arguments to a service call
-//! and the result back; the rules live in `engram_core::service`. A server is
-//! bound to a base scope (flags / env); tool arguments may narrow it (add an
-//! id the base leaves open) but never change or widen it.
+//! and the result back; the rules live in `engram_core::service`. Every call
+//! runs as a principal: over HTTP the API key the auth middleware resolved
+//! (its binding applies to every tool), over stdio the local operator,
+//! optionally bound to `--user-id`. Tool arguments may add ids the binding
+//! leaves open, never change a bound one.
 
 use std::sync::Arc;
 
+use engram_core::access::Principal;
 use engram_core::filter::Filter;
 use engram_core::memory::{Memory, Scope, ScopeField};
 use engram_core::service::{
@@ -19,7 +22,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
     Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    PaginatedRequestParams, Prompt, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
+    Extensions, PaginatedRequestParams, Prompt, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
     ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
     ServerConfig,
 };
@@ -183,7 +186,8 @@ pub struct DeleteAllOutput {
 #[derive(Clone)]
 pub struct MemoryMcp {
     memory: MemoryService,
-    base: Arc<Scope>,
+    /// The principal of every call when the transport carries none (stdio).
+    local: Option<Principal>,
     /// Who the audit log names as the caller.
     caller: Arc<str>,
 }
@@ -221,17 +225,43 @@ macro_rules! try_tool {
 
 #[tool_router]
 impl MemoryMcp {
-    pub fn new(memory: MemoryService, base: Scope, caller: impl Into<Arc<str>>) -> MemoryMcp {
+    /// A handler whose calls all run as `local` (stdio), or, with `None`, as
+    /// the principal the HTTP layer attached to each request.
+    pub fn new(
+        memory: MemoryService,
+        local: Option<Principal>,
+        caller: impl Into<Arc<str>>,
+    ) -> MemoryMcp {
         MemoryMcp {
             memory,
-            base: Arc::new(base),
+            local,
             caller: caller.into(),
         }
     }
 
-    /// The base scope narrowed by the call's ids; a call may not change an id the base sets.
+    /// Who is calling: the HTTP request's principal, else the local one.
+    fn ctx(&self, ext: &Extensions, tool: &str) -> Result<RequestCtx, Error> {
+        let parts = ext.get::<axum::http::request::Parts>();
+        let principal = parts
+            .and_then(|p| p.extensions.get::<Principal>())
+            .or(self.local.as_ref())
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorCode::Unauthorized, "no API key on this request"))?;
+        let request_id = parts
+            .and_then(|p| p.headers.get(crate::request_id::HEADER))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("mcp-{tool}-{}", uuid::Uuid::now_v7().simple()));
+        Ok(RequestCtx::new(
+            principal,
+            &format!("mcp:{}", self.caller),
+            Some(request_id),
+        ))
+    }
+
+    /// The ids a call names; the service adds the bound ones and refuses others.
     fn scope(&self, args: ScopeArgs) -> Result<Scope, Error> {
-        let mut scope = (*self.base).clone();
+        let mut scope = Scope::default();
         let given = [
             (ScopeField::User, args.user_id),
             (ScopeField::Agent, args.agent_id),
@@ -242,57 +272,36 @@ impl MemoryMcp {
         for (field, value) in given {
             let Some(value) = value else { continue };
             engram_core::memory::validate_scope_id(field, &value)?;
-            match scope.get(field) {
-                Some(bound) if bound != value => {
-                    return Err(Error::new(
-                        ErrorCode::InvalidRequest,
-                        format!(
-                            "this server is bound to {}={bound}; a call cannot use another {}",
-                            field.as_str(),
-                            field.as_str()
-                        ),
-                    ));
-                }
-                Some(_) => {}
-                None => scope.set(field, Some(value)),
-            }
-        }
-        if scope.is_empty() {
-            return Err(Error::new(
-                ErrorCode::MissingScope,
-                "no scope: pass user_id (or agent_id / run_id) in the call, or start the server with --user-id",
-            ));
+            scope.set(field, Some(value));
         }
         Ok(scope)
     }
 
-    /// A memory by id, if it lies inside the server's base scope.
-    async fn owned(&self, id: &str) -> Result<Memory, Error> {
+    /// A memory by id, if it lies inside the caller's binding.
+    async fn owned(&self, ctx: &RequestCtx, id: &str) -> Result<Memory, Error> {
         let uuid = id
             .parse()
             .map_err(|_| Error::invalid(format!("`{id}` is not a memory id (a UUID)")))?;
-        let m = self.memory.get(uuid).await?;
-        if Filter::from_scope(&self.base).matches(&m) {
-            Ok(m)
-        } else {
-            Err(Error::not_found(format!("memory {id} not found")))
-        }
+        self.memory.get(ctx, uuid).await
     }
 
-    fn ctx(&self, tool: &str) -> RequestCtx {
-        RequestCtx {
-            actor: Some(format!("mcp:{}", self.caller)),
-            request_id: Some(format!("mcp-{tool}-{}", uuid::Uuid::now_v7().simple())),
-        }
-    }
-
-    fn audit(&self, tool: &str, detail: &Value, result: &Result<CallToolResult, McpError>) {
+    fn audit(
+        &self,
+        ext: &Extensions,
+        tool: &str,
+        detail: &Value,
+        result: &Result<CallToolResult, McpError>,
+    ) {
         let outcome = match result {
             Ok(r) if r.is_error == Some(true) => "tool_error",
             Ok(_) => "ok",
             Err(_) => "protocol_error",
         };
-        tracing::info!(target: "engram::audit", caller = %self.caller, tool, args = %detail, outcome, "mcp tool call");
+        let actor = self
+            .ctx(ext, tool)
+            .map(|c| c.actor())
+            .unwrap_or_else(|_| "anonymous".into());
+        tracing::info!(target: "engram::audit", caller = %self.caller, actor, tool, args = %detail, outcome, "mcp tool call");
     }
 
     #[tool(
@@ -307,10 +316,13 @@ whether it was added (ADD) or was already known (NOOP).",
     async fn add_memory(
         &self,
         Parameters(args): Parameters<AddArgs>,
+        ext: Extensions,
     ) -> Result<CallToolResult, McpError> {
+        const TOOL: &str = "add_memory";
         let detail =
             json!({"text": "<redacted>", "messages": args.messages.as_ref().map(Vec::len)});
         let result = async {
+            let ctx = try_tool!(self.ctx(&ext, TOOL));
             let scope = try_tool!(self.scope(args.scope));
             let content = match (args.text, args.messages) {
                 (Some(t), None) => Content::Text(t),
@@ -338,7 +350,7 @@ whether it was added (ADD) or was already known (NOOP).",
                 expires_at: None,
                 timestamp: None,
             };
-            let out = try_tool!(self.memory.add(&self.ctx("add_memory"), input).await);
+            let out = try_tool!(self.memory.add(&ctx, input).await);
             ok(&AddOutput {
                 results: out
                     .into_iter()
@@ -351,7 +363,7 @@ whether it was added (ADD) or was already known (NOOP).",
             })
         }
         .await;
-        self.audit("add_memory", &detail, &result);
+        self.audit(&ext, "add_memory", &detail, &result);
         result
     }
 
@@ -366,13 +378,16 @@ means nothing relevant is stored.",
     async fn search_memory(
         &self,
         Parameters(args): Parameters<SearchArgs>,
+        ext: Extensions,
     ) -> Result<CallToolResult, McpError> {
+        const TOOL: &str = "search_memory";
         let detail = json!({"query": "<redacted>", "top_k": args.top_k});
         let result = async {
+            let ctx = try_tool!(self.ctx(&ext, TOOL));
             let scope = try_tool!(self.scope(args.scope));
             let out = try_tool!(
                 self.memory
-                    .search(SearchInput {
+                    .search(&ctx, SearchInput {
                         query: args.query,
                         filter: Filter::from_scope(&scope),
                         top_k: Some(args.top_k.unwrap_or(10) as usize),
@@ -391,7 +406,7 @@ means nothing relevant is stored.",
             })
         }
         .await;
-        self.audit("search_memory", &detail, &result);
+        self.audit(&ext, "search_memory", &detail, &result);
         result
     }
 
@@ -405,9 +420,12 @@ Returns the memories and a `next_cursor` when more remain.",
     async fn list_memories(
         &self,
         Parameters(args): Parameters<ListArgs>,
+        ext: Extensions,
     ) -> Result<CallToolResult, McpError> {
+        const TOOL: &str = "list_memories";
         let detail = json!({"limit": args.limit, "cursor": args.cursor.is_some()});
         let result = async {
+            let ctx = try_tool!(self.ctx(&ext, TOOL));
             let scope = try_tool!(self.scope(args.scope));
             let after = match args.cursor.as_deref().map(Cursor::decode).transpose() {
                 Ok(c) => c,
@@ -416,7 +434,7 @@ Returns the memories and a `next_cursor` when more remain.",
             let limit = args.limit.unwrap_or(20).min(100) as usize;
             let page = try_tool!(
                 self.memory
-                    .list(&Filter::from_scope(&scope), after, limit)
+                    .list(&ctx, &Filter::from_scope(&scope), after, limit)
                     .await
             );
             ok(&ListOutput {
@@ -429,7 +447,7 @@ Returns the memories and a `next_cursor` when more remain.",
             })
         }
         .await;
-        self.audit("list_memories", &detail, &result);
+        self.audit(&ext, "list_memories", &detail, &result);
         result
     }
 
@@ -442,11 +460,16 @@ kind, scope, metadata and timestamps.",
     async fn get_memory(
         &self,
         Parameters(args): Parameters<IdArgs>,
+        ext: Extensions,
     ) -> Result<CallToolResult, McpError> {
+        const TOOL: &str = "get_memory";
         let detail = json!({"id": args.id});
-        let result =
-            async { ok(&MemoryView::of(try_tool!(self.owned(&args.id).await), None)) }.await;
-        self.audit("get_memory", &detail, &result);
+        let result = async {
+            let ctx = try_tool!(self.ctx(&ext, TOOL));
+            ok(&MemoryView::of(try_tool!(self.owned(&ctx, &args.id).await), None))
+        }
+        .await;
+        self.audit(&ext, "get_memory", &detail, &result);
         result
     }
 
@@ -460,25 +483,26 @@ memory's history. Returns the updated memory.",
     async fn update_memory(
         &self,
         Parameters(args): Parameters<UpdateArgs>,
+        ext: Extensions,
     ) -> Result<CallToolResult, McpError> {
+        const TOOL: &str = "update_memory";
         let detail = json!({"id": args.id, "text": "<redacted>"});
         let result = async {
-            let m = try_tool!(self.owned(&args.id).await);
+            let ctx = try_tool!(self.ctx(&ext, TOOL));
+            let m = try_tool!(self.owned(&ctx, &args.id).await);
             let input = UpdateInput {
                 text: Some(args.text),
                 ..Default::default()
             };
             ok(&MemoryView::of(
                 try_tool!(
-                    self.memory
-                        .update(&self.ctx("update_memory"), m.id, input)
-                        .await
+                    self.memory.update(&ctx, m.id, input).await
                 ),
                 None,
             ))
         }
         .await;
-        self.audit("update_memory", &detail, &result);
+        self.audit(&ext, "update_memory", &detail, &result);
         result
     }
 
@@ -491,18 +515,21 @@ memory stops appearing in searches; its history is kept. Returns the id and `del
     async fn delete_memory(
         &self,
         Parameters(args): Parameters<IdArgs>,
+        ext: Extensions,
     ) -> Result<CallToolResult, McpError> {
+        const TOOL: &str = "delete_memory";
         let detail = json!({"id": args.id});
         let result = async {
-            let m = try_tool!(self.owned(&args.id).await);
-            try_tool!(self.memory.delete(&self.ctx("delete_memory"), m.id).await);
+            let ctx = try_tool!(self.ctx(&ext, TOOL));
+            let m = try_tool!(self.owned(&ctx, &args.id).await);
+            try_tool!(self.memory.delete(&ctx, m.id).await);
             ok(&DeleteOutput {
                 id: m.id.to_string(),
                 deleted: true,
             })
         }
         .await;
-        self.audit("delete_memory", &detail, &result);
+        self.audit(&ext, "delete_memory", &detail, &result);
         result
     }
 
@@ -516,7 +543,9 @@ memories were deleted.",
     async fn delete_all_memories(
         &self,
         Parameters(args): Parameters<DeleteAllArgs>,
+        ext: Extensions,
     ) -> Result<CallToolResult, McpError> {
+        const TOOL: &str = "delete_all_memories";
         let detail = json!({"confirm": args.confirm});
         let result = async {
             if !args.confirm {
@@ -524,19 +553,17 @@ memories were deleted.",
                     "`confirm` must be true to delete every memory of the scope",
                 ));
             }
+            let ctx = try_tool!(self.ctx(&ext, TOOL));
             let scope = try_tool!(self.scope(args.scope));
             let deleted = try_tool!(
                 self.memory
-                    .delete_all(
-                        &self.ctx("delete_all_memories"),
-                        &Filter::from_scope(&scope)
-                    )
+                    .delete_all(&ctx, &Filter::from_scope(&scope))
                     .await
             );
             ok(&DeleteAllOutput { deleted })
         }
         .await;
-        self.audit("delete_all_memories", &detail, &result);
+        self.audit(&ext, "delete_all_memories", &detail, &result);
         result
     }
 }
@@ -567,15 +594,18 @@ impl ServerHandler for MemoryMcp {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        // The newest memories of the base scope (an unscoped server lists none).
-        if self.base.is_empty() {
+        // The newest memories inside the caller's binding (an unbound caller lists none).
+        let ctx = self
+            .ctx(&context.extensions, "list_resources")
+            .map_err(resource_error)?;
+        if ctx.principal.binding.is_empty() {
             return Ok(ListResourcesResult::with_all_items(Vec::new()));
         }
         let page = self
             .memory
-            .list(&Filter::from_scope(&self.base), None, 100)
+            .list(&ctx, &Filter::all(), None, 100)
             .await
             .map_err(resource_error)?;
         let resources = page
@@ -603,15 +633,18 @@ impl ServerHandler for MemoryMcp {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
+        let ctx = self
+            .ctx(&context.extensions, "read_resource")
+            .map_err(resource_error)?;
         let Some(id) = request.uri.strip_prefix("memory://") else {
             return Err(McpError::invalid_params(
                 format!("unknown resource `{}`; use memory://{{id}}", request.uri),
                 None,
             ));
         };
-        let m = self.owned(id).await.map_err(resource_error)?;
+        let m = self.owned(&ctx, id).await.map_err(resource_error)?;
         let body = serde_json::to_string(&MemoryView::of(m, None))
             .map_err(|e| McpError::internal_error(e.to_string(), None))?;
         let contents =
@@ -660,41 +693,40 @@ fact changed (use update_memory with the id from search). When to delete: only w
 /// Settings of MCP over streamable HTTP.
 #[derive(Debug, Clone, Default)]
 pub struct McpHttpConfig {
-    /// The bearer token clients must send; `None` turns `/mcp` off.
-    pub token: Option<String>,
-    /// The scope every HTTP session is bound to (calls may narrow it).
-    pub scope: Scope,
     /// Browser origins allowed besides loopback ones (DNS-rebinding protection).
     pub allowed_origins: Vec<String>,
 }
 
-/// The `/mcp` service: a session per client, bearer auth, Origin check.
-pub fn http_service(memory: MemoryService, config: McpHttpConfig) -> Option<axum::Router> {
+/// The `/mcp` service: a session per client, Origin check. Authentication is
+/// the server's (every request reaches a tool with its API key's principal);
+/// `shutdown` ends every session.
+pub fn http_service(
+    memory: MemoryService,
+    config: McpHttpConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> axum::Router {
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
-    let token: Arc<str> = config.token.clone()?.into();
-    let scope = config.scope.clone();
     let mut http_config = StreamableHttpServerConfig::default();
     // Host checking is ours (the server may listen on any address); Origin is checked below.
     http_config.allowed_hosts = Vec::new();
+    http_config.cancellation_token = shutdown;
     let service = StreamableHttpService::new(
-        move || Ok(MemoryMcp::new(memory.clone(), scope.clone(), "http")),
+        move || Ok(MemoryMcp::new(memory.clone(), None, "http")),
         LocalSessionManager::default().into(),
         http_config,
     );
     let allowed: Arc<Vec<String>> = Arc::new(config.allowed_origins);
-    Some(
-        axum::Router::new()
-            .fallback_service(service)
-            .layer(axum::middleware::from_fn(
-                move |req: axum::extract::Request, next: axum::middleware::Next| {
-                    let (token, allowed) = (token.clone(), allowed.clone());
-                    async move { guard(&token, &allowed, req, next).await }
-                },
-            )),
-    )
+    axum::Router::new()
+        .fallback_service(service)
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let allowed = allowed.clone();
+                async move { guard(&allowed, req, next).await }
+            },
+        ))
 }
 
 /// Whether an `Origin` may call: loopback origins, or ones configured.
@@ -720,7 +752,6 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
 }
 
 async fn guard(
-    token: &str,
     allowed: &[String],
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -740,30 +771,9 @@ async fn guard(
         )
         .into_response();
     }
-    let given = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        let mut resp = ApiError::new(
-            HttpCode::Core(ErrorCode::Unauthorized),
-            "send `Authorization: Bearer <token>` with the server's MCP token",
-        )
-        .into_response();
-        resp.headers_mut().insert(
-            axum::http::header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static("Bearer"),
-        );
-        return resp;
-    }
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 #[cfg(test)]
 mod tests {
@@ -781,10 +791,4 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
 }

@@ -2,15 +2,15 @@
 //! Handlers parse, call the service, map the result; nothing else.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use engram_core::filter::Filter;
 use engram_core::memory::Scope;
-use engram_core::service::{RequestCtx, SearchInput, UpdateInput};
+use engram_core::service::{SearchInput, UpdateInput};
 use engram_core::store::Cursor;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery, MemoryIdPath};
 use crate::wire::*;
@@ -23,17 +23,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(memories_history))
 }
 
-/// Who is calling, for history rows.
-fn ctx(headers: &HeaderMap) -> RequestCtx {
-    RequestCtx {
-        actor: Some("api".to_owned()),
-        request_id: headers
-            .get(crate::request_id::HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-    }
-}
-
 /// Add memories.
 ///
 /// Stores `messages` (one memory per turn, long turns split by sentence) or `text`, with the
@@ -42,11 +31,11 @@ fn ctx(headers: &HeaderMap) -> RequestCtx {
     responses((status = 200, body = AddResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn memories_add(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     ApiJson(req): ApiJson<AddRequest>,
 ) -> Result<ApiJson<AddResponse>, ApiError> {
     let input = req.into_input()?;
-    let results = app.memory.add(&ctx(&headers), input).await?;
+    let results = app.memory.add(&ctx, input).await?;
     Ok(ApiJson(AddResponse {
         results: results
             .into_iter()
@@ -67,6 +56,7 @@ async fn memories_add(
     responses((status = 200, body = SearchResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn memories_search(
     State(app): State<AppState>,
+    Caller(ctx): Caller,
     ApiJson(req): ApiJson<SearchRequest>,
 ) -> Result<ApiJson<SearchResponse>, ApiError> {
     let ids = Scope {
@@ -79,7 +69,9 @@ async fn memories_search(
     let filter = search_filter(req.filters.as_ref(), ids)?;
     let out = app
         .memory
-        .search(SearchInput {
+        .search(
+            &ctx,
+            SearchInput {
             query: req.query,
             filter,
             top_k: req.top_k,
@@ -111,13 +103,14 @@ fn list_filter(q: &ListQuery) -> Result<Filter, ApiError> {
     responses((status = 200, body = ListResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn memories_list(
     State(app): State<AppState>,
+    Caller(ctx): Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<ListResponse>, ApiError> {
     let filter = list_filter(&q)?;
     let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
     let page = app
         .memory
-        .list(&filter, after, q.limit.unwrap_or(100))
+        .list(&ctx, &filter, after, q.limit.unwrap_or(100))
         .await?;
     Ok(ApiJson(ListResponse {
         results: page.memories.into_iter().map(Into::into).collect(),
@@ -130,7 +123,7 @@ async fn memories_list(
     responses((status = 200, body = DeleteAllResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn memories_delete_all(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<DeleteAllResponse>, ApiError> {
     if q.cursor.is_some() || q.limit.is_some() {
@@ -139,7 +132,7 @@ async fn memories_delete_all(
         ));
     }
     let filter = list_filter(&q)?;
-    let deleted = app.memory.delete_all(&ctx(&headers), &filter).await?;
+    let deleted = app.memory.delete_all(&ctx, &filter).await?;
     Ok(ApiJson(DeleteAllResponse { deleted }))
 }
 
@@ -148,9 +141,10 @@ async fn memories_delete_all(
     responses((status = 200, body = MemoryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn memories_get(
     State(app): State<AppState>,
+    Caller(ctx): Caller,
     MemoryIdPath(id): MemoryIdPath,
 ) -> Result<ApiJson<MemoryOut>, ApiError> {
-    Ok(ApiJson(app.memory.get(id).await?.into()))
+    Ok(ApiJson(app.memory.get(&ctx, id).await?.into()))
 }
 
 /// Update a memory's text, metadata, categories or expiry (writes a new version).
@@ -158,7 +152,7 @@ async fn memories_get(
     responses((status = 200, body = MemoryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn memories_update(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     MemoryIdPath(id): MemoryIdPath,
     ApiJson(req): ApiJson<UpdateRequest>,
 ) -> Result<ApiJson<MemoryOut>, ApiError> {
@@ -173,7 +167,7 @@ async fn memories_update(
         expires_at,
     };
     Ok(ApiJson(
-        app.memory.update(&ctx(&headers), id, input).await?.into(),
+        app.memory.update(&ctx, id, input).await?.into(),
     ))
 }
 
@@ -182,10 +176,10 @@ async fn memories_update(
     responses((status = 200, body = DeleteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn memories_delete(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(ctx): Caller,
     MemoryIdPath(id): MemoryIdPath,
 ) -> Result<ApiJson<DeleteResponse>, ApiError> {
-    app.memory.delete(&ctx(&headers), id).await?;
+    app.memory.delete(&ctx, id).await?;
     Ok(ApiJson(DeleteResponse { id, deleted: true }))
 }
 
@@ -194,9 +188,10 @@ async fn memories_delete(
     responses((status = 200, body = HistoryResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn memories_history(
     State(app): State<AppState>,
+    Caller(ctx): Caller,
     MemoryIdPath(id): MemoryIdPath,
 ) -> Result<ApiJson<HistoryResponse>, ApiError> {
-    let events = app.memory.history(id).await?;
+    let events = app.memory.history(&ctx, id).await?;
     Ok(ApiJson(HistoryResponse {
         results: events.into_iter().map(Into::into).collect(),
     }))

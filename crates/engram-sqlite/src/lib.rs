@@ -16,7 +16,10 @@
 //! connections. All SQLite calls run on tokio's blocking pool.
 
 mod catalog;
+mod keys;
 mod schema;
+
+pub use keys::SqliteKeys;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -236,6 +239,18 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| Error::internal(format!("read task failed: {e}")))?
+    }
+
+    /// Runs `f` with the writer connection on the blocking pool (for small
+    /// writes outside the memory tables: keys).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&lock(&inner.writer)))
+            .await
+            .map_err(|e| Error::internal(format!("write task failed: {e}")))?
     }
 
     /// Runs `f` with the catalog (and index) on the blocking pool.
@@ -1025,6 +1040,26 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn check_writable(&self) -> Result<()> {
+        // A connection of its own with a short timeout: the probe must not wait
+        // behind the writer mutex, and must see what another process holds.
+        let path = self.inner.dir.join(DB_FILE);
+        tokio::task::spawn_blocking(move || {
+            let probe = || -> rusqlite::Result<()> {
+                let conn = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_millis(500))?;
+                // Taking the write lock proves a write could happen now; nothing is written.
+                conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            };
+            probe().map_err(|e| Error::store(format!("the database cannot take writes: {e}")))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("probe task failed: {e}")))?
     }
 
     async fn flush(&self) -> Result<()> {

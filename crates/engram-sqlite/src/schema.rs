@@ -80,6 +80,23 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX history_memory ON history (memory_id, seq);
     "#,
+    // 2: API keys. Only the SHA-256 of a key's secret is kept.
+    r#"
+    CREATE TABLE api_keys (
+        id          TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        role        TEXT NOT NULL,
+        org_id      TEXT NOT NULL,
+        app_id      TEXT,
+        user_id     TEXT,
+        agent_id    TEXT,
+        rate_limit  INTEGER,
+        created_at  INTEGER NOT NULL,
+        created_by  TEXT NOT NULL,
+        revoked_at  INTEGER
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

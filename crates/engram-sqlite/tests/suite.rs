@@ -133,3 +133,46 @@ async fn reopen_restores_records_and_vector_index() {
         assert_eq!(store.integrity_check().await.unwrap(), "ok");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_writable_while_another_process_holds_the_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default())
+        .await
+        .unwrap();
+    store.check_writable().await.unwrap();
+    // What a backup tool or a stuck second process does: hold the write lock.
+    let other = rusqlite::Connection::open(dir.path().join(engram_sqlite::DB_FILE)).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let e = store.check_writable().await.unwrap_err();
+    assert_eq!(e.code, engram_core::ErrorCode::StoreFailure);
+    assert!(e.message.contains("cannot take writes"), "{}", e.message);
+    other.execute_batch("ROLLBACK;").unwrap();
+    store.check_writable().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_open_beside_a_running_store() {
+    use engram_core::keys::KeyStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default())
+        .await
+        .unwrap();
+    // `engram keys create` against a directory a server has open.
+    let cli = engram_sqlite::SqliteKeys::open(dir.path()).unwrap();
+    let key = engram_core::keys::ApiKey {
+        id: "0123456789abcdef".into(),
+        name: "ops".into(),
+        role: engram_core::access::Role::Admin,
+        binding: engram_core::memory::Scope {
+            org_id: Some("acme".into()),
+            ..Default::default()
+        },
+        rate_limit: None,
+        created_at: jiff::Timestamp::from_second(1_760_000_000).unwrap(),
+        created_by: "cli".into(),
+        revoked_at: None,
+    };
+    cli.key_insert(&key, "h").await.unwrap();
+    assert_eq!(store.key_get(&key.id).await.unwrap().unwrap().0, key);
+}

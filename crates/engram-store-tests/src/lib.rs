@@ -762,6 +762,57 @@ pub async fn neighbors_are_adjacent_turns_of_the_same_scope(f: Fixture) {
 }
 
 /// Expands to one `#[tokio::test]` per suite case, each given a fresh fixture from `$factory().await`.
+/// API keys: stored with their binding, found by id, listed, revoked once.
+pub async fn keys_round_trip(f: Fixture) {
+    use engram_core::access::Role;
+    use engram_core::keys::{ApiKey, KeyStore};
+    let keys: Arc<dyn KeyStore> = f.store.clone();
+    let key = |id: &str, org: &str, user: Option<&str>, at: i64| ApiKey {
+        id: id.into(),
+        name: format!("key {id}"),
+        role: Role::ReadOnly,
+        binding: Scope {
+            org_id: Some(org.into()),
+            user_id: user.map(Into::into),
+            ..Default::default()
+        },
+        rate_limit: Some(120),
+        created_at: t0() + SignedDuration::from_secs(at),
+        created_by: "cli".into(),
+        revoked_at: None,
+    };
+    let a = key("00000000000000aa", "acme", Some("alice"), 1);
+    let b = ApiKey {
+        role: Role::Admin,
+        rate_limit: None,
+        ..key("00000000000000bb", "globex", None, 2)
+    };
+    keys.key_insert(&a, "hash-a").await.unwrap();
+    keys.key_insert(&b, "hash-b").await.unwrap();
+    assert!(
+        keys.key_insert(&a, "again").await.is_err(),
+        "a duplicate id is refused"
+    );
+    assert_eq!(
+        keys.key_get(&a.id).await.unwrap(),
+        Some((a.clone(), "hash-a".to_owned()))
+    );
+    assert_eq!(keys.key_get("00000000000000cc").await.unwrap(), None);
+    assert_eq!(keys.key_list().await.unwrap(), vec![a.clone(), b.clone()]);
+    let at = t0() + SignedDuration::from_secs(10);
+    assert!(keys.key_revoke(&a.id, at).await.unwrap());
+    assert!(!keys.key_revoke(&a.id, at).await.unwrap(), "revoked once");
+    assert!(!keys.key_revoke("00000000000000cc", at).await.unwrap());
+    let (revoked, _) = keys.key_get(&a.id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(at));
+    assert_eq!(keys.key_get(&b.id).await.unwrap().unwrap().0.revoked_at, None);
+}
+
+/// A healthy store reports itself writable.
+pub async fn writable_probe(f: Fixture) {
+    f.store.check_writable().await.unwrap();
+}
+
 #[macro_export]
 macro_rules! store_suite {
     ($factory:path) => {
@@ -778,6 +829,8 @@ macro_rules! store_suite {
             keyword_and_entity_ranking,
             neighbors_are_adjacent_turns_of_the_same_scope,
             stale_update_is_a_conflict,
+            keys_round_trip,
+            writable_probe,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -363,7 +363,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let filter = Filter::from_scope(&scope(i));
                 let t = Instant::now();
                 let out = service
-                    .search(SearchInput {
+                    .search(
+                        &RequestCtx::operator("bench"),
+                        SearchInput {
                         query: q.clone(),
                         filter,
                         top_k: Some(10),
@@ -412,10 +414,33 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // End to end over HTTP on a real port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let state = AppState {
-        memory: service.clone(),
-        config: ServerConfig::default(),
-    };
+    // Through authentication, as a client sees it: a key bound to the bench's org.
+    let keys = engram_core::keys::KeyService::new(Arc::new(store.clone()), Arc::new(SystemClock));
+    let (_, token) = keys
+        .create(
+            &engram_core::access::Principal::operator(),
+            engram_core::keys::NewKey {
+                name: "bench".into(),
+                role: None,
+                binding: Scope {
+                    org_id: Some("acme".into()),
+                    ..Default::default()
+                },
+                rate_limit: None,
+            },
+        )
+        .await?;
+    let state = AppState::new(
+        service.clone(),
+        keys,
+        ServerConfig {
+            rate_limit: engram_server::auth::RateLimitConfig {
+                per_minute: 0,
+                burst: 1,
+            },
+            ..ServerConfig::default()
+        },
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(engram_server::serve(listener, state, async {
         let _ = stop_rx.await;
@@ -423,7 +448,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/memories/search");
     let http_series = |fresh: bool| {
-        let (client, url, queries) = (client.clone(), url.clone(), queries.clone());
+        let (client, url, queries, token) =
+            (client.clone(), url.clone(), queries.clone(), token.clone());
         async move {
             let mut ms = Vec::new();
             let n = if fresh {
@@ -439,7 +465,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 };
                 let body = json!({"query": query, "user_id": format!("user-{}", (i * 31) % users), "top_k": 10});
                 let t = Instant::now();
-                let resp = client.post(&url).json(&body).send().await?;
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await?;
                 anyhow::ensure!(
                     resp.status().is_success(),
                     "search answered {}",
@@ -472,10 +503,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         embedder.embed(chunk).await?;
     }
     let embed_only = t_embed_only.elapsed().as_secs_f64();
-    let ctx = RequestCtx {
-        actor: Some("bench".into()),
-        request_id: None,
-    };
+    let ctx = RequestCtx::operator("bench");
     let t_ingest = Instant::now();
     for (c, chunk) in texts.chunks(64).enumerate() {
         let inputs = chunk

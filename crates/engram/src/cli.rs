@@ -20,12 +20,25 @@ pub struct Cli {
     pub command: Command,
     #[command(flatten)]
     pub log: LogArgs,
+    /// TOML config file; its keys are the settings' env names without `ENGRAM_`, lower case.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve the REST API (and MCP over HTTP at /mcp with --mcp-token).
+    /// Serve the REST API and MCP over HTTP at /mcp (API keys required).
     Serve(crate::serve::ServeArgs),
+    /// Manage API keys on a data directory (works beside a running server).
+    Keys {
+        #[command(subcommand)]
+        command: crate::keys::KeysCommand,
+    },
+    /// Show the effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: crate::config::ConfigCommand,
+    },
     /// Serve MCP over stdio (for Claude Desktop, Cursor, VS Code…).
     Mcp(crate::mcp::McpArgs),
     /// Remember a text.
@@ -78,12 +91,22 @@ impl ScopeArgs {
     }
 }
 
-/// Where a client command sends its work.
+/// How a client command reaches a running server.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Target {
+pub struct ClientArgs {
     /// Talk to a running server at this URL instead of opening the data directory.
     #[arg(long, env = "ENGRAM_URL")]
     pub url: Option<String>,
+    /// API key for --url.
+    #[arg(long, env = "ENGRAM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// Where a client command sends its work.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -138,6 +161,9 @@ pub struct ImportArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args).await,
+        Command::Keys { command } => crate::keys::run(command).await,
+        // Printed by `main`, which holds the parsed matches.
+        Command::Config { .. } => Ok(()),
         Command::Mcp(args) => crate::mcp::run(args).await,
         Command::Add(args) => add(args).await,
         Command::Search(args) => search(args).await,
@@ -155,16 +181,18 @@ async fn local(target: &Target) -> anyhow::Result<(MemoryService, crate::serve::
 }
 
 fn cli_ctx() -> RequestCtx {
-    RequestCtx {
-        actor: Some("cli".into()),
-        request_id: None,
-    }
+    RequestCtx::operator("cli")
 }
 
-async fn post(url: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
-    let resp = reqwest::Client::new()
+async fn post(client: &ClientArgs, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let url = client.url.as_deref().unwrap_or_default();
+    let mut req = reqwest::Client::new()
         .post(format!("{}{path}", url.trim_end_matches('/')))
-        .json(body)
+        .json(body);
+    if let Some(key) = &client.api_key {
+        req = req.bearer_auth(key);
+    }
+    let resp = req
         .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
@@ -186,11 +214,11 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         Some(m) => serde_json::from_str(m).context("--metadata must be a JSON object")?,
         None => Default::default(),
     };
-    let results = if let Some(url) = &args.target.url {
+    let results = if args.target.client.url.is_some() {
         let mut body = args.scope.json();
         body.insert("text".into(), json!(text));
         body.insert("metadata".into(), Value::Object(metadata));
-        post(url, "/v1/memories", &Value::Object(body)).await?["results"].clone()
+        post(&args.target.client, "/v1/memories", &Value::Object(body)).await?["results"].clone()
     } else {
         let (service, _lock) = local(&args.target).await?;
         let input = AddInput {
@@ -219,7 +247,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
 
 async fn search(args: SearchArgs) -> anyhow::Result<()> {
     let query = args.query.join(" ");
-    let response = if let Some(url) = &args.target.url {
+    let response = if args.target.client.url.is_some() {
         let mut body = args.scope.json();
         body.insert("query".into(), json!(query));
         body.insert("top_k".into(), json!(args.top_k));
@@ -227,11 +255,13 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
         if let Some(b) = args.budget {
             body.insert("token_budget".into(), json!(b));
         }
-        post(url, "/v1/memories/search", &Value::Object(body)).await?
+        post(&args.target.client, "/v1/memories/search", &Value::Object(body)).await?
     } else {
         let (service, _lock) = local(&args.target).await?;
         let out = service
-            .search(SearchInput {
+            .search(
+                &cli_ctx(),
+                SearchInput {
                 query,
                 filter: Filter::from_scope(&args.scope.scope()),
                 top_k: Some(args.top_k),
@@ -294,7 +324,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let reader = std::io::BufReader::new(file);
-    let local = match &args.target.url {
+    let local = match &args.target.client.url {
         Some(_) => None,
         None => Some(local(&args.target).await?),
     };
@@ -313,12 +343,12 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         if batch.is_empty() {
             break;
         }
-        let events: Vec<String> = if let Some(url) = &args.target.url {
+        let events: Vec<String> = if args.target.client.url.is_some() {
             let mut events = Vec::new();
             for (n, line) in &batch {
                 let body: Value =
                     serde_json::from_str(line).with_context(|| format!("line {n}: not JSON"))?;
-                let out = post(url, "/v1/memories", &body)
+                let out = post(&args.target.client, "/v1/memories", &body)
                     .await
                     .with_context(|| format!("line {n}"))?;
                 events.extend(

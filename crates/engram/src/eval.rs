@@ -272,10 +272,7 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 
     // Ingest.
     let started = std::time::Instant::now();
-    let ctx = RequestCtx {
-        actor: Some("eval".into()),
-        request_id: None,
-    };
+    let ctx = RequestCtx::operator("eval");
     let mut memories = 0usize;
     for (sample, turns) in samples.iter().zip(&all_turns) {
         let user = sample["sample_id"]
@@ -488,6 +485,7 @@ async fn ask_all(
     max_k: usize,
 ) -> anyhow::Result<Vec<Scored>> {
     let mut out = Vec::new();
+    let ctx = RequestCtx::operator("eval");
     for sample in samples {
         let user = sample["sample_id"]
             .as_str()
@@ -504,7 +502,9 @@ async fn ask_all(
             }
             let question = qa["question"].as_str().unwrap_or_default();
             let hits = service
-                .search(SearchInput {
+                .search(
+                    &ctx,
+                    SearchInput {
                     query: question.to_owned(),
                     filter: filter.clone(),
                     top_k: Some(max_k.min(100)),

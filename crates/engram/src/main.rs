@@ -3,15 +3,59 @@
 
 mod bench;
 mod cli;
+mod config;
 mod eval;
+mod keys;
 mod mcp;
 mod runtime;
 mod serve;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+
+/// Parses flags, `ENGRAM_*` variables and the config file into the CLI, or
+/// prints why not (clap's own errors and `--help` exit here).
+fn parse() -> Result<(cli::Cli, clap::Command, clap::ArgMatches, Option<config::FileConfig>), String> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = cli::Cli::command();
+    let file = match config::config_path(&args) {
+        Some(path) => {
+            let file = config::FileConfig::load(&path).map_err(|e| format!("{e:#}"))?;
+            cmd = config::with_file(cmd, &file).map_err(|e| format!("{e:#}"))?;
+            Some(file)
+        }
+        None => None,
+    };
+    let matches = cmd.clone().get_matches_from(args);
+    let cli = cli::Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    Ok((cli, cmd, matches, file))
+}
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let (cli, cmd, matches, file) = match parse() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let cli::Command::Config {
+        command: config::ConfigCommand::Print(_),
+    } = &cli.command
+    {
+        let sub = ["config", "print"];
+        let (Some(c), Some(m)) = (
+            cmd.find_subcommand(sub[0])
+                .and_then(|c| c.find_subcommand(sub[1])),
+            matches
+                .subcommand_matches(sub[0])
+                .and_then(|m| m.subcommand_matches(sub[1])),
+        ) else {
+            eprintln!("error: config print is not available");
+            return std::process::ExitCode::FAILURE;
+        };
+        print!("{}", config::print(c, m, file.as_ref()));
+        return std::process::ExitCode::SUCCESS;
+    }
     runtime::init_tracing(&cli.log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

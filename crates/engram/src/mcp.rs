@@ -42,7 +42,12 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     let _lock = crate::serve::DirLock::acquire(&args.store.data_dir, None)?;
     let (service, store) = open_service(&args.store).await?;
     tracing::info!(data_dir = %args.store.data_dir.display(), ?scope, "engram mcp on stdio");
-    let running = MemoryMcp::new(service, scope, "stdio")
+    let principal = if scope.is_empty() {
+        engram_core::access::Principal::operator()
+    } else {
+        engram_core::access::Principal::operator_bound(scope.clone())
+    };
+    let running = MemoryMcp::new(service, Some(principal), "stdio")
         .serve(rmcp::transport::stdio())
         .await?;
     running.waiting().await?;

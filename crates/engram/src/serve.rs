@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use engram_core::keys::KeyService;
+use engram_core::service::SystemClock;
+use engram_server::auth::{AuthMode, RateLimitConfig};
 use engram_server::{AppState, ServerConfig};
 
 use crate::runtime::{StoreArgs, open_service};
@@ -23,15 +26,43 @@ pub struct ServeArgs {
     /// Per-request timeout in seconds.
     #[arg(long, env = "ENGRAM_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
-    /// Bearer token for MCP over HTTP at /mcp (unset: /mcp is off).
-    #[arg(long, env = "ENGRAM_MCP_TOKEN", hide_env_values = true)]
-    pub mcp_token: Option<String>,
-    /// Bind every MCP-over-HTTP session to this user.
-    #[arg(long, env = "ENGRAM_MCP_USER_ID")]
-    pub mcp_user_id: Option<String>,
+    /// Seconds shutdown waits for in-flight requests before exiting anyway.
+    #[arg(long, env = "ENGRAM_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+    /// Requests per minute per API key, unless the key sets its own (0: unlimited).
+    #[arg(long, env = "ENGRAM_RATE_LIMIT_PER_MINUTE", default_value_t = RateLimitConfig::default().per_minute)]
+    pub rate_limit_per_minute: u32,
+    /// Requests a key may send at once after being idle.
+    #[arg(long, env = "ENGRAM_RATE_LIMIT_BURST", default_value_t = RateLimitConfig::default().burst,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+    /// Turn authentication off: every request acts as the local operator.
+    /// For development on localhost only; refused on a non-loopback address.
+    #[arg(long, env = "ENGRAM_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     /// Browser origins allowed to call /mcp besides loopback (comma-separated).
     #[arg(long, env = "ENGRAM_MCP_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub mcp_allowed_origins: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Checks what clap cannot: combinations.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.insecure_no_auth && !self.listen.ip().is_loopback() {
+            bail!(
+                "--insecure-no-auth turns authentication off, so it is only allowed on a loopback address; \
+                 {} is not one. Create an API key (`engram keys create`) instead",
+                self.listen
+            );
+        }
+        if self.max_body_bytes < 1024 {
+            bail!("--max-body-bytes must be at least 1024");
+        }
+        if self.request_timeout_secs == 0 {
+            bail!("--request-timeout-secs must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 /// An exclusive lock on a data directory, held while a server or a CLI command uses it.
@@ -81,32 +112,47 @@ impl Drop for DirLock {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let _lock = DirLock::acquire(&args.store.data_dir, Some(addr))?;
     let (service, store) = open_service(&args.store).await?;
-    let state = AppState {
-        memory: service,
-        config: ServerConfig {
-            max_body_bytes: args.max_body_bytes,
-            request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
-            mcp: engram_server::mcp::McpHttpConfig {
-                token: args.mcp_token.clone().filter(|t| !t.is_empty()),
-                scope: engram_core::memory::Scope {
-                    user_id: args.mcp_user_id.clone(),
-                    ..Default::default()
-                },
-                allowed_origins: args.mcp_allowed_origins.clone(),
-            },
+    let keys = KeyService::new(std::sync::Arc::new(store.clone()), std::sync::Arc::new(SystemClock));
+    let auth = if args.insecure_no_auth {
+        tracing::warn!("authentication is OFF (--insecure-no-auth): every request acts as the local operator");
+        AuthMode::InsecureNoAuth
+    } else {
+        if keys.none_yet().await? {
+            eprintln!(
+                "No API keys yet: every request will be refused. Create the first admin key with\n\n    \
+                 engram keys create --data-dir {} --org <your-org> --role admin --name admin\n\n\
+                 (it is printed once), then send it as `Authorization: Bearer <key>`.",
+                args.store.data_dir.display()
+            );
+        }
+        AuthMode::Keys
+    };
+    let config = ServerConfig {
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
+        auth,
+        rate_limit: RateLimitConfig {
+            per_minute: args.rate_limit_per_minute,
+            burst: args.rate_limit_burst,
+        },
+        mcp: engram_server::mcp::McpHttpConfig {
+            allowed_origins: args.mcp_allowed_origins.clone(),
         },
     };
+    let state = AppState::new(service, keys, config);
     tracing::info!(%addr, data_dir = %args.store.data_dir.display(), "engram listening; LLM: none configured, ingest stores messages verbatim");
     // Printed on stdout so scripts (and tests) can find the port when listening on :0.
     println!("engram listening on http://{addr}");
-    engram_server::serve(listener, state, shutdown_signal()).await?;
-    tracing::info!("shutting down: saving the vector index");
+    let drained = engram_server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!(drained, "shutting down: saving the vector index");
     use engram_core::store::Store;
     store.flush().await?;
     tracing::info!("bye");

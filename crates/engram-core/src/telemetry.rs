@@ -1,0 +1,39 @@
+//! Metric names and recording, through the `metrics` facade (a no-op until a
+//! recorder is installed; the server installs a Prometheus one). Recording
+//! is not I/O: it updates in-process counters.
+
+use std::time::Duration;
+
+use crate::memory::Event;
+use crate::store::VectorPath;
+
+/// Seconds per search, whole service call (`path`: exact, hnsw, empty).
+pub const SEARCH_SECONDS: &str = "engram_search_duration_seconds";
+/// Seconds per search spent embedding the query.
+pub const QUERY_EMBED_SECONDS: &str = "engram_query_embedding_duration_seconds";
+/// Searches, by whether they returned at least one memory (`hit`: true/false).
+pub const SEARCHES: &str = "engram_searches_total";
+/// Tokens of the memories a search returned (what a caller injects into its prompt).
+pub const INJECTED_TOKENS: &str = "engram_search_injected_tokens";
+/// Memory operations by event (ADD, UPDATE, DELETE, NOOP): the consolidation mix.
+pub const MEMORY_EVENTS: &str = "engram_memory_operations_total";
+
+pub(crate) fn search(
+    path: VectorPath,
+    total: Duration,
+    embedding: Duration,
+    cached: bool,
+    hits: usize,
+    tokens: usize,
+) {
+    let path = path.as_str();
+    metrics::histogram!(SEARCH_SECONDS, "path" => path).record(total.as_secs_f64());
+    metrics::histogram!(QUERY_EMBED_SECONDS, "cached" => if cached { "true" } else { "false" })
+        .record(embedding.as_secs_f64());
+    metrics::counter!(SEARCHES, "hit" => if hits > 0 { "true" } else { "false" }).increment(1);
+    metrics::histogram!(INJECTED_TOKENS).record(tokens as f64);
+}
+
+pub(crate) fn memory_event(event: Event, n: u64) {
+    metrics::counter!(MEMORY_EVENTS, "event" => event.as_str()).increment(n);
+}

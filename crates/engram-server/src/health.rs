@@ -1,0 +1,50 @@
+//! `/healthz` (the process is up) and `/readyz` (it can serve: the store
+//! takes writes, the embedding model is loaded; the LLM's state is reported).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::AppState;
+
+/// Liveness: answers while the process runs.
+pub async fn healthz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::OK,
+        Json(json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "store": app.memory.store().backend(),
+        })),
+    )
+}
+
+/// Readiness: 200 when every check passes, 503 naming the failing one otherwise.
+pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+    let store = match app.memory.store().check_writable().await {
+        Ok(()) => json!({"status": "ok", "backend": app.memory.store().backend()}),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: store not writable");
+            json!({"status": "fail", "backend": app.memory.store().backend(), "detail": e.message})
+        }
+    };
+    let model = app.memory.embedder().model();
+    let embedder = json!({"status": "ok", "model": model.id, "dim": model.dim});
+    // No LLM client exists yet: ingest stores messages verbatim, which needs none.
+    let llm = json!({"status": "not_configured"});
+    let ready = store["status"] == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    metrics::gauge!("engram_ready").set(if ready { 1.0 } else { 0.0 });
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "checks": {"store": store, "embedder": embedder, "llm": llm},
+        })),
+    )
+}

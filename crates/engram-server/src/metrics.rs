@@ -1,0 +1,98 @@
+//! Prometheus metrics: the process-wide recorder, the HTTP middleware that
+//! times every request, and `GET /metrics`.
+//!
+//! Everything is pulled: nothing leaves the process unless something scrapes
+//! `/metrics`. The service records its own metrics (search latency by vector
+//! path, hit rate, injected tokens, memory operations; see
+//! [`engram_core::telemetry`]) through the same `metrics` facade.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Seconds per HTTP request, by method, route and status.
+pub const HTTP_SECONDS: &str = "engram_http_request_duration_seconds";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const TOKEN_BUCKETS: &[f64] = &[0.0, 25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process; later calls reuse it.
+/// `None` when another recorder was installed first (then `/metrics` is empty).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(engram_core::telemetry::INJECTED_TOKENS.into()),
+                        TOKEN_BUCKETS,
+                    )
+                });
+            match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Middleware: count and time every request by its route template (never the raw path).
+pub async fn layer(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| {
+            if req.uri().path().starts_with("/mcp") {
+                "/mcp".to_owned()
+            } else {
+                "unmatched".to_owned()
+            }
+        });
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::histogram!(HTTP_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+    metrics::counter!("engram_http_requests_total", &labels).increment(1);
+    resp
+}
+
+/// `GET /metrics`: Prometheus text format, store gauges refreshed on each scrape.
+pub async fn metrics_get(State(app): State<AppState>) -> Response {
+    match app.memory.store().stats().await {
+        Ok(stats) => {
+            metrics::gauge!("engram_memories").set(stats.memories as f64);
+            metrics::gauge!("engram_memory_versions").set(stats.versions as f64);
+            metrics::gauge!("engram_history_events").set(stats.history_events as f64);
+            metrics::gauge!("engram_store_bytes").set(stats.bytes as f64);
+            metrics::gauge!("engram_indexed_vectors").set(stats.indexed_vectors as f64);
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    metrics::gauge!("engram_llm_configured").set(0.0);
+    let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
