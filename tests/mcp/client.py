@@ -115,36 +115,57 @@ def free_port():
         return s.getsockname()[1]
 
 
+def create_key(data, env, *args):
+    out = subprocess.run([BIN, "keys", "create", "--data-dir", data, *args], env=env, check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 async def http_run(data):
     port = free_port()
-    env = {**os.environ, "ENGRAM_MODEL_DIR": MODEL, "ENGRAM_LOG": "warn", "ENGRAM_MCP_TOKEN": "s3cret"}
+    env = {**os.environ, "ENGRAM_MODEL_DIR": MODEL, "ENGRAM_LOG": "warn"}
+    admin = create_key(data, env, "--org", "acme", "--role", "admin")
+    dora = create_key(data, env, "--org", "acme", "--user", "dora")
+    eli = create_key(data, env, "--org", "acme", "--user", "eli")
     proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data], env=env, stdout=subprocess.PIPE)
     try:
         proc.stdout.readline()
         url = f"http://127.0.0.1:{port}/mcp"
         async with httpx.AsyncClient() as c:
             r = await c.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}})
-            check(r.status_code == 401, f"http: token-less request refused ({r.status_code})")
-            r = await c.post(url, headers={"Authorization": "Bearer s3cret", "Origin": "http://evil.example"}, json={})
+            check(r.status_code == 401, f"http: key-less request refused ({r.status_code})")
+            r = await c.post(url, headers={"Authorization": "Bearer engram_0123456789abcdef_" + "0" * 64}, json={})
+            check(r.status_code == 401, f"http: unknown key refused ({r.status_code})")
+            r = await c.post(url, headers={"Authorization": f"Bearer {admin}", "Origin": "http://evil.example"}, json={})
             check(r.status_code == 403, f"http: foreign Origin refused ({r.status_code})")
-        headers = {"Authorization": "Bearer s3cret"}
-        def client():
+        def client(key):
+            headers = {"Authorization": f"Bearer {key}"}
             return streamable_http_client(url, http_client=httpx.AsyncClient(headers=headers, timeout=60))
-        async with client() as (r, w):
+        async with client(admin) as (r, w):
             async with ClientSession(r, w) as s:
                 ms = await exercise(s, {"user_id": "carol"}, "http")
-        # Two clients with different scopes never see each other's memories.
-        async with client() as (r1, w1):
+        # Two keys bound to different users never see each other's memories.
+        async with client(dora) as (r1, w1):
             async with ClientSession(r1, w1) as a:
                 await a.initialize()
-                await a.call_tool("add_memory", {"text": "Dora's secret recipe uses saffron.", "user_id": "dora"})
-                async with client() as (r2, w2):
+                res = await a.call_tool("add_memory", {"text": "Dora's secret recipe uses saffron."})
+                check(res.structured_content["results"][0]["event"] == "ADD", "http: dora adds with her key's binding")
+                dora_id = res.structured_content["results"][0]["id"]
+                async with client(eli) as (r2, w2):
                     async with ClientSession(r2, w2) as b:
                         await b.initialize()
-                        res = await b.call_tool("search_memory", {"query": "saffron recipe", "user_id": "eli"})
-                        check(res.structured_content["results"] == [], "http: another scope sees nothing")
-                        res = await b.call_tool("list_memories", {"user_id": "eli"})
-                        check(res.structured_content["results"] == [], "http: another scope lists nothing")
+                        res = await b.call_tool("search_memory", {"query": "saffron recipe"})
+                        check(res.structured_content["results"] == [], "http: another key sees nothing")
+                        res = await b.call_tool("list_memories", {})
+                        check(res.structured_content["results"] == [], "http: another key lists nothing")
+                        res = await b.call_tool("search_memory", {"query": "saffron", "user_id": "dora"})
+                        check(res.is_error and "forbidden" in res.content[0].text, "http: naming another user is refused")
+                        res = await b.call_tool("get_memory", {"id": dora_id})
+                        check(res.is_error and "not_found" in res.content[0].text, "http: another key cannot get it")
+                        res = await b.call_tool("delete_memory", {"id": dora_id})
+                        check(res.is_error, "http: another key cannot delete it")
+                res = await a.call_tool("get_memory", {"id": dora_id})
+                check(res.structured_content["memory"] == "Dora's secret recipe uses saffron.", "http: dora's memory intact")
         return ms
     finally:
         proc.terminate()

@@ -119,11 +119,16 @@ impl Principal {
         ))
     }
 
-    fn conflict(field: ScopeField, bound: &str, named: &str) -> Error {
+    fn conflict(&self, field: ScopeField, bound: &str, named: &str) -> Error {
         let f = field.as_str();
+        let who = if self.key_id.is_some() {
+            "this API key"
+        } else {
+            "this server"
+        };
         Error::new(
             ErrorCode::Forbidden,
-            format!("this API key is bound to {f}={bound}; the request names {f}={named}"),
+            format!("{who} is bound to {f}={bound}; the request names {f}={named}"),
         )
     }
 
@@ -132,7 +137,7 @@ impl Principal {
     pub fn bind_scope(&self, mut scope: Scope) -> Result<Scope> {
         for (field, bound) in self.binding.iter() {
             match scope.get(field) {
-                Some(named) if named != bound => return Err(Self::conflict(field, bound, named)),
+                Some(named) if named != bound => return Err(self.conflict(field, bound, named)),
                 Some(_) => {}
                 None => scope.set(field, Some(bound.to_owned())),
             }
@@ -162,7 +167,7 @@ impl Principal {
                 op: StrOp::In(values),
             }) => match self.binding.get(*field) {
                 Some(bound) => match values.iter().find(|v| v.as_str() != bound) {
-                    Some(named) => Err(Self::conflict(*field, bound, named)),
+                    Some(named) => Err(self.conflict(*field, bound, named)),
                     None => Ok(()),
                 },
                 None => Ok(()),
@@ -234,7 +239,9 @@ mod tests {
         let p = key("acme", None, Role::ReadWrite);
         let s = p.bind_scope(scope(None, Some("alice"))).unwrap();
         assert_eq!(s, scope(Some("acme"), Some("alice")));
-        let e = p.bind_scope(scope(Some("globex"), Some("alice"))).unwrap_err();
+        let e = p
+            .bind_scope(scope(Some("globex"), Some("alice")))
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
         assert!(e.message.contains("org_id=acme"), "{}", e.message);
     }

@@ -168,7 +168,9 @@ impl KeyService {
             ));
         }
         if new.rate_limit == Some(0) {
-            return Err(Error::invalid("`rate_limit` must be at least 1 request per minute"));
+            return Err(Error::invalid(
+                "`rate_limit` must be at least 1 request per minute",
+            ));
         }
         let id = random_hex(8)?;
         let secret = random_hex(32)?;

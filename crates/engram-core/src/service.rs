@@ -679,14 +679,7 @@ impl MemoryService {
                 }),
             })
             .collect::<Vec<_>>();
-        telemetry::search(
-            path,
-            started.elapsed(),
-            embedded,
-            cached,
-            hits.len(),
-            used,
-        );
+        telemetry::search(path, started.elapsed(), embedded, cached, hits.len(), used);
         Ok(SearchOutput {
             hits,
             vector_path: path,
@@ -748,7 +741,8 @@ impl MemoryService {
         id: MemoryId,
         input: UpdateInput,
     ) -> Result<Memory> {
-        ctx.principal.require(Role::ReadWrite, "updating memories")?;
+        ctx.principal
+            .require(Role::ReadWrite, "updating memories")?;
         if input.text.is_none()
             && input.metadata.is_none()
             && input.categories.is_none()
@@ -822,7 +816,8 @@ impl MemoryService {
 
     /// Closes the current version of a memory; its history remains.
     pub async fn delete(&self, ctx: &RequestCtx, id: MemoryId) -> Result<()> {
-        ctx.principal.require(Role::ReadWrite, "deleting memories")?;
+        ctx.principal
+            .require(Role::ReadWrite, "deleting memories")?;
         let current = self.get(ctx, id).await?;
         let now = self.now();
         let history = self.history_event(
@@ -847,7 +842,8 @@ impl MemoryService {
 
     /// Deletes every visible memory matching `filter` (which must name a scope id). Returns how many.
     pub async fn delete_all(&self, ctx: &RequestCtx, filter: &Filter) -> Result<usize> {
-        ctx.principal.require(Role::ReadWrite, "deleting memories")?;
+        ctx.principal
+            .require(Role::ReadWrite, "deleting memories")?;
         let mut deleted = 0;
         loop {
             // Each round deletes what it listed, so the next listing starts over.

@@ -70,8 +70,7 @@ impl Clock for TokioClock {
     }
 }
 
-type Bucket =
-    RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
 
 /// One token bucket per key, each with the key's own rate (GCRA, via governor).
 pub struct RateLimits {
@@ -102,9 +101,9 @@ impl RateLimits {
         let burst = NonZeroU32::new(self.config.burst.min(per_minute.get()).max(1))?;
         let bucket = {
             let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = buckets.entry(key.clone()).or_insert_with(|| {
-                (per_minute.get(), Arc::new(bucket(per_minute, burst)))
-            });
+            let entry = buckets
+                .entry(key.clone())
+                .or_insert_with(|| (per_minute.get(), Arc::new(bucket(per_minute, burst))));
             if entry.0 != per_minute.get() {
                 *entry = (per_minute.get(), Arc::new(bucket(per_minute, burst)));
             }
@@ -175,8 +174,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn unauthorized(detail: &str) -> Response {
-    let mut resp =
-        ApiError::new(HttpCode::Core(ErrorCode::Unauthorized), detail).into_response();
+    let mut resp = ApiError::new(HttpCode::Core(ErrorCode::Unauthorized), detail).into_response();
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"engram\""),
@@ -241,12 +239,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let principal = parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
-            ApiError::new(
-                HttpCode::Core(ErrorCode::Unauthorized),
-                "this route needs an API key",
-            )
-        })?;
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    HttpCode::Core(ErrorCode::Unauthorized),
+                    "this route needs an API key",
+                )
+            })?;
         let request_id = parts
             .headers
             .get(crate::request_id::HEADER)
@@ -284,7 +286,10 @@ mod tests {
             key_id: Some("k".into()),
             ..Principal::operator()
         };
-        assert!(limits.charge(&Principal::operator()).is_none(), "operator is not limited");
+        assert!(
+            limits.charge(&Principal::operator()).is_none(),
+            "operator is not limited"
+        );
         assert_eq!(limits.charge(&p).unwrap().remaining, 1);
         assert_eq!(limits.charge(&p).unwrap().remaining, 0);
         let refused = limits.charge(&p).unwrap();

@@ -20,11 +20,11 @@ use engram_core::store::Cursor;
 use engram_core::{Error, ErrorCode};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
-    Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    Extensions, PaginatedRequestParams, Prompt, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
-    ServerConfig,
+    CallToolResult, ContentBlock, Extensions, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, PaginatedRequestParams, Prompt, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
@@ -387,14 +387,17 @@ means nothing relevant is stored.",
             let scope = try_tool!(self.scope(args.scope));
             let out = try_tool!(
                 self.memory
-                    .search(&ctx, SearchInput {
-                        query: args.query,
-                        filter: Filter::from_scope(&scope),
-                        top_k: Some(args.top_k.unwrap_or(10) as usize),
-                        threshold: None,
-                        token_budget: Some(0),
-                        explain: false,
-                    })
+                    .search(
+                        &ctx,
+                        SearchInput {
+                            query: args.query,
+                            filter: Filter::from_scope(&scope),
+                            top_k: Some(args.top_k.unwrap_or(10) as usize),
+                            threshold: None,
+                            token_budget: Some(0),
+                            explain: false,
+                        }
+                    )
                     .await
             );
             ok(&SearchOutput {
@@ -466,7 +469,10 @@ kind, scope, metadata and timestamps.",
         let detail = json!({"id": args.id});
         let result = async {
             let ctx = try_tool!(self.ctx(&ext, TOOL));
-            ok(&MemoryView::of(try_tool!(self.owned(&ctx, &args.id).await), None))
+            ok(&MemoryView::of(
+                try_tool!(self.owned(&ctx, &args.id).await),
+                None,
+            ))
         }
         .await;
         self.audit(&ext, "get_memory", &detail, &result);
@@ -495,9 +501,7 @@ memory's history. Returns the updated memory.",
                 ..Default::default()
             };
             ok(&MemoryView::of(
-                try_tool!(
-                    self.memory.update(&ctx, m.id, input).await
-                ),
+                try_tool!(self.memory.update(&ctx, m.id, input).await),
                 None,
             ))
         }
@@ -774,7 +778,6 @@ async fn guard(
     next.run(req).await
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,5 +793,4 @@ mod tests {
             &["https://app.example".to_owned()]
         ));
     }
-
 }

@@ -72,13 +72,14 @@ async fn memories_search(
         .search(
             &ctx,
             SearchInput {
-            query: req.query,
-            filter,
-            top_k: req.top_k,
-            threshold: req.threshold,
-            token_budget: req.token_budget,
-            explain: req.explain,
-        })
+                query: req.query,
+                filter,
+                top_k: req.top_k,
+                threshold: req.threshold,
+                token_budget: req.token_budget,
+                explain: req.explain,
+            },
+        )
         .await?;
     Ok(ApiJson(SearchResponse {
         results: out
@@ -166,9 +167,7 @@ async fn memories_update(
         categories: req.categories,
         expires_at,
     };
-    Ok(ApiJson(
-        app.memory.update(&ctx, id, input).await?.into(),
-    ))
+    Ok(ApiJson(app.memory.update(&ctx, id, input).await?.into()))
 }
 
 /// Delete a memory (its history is kept).

@@ -5,9 +5,13 @@ use std::sync::{Arc, OnceLock};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use engram_core::access::{Principal, Role};
 use engram_core::config::{IngestConfig, RetrievalConfig};
+use engram_core::keys::{KeyService, NewKey};
+use engram_core::memory::Scope;
 use engram_core::service::{MemoryService, SystemClock};
 use engram_embed::BertEmbedder;
+use engram_server::auth::{AuthMode, RateLimitConfig};
 use engram_server::{AppState, ServerConfig, app};
 use engram_sqlite::{SqliteOptions, SqliteStore};
 use http_body_util::BodyExt;
@@ -28,14 +32,24 @@ fn embedder() -> Arc<BertEmbedder> {
 
 struct TestApp {
     router: Router,
-    _dir: tempfile::TempDir,
+    keys: KeyService,
+    /// Sent with every request that has no `Authorization` of its own.
+    key: Option<String>,
+    dir: tempfile::TempDir,
 }
 
+/// An app whose requests carry an admin key bound to org `acme` (or, with
+/// `InsecureNoAuth`, no key: the operator).
 async fn test_app_with(config: ServerConfig) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default())
         .await
         .unwrap();
+    let keys = KeyService::new(Arc::new(store.clone()), Arc::new(SystemClock));
+    let key = match config.auth {
+        AuthMode::Keys => Some(create_key(&keys, "acme", None, Role::Admin).await),
+        AuthMode::InsecureNoAuth => None,
+    };
     let memory = MemoryService::new(
         Arc::new(store),
         embedder(),
@@ -47,9 +61,25 @@ async fn test_app_with(config: ServerConfig) -> TestApp {
     .await
     .unwrap();
     TestApp {
-        router: app(AppState { memory, config }),
-        _dir: dir,
+        router: app(AppState::new(memory, keys.clone(), config)),
+        keys,
+        key,
+        dir,
     }
+}
+
+async fn create_key(keys: &KeyService, org: &str, user: Option<&str>, role: Role) -> String {
+    let new = NewKey {
+        name: format!("{org} {role}"),
+        role: Some(role),
+        binding: Scope {
+            org_id: Some(org.into()),
+            user_id: user.map(Into::into),
+            ..Default::default()
+        },
+        rate_limit: None,
+    };
+    keys.create(&Principal::operator(), new).await.unwrap().1
 }
 
 async fn test_app() -> TestApp {
@@ -57,9 +87,25 @@ async fn test_app() -> TestApp {
 }
 
 impl TestApp {
-    async fn send(&self, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+    async fn send(&self, mut req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+        if let Some(key) = &self.key
+            && !req.headers().contains_key(header::AUTHORIZATION)
+        {
+            let v = format!("Bearer {key}").parse().unwrap();
+            req.headers_mut().insert(header::AUTHORIZATION, v);
+        }
+        let (status, ctype, _, body) = self.send_raw(req).await;
+        (status, ctype, body)
+    }
+
+    /// The request as given; also returns the response headers.
+    async fn send_raw(
+        &self,
+        req: Request<Body>,
+    ) -> (StatusCode, Option<String>, axum::http::HeaderMap, Value) {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
+        let headers = resp.headers().clone();
         let ctype = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -69,9 +115,33 @@ impl TestApp {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        (status, ctype, body)
+        (status, ctype, headers, body)
+    }
+
+    /// `call` with a given key (`None`: no credentials at all).
+    async fn call_as(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(k) = key {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let (status, _, _, v) = self.send_raw(req.body(body).unwrap()).await;
+        (status, v)
     }
 
     async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -393,8 +463,10 @@ async fn explanations_and_token_budget() {
 
 #[tokio::test]
 async fn bad_input_is_problem_json_and_writes_nothing() {
+    // As the operator (no binding), so a write without ids is `missing_scope`.
     let t = test_app_with(ServerConfig {
         max_body_bytes: 4096,
+        auth: AuthMode::InsecureNoAuth,
         ..Default::default()
     })
     .await;
@@ -645,4 +717,336 @@ async fn request_ids_are_echoed_and_openapi_is_served() {
     }
     let (s, health) = t.call("GET", "/healthz", None).await;
     assert_eq!((s, health["status"].as_str()), (StatusCode::OK, Some("ok")));
+}
+
+#[tokio::test]
+async fn keys_authenticate_and_bind_every_request() {
+    let t = test_app().await;
+    let admin = t.key.clone().unwrap();
+    // No key, a malformed key, a wrong secret: 401 problem+json with a challenge.
+    let forged = format!("{}{}", &admin[..admin.len() - 4], "0000");
+    for key in [None, Some("nonsense"), Some(forged.as_str())] {
+        let req = Request::builder()
+            .uri("/v1/memories?user_id=alice")
+            .header(
+                header::AUTHORIZATION,
+                key.map(|k| format!("Bearer {k}")).unwrap_or_default(),
+            )
+            .body(Body::empty())
+            .unwrap();
+        let (status, ctype, headers, body) = t.send_raw(req).await;
+        assert_problem(
+            status,
+            ctype.as_deref(),
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+    }
+    // Probes and the API description need no key.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let (s, _) = t.call_as(None, "GET", path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+    }
+
+    // Mem0-style headers work too.
+    let req = Request::builder()
+        .uri("/v1/memories?user_id=alice")
+        .header("x-api-key", &admin)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(t.send_raw(req).await.0, StatusCode::OK);
+
+    // alice's key (read_write, bound to acme/alice), a read-only key, another org's key.
+    let alice = create_key(&t.keys, "acme", Some("alice"), Role::ReadWrite).await;
+    let reader = create_key(&t.keys, "acme", None, Role::ReadOnly).await;
+    let globex = create_key(&t.keys, "globex", None, Role::Admin).await;
+
+    let (s, added) = t
+        .call_as(
+            Some(&alice),
+            "POST",
+            "/v1/memories",
+            Some(json!({"text": "Alice keeps bees on the roof"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{added}");
+    let id = added["results"][0]["id"].as_str().unwrap().to_owned();
+    let (_, m) = t
+        .call_as(Some(&alice), "GET", &format!("/v1/memories/{id}"), None)
+        .await;
+    assert_eq!(
+        (m["org_id"].as_str(), m["user_id"].as_str()),
+        (Some("acme"), Some("alice")),
+        "the binding's ids are stamped on the memory: {m}"
+    );
+    t.call_as(
+        Some(&admin),
+        "POST",
+        "/v1/memories",
+        Some(json!({"text": "Bob keeps bees too", "user_id": "bob"})),
+    )
+    .await;
+
+    // Naming ids outside the binding is 403 and changes nothing.
+    for (method, uri, body) in [
+        (
+            "POST",
+            "/v1/memories",
+            Some(json!({"text": "x", "user_id": "bob"})),
+        ),
+        (
+            "POST",
+            "/v1/memories/search",
+            Some(json!({"query": "bees", "user_id": "bob"})),
+        ),
+        (
+            "POST",
+            "/v1/memories/search",
+            Some(
+                json!({"query": "bees", "filters": {"OR": [{"user_id": "alice"}, {"user_id": "bob"}]}}),
+            ),
+        ),
+        ("GET", "/v1/memories?user_id=bob", None),
+        ("DELETE", "/v1/memories?org_id=globex", None),
+    ] {
+        let (s, body) = t.call_as(Some(&alice), method, uri, body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {uri}: {body}");
+        assert_eq!(body["code"], "forbidden");
+    }
+    // Searching without ids sees only the binding.
+    let (_, found) = t
+        .call_as(
+            Some(&alice),
+            "POST",
+            "/v1/memories/search",
+            Some(json!({"query": "who keeps bees?"})),
+        )
+        .await;
+    let users: Vec<&str> = found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, vec!["alice"], "{found}");
+    // Another org cannot see, change or even confirm alice's memory.
+    for (method, uri) in [
+        ("GET", format!("/v1/memories/{id}")),
+        ("GET", format!("/v1/memories/{id}/history")),
+        ("DELETE", format!("/v1/memories/{id}")),
+    ] {
+        let (s, body) = t.call_as(Some(&globex), method, &uri, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {uri}: {body}");
+    }
+    let (s, _) = t
+        .call_as(
+            Some(&globex),
+            "PATCH",
+            &format!("/v1/memories/{id}"),
+            Some(json!({"text": "hacked"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The read-only key reads but cannot write.
+    let (s, _) = t
+        .call_as(Some(&reader), "GET", "/v1/memories?user_id=alice", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = t
+        .call_as(Some(&reader), "DELETE", &format!("/v1/memories/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (_, m) = t
+        .call_as(Some(&alice), "GET", &format!("/v1/memories/{id}"), None)
+        .await;
+    assert_eq!(m["memory"], "Alice keeps bees on the roof", "unchanged");
+
+    // Key management: admin only, within its own org.
+    let (s, _) = t.call_as(Some(&alice), "GET", "/v1/keys", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, body) = t
+        .call_as(
+            Some(&admin),
+            "POST",
+            "/v1/keys",
+            Some(json!({"name": "x", "org_id": "globex"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, created) = t
+        .call_as(
+            Some(&admin),
+            "POST",
+            "/v1/keys",
+            Some(json!({"name": "ci", "user_id": "carol", "role": "read_only"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (created["org_id"].as_str(), created["role"].as_str()),
+        (Some("acme"), Some("read_only"))
+    );
+    let carol = created["key"].as_str().unwrap().to_owned();
+    let (s, _) = t.call_as(Some(&carol), "GET", "/v1/memories", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, listed) = t.call_as(Some(&admin), "GET", "/v1/keys", None).await;
+    let ids: Vec<&str> = listed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&created["id"].as_str().unwrap()));
+    assert!(
+        listed.to_string().find(&carol[30..]).is_none(),
+        "secrets are never listed"
+    );
+    assert_eq!(
+        ids.len(),
+        4,
+        "acme's keys only (admin, alice, reader, carol): {listed}"
+    );
+    let (s, _) = t
+        .call_as(
+            Some(&globex),
+            "DELETE",
+            &format!("/v1/keys/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "another org's admin cannot revoke it"
+    );
+    let (s, revoked) = t
+        .call_as(
+            Some(&admin),
+            "DELETE",
+            &format!("/v1/keys/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(revoked["revoked_at"].is_string());
+    let (s, _) = t.call_as(Some(&carol), "GET", "/v1/memories", None).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a revoked key stops working at once"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_headers() {
+    let t = test_app_with(ServerConfig {
+        rate_limit: RateLimitConfig {
+            per_minute: 1,
+            burst: 2,
+        },
+        ..Default::default()
+    })
+    .await;
+    let req = || {
+        Request::builder()
+            .uri("/v1/memories?user_id=alice")
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", t.key.as_ref().unwrap()),
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, _, h, _) = t.send_raw(req()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["ratelimit-limit"], "1");
+    assert_eq!(h["ratelimit-remaining"], "0");
+    let (s, ctype, h, body) = t.send_raw(req()).await;
+    assert_problem(
+        s,
+        ctype.as_deref(),
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((50..=60).contains(&retry), "retry-after {retry}");
+    assert_eq!(h["ratelimit-remaining"], "0");
+    // Probes are never limited.
+    let (s, _) = t.call_as(None, "GET", "/healthz", None).await;
+    assert_eq!(s, StatusCode::OK);
+    // Another key has its own bucket.
+    let other = create_key(&t.keys, "acme", None, Role::ReadOnly).await;
+    let (s, _) = t
+        .call_as(Some(&other), "GET", "/v1/memories?user_id=alice", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_the_store_cannot_take_writes() {
+    let t = test_app().await;
+    let (s, ready) = t.call_as(None, "GET", "/readyz", None).await;
+    assert_eq!(s, StatusCode::OK, "{ready}");
+    assert_eq!(ready["checks"]["store"]["status"], "ok");
+    assert_eq!(ready["checks"]["llm"]["status"], "not_configured");
+    let other = rusqlite::Connection::open(t.dir.path().join(engram_sqlite::DB_FILE)).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let (s, ready) = t.call_as(None, "GET", "/readyz", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["status"], "not_ready");
+    assert_eq!(ready["checks"]["store"]["status"], "fail");
+    assert!(
+        ready["checks"]["store"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("locked"),
+        "{ready}"
+    );
+    let (s, _) = t.call_as(None, "GET", "/healthz", None).await;
+    assert_eq!(s, StatusCode::OK, "liveness is unaffected");
+    other.execute_batch("ROLLBACK;").unwrap();
+    let (s, _) = t.call_as(None, "GET", "/readyz", None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_count_routes_searches_and_operations() {
+    let t = test_app().await;
+    t.call(
+        "POST",
+        "/v1/memories",
+        Some(json!({"text": "Metrics Mia drinks mate", "user_id": "mia"})),
+    )
+    .await;
+    t.call(
+        "POST",
+        "/v1/memories/search",
+        Some(json!({"query": "what does Mia drink?", "user_id": "mia"})),
+    )
+    .await;
+    t.call(
+        "POST",
+        "/v1/memories/search",
+        Some(json!({"query": "anything", "user_id": "nobody-metrics"})),
+    )
+    .await;
+    let (s, text) = t.call_as(None, "GET", "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    for needle in [
+        "engram_http_requests_total{method=\"POST\",route=\"/v1/memories/search\",status=\"200\"}",
+        "engram_http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/memories\"",
+        "engram_search_duration_seconds_bucket{path=\"exact\"",
+        "engram_searches_total{hit=\"true\"}",
+        "engram_searches_total{hit=\"false\"}",
+        "engram_search_injected_tokens_bucket",
+        "engram_memory_operations_total{event=\"ADD\"}",
+        "engram_memories ",
+        "engram_store_bytes ",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use engram_core::access::Principal;
 use engram_core::config::{IngestConfig, RetrievalConfig};
 use engram_core::memory::Scope;
 use engram_core::service::{MemoryService, SystemClock};
@@ -50,7 +51,7 @@ async fn tools_scope_and_errors() {
         ..Default::default()
     };
     let server = tokio::spawn(async move {
-        let running = MemoryMcp::new(svc, bound, "test")
+        let running = MemoryMcp::new(svc, Some(Principal::operator_bound(bound)), "test")
             .serve(server_io)
             .await
             .unwrap();

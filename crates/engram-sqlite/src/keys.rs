@@ -15,8 +15,7 @@ use rusqlite::{Connection, params};
 
 use crate::{DB_FILE, SqliteStore, db_err, lock, open_conn, ts};
 
-const KEY_COLUMNS: &str =
-    "id, name, role, org_id, app_id, user_id, agent_id, rate_limit, created_at, created_by, revoked_at, secret_hash";
+const KEY_COLUMNS: &str = "id, name, role, org_id, app_id, user_id, agent_id, rate_limit, created_at, created_by, revoked_at, secret_hash";
 
 fn row_to_key(row: &rusqlite::Row<'_>) -> Result<(ApiKey, String)> {
     let get_err = |e: rusqlite::Error| Error::store(format!("reading key row: {e}"));

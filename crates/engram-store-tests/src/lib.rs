@@ -805,7 +805,10 @@ pub async fn keys_round_trip(f: Fixture) {
     assert!(!keys.key_revoke("00000000000000cc", at).await.unwrap());
     let (revoked, _) = keys.key_get(&a.id).await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(at));
-    assert_eq!(keys.key_get(&b.id).await.unwrap().unwrap().0.revoked_at, None);
+    assert_eq!(
+        keys.key_get(&b.id).await.unwrap().unwrap().0.revoked_at,
+        None
+    );
 }
 
 /// A healthy store reports itself writable.

@@ -366,13 +366,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .search(
                         &RequestCtx::operator("bench"),
                         SearchInput {
-                        query: q.clone(),
-                        filter,
-                        top_k: Some(10),
-                        threshold: None,
-                        token_budget: None,
-                        explain: false,
-                    })
+                            query: q.clone(),
+                            filter,
+                            top_k: Some(10),
+                            threshold: None,
+                            token_budget: None,
+                            explain: false,
+                        },
+                    )
                     .await?;
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
                 *paths.entry(out.vector_path.as_str()).or_default() += 1;

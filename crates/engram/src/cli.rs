@@ -255,20 +255,26 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
         if let Some(b) = args.budget {
             body.insert("token_budget".into(), json!(b));
         }
-        post(&args.target.client, "/v1/memories/search", &Value::Object(body)).await?
+        post(
+            &args.target.client,
+            "/v1/memories/search",
+            &Value::Object(body),
+        )
+        .await?
     } else {
         let (service, _lock) = local(&args.target).await?;
         let out = service
             .search(
                 &cli_ctx(),
                 SearchInput {
-                query,
-                filter: Filter::from_scope(&args.scope.scope()),
-                top_k: Some(args.top_k),
-                threshold: None,
-                token_budget: args.budget,
-                explain: args.explain,
-            })
+                    query,
+                    filter: Filter::from_scope(&args.scope.scope()),
+                    top_k: Some(args.top_k),
+                    threshold: None,
+                    token_budget: args.budget,
+                    explain: args.explain,
+                },
+            )
             .await?;
         let results: Vec<Value> = out
             .hits

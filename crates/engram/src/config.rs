@@ -197,7 +197,11 @@ pub fn print(cmd: &Command, matches: &ArgMatches, file: Option<&FileConfig>) -> 
         } else {
             format!(
                 "[{}]",
-                values.iter().map(|v| toml_literal(v)).collect::<Vec<_>>().join(", ")
+                values
+                    .iter()
+                    .map(|v| toml_literal(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         rows.push((key, value, source));

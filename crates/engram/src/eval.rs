@@ -505,13 +505,14 @@ async fn ask_all(
                 .search(
                     &ctx,
                     SearchInput {
-                    query: question.to_owned(),
-                    filter: filter.clone(),
-                    top_k: Some(max_k.min(100)),
-                    threshold: None,
-                    token_budget: Some(0),
-                    explain: false,
-                })
+                        query: question.to_owned(),
+                        filter: filter.clone(),
+                        top_k: Some(max_k.min(100)),
+                        threshold: None,
+                        token_budget: Some(0),
+                        explain: false,
+                    },
+                )
                 .await?
                 .hits;
             // A turn split into several memories counts once, at its best rank.

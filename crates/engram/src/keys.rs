@@ -107,7 +107,10 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             };
             let (key, token) = keys.create(&operator, new).await?;
             if args.dir.json {
-                println!("{}", json!({"key": token, "id": key.id, "role": key.role, "binding": key.binding, "name": key.name}));
+                println!(
+                    "{}",
+                    json!({"key": token, "id": key.id, "role": key.role, "binding": key.binding, "name": key.name})
+                );
             } else {
                 println!("{token}");
                 eprintln!(

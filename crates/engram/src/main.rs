@@ -14,7 +14,15 @@ use clap::{CommandFactory, FromArgMatches};
 
 /// Parses flags, `ENGRAM_*` variables and the config file into the CLI, or
 /// prints why not (clap's own errors and `--help` exit here).
-fn parse() -> Result<(cli::Cli, clap::Command, clap::ArgMatches, Option<config::FileConfig>), String> {
+fn parse() -> Result<
+    (
+        cli::Cli,
+        clap::Command,
+        clap::ArgMatches,
+        Option<config::FileConfig>,
+    ),
+    String,
+> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut cmd = cli::Cli::command();
     let file = match config::config_path(&args) {

@@ -119,9 +119,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let _lock = DirLock::acquire(&args.store.data_dir, Some(addr))?;
     let (service, store) = open_service(&args.store).await?;
-    let keys = KeyService::new(std::sync::Arc::new(store.clone()), std::sync::Arc::new(SystemClock));
+    let keys = KeyService::new(
+        std::sync::Arc::new(store.clone()),
+        std::sync::Arc::new(SystemClock),
+    );
     let auth = if args.insecure_no_auth {
-        tracing::warn!("authentication is OFF (--insecure-no-auth): every request acts as the local operator");
+        tracing::warn!(
+            "authentication is OFF (--insecure-no-auth): every request acts as the local operator"
+        );
         AuthMode::InsecureNoAuth
     } else {
         if keys.none_yet().await? {

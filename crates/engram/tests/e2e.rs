@@ -12,10 +12,24 @@ const BIN: &str = env!("CARGO_BIN_EXE_engram");
 struct Server {
     child: Child,
     url: String,
+    /// An admin key bound to org `acme`.
+    key: String,
+}
+
+/// `engram keys create` on a data directory; returns the key.
+fn create_key(data: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = cli(&[
+        &["keys", "create", "--data-dir", data.to_str().unwrap()],
+        args,
+    ]
+    .concat());
+    assert!(ok, "{err}");
+    out.trim().to_owned()
 }
 
 impl Server {
     fn start(data: &Path) -> Server {
+        let key = create_key(data, &["--org", "acme", "--role", "admin"]);
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
@@ -34,7 +48,7 @@ impl Server {
             .strip_prefix("engram listening on ")
             .unwrap_or_else(|| panic!("unexpected: {line}"))
             .to_owned();
-        Server { child, url }
+        Server { child, url, key }
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -83,7 +97,10 @@ async fn serve_add_search_shutdown_restart() {
     let server = Server::start(&data);
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| {
-        let req = http.post(format!("{}{path}", server.url)).json(&body);
+        let req = http
+            .post(format!("{}{path}", server.url))
+            .bearer_auth(&server.key)
+            .json(&body);
         async move {
             let resp = req.send().await.expect("request");
             let status = resp.status();
@@ -138,6 +155,8 @@ async fn serve_add_search_shutdown_restart() {
         "search",
         "--url",
         &server.url,
+        "--api-key",
+        &server.key,
         "--user",
         "alice",
         "vegetarian food",
@@ -167,6 +186,8 @@ async fn serve_add_search_shutdown_restart() {
         "add",
         "--data-dir",
         data_s,
+        "--org",
+        "acme",
         "--user",
         "carol",
         "Carol",
@@ -180,10 +201,10 @@ async fn serve_add_search_shutdown_restart() {
     std::fs::write(
         &file,
         [
-            json!({"text": "Dave runs marathons", "user_id": "dave"}).to_string(),
+            json!({"text": "Dave runs marathons", "user_id": "dave", "org_id": "acme"}).to_string(),
             String::new(),
-            json!({"messages": [{"role": "user", "content": "Dave is learning Rust"}], "user_id": "dave", "metadata": {"src": "import"}}).to_string(),
-            json!({"text": "Dave runs marathons", "user_id": "dave"}).to_string(),
+            json!({"messages": [{"role": "user", "content": "Dave is learning Rust"}], "user_id": "dave", "org_id": "acme", "metadata": {"src": "import"}}).to_string(),
+            json!({"text": "Dave runs marathons", "user_id": "dave", "org_id": "acme"}).to_string(),
         ]
         .join("\n"),
     )
@@ -196,7 +217,10 @@ async fn serve_add_search_shutdown_restart() {
     );
 
     let server = Server::start(&data);
-    let resp = reqwest::get(format!("{}/v1/memories?user_id=dave", server.url))
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/memories?user_id=dave", server.url))
+        .bearer_auth(&server.key)
+        .send()
         .await
         .unwrap();
     let listed: Value = resp.json().await.unwrap();
