@@ -36,6 +36,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     }
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let started = std::time::Instant::now();
+    span.in_scope(|| tracing::debug!("request started"));
     let mut resp = REQUEST_ID
         .scope(id.clone(), next.run(req))
         .instrument(span.clone())

@@ -1,0 +1,382 @@
+//! Operability of the real binary: graceful shutdown drains in-flight
+//! requests and refuses new ones; `kill -9` at random moments loses no
+//! acknowledged write and leaves a database that passes `integrity_check`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_engram");
+
+struct Server {
+    child: Child,
+    url: String,
+    addr: String,
+    /// Lines the server logs on stderr.
+    log: mpsc::Receiver<String>,
+}
+
+fn create_key(data: &Path) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "create",
+            "--org",
+            "acme",
+            "--role",
+            "admin",
+            "--data-dir",
+        ])
+        .arg(data)
+        .env("ENGRAM_LOG", "warn")
+        .output()
+        .expect("engram keys create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl Server {
+    fn start(data: &Path, log_filter: &str) -> Server {
+        let mut child = Command::new(BIN)
+            // The checks below read every memory back quickly: no rate limit.
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--rate-limit-per-minute",
+                "0",
+                "--data-dir",
+            ])
+            .arg(data)
+            .env("ENGRAM_LOG", log_filter)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start engram serve");
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("engram listening on ")
+            .unwrap_or_else(|| panic!("unexpected: {line}"))
+            .to_owned();
+        let addr = url.trim_start_matches("http://").to_owned();
+        Server {
+            child,
+            url,
+            addr,
+            log,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+    }
+
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until a log line contains every needle.
+    fn wait_for_log(&self, needles: &[&str], limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while let Ok(line) = self
+            .log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if needles.iter().all(|n| line.contains(n)) {
+                return;
+            }
+        }
+        panic!("no log line with {needles:?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = create_key(&data);
+    let mut server = Server::start(&data, "warn,engram_server::request_id=debug");
+    // A slow request: 100 long turns to embed.
+    let messages: Vec<Value> = (0..100)
+        .map(|i| {
+            let turn = format!(
+                "Turn {i}: the quarterly planning notes mention budget line {i}, the Lisbon office move, \
+                 hiring for the data team and a long discussion about on-call rotations. "
+            )
+            .repeat(8);
+            json!({"role": "user", "content": turn})
+        })
+        .collect();
+    let body = json!({"messages": messages, "user_id": "drain"});
+    let http = reqwest::Client::new();
+    let slow = tokio::spawn({
+        let req = http
+            .post(format!("{}/v1/memories", server.url))
+            .bearer_auth(&key)
+            .json(&body);
+        async move {
+            let resp = req
+                .send()
+                .await
+                .expect("the in-flight request gets an answer");
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    });
+    server.wait_for_log(
+        &["request started", "path=/v1/memories"],
+        Duration::from_secs(30),
+    );
+    server.signal("-TERM");
+    // New connections are refused while the slow request is still running.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpStream::connect(&server.addr).await {
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                break;
+            }
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    assert!(
+        !slow.is_finished(),
+        "the slow request must still be in flight (make it slower)"
+    );
+    let (status, added) = slow.await.unwrap();
+    assert!(status.is_success(), "{status} {added}");
+    let n = added["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event"] == "ADD")
+        .count();
+    assert!(n >= 10, "{added}");
+    let exit = server.wait(Duration::from_secs(30));
+    assert!(exit.success(), "exit 0 after draining: {exit:?}");
+
+    // What the drained request wrote is there after a restart.
+    let server = Server::start(&data, "warn");
+    let resp = http
+        .get(format!(
+            "{}/v1/memories?user_id=drain&limit=1000",
+            server.url
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = resp.json().await.unwrap();
+    assert_eq!(listed["results"].as_array().unwrap().len(), n);
+}
+
+/// xorshift64*.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// A sentence unlike its neighbours, so near-duplicate detection keeps each one.
+fn sentence(n: u64) -> String {
+    const WORDS: [&str; 32] = [
+        "harbour",
+        "violin",
+        "glacier",
+        "pepper",
+        "lantern",
+        "orchid",
+        "tractor",
+        "meteor",
+        "saddle",
+        "cobalt",
+        "walnut",
+        "sapphire",
+        "tundra",
+        "pelican",
+        "quartz",
+        "biscuit",
+        "canyon",
+        "falcon",
+        "marble",
+        "nectar",
+        "origami",
+        "pistachio",
+        "rhubarb",
+        "sequoia",
+        "thimble",
+        "umbrella",
+        "velvet",
+        "wombat",
+        "yogurt",
+        "zeppelin",
+        "anchor",
+        "bamboo",
+    ];
+    let mut state = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let words: Vec<&str> = (0..7)
+        .map(|_| WORDS[(next(&mut state) % WORDS.len() as u64) as usize])
+        .collect();
+    format!("Record {n}: {}.", words.join(" "))
+}
+
+fn integrity_check(data: &Path) -> String {
+    let conn = rusqlite::Connection::open(data.join("engram.db")).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_never_loses_an_acknowledged_write() {
+    let rounds: usize = std::env::var("ENGRAM_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7)
+        | 1;
+    eprintln!("kill -9: seed {seed}, {rounds} rounds");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = create_key(&data);
+    let http = reqwest::Client::new();
+    let mut acked: Vec<(String, Option<String>)> = Vec::new();
+    let mut in_doubt = 0usize;
+    for round in 0..rounds {
+        let server = Server::start(&data, "warn");
+        // Everything acknowledged so far is there, with its text.
+        for (id, text) in &acked {
+            let resp = http
+                .get(format!("{}/v1/memories/{id}", server.url))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.status(),
+                200,
+                "round {round}: acknowledged memory {id} is missing"
+            );
+            let m: Value = resp.json().await.unwrap();
+            if let Some(text) = text {
+                assert_eq!(m["memory"].as_str(), Some(text.as_str()));
+            }
+        }
+        // Stream adds from two clients; kill -9 at a random moment.
+        let kill_after = Duration::from_millis(50 + next(&mut seed) % 400);
+        let writers: Vec<_> = (0..2)
+            .map(|c| {
+                let (http, url, key) = (http.clone(), server.url.clone(), key.clone());
+                let c = c as u64;
+                tokio::spawn(async move {
+                    let mut ok = Vec::new();
+                    let mut failed = 0;
+                    for i in 0u64.. {
+                        let text = sentence(round as u64 * 100_000 + c * 10_000 + i);
+                        let sent = http
+                            .post(format!("{url}/v1/memories"))
+                            .bearer_auth(&key)
+                            .json(&json!({"text": &text, "user_id": format!("u{c}")}))
+                            .send()
+                            .await;
+                        let Ok(resp) = sent else {
+                            failed += 1;
+                            break;
+                        };
+                        if resp.status() != 200 {
+                            failed += 1;
+                            break;
+                        }
+                        let Ok(body) = resp.json::<Value>().await else {
+                            failed += 1;
+                            break;
+                        };
+                        let id = body["results"][0]["id"].as_str().unwrap().to_owned();
+                        // A near-duplicate (NOOP) acknowledges an existing memory: it must exist too.
+                        let text = (body["results"][0]["event"] == "ADD").then_some(text);
+                        ok.push((id, text));
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        tokio::time::sleep(kill_after).await;
+        server.signal("-KILL");
+        for w in writers {
+            let (ok, failed) = w.await.unwrap();
+            acked.extend(ok);
+            in_doubt += failed;
+        }
+        drop(server);
+        let report = integrity_check(&data);
+        assert_eq!(report, "ok", "round {round}: integrity_check after kill -9");
+    }
+    // A last start: every acknowledged write is found by search as well.
+    let server = Server::start(&data, "warn");
+    let added: Vec<_> = acked
+        .iter()
+        .filter_map(|(id, t)| Some((id, t.as_ref()?)))
+        .collect();
+    for (id, text) in added.iter().rev().take(20) {
+        let resp = http
+            .post(format!("{}/v1/memories/search", server.url))
+            .bearer_auth(&key)
+            .json(&json!({"query": text, "filters": {"user_id": {"in": ["u0", "u1"]}}, "top_k": 3}))
+            .send()
+            .await
+            .unwrap();
+        let hits: Value = resp.json().await.unwrap();
+        assert_eq!(
+            hits["results"][0]["id"].as_str(),
+            Some(id.as_str()),
+            "{hits}"
+        );
+    }
+    eprintln!(
+        "kill -9: {rounds} rounds, {} acknowledged writes all present after restart, {in_doubt} requests cut off unanswered, integrity_check ok each round",
+        acked.len()
+    );
+    assert!(acked.len() >= rounds * 2, "too few writes to mean anything");
+}
