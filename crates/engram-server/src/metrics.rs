@@ -41,7 +41,7 @@ pub fn install() -> Option<PrometheusHandle> {
                         TOKEN_BUCKETS,
                     )
                 });
-            match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+            match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => Some(handle),
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");

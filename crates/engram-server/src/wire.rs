@@ -106,18 +106,21 @@ pub struct AddResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    #[schema(min_length = 1)]
     pub query: String,
     /// Mem0 filter language; must name at least one scope id. Top-level scope ids are ANDed in.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub filters: Option<Value>,
     pub user_id: Option<String>,
     pub agent_id: Option<String>,
     pub run_id: Option<String>,
     pub org_id: Option<String>,
     pub app_id: Option<String>,
-    /// Most results to return (default 10).
+    /// Most results to return (default 10, at most the server's maximum, 100 by default).
+    #[schema(minimum = 1)]
     pub top_k: Option<usize>,
     /// Lowest final score returned, in [0, 1].
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub threshold: Option<f32>,
     /// Token budget for the returned memories (0 = unlimited; default from the server config).
     pub token_budget: Option<usize>,

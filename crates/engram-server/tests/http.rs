@@ -866,6 +866,20 @@ async fn keys_authenticate_and_bind_every_request() {
     // Key management: admin only, within its own org.
     let (s, _) = t.call_as(Some(&alice), "GET", "/v1/keys", None).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    let admin_id = &admin["engram_".len().."engram_".len() + 16];
+    let (s, body) = t
+        .call_as(
+            Some(&admin),
+            "DELETE",
+            &format!("/v1/keys/{admin_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a key cannot revoke itself: {body}"
+    );
     let (s, body) = t
         .call_as(
             Some(&admin),

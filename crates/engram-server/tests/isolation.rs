@@ -341,7 +341,7 @@ async fn no_operation_crosses_a_key_binding() {
         );
         // Memories this op returned, by id.
         let mut returned: Vec<String> = Vec::new();
-        let mut ok = true;
+        let ok;
         if op < 30 {
             // add
             let text = format!("{} {} ({n})", rng.pick(&USERS), rng.pick(&TEXTS));

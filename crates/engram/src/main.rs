@@ -64,7 +64,13 @@ fn main() -> std::process::ExitCode {
         print!("{}", config::print(c, m, file.as_ref()));
         return std::process::ExitCode::SUCCESS;
     }
-    runtime::init_tracing(&cli.log);
+    let _tracing = match runtime::init_tracing(&cli.log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -33,21 +33,98 @@ pub struct LogArgs {
         global = true
     )]
     pub json: bool,
+    /// Send spans to this OpenTelemetry collector over OTLP/HTTP (e.g.
+    /// `http://127.0.0.1:4318`). Needs a build with `--features otlp`; unset, nothing is sent.
+    #[arg(long, env = "ENGRAM_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
-pub fn init_tracing(log: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Keeps the tracing pipeline alive; on drop, flushes spans still queued for OTLP.
+pub struct TracingGuard {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// Logs to stderr (text, or JSON lines), and optionally spans to an OTLP collector.
+pub fn init_tracing(log: &LogArgs) -> anyhow::Result<TracingGuard> {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .map_err(|e| anyhow::anyhow!("--log-level `{}`: {e}", log.level))?;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if log.json {
-        builder.json().init();
+    #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+    let mut layers: Vec<BoxedLayer> = vec![if log.json {
+        fmt.json().boxed()
     } else {
-        builder.init();
+        fmt.boxed()
+    }];
+    #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+    let mut guard = TracingGuard {
+        #[cfg(feature = "otlp")]
+        provider: None,
+    };
+    if let Some(endpoint) = &log.otlp_endpoint {
+        #[cfg(feature = "otlp")]
+        {
+            let (layer, provider) = otlp_layer(endpoint)?;
+            layers.push(layer);
+            guard.provider = Some(provider);
+        }
+        #[cfg(not(feature = "otlp"))]
+        anyhow::bail!(
+            "--otlp-endpoint {endpoint}: this build has no OpenTelemetry support; rebuild with `cargo build --release -p engram --features otlp`"
+        );
     }
+    tracing_subscriber::registry()
+        .with(layers.with_filter(filter))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    Ok(guard)
+}
+
+/// A tracing layer that exports spans in batches over OTLP/HTTP.
+#[cfg(feature = "otlp")]
+fn otlp_layer(
+    endpoint: &str,
+) -> anyhow::Result<(BoxedLayer, opentelemetry_sdk::trace::SdkTracerProvider)> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use tracing_subscriber::Layer;
+
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()
+        .map_err(|e| anyhow::anyhow!("--otlp-endpoint {endpoint}: {e}"))?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("engram")
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("engram");
+    Ok((
+        tracing_opentelemetry::layer().with_tracer(tracer).boxed(),
+        provider,
+    ))
 }
 
 /// Where data and the model live, and how retrieval behaves.
