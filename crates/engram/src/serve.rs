@@ -153,10 +153,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let state = AppState::new(service, keys, config);
+    // Handlers are installed before the "listening" line: a supervisor (or a
+    // test) that sends SIGTERM right after it must get a graceful shutdown.
+    let shutdown = shutdown_signal()?;
     tracing::info!(%addr, data_dir = %args.store.data_dir.display(), "engram listening; LLM: none configured, ingest stores messages verbatim");
     // Printed on stdout so scripts (and tests) can find the port when listening on :0.
     println!("engram listening on http://{addr}");
-    let drained = engram_server::serve(listener, state, shutdown_signal()).await?;
+    let drained = engram_server::serve(listener, state, shutdown).await?;
     tracing::info!(drained, "shutting down: saving the vector index");
     use engram_core::store::Store;
     store.flush().await?;
@@ -164,21 +167,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the Ctrl-C and SIGTERM handlers now; the future resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    })
 }

@@ -296,3 +296,75 @@ fn eval_on_the_dev_set() {
     assert!(fused > 0.5, "headline recall@10 {fused}");
     assert!(report["headline"]["questions"].as_u64().unwrap() > 100);
 }
+
+#[test]
+fn config_comes_from_flags_env_and_file_and_prints_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("engram.toml");
+    std::fs::write(
+        &file,
+        "rate_limit_per_minute = 60\nlisten = \"127.0.0.1:9000\"\nmcp_allowed_origins = [\"https://a.example\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "config",
+            "print",
+            "--config",
+            file.to_str().unwrap(),
+            "--rate-limit-burst",
+            "7",
+        ])
+        .env("ENGRAM_API_KEY", "engram_0123456789abcdef_supersecret")
+        .env("ENGRAM_LISTEN", "127.0.0.1:9001")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("supersecret"), "the secret leaked:\n{text}");
+    for line in [
+        "api_key = \"********\"  # env",
+        "rate_limit_per_minute = 60  # file",
+        "rate_limit_burst = 7  # flag",
+        "listen = \"127.0.0.1:9001\"  # env",
+        "mcp_allowed_origins = \"https://a.example\"  # file",
+        "max_body_bytes = 1048576  # default",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    // A typo in the file is an error naming the key, before anything starts.
+    std::fs::write(&file, "rate_limit_per_minit = 60\n").unwrap();
+    let (ok, _, err) = cli(&["config", "print", "--config", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown setting `rate_limit_per_minit`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn insecure_mode_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = cli(&[
+        "serve",
+        "--insecure-no-auth",
+        "--listen",
+        "0.0.0.0:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("only allowed on a loopback address"), "{err}");
+}
+
+#[cfg(not(feature = "otlp"))]
+#[test]
+fn otlp_needs_the_feature() {
+    let (ok, _, err) = cli(&["keys", "list", "--otlp-endpoint", "http://127.0.0.1:4318"]);
+    assert!(!ok);
+    assert!(err.contains("--features otlp"), "{err}");
+}
