@@ -19,7 +19,7 @@ use crate::memory::{
     Entity, Event, HistoryEvent, Memory, MemoryId, MemoryKind, Metadata, Scope, entity_key,
     text_hash,
 };
-use crate::store::{Cursor, Store, VectorPath, Visibility, WriteOp};
+use crate::store::{Cursor, ScopeIdStats, Store, VectorPath, Visibility, WriteOp};
 use crate::telemetry;
 use crate::text;
 use crate::{Error, ErrorCode, Result};
@@ -844,16 +844,36 @@ impl MemoryService {
     pub async fn delete_all(&self, ctx: &RequestCtx, filter: &Filter) -> Result<usize> {
         ctx.principal
             .require(Role::ReadWrite, "deleting memories")?;
+        let filter = ctx.principal.bind_filter(filter.clone())?;
+        if !filter.names_scope() {
+            return Err(Error::new(
+                ErrorCode::MissingScope,
+                "name at least one scope id (user_id, agent_id, run_id, org_id or app_id)",
+            ));
+        }
+        self.delete_matching(ctx, &filter).await
+    }
+
+    /// Deletes every memory the caller can see (Mem0's `reset`). Admin only;
+    /// an admin key resets its own binding (its org), the operator everything.
+    pub async fn reset(&self, ctx: &RequestCtx) -> Result<usize> {
+        ctx.principal
+            .require(Role::Admin, "resetting every memory")?;
+        let filter = ctx.principal.bind_filter(Filter::all())?;
+        self.delete_matching(ctx, &filter).await
+    }
+
+    /// Closes every visible memory matching an already-bound `filter`.
+    async fn delete_matching(&self, ctx: &RequestCtx, filter: &Filter) -> Result<usize> {
         let mut deleted = 0;
         loop {
             // Each round deletes what it listed, so the next listing starts over.
-            let page = self.list(ctx, filter, None, 500).await?;
-            if page.memories.is_empty() {
+            let memories = self.inner.store.list(filter, self.vis(), None, 500).await?;
+            if memories.is_empty() {
                 return Ok(deleted);
             }
             let now = self.now();
-            let ops: Vec<WriteOp> = page
-                .memories
+            let ops: Vec<WriteOp> = memories
                 .iter()
                 .map(|m| WriteOp::Delete {
                     id: m.id,
@@ -873,6 +893,50 @@ impl MemoryService {
             self.inner.store.apply(ops).await?;
             telemetry::memory_event(Event::Delete, n);
         }
+    }
+
+    /// Page `page` (from 1) of `page_size` memories matching `filter` inside the
+    /// caller's binding, newest first, and how many match in all (Mem0's
+    /// page-numbered listing; the native API pages by cursor).
+    pub async fn list_page(
+        &self,
+        ctx: &RequestCtx,
+        filter: &Filter,
+        page: usize,
+        page_size: usize,
+    ) -> Result<(usize, Vec<Memory>)> {
+        let filter = ctx.principal.bind_filter(filter.clone())?;
+        if !filter.names_scope() {
+            return Err(Error::new(
+                ErrorCode::MissingScope,
+                "name at least one scope id (user_id, agent_id, run_id, org_id or app_id)",
+            ));
+        }
+        if page == 0 {
+            return Err(Error::invalid("`page` starts at 1"));
+        }
+        if page_size == 0 || page_size > MAX_PAGE {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("`page_size` must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        let vis = self.vis();
+        let total = self.inner.store.count(&filter, vis).await?;
+        let end = page.saturating_mul(page_size).min(total);
+        let start = (page - 1).saturating_mul(page_size);
+        if start >= end {
+            return Ok((total, Vec::new()));
+        }
+        let mut memories = self.inner.store.list(&filter, vis, None, end).await?;
+        let page = memories.split_off(start.min(memories.len()));
+        Ok((total, page))
+    }
+
+    /// The scope ids the caller can see (Mem0's users / entities), with counts.
+    pub async fn scope_ids(&self, ctx: &RequestCtx) -> Result<Vec<ScopeIdStats>> {
+        let filter = ctx.principal.bind_filter(Filter::all())?;
+        self.inner.store.scope_ids(&filter, self.vis()).await
     }
 
     /// Every change of a memory, oldest first (also for deleted memories).

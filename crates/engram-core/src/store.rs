@@ -127,6 +127,17 @@ pub struct StoreStats {
     pub indexed_vectors: u64,
 }
 
+/// One scope id and the visible memories that carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeIdStats {
+    pub field: crate::memory::ScopeField,
+    pub id: String,
+    pub memories: usize,
+    /// `created_at` of its oldest and newest memory.
+    pub first: Timestamp,
+    pub last: Timestamp,
+}
+
 /// The embedding model a store's vectors come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelInfo {
@@ -161,6 +172,13 @@ pub trait Store: crate::keys::KeyStore + Send + Sync + 'static {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<Memory>>;
+
+    /// How many visible current memories match `filter`.
+    async fn count(&self, filter: &Filter, vis: Visibility) -> Result<usize>;
+
+    /// The scope ids carried by visible memories matching `filter`, with
+    /// counts; ordered by field, then id.
+    async fn scope_ids(&self, filter: &Filter, vis: Visibility) -> Result<Vec<ScopeIdStats>>;
 
     /// Every history event of a memory, oldest first.
     async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>>;

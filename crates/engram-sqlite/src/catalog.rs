@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use engram_core::filter::Filter;
 use engram_core::memory::{Memory, MemoryId, ScopeField};
-use engram_core::store::Cursor;
+use engram_core::store::{Cursor, ScopeIdStats};
 use jiff::Timestamp;
 
 /// A posting entry: ordered by time, then row.
@@ -207,6 +207,40 @@ impl Catalog {
         self.rows
             .get(&rowid)
             .is_some_and(|m| m.is_live(now) && filter.matches(m.as_ref()))
+    }
+
+    /// How many live memories match `filter`.
+    pub fn count_matching(&self, filter: &Filter, now: Timestamp) -> usize {
+        self.candidates(filter)
+            .into_iter()
+            .filter(|r| self.matches(*r, filter, now))
+            .count()
+    }
+
+    /// Scope ids of the live memories matching `filter`, with counts and time span.
+    pub fn scope_ids(&self, filter: &Filter, now: Timestamp) -> Vec<ScopeIdStats> {
+        let mut out: std::collections::BTreeMap<(usize, String), ScopeIdStats> = Default::default();
+        for r in self.candidates(filter) {
+            let Some(m) = self.rows.get(&r) else { continue };
+            if !(m.is_live(now) && filter.matches(m.as_ref())) {
+                continue;
+            }
+            for (field, id) in m.scope.iter() {
+                let e = out
+                    .entry((field.index(), id.to_owned()))
+                    .or_insert_with(|| ScopeIdStats {
+                        field,
+                        id: id.to_owned(),
+                        memories: 0,
+                        first: m.created_at,
+                        last: m.created_at,
+                    });
+                e.memories += 1;
+                e.first = e.first.min(m.created_at);
+                e.last = e.last.max(m.created_at);
+            }
+        }
+        out.into_values().collect()
     }
 
     /// Matching memories ordered by `(created_at, id)` descending, strictly after `after`.

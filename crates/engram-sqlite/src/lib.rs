@@ -29,7 +29,7 @@ use engram_core::filter::Filter;
 use engram_core::fusion::Ranked;
 use engram_core::memory::{Event, HistoryEvent, Memory, MemoryId, Scope, ScopeField};
 use engram_core::store::{
-    Cursor, ModelInfo, Store, StoreStats, VectorHits, VectorPath, Visibility, WriteOp,
+    Cursor, ModelInfo, ScopeIdStats, Store, StoreStats, VectorHits, VectorPath, Visibility, WriteOp,
 };
 use engram_core::{Error, ErrorCode, Result};
 use engram_index::{IndexConfig, SearchPath, VectorIndex};
@@ -747,6 +747,18 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Memory>> {
         let filter = filter.clone();
         self.with_catalog(move |c, _| Ok(c.list(&filter, vis.now, after, limit)))
+            .await
+    }
+
+    async fn count(&self, filter: &Filter, vis: Visibility) -> Result<usize> {
+        let filter = filter.clone();
+        self.with_catalog(move |c, _| Ok(c.count_matching(&filter, vis.now)))
+            .await
+    }
+
+    async fn scope_ids(&self, filter: &Filter, vis: Visibility) -> Result<Vec<ScopeIdStats>> {
+        let filter = filter.clone();
+        self.with_catalog(move |c, _| Ok(c.scope_ids(&filter, vis.now)))
             .await
     }
 

@@ -762,6 +762,67 @@ pub async fn neighbors_are_adjacent_turns_of_the_same_scope(f: Fixture) {
 }
 
 /// Expands to one `#[tokio::test]` per suite case, each given a fresh fixture from `$factory().await`.
+/// Counting and listing scope ids see exactly the visible memories a filter matches.
+pub async fn counts_and_scope_ids(f: Fixture) {
+    use engram_core::memory::ScopeField;
+    bound(&f).await;
+    let with_agent = |u: &str| Scope {
+        agent_id: Some("coach".into()),
+        ..user(u)
+    };
+    let a1 = memory("Ann swims", with_agent("ann"), 10);
+    let a2 = memory("Ann runs", user("ann"), 20);
+    let b1 = memory("Ben cycles", with_agent("ben"), 30);
+    let gone = memory("Ben rows", user("ben"), 40);
+    let mut expired = memory("Ann rowed once", user("ann"), 50);
+    expired.expires_at = Some(t0());
+    let ops = [&a1, &a2, &b1, &gone, &expired]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| insert(m, vector(i, 0.1)))
+        .collect();
+    f.store.apply(ops).await.unwrap();
+    f.store
+        .apply(vec![WriteOp::Delete {
+            id: gone.id,
+            at: t0() + SignedDuration::from_secs(41),
+            history: history(&gone, Event::Delete, Some("Ben rows"), None),
+        }])
+        .await
+        .unwrap();
+    let all = Filter::all();
+    assert_eq!(
+        f.store.count(&all, vis()).await.unwrap(),
+        3,
+        "deleted and expired do not count"
+    );
+    let ann = Filter::from_scope(&user("ann"));
+    assert_eq!(f.store.count(&ann, vis()).await.unwrap(), 2);
+    let ids = f.store.scope_ids(&all, vis()).await.unwrap();
+    let got: Vec<(ScopeField, &str, usize)> = ids
+        .iter()
+        .map(|s| (s.field, s.id.as_str(), s.memories))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ScopeField::User, "ann", 2),
+            (ScopeField::User, "ben", 1),
+            (ScopeField::Agent, "coach", 2),
+        ]
+    );
+    let ann_ids = f.store.scope_ids(&ann, vis()).await.unwrap();
+    let ann_user = ann_ids
+        .iter()
+        .find(|s| s.field == ScopeField::User)
+        .unwrap();
+    assert_eq!(
+        (ann_user.first, ann_user.last),
+        (a1.created_at, a2.created_at)
+    );
+    assert!(ann_ids.iter().all(|s| s.id != "ben"), "the filter applies");
+}
+
 /// API keys: stored with their binding, found by id, listed, revoked once.
 pub async fn keys_round_trip(f: Fixture) {
     use engram_core::access::Role;
@@ -834,6 +895,7 @@ macro_rules! store_suite {
             stale_update_is_a_conflict,
             keys_round_trip,
             writable_probe,
+            counts_and_scope_ids,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
