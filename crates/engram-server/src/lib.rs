@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 mod health;
 pub mod mcp;
+pub mod mem0;
 mod memories;
 pub mod metrics;
 pub mod request_id;
@@ -145,6 +146,7 @@ pub fn app(state: AppState) -> Router {
         state.shutdown.clone(),
     );
     let router = api
+        .merge(mem0::router())
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),

@@ -149,8 +149,17 @@ pub struct SearchArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
-    /// JSON Lines file: each line is a `POST /v1/memories` body.
+    /// JSON Lines file: each line is a `POST /v1/memories` body (or, with
+    /// `--from mem0`, Mem0's `get_all` / export JSON).
     pub file: PathBuf,
+    /// The file's format: `engram` (add request bodies, one per line) or
+    /// `mem0` (a Mem0 `get_all` answer `{"results": [...]}`, a list of Mem0
+    /// memories, or one memory per line).
+    #[arg(long = "from", default_value = "engram", value_parser = ["engram", "mem0"])]
+    pub format: String,
+    /// Stamp this org id on every memory that names none (so keys bound to it see them).
+    #[arg(long = "org")]
+    pub org_id: Option<String>,
     /// Lines per batch.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -320,7 +329,81 @@ fn import_line(line: &str, n: usize) -> anyhow::Result<AddInput> {
         .map_err(|e| anyhow::anyhow!("line {n}: {}", e.detail))
 }
 
-async fn import(args: ImportArgs) -> anyhow::Result<()> {
+/// One Mem0 memory object → the body of `POST /v1/memories`.
+fn mem0_memory_to_add(m: &Value, org: Option<&str>) -> anyhow::Result<Value> {
+    let text = m["memory"]
+        .as_str()
+        .or_else(|| m["text"].as_str())
+        .context("a Mem0 memory without `memory` text")?;
+    let mut body = serde_json::Map::new();
+    body.insert("text".into(), json!(text));
+    for id in ["user_id", "agent_id", "app_id", "run_id", "org_id"] {
+        if let Some(v) = m[id].as_str().filter(|v| !v.is_empty()) {
+            body.insert(id.into(), json!(v));
+        }
+    }
+    // Mem0's hosted API calls the run `session_id` in listings.
+    if !body.contains_key("run_id")
+        && let Some(v) = m["session_id"].as_str().filter(|v| !v.is_empty())
+    {
+        body.insert("run_id".into(), json!(v));
+    }
+    if let (Some(org), false) = (org, body.contains_key("org_id")) {
+        body.insert("org_id".into(), json!(org));
+    }
+    if let Some(md) = m["metadata"].as_object() {
+        body.insert("metadata".into(), Value::Object(md.clone()));
+    }
+    if let Some(c) = m["categories"].as_array() {
+        let cats: Vec<&str> = c.iter().filter_map(Value::as_str).collect();
+        body.insert("categories".into(), json!(cats));
+    }
+    if let Some(t) = m["created_at"].as_str() {
+        body.insert("timestamp".into(), json!(t));
+    }
+    Ok(Value::Object(body))
+}
+
+/// Converts a Mem0 export into an Engram import file (add bodies, one per line).
+fn mem0_to_jsonl(
+    path: &std::path::Path,
+    org: Option<&str>,
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let memories: Vec<Value> = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(o)) if o.get("results").is_some_and(Value::is_array) => {
+            o["results"].as_array().cloned().unwrap_or_default()
+        }
+        Ok(Value::Array(items)) => items,
+        Ok(v @ Value::Object(_)) => vec![v],
+        _ => text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| {
+                serde_json::from_str(l).with_context(|| format!("line {}: not JSON", n + 1))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let mut out = tempfile::NamedTempFile::new()?;
+    use std::io::Write;
+    for (n, m) in memories.iter().enumerate() {
+        let body = mem0_memory_to_add(m, org).with_context(|| format!("memory {}", n + 1))?;
+        writeln!(out, "{body}")?;
+    }
+    out.flush()?;
+    Ok(out)
+}
+
+async fn import(mut args: ImportArgs) -> anyhow::Result<()> {
+    let _converted = if args.format == "mem0" {
+        let converted = mem0_to_jsonl(&args.file, args.org_id.as_deref())?;
+        args.file = converted.path().to_owned();
+        Some(converted)
+    } else {
+        None
+    };
     let file = std::fs::File::open(&args.file)
         .with_context(|| format!("opening {}", args.file.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -348,6 +431,18 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         }
         if batch.is_empty() {
             break;
+        }
+        if let (Some(org), "engram") = (&args.org_id, args.format.as_str()) {
+            for (n, line) in batch.iter_mut() {
+                let mut body: Value =
+                    serde_json::from_str(line).with_context(|| format!("line {n}: not JSON"))?;
+                if let Some(obj) = body.as_object_mut()
+                    && !obj.contains_key("org_id")
+                {
+                    obj.insert("org_id".into(), json!(org));
+                    *line = body.to_string();
+                }
+            }
         }
         let events: Vec<String> = if args.target.client.url.is_some() {
             let mut events = Vec::new();
