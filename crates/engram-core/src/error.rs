@@ -34,6 +34,10 @@ pub enum ErrorCode {
     StoreFailure,
     /// The embedder failed.
     EmbedderFailure,
+    /// The LLM cannot be reached now (down, timing out, rate limiting, circuit open).
+    LlmUnavailable,
+    /// The LLM answered, but with an error or with output that cannot be used.
+    LlmFailure,
     /// A bug: an invariant was violated.
     Internal,
 }
@@ -53,6 +57,8 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::StoreFailure => "store_failure",
             ErrorCode::EmbedderFailure => "embedder_failure",
+            ErrorCode::LlmUnavailable => "llm_unavailable",
+            ErrorCode::LlmFailure => "llm_failure",
             ErrorCode::Internal => "internal",
         }
     }
@@ -70,7 +76,11 @@ impl ErrorCode {
             | ErrorCode::Forbidden
             | ErrorCode::EmbeddingModelMismatch
             | ErrorCode::LimitExceeded => true,
-            ErrorCode::StoreFailure | ErrorCode::EmbedderFailure | ErrorCode::Internal => false,
+            ErrorCode::StoreFailure
+            | ErrorCode::EmbedderFailure
+            | ErrorCode::LlmUnavailable
+            | ErrorCode::LlmFailure
+            | ErrorCode::Internal => false,
         }
     }
 }

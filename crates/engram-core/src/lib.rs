@@ -19,6 +19,7 @@ pub mod error;
 pub mod filter;
 pub mod fusion;
 pub mod keys;
+pub mod llm;
 pub mod memory;
 pub mod service;
 pub mod store;

@@ -78,6 +78,8 @@ pub fn status_of(code: HttpCode) -> StatusCode {
             ErrorCode::StoreFailure | ErrorCode::EmbedderFailure | ErrorCode::Internal => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ErrorCode::LlmUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::LlmFailure => StatusCode::BAD_GATEWAY,
         },
         HttpCode::MalformedJson => StatusCode::BAD_REQUEST,
         HttpCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -1,0 +1,253 @@
+//! The LLM port: a chat model that answers with JSON matching a schema.
+//!
+//! Adapters (`engram-llm`: any OpenAI-compatible `/v1/chat/completions`)
+//! implement [`Llm`] with their own timeouts, retries and circuit breaker.
+//! This module owns what does not depend on the transport: tolerant parsing
+//! of a model's JSON answer (code fences, thinking tags, prose around it) and
+//! the one repair round-trip when the answer still does not parse
+//! ([`chat_json`]).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Error, ErrorCode, Result};
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn system(content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: "system".into(),
+            content: content.into(),
+        }
+    }
+
+    pub fn user(content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: "assistant".into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A JSON Schema the answer must match, with a name (OpenAI's `json_schema.name`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonSchema {
+    pub name: String,
+    pub schema: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    /// Ask for structured output matching this schema.
+    pub schema: Option<JsonSchema>,
+    pub temperature: f32,
+    pub max_tokens: Option<u32>,
+}
+
+/// Tokens a call used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    /// The assistant message's text.
+    pub content: String,
+    pub usage: Usage,
+}
+
+/// Whether calls go through (the circuit breaker's state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmState {
+    /// Calls go through.
+    Closed,
+    /// Recent calls failed; calls fail fast until the cool-down ends.
+    Open,
+    /// The cool-down ended; one probe call decides.
+    HalfOpen,
+}
+
+impl LlmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmState::Closed => "closed",
+            LlmState::Open => "open",
+            LlmState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A chat model.
+#[async_trait]
+pub trait Llm: Send + Sync + 'static {
+    /// The model name, for logs and accounting.
+    fn model(&self) -> &str;
+
+    /// One chat completion. Fails with [`ErrorCode::LlmUnavailable`] when
+    /// the provider cannot be reached or the circuit is open, and with
+    /// [`ErrorCode::LlmFailure`] when it answers with an error.
+    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse>;
+
+    fn state(&self) -> LlmState;
+}
+
+/// Extracts the JSON value from a model's answer: strips `<think>…</think>`
+/// blocks and Markdown code fences, then takes the first balanced JSON
+/// object or array, ignoring prose before and after it.
+pub fn parse_json_lenient(text: &str) -> Option<Value> {
+    let mut t = text.to_owned();
+    // Thinking blocks (DeepSeek-R1, Qwen…) may contain braces of their own.
+    for (open, close) in [("<think>", "</think>"), ("<thinking>", "</thinking>")] {
+        while let Some(start) = t.find(open) {
+            match t[start..].find(close) {
+                Some(end) => t.replace_range(start..start + end + close.len(), ""),
+                None => t.truncate(start),
+            }
+        }
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(t.trim()) {
+        return Some(v);
+    }
+    // The first `{` or `[` whose balanced span parses.
+    let bytes = t.as_bytes();
+    let mut start = 0;
+    while let Some(off) = t[start..].find(['{', '[']) {
+        let s = start + off;
+        if let Some(end) = balanced_end(bytes, s)
+            && let Ok(v) = serde_json::from_str::<Value>(&t[s..=end])
+        {
+            return Some(v);
+        }
+        start = s + 1;
+    }
+    None
+}
+
+/// The index of the bracket closing the one at `start`, skipping strings.
+fn balanced_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
+    for (i, &c) in b.iter().enumerate().skip(start) {
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A JSON answer and the tokens it took (over the repair round-trip too).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonAnswer {
+    pub value: Value,
+    pub usage: Usage,
+    /// Whether the first answer did not parse and a repair request was needed.
+    pub repaired: bool,
+}
+
+/// Asks for JSON: parses the answer leniently; if that fails, sends the
+/// answer back once with the parse error and asks for the JSON alone; if
+/// that fails too, the error says what the model answered.
+pub async fn chat_json(llm: &dyn Llm, request: ChatRequest) -> Result<JsonAnswer> {
+    let first = llm.chat(request.clone()).await?;
+    let mut usage = first.usage;
+    if let Some(value) = parse_json_lenient(&first.content) {
+        return Ok(JsonAnswer {
+            value,
+            usage,
+            repaired: false,
+        });
+    }
+    let mut repair = request;
+    repair
+        .messages
+        .push(ChatMessage::assistant(first.content.clone()));
+    repair.messages.push(ChatMessage::user(
+        "Your answer was not valid JSON. Reply again with only the JSON value the instructions ask for: \
+         no prose, no code fences.",
+    ));
+    let second = llm.chat(repair).await?;
+    usage.add(second.usage);
+    match parse_json_lenient(&second.content) {
+        Some(value) => Ok(JsonAnswer {
+            value,
+            usage,
+            repaired: true,
+        }),
+        None => {
+            let shown: String = second.content.chars().take(200).collect();
+            Err(Error::new(
+                ErrorCode::LlmFailure,
+                format!(
+                    "the model did not answer with JSON, even after a repair request; it said: {shown:?}"
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lenient_parsing_finds_the_json() {
+        let want = json!({"facts": [{"text": "Alice likes {braces}"}]});
+        for answer in [
+            r#"{"facts": [{"text": "Alice likes {braces}"}]}"#,
+            "```json\n{\"facts\": [{\"text\": \"Alice likes {braces}\"}]}\n```",
+            "<think>The user said {x}... I should answer {}</think>\n{\"facts\": [{\"text\": \"Alice likes {braces}\"}]}",
+            "Sure! Here is the JSON:\n{\"facts\": [{\"text\": \"Alice likes {braces}\"}]}\nLet me know if you need more.",
+            "{not json} then {\"facts\": [{\"text\": \"Alice likes {braces}\"}]}",
+        ] {
+            assert_eq!(parse_json_lenient(answer), Some(want.clone()), "{answer}");
+        }
+        assert_eq!(parse_json_lenient("[1, 2]"), Some(json!([1, 2])));
+        for bad in ["", "no json here", "{\"a\": ", "<think>{\"a\": 1}</think>"] {
+            assert_eq!(parse_json_lenient(bad), None, "{bad}");
+        }
+    }
+}
