@@ -60,7 +60,7 @@ impl fmt::Display for Role {
 }
 
 /// The caller of a service function.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Principal {
     /// The API key's id; `None` for the local operator.
     pub key_id: Option<String>,

@@ -73,7 +73,7 @@ impl RequestCtx {
 }
 
 /// A chat message.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
@@ -82,14 +82,15 @@ pub struct Message {
 }
 
 /// What to remember.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Content {
     Text(String),
     Messages(Vec<Message>),
 }
 
 /// Input of [`MemoryService::add`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AddInput {
     pub content: Content,
     pub scope: Scope,
@@ -102,7 +103,7 @@ pub struct AddInput {
 }
 
 /// One outcome of an add.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct AddResult {
     pub id: MemoryId,
     pub memory: String,
@@ -283,6 +284,34 @@ impl MemoryService {
         ctx: &RequestCtx,
         inputs: Vec<AddInput>,
     ) -> Result<Vec<Vec<AddResult>>> {
+        let (ops, all_results) = self.prepare_add(ctx, inputs).await?;
+        if !ops.is_empty() {
+            self.inner.store.apply(ops).await?;
+        }
+        for r in all_results.iter().flatten() {
+            telemetry::memory_event(r.event, 1);
+        }
+        Ok(all_results)
+    }
+
+    /// Checks an add without doing it (no embedding, no write): the role, the
+    /// binding, the content's limits. Returns the input with the bound scope,
+    /// ready to queue.
+    pub fn validate_add(&self, ctx: &RequestCtx, mut input: AddInput) -> Result<AddInput> {
+        ctx.principal.require(Role::ReadWrite, "adding memories")?;
+        input.scope = ctx.principal.bind_scope(input.scope)?;
+        self.pieces(&input, self.now())?;
+        Ok(input)
+    }
+
+    /// Everything an add does except the write: the store operations and the
+    /// results they will produce. A job runner appends its own completion to
+    /// the same transaction.
+    pub async fn prepare_add(
+        &self,
+        ctx: &RequestCtx,
+        inputs: Vec<AddInput>,
+    ) -> Result<(Vec<WriteOp>, Vec<Vec<AddResult>>)> {
         ctx.principal.require(Role::ReadWrite, "adding memories")?;
         let now = self.now();
         let mut prepared = Vec::with_capacity(inputs.len());
@@ -374,13 +403,7 @@ impl MemoryService {
             }
             all_results.push(results);
         }
-        if !ops.is_empty() {
-            self.inner.store.apply(ops).await?;
-        }
-        for r in all_results.iter().flatten() {
-            telemetry::memory_event(r.event, 1);
-        }
-        Ok(all_results)
+        Ok((ops, all_results))
     }
 
     /// Validates an add and splits its content into the texts to store, with their roles.

@@ -44,6 +44,15 @@ pub enum WriteOp {
         at: Timestamp,
         history: HistoryEvent,
     },
+    /// Marks a job `done` with its result — in the same transaction as the
+    /// job's memory writes, and only while `worker` holds its lease (else the
+    /// whole batch fails with a `Conflict` naming the lease).
+    FinishJob {
+        id: uuid::Uuid,
+        worker: String,
+        result: serde_json::Value,
+        at: Timestamp,
+    },
 }
 
 /// Which vector-search strategy answered a query (DESIGN.md §2, "Filtered vector search").
@@ -147,7 +156,7 @@ pub struct ModelInfo {
 
 /// A storage backend: memories, their indexes and history, and API keys.
 #[async_trait]
-pub trait Store: crate::keys::KeyStore + Send + Sync + 'static {
+pub trait Store: crate::keys::KeyStore + crate::jobs::JobStore + Send + Sync + 'static {
     /// A short name for logs: `sqlite`, `postgres`.
     fn backend(&self) -> &'static str;
 

@@ -16,6 +16,7 @@
 //! connections. All SQLite calls run on tokio's blocking pool.
 
 mod catalog;
+mod jobs;
 mod keys;
 mod schema;
 
@@ -614,7 +615,7 @@ impl Store for SqliteStore {
                 let v = match op {
                     WriteOp::Insert { embedding, .. } => Some(embedding),
                     WriteOp::Update { embedding, .. } => embedding.as_ref(),
-                    WriteOp::Delete { .. } => None,
+                    WriteOp::Delete { .. } | WriteOp::FinishJob { .. } => None,
                 };
                 if let Some(v) = v
                     && v.len() != index.dim()
@@ -671,6 +672,12 @@ impl Store for SqliteStore {
                         insert_history(&tx, &history)?;
                         applied.push(Applied::Closed { rowid: old });
                     }
+                    WriteOp::FinishJob {
+                        id,
+                        worker,
+                        result,
+                        at,
+                    } => jobs::finish(&tx, id, &worker, &result, at)?,
                 }
             }
             tx.commit().map_err(db_err)?;

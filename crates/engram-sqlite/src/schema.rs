@@ -97,6 +97,40 @@ const MIGRATIONS: &[&str] = &[
         revoked_at  INTEGER
     );
     "#,
+    // 3: durable jobs, and idempotency records for POSTs.
+    r#"
+    CREATE TABLE jobs (
+        id           TEXT PRIMARY KEY,
+        kind         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        principal    TEXT NOT NULL,
+        scope        TEXT NOT NULL,
+        org_id       TEXT,
+        user_id      TEXT,
+        request_id   TEXT,
+        attempts     INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        last_error   TEXT,
+        result       TEXT,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        run_after    INTEGER NOT NULL,
+        lease_owner  TEXT,
+        lease_until  INTEGER
+    );
+    CREATE INDEX jobs_due ON jobs (state, run_after);
+
+    CREATE TABLE idempotency (
+        principal    TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        status       INTEGER,
+        response     TEXT,
+        created_at   INTEGER NOT NULL,
+        PRIMARY KEY (principal, key)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,370 @@
+//! Durable background jobs: an asynchronous add is accepted at once, written
+//! to the store as a job, and processed by workers that lease it.
+//!
+//! Who may change a job, and when (the store enforces it):
+//! - `enqueue` inserts it `queued`;
+//! - a worker's `claim` moves one `queued` job whose time has come — or a
+//!   `running` one whose lease expired (its worker died) — to `running`
+//!   under that worker's lease, counting the attempt;
+//! - the worker's completion is a [`WriteOp::FinishJob`] applied in the
+//!   **same transaction** as the job's memory writes, and only while it still
+//!   holds the lease: a job's effects land exactly once, even if a worker is
+//!   killed mid-job and another one takes it over;
+//! - a failure puts it back `queued` with a later `run_after`, or `dead`
+//!   after `max_attempts` (or at once for errors a retry cannot fix);
+//! - `retry` moves a `dead` job back to `queued`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::access::{Principal, Role};
+use crate::memory::Scope;
+use crate::service::{AddInput, MemoryService, RequestCtx};
+use crate::store::WriteOp;
+use crate::{Error, ErrorCode, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    /// Gave up after its attempts (the dead-letter queue); `retry` re-queues it.
+    Dead,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 4] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Done,
+        JobState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<JobState> {
+        JobState::ALL
+            .into_iter()
+            .find(|j| j.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown job state `{s}`: use queued, running, done or dead"
+                ))
+            })
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: Uuid,
+    /// `add`.
+    pub kind: String,
+    pub state: JobState,
+    pub payload: Value,
+    /// Who asked (the job runs with the same rights).
+    pub principal: Principal,
+    /// The scope the job writes to (for listing within a binding and for erasure).
+    pub scope: Scope,
+    pub request_id: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub last_error: Option<String>,
+    pub result: Option<Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub run_after: Timestamp,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<Timestamp>,
+}
+
+/// Jobs per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct JobCounts {
+    pub queued: u64,
+    pub running: u64,
+    pub done: u64,
+    pub dead: u64,
+}
+
+/// Where jobs live: the same store as the memories they write.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    async fn job_insert(&self, job: &Job) -> Result<()>;
+    /// Leases the next due job to `worker` until `now + lease` and counts the attempt.
+    async fn job_claim(&self, worker: &str, now: Timestamp, lease: Duration)
+    -> Result<Option<Job>>;
+    /// Records a failure while `worker` holds the lease: back to `queued` at
+    /// `retry_at`, or `dead` when `retry_at` is `None`. False if the lease was lost.
+    async fn job_fail(
+        &self,
+        id: Uuid,
+        worker: &str,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<bool>;
+    async fn job_get(&self, id: Uuid) -> Result<Option<Job>>;
+    /// Jobs in `state` (all states with `None`), newest first.
+    async fn job_list(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>>;
+    /// `dead` → `queued` with its attempts reset. False unless it was dead.
+    async fn job_requeue(&self, id: Uuid, now: Timestamp) -> Result<bool>;
+    async fn job_counts(&self) -> Result<JobCounts>;
+}
+
+/// How jobs are retried.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    pub max_attempts: u32,
+    /// A worker's lease on a job; another worker takes the job over after it.
+    pub lease: Duration,
+    /// First retry delay; doubles per attempt up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            max_attempts: 5,
+            lease: Duration::from_secs(120),
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+fn job_not_found(id: Uuid) -> Error {
+    Error::not_found(format!("job {id} not found"))
+}
+
+fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// Queueing and inspecting jobs, for every transport.
+#[derive(Clone)]
+pub struct JobQueue {
+    memory: MemoryService,
+    config: JobConfig,
+}
+
+impl JobQueue {
+    pub fn new(memory: MemoryService, config: JobConfig) -> JobQueue {
+        JobQueue { memory, config }
+    }
+
+    pub fn config(&self) -> &JobConfig {
+        &self.config
+    }
+
+    /// Validates an add now (the caller gets a 4xx at once if it is wrong) and
+    /// queues it. Returns the job.
+    pub async fn enqueue_add(&self, ctx: &RequestCtx, input: AddInput) -> Result<Job> {
+        let input = self.memory.validate_add(ctx, input)?;
+        let now = self.memory.now();
+        let job = Job {
+            id: Uuid::now_v7(),
+            kind: "add".into(),
+            state: JobState::Queued,
+            payload: serde_json::to_value(&input)
+                .map_err(|e| Error::internal(format!("job payload: {e}")))?,
+            principal: ctx.principal.clone(),
+            scope: input.scope.clone(),
+            request_id: ctx.request_id.clone(),
+            attempts: 0,
+            max_attempts: self.config.max_attempts,
+            last_error: None,
+            result: None,
+            created_at: now,
+            updated_at: now,
+            run_after: now,
+            lease_owner: None,
+            lease_until: None,
+        };
+        self.memory.store().job_insert(&job).await?;
+        metrics::counter!("engram_jobs_enqueued_total", "kind" => "add").increment(1);
+        Ok(job)
+    }
+
+    /// A job the caller may see (its own binding covers the job's scope).
+    pub async fn get(&self, ctx: &RequestCtx, id: Uuid) -> Result<Job> {
+        match self.memory.store().job_get(id).await? {
+            Some(j) if ctx.principal.covers(&j.scope) => Ok(j),
+            _ => Err(job_not_found(id)),
+        }
+    }
+
+    /// Jobs the caller may see, newest first.
+    pub async fn list(
+        &self,
+        ctx: &RequestCtx,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        if limit == 0 || limit > crate::service::MAX_PAGE {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("`limit` must be between 1 and {}", crate::service::MAX_PAGE),
+            ));
+        }
+        let mut jobs = self.memory.store().job_list(state, 10 * limit).await?;
+        jobs.retain(|j| ctx.principal.covers(&j.scope));
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+
+    /// Re-queues a dead job (read-write keys, inside their binding).
+    pub async fn retry(&self, ctx: &RequestCtx, id: Uuid) -> Result<Job> {
+        ctx.principal.require(Role::ReadWrite, "retrying jobs")?;
+        let job = self.get(ctx, id).await?;
+        if job.state != JobState::Dead {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "job {id} is {}; only dead jobs can be retried",
+                    job.state.as_str()
+                ),
+            ));
+        }
+        if !self
+            .memory
+            .store()
+            .job_requeue(id, self.memory.now())
+            .await?
+        {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("job {id} changed; look again"),
+            ));
+        }
+        self.get(ctx, id).await
+    }
+
+    pub async fn counts(&self) -> Result<JobCounts> {
+        self.memory.store().job_counts().await
+    }
+}
+
+/// One worker: claims a due job, runs it, records the outcome.
+pub struct JobRunner {
+    memory: MemoryService,
+    config: JobConfig,
+    worker: String,
+}
+
+impl JobRunner {
+    pub fn new(memory: MemoryService, config: JobConfig, worker: impl Into<String>) -> JobRunner {
+        JobRunner {
+            memory,
+            config,
+            worker: worker.into(),
+        }
+    }
+
+    /// Runs at most one job. `Ok(false)` when none was due.
+    pub async fn run_once(&self) -> Result<bool> {
+        let store = self.memory.store();
+        let now = self.memory.now();
+        let Some(job) = store
+            .job_claim(&self.worker, now, self.config.lease)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let started = std::time::Instant::now();
+        if job.attempts > job.max_attempts {
+            store
+                .job_fail(
+                    job.id,
+                    &self.worker,
+                    &format!(
+                        "gave up after {} attempts; last error: {}",
+                        job.max_attempts,
+                        job.last_error
+                            .as_deref()
+                            .unwrap_or("the worker stopped mid-job")
+                    ),
+                    None,
+                    now,
+                )
+                .await?;
+            metrics::counter!("engram_jobs_total", "outcome" => "dead").increment(1);
+            return Ok(true);
+        }
+        let outcome = self.process(&job).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics::histogram!("engram_job_duration_seconds").record(elapsed);
+        match outcome {
+            Ok(()) => {
+                metrics::counter!("engram_jobs_total", "outcome" => "done").increment(1);
+            }
+            Err(e) if e.code == ErrorCode::Conflict && e.message.contains("lease") => {
+                // Another worker took the job over; its run counts, not ours.
+                tracing::warn!(job = %job.id, "job lease lost; leaving it to its new worker");
+            }
+            Err(e) => {
+                let retryable = !e.code.is_user_error();
+                let retry_at = (retryable && job.attempts < job.max_attempts).then(|| {
+                    let backoff = self
+                        .config
+                        .backoff_base
+                        .saturating_mul(1u32 << (job.attempts.saturating_sub(1)).min(16))
+                        .min(self.config.backoff_max);
+                    plus(self.memory.now(), backoff)
+                });
+                let outcome = if retry_at.is_some() { "retry" } else { "dead" };
+                tracing::warn!(job = %job.id, attempt = job.attempts, code = %e.code, error = %e.message, outcome, "job failed");
+                store
+                    .job_fail(
+                        job.id,
+                        &self.worker,
+                        &format!("{}: {}", e.code, e.message),
+                        retry_at,
+                        self.memory.now(),
+                    )
+                    .await?;
+                metrics::counter!("engram_jobs_total", "outcome" => outcome).increment(1);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn process(&self, job: &Job) -> Result<()> {
+        match job.kind.as_str() {
+            "add" => {
+                let input: AddInput = serde_json::from_value(job.payload.clone())
+                    .map_err(|e| Error::invalid(format!("job payload is not an add: {e}")))?;
+                let ctx = RequestCtx::new(job.principal.clone(), "job", job.request_id.clone());
+                let (mut ops, results) = self.memory.prepare_add(&ctx, vec![input]).await?;
+                let results: Vec<_> = results.into_iter().flatten().collect();
+                ops.push(WriteOp::FinishJob {
+                    id: job.id,
+                    worker: self.worker.clone(),
+                    result: json!({ "results": results }),
+                    at: self.memory.now(),
+                });
+                self.memory.store().apply(ops).await?;
+                for r in &results {
+                    crate::telemetry::memory_event(r.event, 1);
+                }
+                Ok(())
+            }
+            other => Err(Error::invalid(format!("unknown job kind `{other}`"))),
+        }
+    }
+}

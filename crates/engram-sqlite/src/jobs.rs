@@ -1,0 +1,254 @@
+//! Durable jobs in the `jobs` table. One writer connection serialises
+//! claims, so a job is leased to one worker at a time; a completion is part
+//! of the job's own write transaction ([`finish`]).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use engram_core::jobs::{Job, JobCounts, JobState, JobStore};
+use engram_core::{Error, ErrorCode, Result};
+use jiff::Timestamp;
+use rusqlite::{Connection, params};
+use uuid::Uuid;
+
+use crate::{SqliteStore, db_err, ts};
+
+const COLUMNS: &str = "id, kind, state, payload, principal, scope, request_id, attempts, max_attempts, \
+     last_error, result, created_at, updated_at, run_after, lease_owner, lease_until";
+
+fn json_col<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| Error::store(format!("bad {what} in jobs row: {e}")))
+}
+
+fn row_to_job(row: &rusqlite::Row<'_>) -> Result<Job> {
+    let g = |e: rusqlite::Error| Error::store(format!("reading jobs row: {e}"));
+    let id: String = row.get(0).map_err(g)?;
+    let state: String = row.get(2).map_err(g)?;
+    let payload: String = row.get(3).map_err(g)?;
+    let principal: String = row.get(4).map_err(g)?;
+    let scope: String = row.get(5).map_err(g)?;
+    let result: Option<String> = row.get(10).map_err(g)?;
+    let lease_until: Option<i64> = row.get(15).map_err(g)?;
+    Ok(Job {
+        id: id
+            .parse()
+            .map_err(|e| Error::store(format!("bad job id {id}: {e}")))?,
+        kind: row.get(1).map_err(g)?,
+        state: JobState::parse(&state).map_err(|e| Error::store(e.message))?,
+        payload: json_col(&payload, "payload")?,
+        principal: json_col(&principal, "principal")?,
+        scope: json_col(&scope, "scope")?,
+        request_id: row.get(6).map_err(g)?,
+        attempts: row.get(7).map_err(g)?,
+        max_attempts: row.get(8).map_err(g)?,
+        last_error: row.get(9).map_err(g)?,
+        result: result.map(|r| json_col(&r, "result")).transpose()?,
+        created_at: ts(row.get(11).map_err(g)?)?,
+        updated_at: ts(row.get(12).map_err(g)?)?,
+        run_after: ts(row.get(13).map_err(g)?)?,
+        lease_owner: row.get(14).map_err(g)?,
+        lease_until: lease_until.map(ts).transpose()?,
+    })
+}
+
+fn to_json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// Marks a job done inside the caller's transaction, if `worker` still holds it.
+pub(crate) fn finish(
+    conn: &Connection,
+    id: Uuid,
+    worker: &str,
+    result: &serde_json::Value,
+    at: Timestamp,
+) -> Result<()> {
+    let n = conn
+        .execute(
+            "UPDATE jobs SET state = 'done', result = ?3, lease_owner = NULL, lease_until = NULL, \
+             updated_at = ?4 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+            params![id.to_string(), worker, to_json(result), at.as_millisecond()],
+        )
+        .map_err(db_err)?;
+    if n == 0 {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            format!("job {id}: the lease was lost to another worker; nothing was written"),
+        ));
+    }
+    Ok(())
+}
+
+fn get(conn: &Connection, id: Uuid) -> Result<Option<Job>> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))
+        .map_err(db_err)?;
+    let mut rows = stmt.query([id.to_string()]).map_err(db_err)?;
+    match rows.next().map_err(db_err)? {
+        Some(r) => Ok(Some(row_to_job(r)?)),
+        None => Ok(None),
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn job_insert(&self, job: &Job) -> Result<()> {
+        let job = job.clone();
+        self.write(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO jobs ({COLUMNS}, org_id, user_id) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                ),
+                params![
+                    job.id.to_string(),
+                    job.kind,
+                    job.state.as_str(),
+                    to_json(&job.payload),
+                    to_json(&job.principal),
+                    to_json(&job.scope),
+                    job.request_id,
+                    job.attempts,
+                    job.max_attempts,
+                    job.last_error,
+                    job.result.as_ref().map(to_json),
+                    job.created_at.as_millisecond(),
+                    job.updated_at.as_millisecond(),
+                    job.run_after.as_millisecond(),
+                    job.lease_owner,
+                    job.lease_until.map(|t| t.as_millisecond()),
+                    job.scope.org_id,
+                    job.scope.user_id,
+                ],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn job_claim(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<Option<Job>> {
+        let worker = worker.to_owned();
+        self.write(move |conn| {
+            let now_ms = now.as_millisecond();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_until = ?2, \
+                     attempts = attempts + 1, updated_at = ?3 \
+                     WHERE id = (SELECT id FROM jobs WHERE (state = 'queued' AND run_after <= ?3) \
+                                 OR (state = 'running' AND lease_until <= ?3) \
+                                 ORDER BY run_after, created_at LIMIT 1) \
+                     RETURNING {COLUMNS}"
+                ))
+                .map_err(db_err)?;
+            let mut rows = stmt
+                .query(params![worker, now_ms.saturating_add(ms(lease)), now_ms])
+                .map_err(db_err)?;
+            match rows.next().map_err(db_err)? {
+                Some(r) => Ok(Some(row_to_job(r)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn job_fail(
+        &self,
+        id: Uuid,
+        worker: &str,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let (worker, error) = (worker.to_owned(), error.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE jobs SET state = CASE WHEN ?4 IS NULL THEN 'dead' ELSE 'queued' END, \
+                     run_after = COALESCE(?4, run_after), last_error = ?3, lease_owner = NULL, \
+                     lease_until = NULL, updated_at = ?5 \
+                     WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+                    params![
+                        id.to_string(),
+                        worker,
+                        error,
+                        retry_at.map(|t| t.as_millisecond()),
+                        now.as_millisecond()
+                    ],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn job_get(&self, id: Uuid) -> Result<Option<Job>> {
+        self.read(move |conn, _| get(conn, id)).await
+    }
+
+    async fn job_list(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
+        self.read(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) \
+                     ORDER BY created_at DESC, id DESC LIMIT ?2"
+                ))
+                .map_err(db_err)?;
+            let mut rows = stmt
+                .query(params![state.map(JobState::as_str), limit as i64])
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(db_err)? {
+                out.push(row_to_job(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn job_requeue(&self, id: Uuid, now: Timestamp) -> Result<bool> {
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, run_after = ?2, updated_at = ?2 \
+                     WHERE id = ?1 AND state = 'dead'",
+                    params![id.to_string(), now.as_millisecond()],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn job_counts(&self) -> Result<JobCounts> {
+        self.read(|conn, _| {
+            let mut stmt = conn
+                .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")
+                .map_err(db_err)?;
+            let mut rows = stmt.query([]).map_err(db_err)?;
+            let mut c = JobCounts::default();
+            while let Some(r) = rows.next().map_err(db_err)? {
+                let state: String = r.get(0).map_err(db_err)?;
+                let n = r.get::<_, i64>(1).map_err(db_err)? as u64;
+                match JobState::parse(&state) {
+                    Ok(JobState::Queued) => c.queued = n,
+                    Ok(JobState::Running) => c.running = n,
+                    Ok(JobState::Done) => c.done = n,
+                    Ok(JobState::Dead) => c.dead = n,
+                    Err(_) => {}
+                }
+            }
+            Ok(c)
+        })
+        .await
+    }
+}
