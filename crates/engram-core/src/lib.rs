@@ -18,6 +18,7 @@ pub mod embed;
 pub mod error;
 pub mod filter;
 pub mod fusion;
+pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 pub mod llm;

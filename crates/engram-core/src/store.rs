@@ -156,7 +156,14 @@ pub struct ModelInfo {
 
 /// A storage backend: memories, their indexes and history, and API keys.
 #[async_trait]
-pub trait Store: crate::keys::KeyStore + crate::jobs::JobStore + Send + Sync + 'static {
+pub trait Store:
+    crate::keys::KeyStore
+    + crate::jobs::JobStore
+    + crate::idempotency::IdempotencyStore
+    + Send
+    + Sync
+    + 'static
+{
     /// A short name for logs: `sqlite`, `postgres`.
     fn backend(&self) -> &'static str;
 

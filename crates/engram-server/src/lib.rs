@@ -13,6 +13,8 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod idempotency;
+mod jobs;
 pub mod mcp;
 pub mod mem0;
 mod memories;
@@ -51,6 +53,9 @@ pub struct ServerConfig {
     pub rate_limit: RateLimitConfig,
     /// MCP over streamable HTTP at `/mcp`.
     pub mcp: mcp::McpHttpConfig,
+    /// Background workers processing queued jobs (0: none on this node).
+    pub workers: usize,
+    pub jobs: engram_core::jobs::JobConfig,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +67,8 @@ impl Default for ServerConfig {
             auth: AuthMode::Keys,
             rate_limit: RateLimitConfig::default(),
             mcp: mcp::McpHttpConfig::default(),
+            workers: 2,
+            jobs: engram_core::jobs::JobConfig::default(),
         }
     }
 }
@@ -71,6 +78,9 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub memory: MemoryService,
     pub keys: KeyService,
+    pub jobs: engram_core::jobs::JobQueue,
+    /// Wakes idle workers when a job is queued.
+    pub job_ready: Arc<tokio::sync::Notify>,
     pub config: ServerConfig,
     limits: Arc<RateLimits>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -81,6 +91,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(memory: MemoryService, keys: KeyService, config: ServerConfig) -> AppState {
         AppState {
+            jobs: engram_core::jobs::JobQueue::new(memory.clone(), config.jobs.clone()),
+            job_ready: Arc::new(tokio::sync::Notify::new()),
             memory,
             keys,
             limits: Arc::new(RateLimits::new(config.rate_limit)),
@@ -98,6 +110,7 @@ Every route needs an API key (`Authorization: Bearer <key>`) bound to an org and
 a key never reads or writes outside its binding."),
     tags(
         (name = "memories", description = "Add, search, list, update and delete memories"),
+        (name = "jobs", description = "Background jobs: asynchronous adds, the dead-letter queue"),
         (name = "keys", description = "API keys (admin)")
     ),
     components(schemas(error::Problem)),
@@ -132,6 +145,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(memories::router())
+        .merge(jobs::router())
         .merge(api_keys::router())
 }
 
@@ -162,8 +176,13 @@ pub fn app(state: AppState) -> Router {
         }));
     // MCP sessions stream (SSE), so they sit outside the per-request timeout.
     let router = router.nest_service("/mcp", mcp);
-    // Layers run outside in: request id → metrics → auth and rate limit → timeout → route.
+    // Layers run outside in: request id → metrics → auth and rate limit →
+    // idempotency → timeout → route.
     router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::layer,
@@ -213,6 +232,7 @@ pub async fn serve(
     let token = state.shutdown.clone();
     let limit = state.config.shutdown_timeout;
     let signalled = token.clone();
+    let workers = jobs::spawn_workers(&state);
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutdown: no new connections; draining in-flight requests");
@@ -222,10 +242,19 @@ pub async fn serve(
         token.cancelled().await;
         tokio::time::sleep(limit).await;
     };
+    // Requests and running jobs drain together, within the same bound.
+    let drain = async {
+        let served = server.await;
+        token.cancel();
+        for w in workers {
+            let _ = w.await;
+        }
+        served
+    };
     tokio::select! {
-        r = server => r.map(|()| true),
+        r = drain => r.map(|()| true),
         () = deadline => {
-            tracing::warn!(timeout_secs = limit.as_secs(), "shutdown: in-flight requests did not finish in time; abandoning them");
+            tracing::warn!(timeout_secs = limit.as_secs(), "shutdown: in-flight requests or jobs did not finish in time; abandoning them (queued jobs resume at the next start)");
             Ok(false)
         }
     }

@@ -27,14 +27,27 @@ pub fn router() -> OpenApiRouter<AppState> {
 ///
 /// Stores `messages` (one memory per turn, long turns split by sentence) or `text`, with the
 /// scope ids given. Exact and near-duplicates of memories in the same scope come back as `NOOP`.
+/// With `"async": true` the add is validated, queued durably and answered with `202` and a job id.
 #[utoipa::path(post, path = "/v1/memories", tag = "memories", request_body = AddRequest,
-    responses((status = 200, body = AddResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = AddResponse), (status = 202, body = JobAccepted),
+        (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn memories_add(
     State(app): State<AppState>,
     Caller(ctx): Caller,
     ApiJson(req): ApiJson<AddRequest>,
-) -> Result<ApiJson<AddResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let run_async = req.run_async.unwrap_or(false);
     let input = req.into_input()?;
+    if run_async {
+        let job = app.jobs.enqueue_add(&ctx, input).await?;
+        app.job_ready.notify_one();
+        let body = JobAccepted {
+            job_id: job.id,
+            status: job.state.as_str().to_owned(),
+        };
+        return Ok((axum::http::StatusCode::ACCEPTED, ApiJson(body)).into_response());
+    }
     let results = app.memory.add(&ctx, input).await?;
     Ok(ApiJson(AddResponse {
         results: results
@@ -45,7 +58,8 @@ async fn memories_add(
                 event: r.event.as_str().to_owned(),
             })
             .collect(),
-    }))
+    })
+    .into_response())
 }
 
 /// Search memories.

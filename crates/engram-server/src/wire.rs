@@ -51,6 +51,18 @@ pub struct AddRequest {
     /// When the content was said (RFC 3339 or Unix seconds); defaults to now.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub timestamp: Option<Value>,
+    /// Queue the add and answer `202 {"job_id", "status": "queued"}` at once; the
+    /// job survives restarts (see `GET /v1/jobs/{id}`). Default: false.
+    #[serde(rename = "async")]
+    pub run_async: Option<bool>,
+}
+
+/// `202` answer of an asynchronous add.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobAccepted {
+    pub job_id: Uuid,
+    /// `queued`.
+    pub status: String,
 }
 
 impl AddRequest {

@@ -32,6 +32,7 @@ fn embedder() -> Arc<BertEmbedder> {
 
 struct TestApp {
     router: Router,
+    memory: MemoryService,
     keys: KeyService,
     /// Sent with every request that has no `Authorization` of its own.
     key: Option<String>,
@@ -61,7 +62,8 @@ async fn test_app_with(config: ServerConfig) -> TestApp {
     .await
     .unwrap();
     TestApp {
-        router: app(AppState::new(memory, keys.clone(), config)),
+        router: app(AppState::new(memory.clone(), keys.clone(), config)),
+        memory,
         keys,
         key,
         dir,
@@ -1063,4 +1065,191 @@ async fn metrics_count_routes_searches_and_operations() {
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_adds_are_durable_jobs_with_a_dead_letter_queue() {
+    use engram_core::jobs::{JobConfig, JobRunner};
+    let t = test_app().await;
+    let runner = JobRunner::new(t.memory.clone(), JobConfig::default(), "test-worker");
+    let (s, accepted) = t
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(json!({"text": "Zoe collects vinyl records", "user_id": "zoe", "async": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+    let job = accepted["job_id"].as_str().unwrap().to_owned();
+    let (_, j) = t.call("GET", &format!("/v1/jobs/{job}"), None).await;
+    assert_eq!(
+        (j["status"].as_str(), j["attempts"].as_u64()),
+        (Some("queued"), Some(0))
+    );
+    assert_eq!(
+        t.count("zoe").await,
+        0,
+        "nothing is written before a worker runs"
+    );
+    assert!(runner.run_once().await.unwrap());
+    assert!(!runner.run_once().await.unwrap(), "nothing else is due");
+    let (_, j) = t.call("GET", &format!("/v1/jobs/{job}"), None).await;
+    assert_eq!(j["status"], "done", "{j}");
+    assert_eq!(j["result"]["results"][0]["event"], "ADD");
+    assert_eq!(t.count("zoe").await, 1);
+    let (s, _) = t
+        .call(
+            "GET",
+            &format!(
+                "/v1/memories/{}",
+                j["result"]["results"][0]["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Invalid input is refused at once; no job is queued.
+    let (s, body) = t
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(json!({"text": "x".repeat(20_000), "user_id": "zoe", "async": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, all) = t.call("GET", "/v1/jobs", None).await;
+    assert_eq!(all["results"].as_array().unwrap().len(), 1);
+
+    // Another org's key cannot see the job.
+    let other = create_key(&t.keys, "globex", None, Role::Admin).await;
+    let (s, _) = t
+        .call_as(Some(&other), "GET", &format!("/v1/jobs/{job}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A job that cannot succeed lands in the dead-letter queue at once (a retry would not help),
+    // and can be re-queued by hand.
+    let bad = engram_core::jobs::Job {
+        id: uuid::Uuid::now_v7(),
+        kind: "add".into(),
+        state: engram_core::jobs::JobState::Queued,
+        payload: json!({"not": "an add"}),
+        principal: Principal::operator(),
+        scope: Scope {
+            org_id: Some("acme".into()),
+            ..Default::default()
+        },
+        request_id: None,
+        attempts: 0,
+        max_attempts: 3,
+        last_error: None,
+        result: None,
+        created_at: t.memory.now(),
+        updated_at: t.memory.now(),
+        run_after: t.memory.now(),
+        lease_owner: None,
+        lease_until: None,
+    };
+    t.memory.store().job_insert(&bad).await.unwrap();
+    assert!(runner.run_once().await.unwrap());
+    let (_, dead) = t.call("GET", "/v1/jobs?state=dead", None).await;
+    let dead = dead["results"].as_array().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], json!(bad.id));
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not an add"),
+        "{}",
+        dead[0]
+    );
+    let (s, body) = t.call("POST", &format!("/v1/jobs/{job}/retry"), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "only dead jobs: {body}");
+    let (s, r) = t
+        .call("POST", &format!("/v1/jobs/{}/retry", bad.id), None)
+        .await;
+    assert_eq!(
+        (s, r["status"].as_str(), r["attempts"].as_u64()),
+        (StatusCode::OK, Some("queued"), Some(0))
+    );
+    let (s, _) = t.call("GET", "/v1/jobs?state=sleeping", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_and_refuse_a_different_request() {
+    let t = test_app().await;
+    let post = |key: &str, body: Value, auth: Option<String>| {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri("/v1/memories")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {a}"));
+        }
+        req.body(Body::from(body.to_string())).unwrap()
+    };
+    let a = json!({"text": "Yara flies gliders", "user_id": "yara"});
+    let admin = t.key.clone();
+    let (s, _, h, first) = t.send_raw(post("k1", a.clone(), admin.clone())).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!h.contains_key("idempotent-replayed"));
+    assert_eq!(first["results"][0]["event"], "ADD");
+    let (s, _, h, again) = t.send_raw(post("k1", a.clone(), admin.clone())).await;
+    assert_eq!(
+        (s, &again),
+        (StatusCode::OK, &first),
+        "the first answer, replayed"
+    );
+    assert_eq!(h["idempotent-replayed"], "true");
+    let (_, hist) = t
+        .call(
+            "GET",
+            &format!(
+                "/v1/memories/{}/history",
+                first["results"][0]["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        hist["results"].as_array().unwrap().len(),
+        1,
+        "the replay did nothing"
+    );
+    let (s, ctype, _, body) = t
+        .send_raw(post(
+            "k1",
+            json!({"text": "Yara flies kites", "user_id": "yara"}),
+            admin.clone(),
+        ))
+        .await;
+    assert_problem(s, ctype.as_deref(), &body, StatusCode::CONFLICT, "conflict");
+    assert_eq!(
+        t.count("yara").await,
+        1,
+        "the different request did not run"
+    );
+    // Keys are per caller: another key's `k1` is its own.
+    let other = create_key(&t.keys, "acme", None, Role::ReadWrite).await;
+    let (s, _, h, body) = t.send_raw(post("k1", a.clone(), Some(other))).await;
+    assert_eq!(
+        (s, body["results"][0]["event"].as_str()),
+        (StatusCode::OK, Some("NOOP"))
+    );
+    assert!(!h.contains_key("idempotent-replayed"));
+    // Async adds replay their job id: one job, whatever the retries.
+    let b = json!({"text": "Yara restores boats", "user_id": "yara", "async": true});
+    let (s1, _, _, j1) = t.send_raw(post("k2", b.clone(), admin.clone())).await;
+    let (s2, _, _, j2) = t.send_raw(post("k2", b.clone(), admin.clone())).await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(j1["job_id"], j2["job_id"]);
+    let (_, jobs) = t.call("GET", "/v1/jobs", None).await;
+    assert_eq!(jobs["results"].as_array().unwrap().len(), 1);
+    let (s, _, _, _) = t.send_raw(post(&"x".repeat(300), a, admin)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "an overlong key");
 }

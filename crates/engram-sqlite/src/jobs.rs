@@ -252,3 +252,94 @@ impl JobStore for SqliteStore {
         .await
     }
 }
+
+#[async_trait]
+impl engram_core::idempotency::IdempotencyStore for SqliteStore {
+    async fn idem_begin(
+        &self,
+        caller: &str,
+        key: &str,
+        request_hash: &str,
+        now: Timestamp,
+    ) -> Result<engram_core::idempotency::IdemBegin> {
+        use engram_core::idempotency::{ABANDONED_AFTER_SECS, IdemBegin, StoredResponse};
+        use rusqlite::OptionalExtension;
+        let (caller, key, hash) = (caller.to_owned(), key.to_owned(), request_hash.to_owned());
+        self.write(move |conn| {
+            let found: Option<(String, Option<i64>, Option<String>, i64)> = conn
+                .query_row(
+                    "SELECT request_hash, status, response, created_at FROM idempotency \
+                     WHERE principal = ?1 AND key = ?2",
+                    params![caller, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let reserve = |conn: &Connection| {
+                conn.execute(
+                    "INSERT OR REPLACE INTO idempotency (principal, key, request_hash, status, response, created_at) \
+                     VALUES (?1, ?2, ?3, NULL, NULL, ?4)",
+                    params![caller, key, hash, now.as_millisecond()],
+                )
+                .map_err(db_err)
+            };
+            match found {
+                None => {
+                    reserve(conn)?;
+                    Ok(IdemBegin::New)
+                }
+                Some((h, _, _, _)) if h != hash => Ok(IdemBegin::Mismatch),
+                Some((_, Some(status), Some(resp), _)) => {
+                    let v: serde_json::Value = json_col(&resp, "idempotent response")?;
+                    Ok(IdemBegin::Replay(StoredResponse {
+                        status: u16::try_from(status).unwrap_or(500),
+                        content_type: v["content_type"].as_str().unwrap_or("application/json").to_owned(),
+                        body: v["body"].as_str().unwrap_or("").as_bytes().to_vec(),
+                    }))
+                }
+                Some((_, _, _, created)) if now.as_millisecond() - created > ABANDONED_AFTER_SECS * 1000 => {
+                    reserve(conn)?;
+                    Ok(IdemBegin::New)
+                }
+                Some(_) => Ok(IdemBegin::InFlight),
+            }
+        })
+        .await
+    }
+
+    async fn idem_complete(
+        &self,
+        caller: &str,
+        key: &str,
+        response: &engram_core::idempotency::StoredResponse,
+    ) -> Result<()> {
+        let (caller, key) = (caller.to_owned(), key.to_owned());
+        let stored = serde_json::json!({
+            "content_type": response.content_type,
+            "body": String::from_utf8_lossy(&response.body),
+        });
+        let status = response.status;
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE idempotency SET status = ?3, response = ?4 WHERE principal = ?1 AND key = ?2",
+                params![caller, key, status, to_json(&stored)],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn idem_abort(&self, caller: &str, key: &str) -> Result<()> {
+        let (caller, key) = (caller.to_owned(), key.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM idempotency WHERE principal = ?1 AND key = ?2 AND status IS NULL",
+                params![caller, key],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+}

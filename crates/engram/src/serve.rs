@@ -43,6 +43,17 @@ pub struct ServeArgs {
     /// Browser origins allowed to call /mcp besides loopback (comma-separated).
     #[arg(long, env = "ENGRAM_MCP_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub mcp_allowed_origins: Vec<String>,
+    /// Background workers processing queued jobs on this node (0: none).
+    #[arg(long, env = "ENGRAM_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Attempts before a job is moved to the dead-letter queue.
+    #[arg(long, env = "ENGRAM_JOB_MAX_ATTEMPTS", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub job_max_attempts: u32,
+    /// Seconds a worker holds a job; after that another worker may take it over.
+    #[arg(long, env = "ENGRAM_JOB_LEASE_SECS", default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub job_lease_secs: u64,
 }
 
 impl ServeArgs {
@@ -150,6 +161,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         mcp: engram_server::mcp::McpHttpConfig {
             allowed_origins: args.mcp_allowed_origins.clone(),
+        },
+        workers: args.workers,
+        jobs: engram_core::jobs::JobConfig {
+            max_attempts: args.job_max_attempts,
+            lease: std::time::Duration::from_secs(args.job_lease_secs),
+            ..Default::default()
         },
     };
     let state = AppState::new(service, keys, config);

@@ -1,0 +1,147 @@
+//! `Idempotency-Key` on any POST (outside `/mcp`): the same key with the same
+//! request replays the first response (marked `Idempotent-Replayed: true`);
+//! the same key with a different request is `409 conflict`; while the first
+//! is still running, a repeat is `409` too. Keys are per caller (API key).
+//! 5xx answers are not kept, so a retry runs again.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use engram_core::ErrorCode;
+use engram_core::access::Principal;
+use engram_core::idempotency::{IdemBegin, MAX_KEY_LEN, StoredResponse};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::{ApiError, HttpCode};
+
+pub const HEADER: &str = "idempotency-key";
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST || req.uri().path().starts_with("/mcp") {
+        return next.run(req).await;
+    }
+    let Some(key) = req.headers().get(HEADER).cloned() else {
+        return next.run(req).await;
+    };
+    let key = match key.to_str() {
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= MAX_KEY_LEN
+                && k.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            k.to_owned()
+        }
+        _ => {
+            return ApiError::invalid(format!(
+                "`Idempotency-Key` must be 1 to {MAX_KEY_LEN} printable ASCII characters"
+            ))
+            .into_response();
+        }
+    };
+    let caller = match req.extensions().get::<Principal>() {
+        Some(p) => p.actor("operator"),
+        None => return next.run(req).await,
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, app.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                HttpCode::PayloadTooLarge,
+                "request body is larger than the server's limit",
+            )
+            .into_response();
+        }
+    };
+    let mut h = Sha256::new();
+    h.update(parts.method.as_str());
+    h.update(b"\n");
+    h.update(parts.uri.to_string());
+    h.update(b"\n");
+    h.update(&bytes);
+    let hash = hex(&h.finalize());
+    let store = app.memory.store();
+    match store
+        .idem_begin(&caller, &key, &hash, app.memory.now())
+        .await
+    {
+        Err(e) => return ApiError::from(e).into_response(),
+        Ok(IdemBegin::Mismatch) => {
+            return ApiError::new(
+                HttpCode::Core(ErrorCode::Conflict),
+                "this Idempotency-Key was used for a different request; use a new key",
+            )
+            .into_response();
+        }
+        Ok(IdemBegin::InFlight) => {
+            return ApiError::new(
+                HttpCode::Core(ErrorCode::Conflict),
+                "a request with this Idempotency-Key is still running; retry later",
+            )
+            .into_response();
+        }
+        Ok(IdemBegin::Replay(stored)) => {
+            metrics::counter!("engram_idempotent_replays_total").increment(1);
+            let mut resp = (
+                axum::http::StatusCode::from_u16(stored.status)
+                    .unwrap_or(axum::http::StatusCode::OK),
+                stored.body,
+            )
+                .into_response();
+            if let Ok(ct) = HeaderValue::from_str(&stored.content_type) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return resp;
+        }
+        Ok(IdemBegin::New) => {}
+    }
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let status = resp.status();
+    if status.is_server_error() {
+        if let Err(e) = store.idem_abort(&caller, &key).await {
+            tracing::error!(error = %e, "dropping an idempotency reservation");
+        }
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = store.idem_abort(&caller, &key).await;
+            return ApiError::new(
+                HttpCode::Core(ErrorCode::Internal),
+                format!("reading the response: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let stored = StoredResponse {
+        status: status.as_u16(),
+        content_type: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned(),
+        body: bytes.to_vec(),
+    };
+    if let Err(e) = store.idem_complete(&caller, &key, &stored).await {
+        tracing::error!(error = %e, "storing an idempotent response");
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}

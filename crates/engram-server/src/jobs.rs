@@ -1,0 +1,167 @@
+//! `/v1/jobs`: job status, the dead-letter queue, retries; and the worker
+//! pool that processes queued jobs on this node.
+
+use axum::extract::State;
+use engram_core::jobs::{Job, JobRunner, JobState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiQuery, MemoryIdPath};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(jobs_list))
+        .routes(routes!(jobs_get))
+        .routes(routes!(jobs_retry))
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobOut {
+    pub id: uuid::Uuid,
+    pub kind: String,
+    /// `queued`, `running`, `done` or `dead`.
+    pub status: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub last_error: Option<String>,
+    /// When done: `{"results": [{"id", "memory", "event"}]}` (ADD / NOOP…).
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub request_id: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: jiff::Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: jiff::Timestamp,
+    /// When a queued job runs next.
+    #[schema(value_type = String, format = DateTime)]
+    pub run_after: jiff::Timestamp,
+}
+
+impl From<Job> for JobOut {
+    fn from(j: Job) -> Self {
+        JobOut {
+            id: j.id,
+            kind: j.kind,
+            status: j.state.as_str().to_owned(),
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+            last_error: j.last_error,
+            result: j.result,
+            request_id: j.request_id,
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+            run_after: j.run_after,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    /// `queued`, `running`, `done` or `dead` (the dead-letter queue).
+    #[param(pattern = "^(queued|running|done|dead)$")]
+    pub state: Option<String>,
+    /// At most this many, newest first (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobListResponse {
+    pub results: Vec<JobOut>,
+}
+
+/// List jobs inside the caller's binding, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobsQuery),
+    responses((status = 200, body = JobListResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn jobs_list(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    ApiQuery(q): ApiQuery<JobsQuery>,
+) -> Result<ApiJson<JobListResponse>, ApiError> {
+    let state = q.state.as_deref().map(JobState::parse).transpose()?;
+    let jobs = app.jobs.list(&ctx, state, q.limit.unwrap_or(100)).await?;
+    Ok(ApiJson(JobListResponse {
+        results: jobs.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// A job's status and, when done, its result.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = JobOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn jobs_get(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    MemoryIdPath(id): MemoryIdPath,
+) -> Result<ApiJson<JobOut>, ApiError> {
+    Ok(ApiJson(app.jobs.get(&ctx, id).await?.into()))
+}
+
+/// Re-queue a dead job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = JobOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn jobs_retry(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    MemoryIdPath(id): MemoryIdPath,
+) -> Result<ApiJson<JobOut>, ApiError> {
+    let job = app.jobs.retry(&ctx, id).await?;
+    app.job_ready.notify_waiters();
+    Ok(ApiJson(job.into()))
+}
+
+/// Starts `config.workers` workers. Each claims due jobs until the shutdown
+/// token is cancelled; a job it has started is finished first (leases cover
+/// a worker that dies instead).
+pub fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let node = uuid::Uuid::now_v7().simple().to_string();
+    (0..state.config.workers)
+        .map(|i| {
+            let runner = JobRunner::new(
+                state.memory.clone(),
+                state.config.jobs.clone(),
+                format!("{}-{i}", &node[node.len() - 8..]),
+            );
+            let (stop, ready, jobs) = (
+                state.shutdown.clone(),
+                state.job_ready.clone(),
+                state.jobs.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    match runner.run_once().await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            // Idle: wait for a new job, or poll (retries come due, other nodes).
+                            tokio::select! {
+                                () = ready.notified() => {}
+                                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                                () = stop.cancelled() => return,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "job worker: store error; backing off");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                    if let Ok(c) = jobs.counts().await {
+                        metrics::gauge!("engram_jobs_queued").set(c.queued as f64);
+                        metrics::gauge!("engram_jobs_running").set(c.running as f64);
+                        metrics::gauge!("engram_jobs_dead").set(c.dead as f64);
+                    }
+                }
+            })
+        })
+        .collect()
+}
