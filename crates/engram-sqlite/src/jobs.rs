@@ -343,3 +343,20 @@ impl engram_core::idempotency::IdempotencyStore for SqliteStore {
         .await
     }
 }
+
+impl SqliteStore {
+    /// Re-queues jobs left `running` by a process that died. Only sound when no
+    /// other process can hold a lease: the embedded store is single-process
+    /// (the data directory is locked), so at start every lease is orphaned.
+    pub async fn release_orphaned_leases(&self, now: Timestamp) -> Result<usize> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL, \
+                 run_after = ?1, updated_at = ?1 WHERE state = 'running'",
+                params![now.as_millisecond()],
+            )
+            .map_err(db_err)
+        })
+        .await
+    }
+}

@@ -169,6 +169,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
+    // This process holds the data directory: jobs left running were orphaned by a crash.
+    let resumed = store
+        .release_orphaned_leases(jiff::Timestamp::now())
+        .await?;
+    if resumed > 0 {
+        tracing::info!(
+            jobs = resumed,
+            "resuming jobs a previous process left unfinished"
+        );
+    }
     let state = AppState::new(service, keys, config);
     // Handlers are installed before the "listening" line: a supervisor (or a
     // test) that sends SIGTERM right after it must get a graceful shutdown.

@@ -380,3 +380,94 @@ async fn kill_9_never_loses_an_acknowledged_write() {
     );
     assert!(acked.len() >= rounds * 2, "too few writes to mean anything");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_queue_then_every_job_completes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = create_key(&data);
+    let http = reqwest::Client::new();
+    let server = Server::start(&data, "warn");
+    let n = 120u64;
+    let mut jobs = Vec::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let resp = http
+            .post(format!("{}/v1/memories", server.url))
+            .bearer_auth(&key)
+            .json(&json!({"text": sentence(7_000_000 + i), "user_id": "queue", "async": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let v: Value = resp.json().await.unwrap();
+        jobs.push(v["job_id"].as_str().unwrap().to_owned());
+    }
+    let accept_ms = started.elapsed().as_secs_f64() * 1e3 / n as f64;
+    // Let the workers get going, then kill the process mid-queue.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let queued: Value = http
+        .get(format!("{}/v1/jobs?state=queued&limit=1000", server.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let left = queued["results"].as_array().unwrap().len();
+    server.signal("-KILL");
+    assert!(
+        left > 0,
+        "the kill must come mid-queue (make the queue longer)"
+    );
+    drop(server);
+    assert_eq!(integrity_check(&data), "ok");
+
+    let server = Server::start(&data, "warn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut results = Vec::new();
+    for job in &jobs {
+        loop {
+            let j: Value = http
+                .get(format!("{}/v1/jobs/{job}", server.url))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if j["status"] == "done" {
+                results.push(j["result"]["results"][0].clone());
+                break;
+            }
+            assert!(j["status"] != "dead", "{j}");
+            assert!(Instant::now() < deadline, "job {job} never finished: {j}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Exactly once: every job's own run added its memory (a second run would
+    // have found the first one's and answered NOOP), one memory per job.
+    assert!(results.iter().all(|r| r["event"] == "ADD"), "{results:?}");
+    let mut ids: Vec<&str> = results.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), jobs.len());
+    let listed: Value = http
+        .get(format!(
+            "{}/v1/memories?user_id=queue&limit=1000",
+            server.url
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["results"].as_array().unwrap().len(), jobs.len());
+    eprintln!(
+        "queue: {n} async adds accepted at {accept_ms:.2} ms each (202, debug build), kill -9 with {left} still queued, all {n} completed exactly once after restart"
+    );
+}
