@@ -23,8 +23,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::access::{Principal, Role};
+use crate::consolidate::Pipeline;
 use crate::memory::Scope;
-use crate::service::{AddInput, MemoryService, RequestCtx};
+use crate::service::{AddInput, AddResult, MemoryService, RequestCtx};
 use crate::store::WriteOp;
 use crate::{Error, ErrorCode, Result};
 
@@ -161,11 +162,36 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
 pub struct JobQueue {
     memory: MemoryService,
     config: JobConfig,
+    pipeline: Option<Pipeline>,
 }
 
 impl JobQueue {
-    pub fn new(memory: MemoryService, config: JobConfig) -> JobQueue {
-        JobQueue { memory, config }
+    pub fn new(memory: MemoryService, config: JobConfig, pipeline: Option<Pipeline>) -> JobQueue {
+        JobQueue {
+            memory,
+            config,
+            pipeline,
+        }
+    }
+
+    /// Whether adds can go through the LLM pipeline.
+    pub fn pipeline(&self) -> Option<&Pipeline> {
+        self.pipeline.as_ref()
+    }
+
+    /// An add through the LLM pipeline, now (the synchronous path).
+    pub async fn add_inferred(&self, ctx: &RequestCtx, input: AddInput) -> Result<Vec<AddResult>> {
+        let pipeline = self
+            .pipeline
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorCode::LlmUnavailable, "no LLM is configured"))?;
+        let input = self.memory.validate_add(ctx, input)?;
+        let (ops, outcome) = pipeline.prepare(ctx, &input).await?;
+        if !ops.is_empty() {
+            self.memory.store().apply(ops).await?;
+        }
+        record(&outcome.results);
+        Ok(outcome.results)
     }
 
     pub fn config(&self) -> &JobConfig {
@@ -174,15 +200,17 @@ impl JobQueue {
 
     /// Validates an add now (the caller gets a 4xx at once if it is wrong) and
     /// queues it. Returns the job.
-    pub async fn enqueue_add(&self, ctx: &RequestCtx, input: AddInput) -> Result<Job> {
+    pub async fn enqueue_add(&self, ctx: &RequestCtx, input: AddInput, infer: bool) -> Result<Job> {
         let input = self.memory.validate_add(ctx, input)?;
         let now = self.memory.now();
+        let mut payload = serde_json::to_value(&input)
+            .map_err(|e| Error::internal(format!("job payload: {e}")))?;
+        payload["infer"] = json!(infer && self.pipeline.is_some());
         let job = Job {
             id: Uuid::now_v7(),
             kind: "add".into(),
             state: JobState::Queued,
-            payload: serde_json::to_value(&input)
-                .map_err(|e| Error::internal(format!("job payload: {e}")))?,
+            payload,
             principal: ctx.principal.clone(),
             scope: input.scope.clone(),
             request_id: ctx.request_id.clone(),
@@ -265,6 +293,13 @@ pub struct JobRunner {
     memory: MemoryService,
     config: JobConfig,
     worker: String,
+    pipeline: Option<Pipeline>,
+}
+
+fn record(results: &[AddResult]) {
+    for r in results {
+        crate::telemetry::memory_event(r.event, 1);
+    }
 }
 
 impl JobRunner {
@@ -273,7 +308,14 @@ impl JobRunner {
             memory,
             config,
             worker: worker.into(),
+            pipeline: None,
         }
+    }
+
+    /// Runs `infer` adds through the LLM pipeline.
+    pub fn with_pipeline(mut self, pipeline: Option<Pipeline>) -> JobRunner {
+        self.pipeline = pipeline;
+        self
     }
 
     /// Runs at most one job. `Ok(false)` when none was due.
@@ -347,21 +389,34 @@ impl JobRunner {
     async fn process(&self, job: &Job) -> Result<()> {
         match job.kind.as_str() {
             "add" => {
+                let infer = job.payload["infer"].as_bool().unwrap_or(false);
                 let input: AddInput = serde_json::from_value(job.payload.clone())
                     .map_err(|e| Error::invalid(format!("job payload is not an add: {e}")))?;
                 let ctx = RequestCtx::new(job.principal.clone(), "job", job.request_id.clone());
-                let (mut ops, results) = self.memory.prepare_add(&ctx, vec![input]).await?;
-                let results: Vec<_> = results.into_iter().flatten().collect();
+                let (mut ops, results, usage) = match (&self.pipeline, infer) {
+                    (Some(p), true) => {
+                        let (ops, outcome) = p.prepare(&ctx, &input).await?;
+                        (ops, outcome.results, Some(outcome.usage))
+                    }
+                    (None, true) => {
+                        return Err(Error::new(
+                            ErrorCode::LlmUnavailable,
+                            "this job needs the LLM, and none is configured on this node",
+                        ));
+                    }
+                    _ => {
+                        let (ops, results) = self.memory.prepare_add(&ctx, vec![input]).await?;
+                        (ops, results.into_iter().flatten().collect(), None)
+                    }
+                };
                 ops.push(WriteOp::FinishJob {
                     id: job.id,
                     worker: self.worker.clone(),
-                    result: json!({ "results": results }),
+                    result: json!({ "results": results, "usage": usage }),
                     at: self.memory.now(),
                 });
                 self.memory.store().apply(ops).await?;
-                for r in &results {
-                    crate::telemetry::memory_event(r.event, 1);
-                }
+                record(&results);
                 Ok(())
             }
             other => Err(Error::invalid(format!("unknown job kind `{other}`"))),

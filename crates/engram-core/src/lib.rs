@@ -14,6 +14,7 @@
 pub mod access;
 pub mod budget;
 pub mod config;
+pub mod consolidate;
 pub mod embed;
 pub mod error;
 pub mod filter;

@@ -252,11 +252,11 @@ impl MemoryService {
         to_millis(self.inner.clock.now())
     }
 
-    fn vis(&self) -> Visibility {
+    pub(crate) fn vis(&self) -> Visibility {
         Visibility { now: self.now() }
     }
 
-    fn check_text(&self, text: &str, what: &str) -> Result<()> {
+    pub(crate) fn check_text(&self, text: &str, what: &str) -> Result<()> {
         let max = self.inner.ingest.max_text_bytes;
         if text.len() > max {
             return Err(Error::new(
@@ -509,7 +509,7 @@ impl MemoryService {
             .map(|m| m.id))
     }
 
-    fn history_event(
+    pub(crate) fn history_event(
         &self,
         ctx: &RequestCtx,
         m: &Memory,

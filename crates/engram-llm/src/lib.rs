@@ -498,6 +498,11 @@ impl OpenAiEmbedder {
         Ok(e)
     }
 
+    /// The model id (`openai:<model>`) and the dimension learnt at connect.
+    pub fn model_info(&self) -> &ModelInfo {
+        &self.info
+    }
+
     async fn call(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let body = json!({"model": self.t.cfg.model, "input": texts});
         let answer = self.t.post("embeddings", &body).await.map_err(|a| {

@@ -31,8 +31,15 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     let model = app.memory.embedder().model();
     let embedder = json!({"status": "ok", "model": model.id, "dim": model.dim});
-    // No LLM client exists yet: ingest stores messages verbatim, which needs none.
-    let llm = json!({"status": "not_configured"});
+    // The LLM is reported, not required: adds queue while it is down and search never needs it.
+    let llm = match app.jobs.pipeline() {
+        None => json!({"status": "not_configured"}),
+        Some(p) => {
+            let state = p.llm().state();
+            json!({"status": if state == engram_core::llm::LlmState::Closed { "ok" } else { "unavailable" },
+                   "circuit": state.as_str(), "model": p.llm().model()})
+        }
+    };
     let ready = store["status"] == "ok";
     let status = if ready {
         StatusCode::OK

@@ -129,7 +129,8 @@ pub fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
                 state.memory.clone(),
                 state.config.jobs.clone(),
                 format!("{}-{i}", &node[node.len() - 8..]),
-            );
+            )
+            .with_pipeline(state.jobs.pipeline().cloned());
             let (stop, ready, jobs) = (
                 state.shutdown.clone(),
                 state.job_ready.clone(),

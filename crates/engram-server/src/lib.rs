@@ -89,9 +89,19 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Runs `infer` adds through the LLM pipeline (extraction, consolidation).
+    pub fn with_pipeline(mut self, pipeline: engram_core::consolidate::Pipeline) -> AppState {
+        self.jobs = engram_core::jobs::JobQueue::new(
+            self.memory.clone(),
+            self.config.jobs.clone(),
+            Some(pipeline),
+        );
+        self
+    }
+
     pub fn new(memory: MemoryService, keys: KeyService, config: ServerConfig) -> AppState {
         AppState {
-            jobs: engram_core::jobs::JobQueue::new(memory.clone(), config.jobs.clone()),
+            jobs: engram_core::jobs::JobQueue::new(memory.clone(), config.jobs.clone(), None),
             job_ready: Arc::new(tokio::sync::Notify::new()),
             memory,
             keys,

@@ -332,8 +332,14 @@ async fn add_with(
         expires_at: time_field(field(b, "expiration_date"), "expiration_date")?,
         timestamp: time_field(field(b, "timestamp"), "timestamp")?,
     };
-    // `infer` is accepted; without an LLM both modes store the messages verbatim.
-    let results = app.memory.add(ctx, input).await?;
+    // With an LLM, `infer` (default true) extracts and consolidates facts; without, messages are stored verbatim.
+    let infer =
+        app.jobs.pipeline().is_some() && field(b, "infer").and_then(Value::as_bool).unwrap_or(true);
+    let results = if infer {
+        app.jobs.add_inferred(ctx, input).await?
+    } else {
+        app.memory.add(ctx, input).await?
+    };
     let results: Vec<Value> = results
         .into_iter()
         .map(|r| json!({"id": r.id, "memory": r.memory, "event": r.event.as_str(), "data": {"memory": r.memory}}))

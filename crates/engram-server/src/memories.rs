@@ -37,10 +37,13 @@ async fn memories_add(
     ApiJson(req): ApiJson<AddRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let run_async = req.run_async.unwrap_or(false);
+    // With an LLM, adds infer facts and run in the background unless told otherwise.
+    let llm = app.jobs.pipeline().is_some();
+    let infer = llm && req.infer.unwrap_or(true);
+    let run_async = req.run_async.unwrap_or(llm);
     let input = req.into_input()?;
     if run_async {
-        let job = app.jobs.enqueue_add(&ctx, input).await?;
+        let job = app.jobs.enqueue_add(&ctx, input, infer).await?;
         app.job_ready.notify_one();
         let body = JobAccepted {
             job_id: job.id,
@@ -48,7 +51,11 @@ async fn memories_add(
         };
         return Ok((axum::http::StatusCode::ACCEPTED, ApiJson(body)).into_response());
     }
-    let results = app.memory.add(&ctx, input).await?;
+    let results = if infer {
+        app.jobs.add_inferred(&ctx, input).await?
+    } else {
+        app.memory.add(&ctx, input).await?
+    };
     Ok(ApiJson(AddResponse {
         results: results
             .into_iter()

@@ -87,7 +87,16 @@ pub async fn metrics_get(State(app): State<AppState>) -> Response {
         }
         Err(e) => return ApiError::from(e).into_response(),
     }
-    metrics::gauge!("engram_llm_configured").set(0.0);
+    metrics::gauge!("engram_llm_configured").set(if app.jobs.pipeline().is_some() {
+        1.0
+    } else {
+        0.0
+    });
+    if let Ok(c) = app.jobs.counts().await {
+        metrics::gauge!("engram_jobs_queued").set(c.queued as f64);
+        metrics::gauge!("engram_jobs_running").set(c.running as f64);
+        metrics::gauge!("engram_jobs_dead").set(c.dead as f64);
+    }
     let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     let mut resp = body.into_response();
     resp.headers_mut().insert(

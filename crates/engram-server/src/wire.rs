@@ -296,6 +296,8 @@ pub struct HistoryOut {
     pub new_memory: Option<String>,
     pub version: u32,
     pub actor: Option<String>,
+    /// Why (the LLM's reason for a consolidation decision).
+    pub reason: Option<String>,
     pub request_id: Option<String>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
@@ -311,6 +313,7 @@ impl From<HistoryEvent> for HistoryOut {
             new_memory: h.new_text,
             version: h.version,
             actor: h.actor,
+            reason: h.reason,
             request_id: h.request_id,
             created_at: h.created_at,
         }

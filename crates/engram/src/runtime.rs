@@ -136,6 +136,19 @@ pub struct StoreArgs {
     /// Sentence-transformers model directory [default: $ENGRAM_MODEL_DIR or ~/.local/share/engram/models/all-MiniLM-L6-v2].
     #[arg(long, env = "ENGRAM_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
+    /// Use an OpenAI-compatible embeddings endpoint instead of the local model (e.g. `https://api.openai.com/v1`).
+    #[arg(long, env = "ENGRAM_EMBED_BASE_URL")]
+    pub embed_base_url: Option<String>,
+    /// The remote embedding model (with --embed-base-url).
+    #[arg(
+        long,
+        env = "ENGRAM_EMBED_MODEL",
+        default_value = "text-embedding-3-small"
+    )]
+    pub embed_model: String,
+    /// API key for --embed-base-url.
+    #[arg(long, env = "ENGRAM_EMBED_API_KEY", hide_env_values = true)]
+    pub embed_api_key: Option<String>,
     #[command(flatten)]
     pub retrieval: RetrievalArgs,
 }
@@ -269,9 +282,29 @@ pub async fn load_embedder(dir: PathBuf) -> anyhow::Result<Arc<BertEmbedder>> {
     Ok(Arc::new(embedder))
 }
 
+/// The configured embedder: a remote OpenAI-compatible endpoint, or the local model.
+async fn embedder(args: &StoreArgs) -> anyhow::Result<Arc<dyn engram_core::embed::Embedder>> {
+    match &args.embed_base_url {
+        Some(url) => {
+            let mut cfg = engram_llm::ClientConfig::new(url.clone(), args.embed_model.clone());
+            cfg.api_key = args.embed_api_key.clone();
+            let e = engram_llm::OpenAiEmbedder::connect(
+                cfg,
+                Arc::new(engram_llm::TokioSleeper),
+                Arc::new(SystemClock),
+            )
+            .await
+            .with_context(|| format!("connecting to the embeddings endpoint {url}"))?;
+            tracing::info!(model = %e.model_info().id, dim = e.model_info().dim, "remote embeddings");
+            Ok(Arc::new(e))
+        }
+        None => Ok(load_embedder(args.model_dir()).await?),
+    }
+}
+
 /// Opens the store and model and builds the service.
 pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, SqliteStore)> {
-    let embedder = load_embedder(args.model_dir()).await?;
+    let embedder = embedder(args).await?;
     let options = SqliteOptions {
         index: args.retrieval.index(),
         ..SqliteOptions::default()

@@ -1,0 +1,380 @@
+//! The LLM pipeline end to end through the REST API, with a scripted
+//! OpenAI-compatible provider on a real socket (the only double), the real
+//! embedding model and a real SQLite store. Each step asserts stored state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use engram_core::access::Principal;
+use engram_core::config::{IngestConfig, RetrievalConfig};
+use engram_core::consolidate::Pipeline;
+use engram_core::jobs::{JobConfig, JobRunner};
+use engram_core::keys::KeyService;
+use engram_core::service::{MemoryService, SystemClock};
+use engram_embed::BertEmbedder;
+use engram_llm::{ClientConfig, OpenAiChat, Sleeper};
+use engram_server::auth::AuthMode;
+use engram_server::{AppState, ServerConfig, app};
+use engram_sqlite::{SqliteOptions, SqliteStore};
+use engram_testkit::{Reply, ScriptedLlm};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct NoSleep;
+
+#[async_trait::async_trait]
+impl Sleeper for NoSleep {
+    async fn sleep(&self, _: Duration) {}
+}
+
+struct World {
+    router: axum::Router,
+    llm: ScriptedLlm,
+    runner: JobRunner,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default())
+        .await
+        .unwrap();
+    let embedder = Arc::new(BertEmbedder::load(&engram_embed::default_model_dir()).unwrap());
+    let memory = MemoryService::new(
+        Arc::new(store.clone()),
+        embedder,
+        RetrievalConfig::default(),
+        IngestConfig::default(),
+        100,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let llm = ScriptedLlm::start().await;
+    let mut cfg = ClientConfig::new(llm.url(), "scripted");
+    cfg.max_retries = 0;
+    cfg.breaker_threshold = 100;
+    let chat = OpenAiChat::new(cfg, Arc::new(NoSleep), Arc::new(SystemClock)).unwrap();
+    let pipeline = Pipeline::new(memory.clone(), Arc::new(chat));
+    let jobs = JobConfig {
+        max_attempts: 2,
+        backoff_base: Duration::ZERO,
+        ..JobConfig::default()
+    };
+    let keys = KeyService::new(Arc::new(store), Arc::new(SystemClock));
+    let config = ServerConfig {
+        auth: AuthMode::InsecureNoAuth,
+        jobs: jobs.clone(),
+        ..ServerConfig::default()
+    };
+    let state = AppState::new(memory.clone(), keys, config).with_pipeline(pipeline.clone());
+    World {
+        router: app(state),
+        llm,
+        runner: JobRunner::new(memory, jobs, "test").with_pipeline(Some(pipeline)),
+        _dir: dir,
+    }
+}
+
+impl World {
+    async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn say(&self, text: &str) -> Value {
+        let (s, r) = self
+            .call(
+                "POST",
+                "/v1/memories",
+                Some(json!({"messages": [{"role": "user", "content": text}], "user_id": "sam", "async": false})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        r
+    }
+
+    async fn memories(&self) -> Vec<Value> {
+        let (_, r) = self.call("GET", "/v1/memories?user_id=sam", None).await;
+        r["results"].as_array().unwrap().clone()
+    }
+
+    async fn history(&self, id: &str) -> Vec<Value> {
+        let (_, r) = self
+            .call("GET", &format!("/v1/memories/{id}/history"), None)
+            .await;
+        r["results"].as_array().unwrap().clone()
+    }
+}
+
+fn facts(texts: &[&str]) -> Reply {
+    let facts: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"text": t, "kind": "semantic", "entities": [], "valid_at": null, "speaker": "user"}))
+        .collect();
+    Reply::chat_json(json!({ "facts": facts }))
+}
+
+fn op(event: &str, target: Option<&str>, text: Option<&str>, reason: &str) -> Reply {
+    Reply::chat_json(json!({"operations": [
+        {"fact": "f1", "event": event, "target": target, "text": text, "reason": reason}]}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_change_over_sessions_with_history() {
+    let w = world().await;
+
+    // Session 1: a new fact, nothing to compare with → ADD without a consolidation call.
+    w.llm.push([facts(&["Works at Acme as an engineer"])]);
+    let r = w.say("I work at Acme as an engineer.").await;
+    assert_eq!(r["results"][0]["event"], "ADD", "{r}");
+    let id = r["results"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(w.llm.received_count(), 1);
+    let extract = &w.llm.received()[0];
+    assert_eq!(extract["response_format"]["json_schema"]["name"], "facts");
+    assert!(
+        extract["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("I work at Acme")
+    );
+
+    // Session 2: the fact changes → UPDATE of the same memory, old text kept in history.
+    w.llm.push([
+        facts(&["Works at Stripe"]),
+        op(
+            "UPDATE",
+            Some("m1"),
+            Some("Works at Stripe as an engineer"),
+            "changed jobs",
+        ),
+    ]);
+    let r = w.say("Big news: I just joined Stripe!").await;
+    assert_eq!(
+        (
+            r["results"][0]["event"].as_str(),
+            r["results"][0]["id"].as_str()
+        ),
+        (Some("UPDATE"), Some(id.as_str()))
+    );
+    let consolidate = &w.llm.received()[2];
+    let shown = consolidate["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        shown.contains("\"m1\"") && shown.contains("Works at Acme"),
+        "{shown}"
+    );
+    assert!(!shown.contains(&id), "real ids are never shown to the LLM");
+    let ms = w.memories().await;
+    assert_eq!(ms.len(), 1);
+    assert_eq!(
+        (ms[0]["memory"].as_str(), ms[0]["version"].as_u64()),
+        (Some("Works at Stripe as an engineer"), Some(2))
+    );
+    let h = w.history(&id).await;
+    assert_eq!(h.len(), 2);
+    assert_eq!(
+        (
+            h[1]["event"].as_str(),
+            h[1]["old_memory"].as_str(),
+            h[1]["reason"].as_str()
+        ),
+        (
+            Some("UPDATE"),
+            Some("Works at Acme as an engineer"),
+            Some("changed jobs")
+        )
+    );
+
+    // A duplicate → NOOP, nothing written.
+    w.llm.push([
+        facts(&["Works at Stripe"]),
+        op("NOOP", Some("m1"), None, "already known"),
+    ]);
+    let r = w.say("Yes, I work at Stripe.").await;
+    assert_eq!(
+        (
+            r["results"][0]["event"].as_str(),
+            r["results"][0]["id"].as_str()
+        ),
+        (Some("NOOP"), Some(id.as_str()))
+    );
+    assert_eq!(w.history(&id).await.len(), 2);
+
+    // A contradiction → DELETE that keeps history.
+    w.llm
+        .push([facts(&["Is vegetarian"]), op("ADD", None, None, "new")]);
+    let r = w.say("I'm vegetarian.").await;
+    let veg = r["results"][0]["id"].as_str().unwrap().to_owned();
+    w.llm.push([facts(&["Eats meat again"])]);
+    w.llm.respond_with(move |_, body| {
+        // The vegetarian memory is one of the aliases shown; delete whichever it is.
+        let shown = body["messages"][1]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let v: Value = serde_json::from_str(&shown).unwrap_or(Value::Null);
+        let alias = v["existing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["text"] == "Is vegetarian")
+            .and_then(|m| m["id"].as_str())
+            .unwrap_or("m?")
+            .to_owned();
+        op("DELETE", Some(&alias), None, "no longer vegetarian")
+    });
+    let r = w.say("I started eating meat again.").await;
+    assert_eq!(
+        (
+            r["results"][0]["event"].as_str(),
+            r["results"][0]["id"].as_str()
+        ),
+        (Some("DELETE"), Some(veg.as_str()))
+    );
+    let ids: Vec<String> = w
+        .memories()
+        .await
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec![id.clone()], "the vegetarian memory is closed");
+    let h = w.history(&veg).await;
+    assert_eq!(
+        (h[1]["event"].as_str(), h[1]["reason"].as_str()),
+        (Some("DELETE"), Some("no longer vegetarian"))
+    );
+
+    // An alias the LLM invents is rejected: nothing changes.
+    w.llm.push([
+        facts(&["Works at Google"]),
+        op("UPDATE", Some("m9"), Some("Works at Google"), "made up"),
+    ]);
+    let r = w.say("What if I worked at Google?").await;
+    assert_eq!(r["results"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(
+        w.memories().await[0]["memory"],
+        "Works at Stripe as an engineer"
+    );
+
+    // Malformed JSON from the model is repaired with one more call.
+    w.llm.push([
+        Reply::chat("{\"facts\": [{\"text\": \"Has a cat named Miso\""),
+        facts(&["Has a cat named Miso"]),
+        op("ADD", None, None, "new"),
+    ]);
+    let r = w.say("My cat Miso is great.").await;
+    assert_eq!(r["results"][0]["event"], "ADD", "{r}");
+    assert_eq!(w.memories().await.len(), 2);
+
+    // Conflict rate of this conversation (the closing note reports it).
+    let events: Vec<String> = vec!["ADD", "UPDATE", "NOOP", "ADD", "DELETE", "ADD"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let conflicts = events
+        .iter()
+        .filter(|e| *e == "UPDATE" || *e == "DELETE")
+        .count();
+    eprintln!(
+        "pipeline: {} facts, {conflicts} conflicts resolved (UPDATE/DELETE) = {:.0}% conflict rate, 1 invented alias rejected",
+        events.len(),
+        100.0 * conflicts as f64 / events.len() as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_llm_down_adds_queue_searches_work_and_jobs_reach_the_dead_letter_queue() {
+    let w = world().await;
+    // Async is the default with an LLM configured: 202 at once.
+    let (s, r) = w
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(json!({"text": "I live in Porto.", "user_id": "sam"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    let job = r["job_id"].as_str().unwrap().to_owned();
+    // The provider is down: each attempt fails, the job is retried, then dead.
+    w.llm
+        .push([Reply::error(500, "down"), Reply::error(503, "still down")]);
+    assert!(w.runner.run_once().await.unwrap());
+    let (_, j) = w.call("GET", &format!("/v1/jobs/{job}"), None).await;
+    assert_eq!(
+        (j["status"].as_str(), j["attempts"].as_u64()),
+        (Some("queued"), Some(1)),
+        "{j}"
+    );
+    assert!(
+        j["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("llm_unavailable"),
+        "{j}"
+    );
+    assert!(w.runner.run_once().await.unwrap());
+    let (_, j) = w.call("GET", &format!("/v1/jobs/{job}"), None).await;
+    assert_eq!(j["status"], "dead", "{j}");
+    let (_, dead) = w.call("GET", "/v1/jobs?state=dead", None).await;
+    assert_eq!(dead["results"][0]["id"], json!(job));
+    // Searches never need the LLM.
+    let (s, _) = w
+        .call(
+            "POST",
+            "/v1/memories/search",
+            Some(json!({"query": "where?", "user_id": "sam"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, ready) = w.call("GET", "/readyz", None).await;
+    assert_eq!(s, StatusCode::OK, "the server stays ready: {ready}");
+    assert_eq!(ready["checks"]["llm"]["model"], "scripted");
+    // The provider recovers; the dead job is retried by hand and completes.
+    let (s, _) = w.call("POST", &format!("/v1/jobs/{job}/retry"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    w.llm.push([facts(&["Lives in Porto"])]);
+    assert!(w.runner.run_once().await.unwrap());
+    let (_, j) = w.call("GET", &format!("/v1/jobs/{job}"), None).await;
+    assert_eq!(j["status"], "done", "{j}");
+    assert_eq!(j["result"]["results"][0]["memory"], "Lives in Porto");
+    assert_eq!(j["result"]["usage"]["prompt_tokens"], 100);
+    assert_eq!(w.memories().await[0]["memory"], "Lives in Porto");
+    // infer=false skips the LLM entirely.
+    let before = w.llm.received_count();
+    let (s, r) = w
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(
+                json!({"text": "Verbatim note.", "user_id": "sam", "infer": false, "async": false}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, r["results"][0]["memory"].as_str()),
+        (StatusCode::OK, Some("Verbatim note."))
+    );
+    assert_eq!(w.llm.received_count(), before);
+    let _ = Principal::operator();
+}
