@@ -215,28 +215,25 @@ impl Transport {
         if let Some(key) = &self.cfg.api_key {
             req = req.bearer_auth(key);
         }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return Err(Attempt::Retry(
-                    format!("no answer within {:?}", self.cfg.timeout),
-                    None,
-                ));
-            }
-            Err(e) => return Err(Attempt::Retry(format!("cannot reach {url}: {e}"), None)),
+        // Transport failures may pass on retry; a timeout says how long it waited.
+        let failed = |e: reqwest::Error, doing: &str| {
+            let why = if e.is_timeout() {
+                format!("no answer within {:?}", self.cfg.timeout)
+            } else {
+                format!("{doing}: {e}")
+            };
+            Attempt::Retry(why, None)
         };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| failed(e, &format!("cannot reach {url}")))?;
         let status = resp.status();
         let after = retry_after(resp.headers(), self.clock.now());
-        let text = match resp.text().await {
-            Ok(t) => t,
-            Err(e) if e.is_timeout() => {
-                return Err(Attempt::Retry(
-                    format!("no answer within {:?}", self.cfg.timeout),
-                    None,
-                ));
-            }
-            Err(e) => return Err(Attempt::Retry(format!("reading the answer: {e}"), None)),
-        };
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| failed(e, "reading the answer"))?;
         if status.is_success() {
             return serde_json::from_str(&text)
                 .map_err(|e| Attempt::Fatal(format!("the provider answered invalid JSON: {e}")));

@@ -22,7 +22,7 @@ use axum::routing::{delete, get, post};
 use engram_core::ErrorCode;
 use engram_core::filter::Filter;
 use engram_core::memory::{HistoryEvent, Memory, Scope, ScopeField};
-use engram_core::service::{AddInput, Content, Message, SearchInput, UpdateInput};
+use engram_core::service::{AddInput, Content, Message, RequestCtx, SearchInput, UpdateInput};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -313,11 +313,7 @@ async fn ping(Caller(ctx): Caller) -> axum::Json<Value> {
     }))
 }
 
-async fn add_with(
-    app: &AppState,
-    ctx: &engram_core::service::RequestCtx,
-    b: &Map<String, Value>,
-) -> Mem0Result {
+async fn add_with(app: &AppState, ctx: &RequestCtx, b: &Map<String, Value>) -> Mem0Result {
     let content = match (field(b, "messages"), field(b, "text")) {
         (Some(m), _) => Content::Messages(messages(m)?),
         (None, Some(Value::String(t))) => Content::Text(t.clone()),
@@ -482,16 +478,19 @@ async fn memory_update(
     Ok(axum::Json(v))
 }
 
+/// Deletes one memory and answers `message` (the two Mem0 servers word it differently).
+async fn delete_one(app: &AppState, ctx: &RequestCtx, id: &str, message: &str) -> Mem0Result {
+    app.memory.delete(ctx, uuid(id)?).await?;
+    Ok(axum::Json(json!({ "message": message })))
+}
+
 /// `DELETE /v1/memories/{id}/`.
 async fn memory_delete(
     State(app): State<AppState>,
     Caller(ctx): Caller,
     Path(id): Path<String>,
 ) -> Mem0Result {
-    app.memory.delete(&ctx, uuid(&id)?).await?;
-    Ok(axum::Json(
-        json!({"message": "Memory deleted successfully!"}),
-    ))
+    delete_one(&app, &ctx, &id, "Memory deleted successfully!").await
 }
 
 /// `GET /v1/memories/{id}/history/` and `GET /memories/{id}/history`: a list.
@@ -655,10 +654,7 @@ async fn server_delete(
     Caller(ctx): Caller,
     Path(id): Path<String>,
 ) -> Mem0Result {
-    app.memory.delete(&ctx, uuid(&id)?).await?;
-    Ok(axum::Json(
-        json!({"message": "Memory deleted successfully"}),
-    ))
+    delete_one(&app, &ctx, &id, "Memory deleted successfully").await
 }
 
 /// `DELETE /memories?user_id=…`: at least one id.

@@ -42,6 +42,21 @@ const QUERIES: [&str; 4] = [
     "hobbies",
 ];
 
+/// The `id`s of a JSON list of memories.
+trait Ids {
+    fn memory_ids(&self) -> Vec<String>;
+}
+
+impl Ids for Value {
+    fn memory_ids(&self) -> Vec<String> {
+        self.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
 /// xorshift64*: deterministic, seedable, no dependency.
 struct Rng(u64);
 
@@ -350,24 +365,14 @@ async fn no_operation_crosses_a_key_binding() {
             let ids: Vec<String> = if mcp {
                 let r = w.mcp_tool(k, key, "add_memory", Value::Object(args)).await;
                 ok = r["isError"] != json!(true);
-                r["structuredContent"]["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x["id"].as_str().map(str::to_owned))
-                    .collect()
+                r["structuredContent"]["results"].memory_ids()
             } else {
                 let (s, r) = w
                     .rest(key, "POST", "/v1/memories", Some(Value::Object(args)))
                     .await;
                 ok = s == 200;
                 assert!(ok || (400..500).contains(&s), "{what}: {s} {r}");
-                r["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x["id"].as_str().map(str::to_owned))
-                    .collect()
+                r["results"].memory_ids()
             };
             for id in &ids {
                 let scope = scope_of(&w, id).await.expect("added memory exists");
@@ -393,12 +398,7 @@ async fn no_operation_crosses_a_key_binding() {
                     .mcp_tool(k, key, "search_memory", Value::Object(args))
                     .await;
                 ok = r["isError"] != json!(true);
-                returned = r["structuredContent"]["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x["id"].as_str().map(str::to_owned))
-                    .collect();
+                returned = r["structuredContent"]["results"].memory_ids();
             } else {
                 let (s, r) = w
                     .rest(
@@ -410,12 +410,7 @@ async fn no_operation_crosses_a_key_binding() {
                     .await;
                 ok = s == 200;
                 assert!(ok || (400..500).contains(&s), "{what}: {s} {r}");
-                returned = r["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x["id"].as_str().map(str::to_owned))
-                    .collect();
+                returned = r["results"].memory_ids();
             }
             if outside {
                 assert!(
@@ -430,12 +425,7 @@ async fn no_operation_crosses_a_key_binding() {
                     .mcp_tool(k, key, "list_memories", Value::Object(scope.clone()))
                     .await;
                 ok = r["isError"] != json!(true);
-                returned = r["structuredContent"]["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x["id"].as_str().map(str::to_owned))
-                    .collect();
+                returned = r["structuredContent"]["results"].memory_ids();
             } else {
                 let q: Vec<String> = scope
                     .iter()
@@ -451,12 +441,7 @@ async fn no_operation_crosses_a_key_binding() {
                     .await;
                 ok = s == 200;
                 assert!(ok || (400..500).contains(&s), "{what}: {s} {r}");
-                returned = r["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x["id"].as_str().map(str::to_owned))
-                    .collect();
+                returned = r["results"].memory_ids();
             }
             if outside {
                 assert!(

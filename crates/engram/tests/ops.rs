@@ -209,6 +209,18 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
     assert_eq!(listed["results"].as_array().unwrap().len(), n);
 }
 
+/// GET `url` with `key`, as JSON.
+async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Value {
+    http.get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// xorshift64*.
 fn next(state: &mut u64) -> u64 {
     *state ^= *state >> 12;
@@ -406,15 +418,12 @@ async fn kill_9_mid_queue_then_every_job_completes_exactly_once() {
     let accept_ms = started.elapsed().as_secs_f64() * 1e3 / n as f64;
     // Let the workers get going, then kill the process mid-queue.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let queued: Value = http
-        .get(format!("{}/v1/jobs?state=queued&limit=1000", server.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queued = get_json(
+        &http,
+        &format!("{}/v1/jobs?state=queued&limit=1000", server.url),
+        &key,
+    )
+    .await;
     let left = queued["results"].as_array().unwrap().len();
     server.signal("-KILL");
     assert!(
@@ -429,15 +438,7 @@ async fn kill_9_mid_queue_then_every_job_completes_exactly_once() {
     let mut results = Vec::new();
     for job in &jobs {
         loop {
-            let j: Value = http
-                .get(format!("{}/v1/jobs/{job}", server.url))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let j = get_json(&http, &format!("{}/v1/jobs/{job}", server.url), &key).await;
             if j["status"] == "done" {
                 results.push(j["result"]["results"][0].clone());
                 break;
