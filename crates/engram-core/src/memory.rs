@@ -275,6 +275,8 @@ pub enum Event {
     Update,
     Delete,
     Noop,
+    /// A new version restoring an earlier version's text.
+    Revert,
 }
 
 impl Event {
@@ -284,6 +286,7 @@ impl Event {
             Event::Update => "UPDATE",
             Event::Delete => "DELETE",
             Event::Noop => "NOOP",
+            Event::Revert => "REVERT",
         }
     }
 
@@ -293,6 +296,7 @@ impl Event {
             "UPDATE" => Some(Event::Update),
             "DELETE" => Some(Event::Delete),
             "NOOP" => Some(Event::Noop),
+            "REVERT" => Some(Event::Revert),
             _ => None,
         }
     }

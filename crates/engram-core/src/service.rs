@@ -837,6 +837,67 @@ impl MemoryService {
         Ok(next)
     }
 
+    /// Restores the text of an earlier `version` as a new version (recorded
+    /// as a `REVERT` history event); every version stays in the history.
+    pub async fn revert(&self, ctx: &RequestCtx, id: MemoryId, version: u32) -> Result<Memory> {
+        ctx.principal
+            .require(Role::ReadWrite, "reverting memories")?;
+        let current = self.get(ctx, id).await?;
+        let events = self.inner.store.history(id).await?;
+        let text = events
+            .iter()
+            .filter(|e| {
+                e.version == version
+                    && matches!(e.event, Event::Add | Event::Update | Event::Revert)
+            })
+            .find_map(|e| e.new_text.clone())
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "memory {id} has no version {version} (it is at version {})",
+                    current.version
+                ))
+            })?;
+        if version == current.version {
+            return Err(Error::invalid(format!(
+                "version {version} is the current version of memory {id}"
+            )));
+        }
+        let now = self.now();
+        let mut next = current.clone();
+        next.text = text.clone();
+        next.hash = text_hash(&text);
+        next.entities = text::tag_entities(&text);
+        next.tokens = self.inner.embedder.count_tokens(&text) as u32;
+        next.version = current.version + 1;
+        next.updated_at = now.max(current.updated_at);
+        let vector = self
+            .inner
+            .embedder
+            .embed(std::slice::from_ref(&text))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::embedder("embedder returned no vector"))?;
+        let mut history = self.history_event(
+            ctx,
+            &next,
+            Event::Revert,
+            Some(current.text.clone()),
+            Some(text),
+            now,
+        );
+        history.reason = Some(format!("revert to version {version}"));
+        self.inner
+            .store
+            .apply(vec![WriteOp::Update {
+                memory: next.clone(),
+                embedding: Some(vector),
+                history,
+            }])
+            .await?;
+        telemetry::memory_event(Event::Revert, 1);
+        Ok(next)
+    }
+
     /// Closes the current version of a memory; its history remains.
     pub async fn delete(&self, ctx: &RequestCtx, id: MemoryId) -> Result<()> {
         ctx.principal

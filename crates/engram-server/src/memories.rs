@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(memories_search))
         .routes(routes!(memories_get, memories_update, memories_delete))
         .routes(routes!(memories_history))
+        .routes(routes!(memories_revert))
 }
 
 /// Add memories.
@@ -215,4 +216,27 @@ async fn memories_history(
     Ok(ApiJson(HistoryResponse {
         results: events.into_iter().map(Into::into).collect(),
     }))
+}
+
+/// `POST /v1/memories/{id}/revert`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevertRequest {
+    /// The earlier version whose text becomes current again.
+    #[schema(minimum = 1)]
+    pub version: u32,
+}
+
+/// Restore an earlier version's text as a new version (a `REVERT` history event).
+#[utoipa::path(post, path = "/v1/memories/{id}/revert", tag = "memories", params(("id" = uuid::Uuid, Path)), request_body = RevertRequest,
+    responses((status = 200, body = MemoryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_revert(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    MemoryIdPath(id): MemoryIdPath,
+    ApiJson(req): ApiJson<RevertRequest>,
+) -> Result<ApiJson<MemoryOut>, ApiError> {
+    Ok(ApiJson(
+        app.memory.revert(&ctx, id, req.version).await?.into(),
+    ))
 }

@@ -1253,3 +1253,93 @@ async fn idempotency_keys_replay_and_refuse_a_different_request() {
     let (s, _, _, _) = t.send_raw(post(&"x".repeat(300), a, admin)).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "an overlong key");
 }
+
+#[tokio::test]
+async fn revert_restores_an_earlier_version_as_a_new_one() {
+    let t = test_app().await;
+    let (_, r) = t
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(json!({"text": "Quinn lives in Oslo", "user_id": "quinn"})),
+        )
+        .await;
+    let id = r["results"][0]["id"].as_str().unwrap().to_owned();
+    for text in ["Quinn lives in Bergen", "Quinn lives in Tromso"] {
+        let (s, _) = t
+            .call(
+                "PATCH",
+                &format!("/v1/memories/{id}"),
+                Some(json!({"text": text})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, m) = t
+        .call(
+            "POST",
+            &format!("/v1/memories/{id}/revert"),
+            Some(json!({"version": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(
+        (m["memory"].as_str(), m["version"].as_u64()),
+        (Some("Quinn lives in Oslo"), Some(4))
+    );
+    let (_, h) = t
+        .call("GET", &format!("/v1/memories/{id}/history"), None)
+        .await;
+    let h = h["results"].as_array().unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(
+        (
+            last["event"].as_str(),
+            last["old_memory"].as_str(),
+            last["new_memory"].as_str(),
+            last["reason"].as_str()
+        ),
+        (
+            Some("REVERT"),
+            Some("Quinn lives in Tromso"),
+            Some("Quinn lives in Oslo"),
+            Some("revert to version 1")
+        )
+    );
+    assert_eq!(h.len(), 4, "every version stays in the history");
+    // The search index follows the revert.
+    let (_, found) = t
+        .call(
+            "POST",
+            "/v1/memories/search",
+            Some(json!({"query": "Oslo", "user_id": "quinn"})),
+        )
+        .await;
+    assert_eq!(found["results"][0]["memory"], "Quinn lives in Oslo");
+    let (s, _) = t
+        .call(
+            "POST",
+            &format!("/v1/memories/{id}/revert"),
+            Some(json!({"version": 9})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t
+        .call(
+            "POST",
+            &format!("/v1/memories/{id}/revert"),
+            Some(json!({"version": 4})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "the current version");
+    let other = create_key(&t.keys, "globex", None, Role::Admin).await;
+    let (s, _) = t
+        .call_as(
+            Some(&other),
+            "POST",
+            &format!("/v1/memories/{id}/revert"),
+            Some(json!({"version": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "outside the binding");
+}
