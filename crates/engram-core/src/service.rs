@@ -711,6 +711,99 @@ impl MemoryService {
         })
     }
 
+    /// A search as the memory stood at `at` (`as_of`): over the versions that
+    /// were current then, scored by exact cosine similarity and keyword
+    /// overlap (the indexes hold current versions only), decayed relative to
+    /// `at`, thresholded and packed like a normal search.
+    pub async fn search_as_of(
+        &self,
+        ctx: &RequestCtx,
+        mut input: SearchInput,
+        at: Timestamp,
+    ) -> Result<SearchOutput> {
+        let cfg = &self.inner.retrieval;
+        input.filter = ctx.principal.bind_filter(input.filter)?;
+        if !input.filter.names_scope() {
+            return Err(Error::new(
+                ErrorCode::MissingScope,
+                "`filters` must name at least one scope id (user_id, agent_id, run_id, org_id or app_id)",
+            ));
+        }
+        let query = input.query.trim().to_owned();
+        if query.is_empty() {
+            return Err(Error::invalid("`query` must not be empty"));
+        }
+        let top_k = input.top_k.unwrap_or(cfg.default_top_k);
+        if top_k == 0 || top_k > cfg.max_top_k {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("`top_k` must be between 1 and {}", cfg.max_top_k),
+            ));
+        }
+        let (vector, cached) = self.inner.queries.embed_query(&query).await?;
+        let terms: Vec<String> = text::keyword_terms(&query);
+        let versions = self.inner.store.versions_at(&input.filter, at).await?;
+        let w = cfg.weights;
+        let mut scored: Vec<(Memory, f32, SignalScores, f32, f32)> = versions
+            .into_iter()
+            .map(|(m, v)| {
+                let semantic = dot(&vector, &v).max(0.0);
+                let lower = m.text.to_lowercase();
+                let keyword = if terms.is_empty() {
+                    0.0
+                } else {
+                    terms.iter().filter(|t| lower.contains(t.as_str())).count() as f32
+                        / terms.len() as f32
+                };
+                let fused = (w.semantic * semantic + w.keyword * keyword)
+                    / (w.semantic + w.keyword).max(f32::EPSILON);
+                let age_days = at.duration_since(m.updated_at).as_secs_f64() / 86_400.0;
+                let decay =
+                    fusion::decay(age_days.max(0.0), cfg.half_life_days, cfg.decay_floor) as f32;
+                let kind_weight = cfg.kind_weights.get(m.kind);
+                let signals = SignalScores {
+                    semantic: Some(semantic),
+                    keyword: Some(keyword),
+                    fused,
+                    ..Default::default()
+                };
+                (m, fused * decay * kind_weight, signals, decay, kind_weight)
+            })
+            .filter(|(_, score, ..)| input.threshold.is_none_or(|t| *score >= t))
+            .collect();
+        scored.sort_by(|a, b| {
+            b.1.total_cmp(&a.1)
+                .then_with(|| b.0.updated_at.cmp(&a.0.updated_at))
+                .then_with(|| a.0.id.cmp(&b.0.id))
+        });
+        scored.truncate(top_k);
+        let budget = input.token_budget.unwrap_or(cfg.default_token_budget);
+        let tokens: Vec<usize> = scored.iter().map(|(m, ..)| m.tokens as usize).collect();
+        let (kept, used) = budget::pack(&tokens, budget);
+        let mut scored: Vec<Option<_>> = scored.into_iter().map(Some).collect();
+        let hits = kept
+            .into_iter()
+            .filter_map(|i| scored[i].take())
+            .map(|(memory, score, signals, decay, kind_weight)| SearchHit {
+                memory,
+                score,
+                explanation: input.explain.then_some(Explanation {
+                    signals,
+                    decay,
+                    kind_weight,
+                    score,
+                    vector_path: VectorPath::Exact,
+                }),
+            })
+            .collect();
+        Ok(SearchOutput {
+            hits,
+            vector_path: VectorPath::Exact,
+            tokens: used,
+            cached_embedding: cached,
+        })
+    }
+
     /// The current version of a memory, if it lies inside the caller's binding.
     pub async fn get(&self, ctx: &RequestCtx, id: MemoryId) -> Result<Memory> {
         self.inner

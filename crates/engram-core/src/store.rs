@@ -189,6 +189,10 @@ pub trait Store:
         limit: usize,
     ) -> Result<Vec<Memory>>;
 
+    /// The versions that were current (and unexpired) at `at` and match
+    /// `filter`, with their vectors: the memory as it stood then (`as_of`).
+    async fn versions_at(&self, filter: &Filter, at: Timestamp) -> Result<Vec<(Memory, Vec<f32>)>>;
+
     /// How many visible current memories match `filter`.
     async fn count(&self, filter: &Filter, vis: Visibility) -> Result<usize>;
 

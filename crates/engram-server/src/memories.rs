@@ -89,20 +89,19 @@ async fn memories_search(
         run_id: req.run_id,
     };
     let filter = search_filter(req.filters.as_ref(), ids)?;
-    let out = app
-        .memory
-        .search(
-            &ctx,
-            SearchInput {
-                query: req.query,
-                filter,
-                top_k: req.top_k,
-                threshold: req.threshold,
-                token_budget: req.token_budget,
-                explain: req.explain,
-            },
-        )
-        .await?;
+    let as_of = time_field(req.as_of.as_ref(), "as_of")?;
+    let input = SearchInput {
+        query: req.query,
+        filter,
+        top_k: req.top_k,
+        threshold: req.threshold,
+        token_budget: req.token_budget,
+        explain: req.explain,
+    };
+    let out = match as_of {
+        Some(at) => app.memory.search_as_of(&ctx, input, at).await?,
+        None => app.memory.search(&ctx, input).await?,
+    };
     Ok(ApiJson(SearchResponse {
         results: out
             .hits

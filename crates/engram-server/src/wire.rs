@@ -139,6 +139,10 @@ pub struct SearchRequest {
     /// Include per-signal scores in each hit.
     #[serde(default)]
     pub explain: bool,
+    /// Answer as the memory stood at this time (RFC 3339): the versions current
+    /// then, including ones since updated or deleted. Default: now.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub as_of: Option<Value>,
 }
 
 /// A memory as the API returns it.

@@ -1343,3 +1343,89 @@ async fn revert_restores_an_earlier_version_as_a_new_one() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "outside the binding");
 }
+
+#[tokio::test]
+async fn as_of_answers_as_the_memory_stood_then() {
+    let t = test_app().await;
+    let (_, r) = t
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(json!({"text": "Rosa works at Acme", "user_id": "rosa"})),
+        )
+        .await;
+    let id = r["results"][0]["id"].as_str().unwrap().to_owned();
+    let (_, other) = t
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(json!({"text": "Rosa is vegetarian", "user_id": "rosa"})),
+        )
+        .await;
+    let veg = other["results"][0]["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let before = jiff::Timestamp::now().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    t.call(
+        "PATCH",
+        &format!("/v1/memories/{id}"),
+        Some(json!({"text": "Rosa works at Stripe"})),
+    )
+    .await;
+    t.call("DELETE", &format!("/v1/memories/{veg}"), None).await;
+    let search = |as_of: Option<String>| {
+        let mut body =
+            json!({"query": "where does Rosa work? what does she eat?", "user_id": "rosa"});
+        if let Some(a) = as_of {
+            body["as_of"] = json!(a);
+        }
+        body
+    };
+    let texts = |v: &Value| -> Vec<String> {
+        let mut t: Vec<String> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["memory"].as_str().unwrap().to_owned())
+            .collect();
+        t.sort();
+        t
+    };
+    let (_, now) = t
+        .call("POST", "/v1/memories/search", Some(search(None)))
+        .await;
+    assert_eq!(texts(&now), vec!["Rosa works at Stripe"]);
+    let (s, then) = t
+        .call("POST", "/v1/memories/search", Some(search(Some(before))))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{then}");
+    assert_eq!(
+        texts(&then),
+        vec!["Rosa is vegetarian", "Rosa works at Acme"],
+        "as it stood before the update and the delete"
+    );
+    let (_, ancient) = t
+        .call(
+            "POST",
+            "/v1/memories/search",
+            Some(search(Some("2000-01-01T00:00:00Z".into()))),
+        )
+        .await;
+    assert_eq!(texts(&ancient), Vec::<String>::new(), "nothing existed yet");
+    let (s, body) = t
+        .call(
+            "POST",
+            "/v1/memories/search",
+            Some(json!({"query": "x", "user_id": "rosa", "as_of": "yesterday"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    // Another org's key sees nothing of rosa's past either.
+    let other = create_key(&t.keys, "globex", None, Role::Admin).await;
+    let mut b = search(Some(jiff::Timestamp::now().to_string()));
+    b["user_id"] = json!("rosa");
+    let (_, theirs) = t
+        .call_as(Some(&other), "POST", "/v1/memories/search", Some(b))
+        .await;
+    assert_eq!(texts(&theirs), Vec::<String>::new());
+}

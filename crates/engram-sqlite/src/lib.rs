@@ -757,6 +757,38 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn versions_at(&self, filter: &Filter, at: Timestamp) -> Result<Vec<(Memory, Vec<f32>)>> {
+        let filter = filter.clone();
+        self.read(move |conn, _| {
+            // Narrow in SQL by the ids the filter requires (column names come
+            // from a fixed list, values are parameters); the filter decides the rest.
+            let required = filter.required_ids();
+            let mut sql = format!(
+                "SELECT {COLUMNS}, embedding FROM memories WHERE updated_at <= ?1 \
+                 AND (invalid_at IS NULL OR invalid_at > ?1) AND (expires_at IS NULL OR expires_at > ?1)"
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![at.as_millisecond().into()];
+            for (field, value) in &required {
+                values.push(value.to_string().into());
+                sql.push_str(&format!(" AND {} = ?{}", field.as_str(), values.len()));
+            }
+            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(values))
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db_err)? {
+                let (_, m) = row_to_memory(row)?;
+                if filter.matches(&m) {
+                    let blob: Vec<u8> = row.get(COLUMN_COUNT).map_err(db_err)?;
+                    out.push((m, blob_to_vec(&blob)));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn count(&self, filter: &Filter, vis: Visibility) -> Result<usize> {
         let filter = filter.clone();
         self.with_catalog(move |c, _| Ok(c.count_matching(&filter, vis.now)))

@@ -988,6 +988,66 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
     );
 }
 
+/// `versions_at`: the version current at a time, with its vector; deleted
+/// memories before their deletion; nothing before creation.
+pub async fn versions_as_they_stood(f: Fixture) {
+    bound(&f).await;
+    let at = |s: i64| t0() + SignedDuration::from_secs(s);
+    let m = memory("Bo lives in Oslo", user("bo"), 10);
+    let gone = memory("Bo has a boat", user("bo"), 10);
+    let other = memory("Cy lives in Rome", user("cy"), 10);
+    f.store
+        .apply(vec![
+            insert(&m, vector(0, 0.0)),
+            insert(&gone, vector(1, 0.0)),
+            insert(&other, vector(2, 0.0)),
+        ])
+        .await
+        .unwrap();
+    let mut v2 = m.clone();
+    v2.text = "Bo lives in Bergen".into();
+    v2.version = 2;
+    v2.updated_at = at(20);
+    f.store
+        .apply(vec![
+            WriteOp::Update {
+                memory: v2.clone(),
+                embedding: Some(vector(3, 0.0)),
+                history: history(
+                    &v2,
+                    Event::Update,
+                    Some("Bo lives in Oslo"),
+                    Some("Bo lives in Bergen"),
+                ),
+            },
+            WriteOp::Delete {
+                id: gone.id,
+                at: at(20),
+                history: history(&gone, Event::Delete, Some("Bo has a boat"), None),
+            },
+        ])
+        .await
+        .unwrap();
+    let bo = Filter::from_scope(&user("bo"));
+    let texts = |v: Vec<(Memory, Vec<f32>)>| {
+        let mut t: Vec<(String, Vec<f32>)> = v.into_iter().map(|(m, v)| (m.text, v)).collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    assert_eq!(
+        texts(f.store.versions_at(&bo, at(15)).await.unwrap()),
+        vec![
+            ("Bo has a boat".to_owned(), vector(1, 0.0)),
+            ("Bo lives in Oslo".to_owned(), vector(0, 0.0))
+        ]
+    );
+    assert_eq!(
+        texts(f.store.versions_at(&bo, at(25)).await.unwrap()),
+        vec![("Bo lives in Bergen".to_owned(), vector(3, 0.0))]
+    );
+    assert!(f.store.versions_at(&bo, at(5)).await.unwrap().is_empty());
+}
+
 /// API keys: stored with their binding, found by id, listed, revoked once.
 pub async fn keys_round_trip(f: Fixture) {
     use engram_core::access::Role;
@@ -1062,6 +1122,7 @@ macro_rules! store_suite {
             writable_probe,
             counts_and_scope_ids,
             jobs_lease_finish_retry_and_dead_letter,
+            versions_as_they_stood,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
