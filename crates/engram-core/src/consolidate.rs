@@ -79,6 +79,10 @@ const CONSOLIDATE_PROMPT: &str = "You keep a user's memory consistent. You get E
 - NOOP: the fact is already known.\n\
 Use only the ids shown. Give a short reason for each operation.";
 
+const PROCEDURAL_PROMPT: &str = "You maintain an AI agent's standing instructions and preferences as one concise text. \
+You get the CURRENT text (possibly empty) and NEW instructions. Merge them: keep what still holds, let newer instructions \
+replace the ones they contradict, drop repeats, keep the user's language. Answer {\"summary\": \"...\"}.";
+
 fn extract_schema() -> JsonSchema {
     JsonSchema {
         name: "facts".into(),
@@ -204,12 +208,78 @@ impl Pipeline {
         Ok((facts, answer.usage))
     }
 
+    /// A procedural add for an agent: the LLM merges the agent's current
+    /// instructions and the new ones into one maintained memory.
+    async fn prepare_procedural(
+        &self,
+        ctx: &RequestCtx,
+        input: &AddInput,
+    ) -> Result<(Vec<WriteOp>, Outcome)> {
+        let scope = ctx.principal.bind_scope(input.scope.clone())?;
+        let current = self
+            .memory
+            .procedural_memory(ctx, &scope)
+            .await?
+            .map(|m| m.text)
+            .unwrap_or_default();
+        let new = match &input.content {
+            Content::Text(t) => t.clone(),
+            Content::Messages(ms) => ms
+                .iter()
+                .map(|m| format!("{}: {}", m.role, m.content))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        let answer = chat_json(
+            self.llm.as_ref(),
+            ChatRequest {
+                messages: vec![
+                    ChatMessage::system(PROCEDURAL_PROMPT),
+                    ChatMessage::user(json!({"current": current, "new": new}).to_string()),
+                ],
+                schema: Some(JsonSchema {
+                    name: "instructions".into(),
+                    schema: json!({"type": "object", "additionalProperties": false, "required": ["summary"],
+                        "properties": {"summary": {"type": "string"}}}),
+                }),
+                temperature: 0.0,
+                max_tokens: Some(1500),
+            },
+        )
+        .await?;
+        let summary = answer.value["summary"]
+            .as_str()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::LlmFailure,
+                    "the summary answer has no `summary` text",
+                )
+            })?
+            .to_owned();
+        let (ops, result) = self
+            .memory
+            .prepare_procedural(ctx, input.clone(), Some(summary))
+            .await?;
+        Ok((
+            ops,
+            Outcome {
+                results: vec![result],
+                usage: answer.usage,
+                rejected: 0,
+            },
+        ))
+    }
+
     /// Extract, consolidate, and return the writes (not applied) and what they mean.
     pub async fn prepare(
         &self,
         ctx: &RequestCtx,
         input: &AddInput,
     ) -> Result<(Vec<WriteOp>, Outcome)> {
+        if input.kind == MemoryKind::Procedural {
+            return self.prepare_procedural(ctx, input).await;
+        }
         let new: Vec<ChatMessage> = match &input.content {
             Content::Text(t) => vec![ChatMessage::user(t.clone())],
             Content::Messages(ms) => ms

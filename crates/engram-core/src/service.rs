@@ -313,6 +313,176 @@ impl MemoryService {
         inputs: Vec<AddInput>,
     ) -> Result<(Vec<WriteOp>, Vec<Vec<AddResult>>)> {
         ctx.principal.require(Role::ReadWrite, "adding memories")?;
+        let procedural = |i: &AddInput| i.kind == MemoryKind::Procedural;
+        if !inputs.iter().any(procedural) {
+            return self.prepare_verbatim(ctx, inputs).await;
+        }
+        // Procedural adds maintain one memory per agent; take inputs one at a time.
+        let mut ops = Vec::new();
+        let mut results = Vec::new();
+        for input in inputs {
+            let (o, r) = if procedural(&input) {
+                let (o, r) = self.prepare_procedural(ctx, input, None).await?;
+                (o, vec![r])
+            } else {
+                let (o, mut r) = self.prepare_verbatim(ctx, vec![input]).await?;
+                (o, r.pop().unwrap_or_default())
+            };
+            ops.extend(o);
+            results.push(r);
+        }
+        Ok((ops, results))
+    }
+
+    /// The agent's one procedural memory (its instructions and preferences), if any.
+    pub async fn procedural_memory(
+        &self,
+        ctx: &RequestCtx,
+        scope: &Scope,
+    ) -> Result<Option<Memory>> {
+        let filter = Filter::exact_scope(scope).and(Filter::Cond(crate::filter::Cond::Kind(
+            vec![MemoryKind::Procedural],
+            false,
+        )));
+        Ok(self
+            .list(ctx, &filter, None, 1)
+            .await?
+            .memories
+            .into_iter()
+            .next())
+    }
+
+    /// A procedural add for an agent: merged into the agent's one procedural
+    /// memory (a new version), or its first version. `summary` is the merged
+    /// text when an LLM wrote it; without one, new instructions are appended
+    /// as lines (exact repeats skipped).
+    pub async fn prepare_procedural(
+        &self,
+        ctx: &RequestCtx,
+        mut input: AddInput,
+        summary: Option<String>,
+    ) -> Result<(Vec<WriteOp>, AddResult)> {
+        input.scope = ctx.principal.bind_scope(input.scope)?;
+        if input.scope.agent_id.is_none() {
+            return Err(Error::invalid(
+                "a procedural memory belongs to an agent: give `agent_id`",
+            ));
+        }
+        let now = self.now();
+        let pieces = self.pieces(&input, now)?;
+        let existing = self.procedural_memory(ctx, &input.scope).await?;
+        let text = match summary {
+            Some(s) => s.trim().to_owned(),
+            None => {
+                let mut lines: Vec<String> = existing
+                    .as_ref()
+                    .map(|m| m.text.lines().map(str::to_owned).collect())
+                    .unwrap_or_default();
+                for (_, p) in pieces {
+                    let p = p.trim().to_owned();
+                    if !p.is_empty() && !lines.iter().any(|l| l.eq_ignore_ascii_case(&p)) {
+                        lines.push(p);
+                    }
+                }
+                lines.join("\n")
+            }
+        };
+        self.check_text(&text, "the agent's procedural memory")?;
+        if let Some(m) = &existing
+            && m.text == text
+        {
+            let r = AddResult {
+                id: m.id,
+                memory: text,
+                event: Event::Noop,
+            };
+            return Ok((Vec::new(), r));
+        }
+        let vector = self
+            .inner
+            .embedder
+            .embed(std::slice::from_ref(&text))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::embedder("embedder returned no vector"))?;
+        let model = self.inner.embedder.model().id.clone();
+        let tokens = self.inner.embedder.count_tokens(&text) as u32;
+        Ok(match existing {
+            Some(old) => {
+                let mut next = old.clone();
+                next.text = text.clone();
+                next.hash = text_hash(&text);
+                next.entities = text::tag_entities(&text);
+                next.tokens = tokens;
+                next.version = old.version + 1;
+                next.updated_at = now.max(old.updated_at);
+                let mut h = self.history_event(
+                    ctx,
+                    &next,
+                    Event::Update,
+                    Some(old.text.clone()),
+                    Some(text.clone()),
+                    now,
+                );
+                h.reason = Some("procedural memory updated with new instructions".into());
+                let r = AddResult {
+                    id: old.id,
+                    memory: text,
+                    event: Event::Update,
+                };
+                (
+                    vec![WriteOp::Update {
+                        memory: next,
+                        embedding: Some(vector),
+                        history: h,
+                    }],
+                    r,
+                )
+            }
+            None => {
+                let memory = Memory {
+                    id: Uuid::now_v7(),
+                    version: 1,
+                    hash: text_hash(&text),
+                    entities: text::tag_entities(&text),
+                    tokens,
+                    text: text.clone(),
+                    kind: MemoryKind::Procedural,
+                    scope: input.scope.clone(),
+                    metadata: input.metadata.clone(),
+                    categories: input.categories.clone(),
+                    role: None,
+                    created_at: now,
+                    updated_at: now,
+                    valid_at: None,
+                    invalid_at: None,
+                    expires_at: input.expires_at.map(to_millis),
+                    embedding_model: model,
+                };
+                let h = self.history_event(ctx, &memory, Event::Add, None, Some(text.clone()), now);
+                let r = AddResult {
+                    id: memory.id,
+                    memory: text,
+                    event: Event::Add,
+                };
+                (
+                    vec![WriteOp::Insert {
+                        memory,
+                        embedding: vector,
+                        history: h,
+                    }],
+                    r,
+                )
+            }
+        })
+    }
+
+    /// The verbatim (no-LLM) add: pieces, duplicates as NOOP.
+    async fn prepare_verbatim(
+        &self,
+        ctx: &RequestCtx,
+        inputs: Vec<AddInput>,
+    ) -> Result<(Vec<WriteOp>, Vec<Vec<AddResult>>)> {
         let now = self.now();
         let mut prepared = Vec::with_capacity(inputs.len());
         let mut texts: Vec<String> = Vec::new();
@@ -545,31 +715,8 @@ impl MemoryService {
                 "`filters` must name at least one scope id (user_id, agent_id, run_id, org_id or app_id) by equality or `in`",
             ));
         }
-        let query = input.query.trim();
-        if query.is_empty() {
-            return Err(Error::invalid("`query` must not be empty"));
-        }
-        if query.len() > MAX_QUERY_BYTES {
-            return Err(Error::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "`query` is {} bytes long; the maximum is {MAX_QUERY_BYTES}",
-                    query.len()
-                ),
-            ));
-        }
-        let top_k = input.top_k.unwrap_or(cfg.default_top_k);
-        if top_k == 0 || top_k > cfg.max_top_k {
-            return Err(Error::new(
-                ErrorCode::LimitExceeded,
-                format!("`top_k` must be between 1 and {}", cfg.max_top_k),
-            ));
-        }
-        if let Some(t) = input.threshold
-            && !(0.0..=1.0).contains(&t)
-        {
-            return Err(Error::invalid("`threshold` must be between 0 and 1"));
-        }
+        let (query, top_k) = self.check_search(&input)?;
+        let query = query.as_str();
         let budget = input.token_budget.unwrap_or(cfg.default_token_budget);
 
         let started = std::time::Instant::now();
@@ -711,6 +858,37 @@ impl MemoryService {
         })
     }
 
+    /// The checks every search makes: the trimmed query and `top_k`.
+    fn check_search(&self, input: &SearchInput) -> Result<(String, usize)> {
+        let cfg = &self.inner.retrieval;
+        let query = input.query.trim();
+        if query.is_empty() {
+            return Err(Error::invalid("`query` must not be empty"));
+        }
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "`query` is {} bytes long; the maximum is {MAX_QUERY_BYTES}",
+                    query.len()
+                ),
+            ));
+        }
+        let top_k = input.top_k.unwrap_or(cfg.default_top_k);
+        if top_k == 0 || top_k > cfg.max_top_k {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("`top_k` must be between 1 and {}", cfg.max_top_k),
+            ));
+        }
+        if let Some(t) = input.threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(Error::invalid("`threshold` must be between 0 and 1"));
+        }
+        Ok((query.to_owned(), top_k))
+    }
+
     /// A search as the memory stood at `at` (`as_of`): over the versions that
     /// were current then, scored by exact cosine similarity and keyword
     /// overlap (the indexes hold current versions only), decayed relative to
@@ -729,17 +907,7 @@ impl MemoryService {
                 "`filters` must name at least one scope id (user_id, agent_id, run_id, org_id or app_id)",
             ));
         }
-        let query = input.query.trim().to_owned();
-        if query.is_empty() {
-            return Err(Error::invalid("`query` must not be empty"));
-        }
-        let top_k = input.top_k.unwrap_or(cfg.default_top_k);
-        if top_k == 0 || top_k > cfg.max_top_k {
-            return Err(Error::new(
-                ErrorCode::LimitExceeded,
-                format!("`top_k` must be between 1 and {}", cfg.max_top_k),
-            ));
-        }
+        let (query, top_k) = self.check_search(&input)?;
         let (vector, cached) = self.inner.queries.embed_query(&query).await?;
         let terms: Vec<String> = text::keyword_terms(&query);
         let versions = self.inner.store.versions_at(&input.filter, at).await?;

@@ -6,6 +6,7 @@ use engram_core::filter::Filter;
 use engram_core::memory::Scope;
 use engram_core::service::{SearchInput, UpdateInput};
 use engram_core::store::Cursor;
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -89,7 +90,16 @@ async fn memories_search(
         run_id: req.run_id,
     };
     let filter = search_filter(req.filters.as_ref(), ids)?;
-    let as_of = time_field(req.as_of.as_ref(), "as_of")?;
+    let as_of = match &req.as_of {
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            time_field(req.as_of.as_ref(), "as_of")?
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`as_of` must be an RFC 3339 time string, e.g. 2026-01-31T12:00:00Z",
+            ));
+        }
+    };
     let input = SearchInput {
         query: req.query,
         filter,

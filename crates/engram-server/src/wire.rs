@@ -37,7 +37,7 @@ pub struct AddRequest {
     pub run_id: Option<String>,
     pub org_id: Option<String>,
     pub app_id: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
     pub categories: Option<Vec<String>>,
     /// `semantic` (default), `episodic` or `procedural`.
@@ -45,16 +45,26 @@ pub struct AddRequest {
     pub kind: Option<MemoryKind>,
     /// Extract facts with the LLM (when one is configured). Without an LLM, content is stored verbatim.
     pub infer: Option<bool>,
-    /// RFC 3339 time after which the memory is no longer returned.
-    #[schema(value_type = Option<String>, format = DateTime)]
+    /// Time after which the memory is no longer returned: RFC 3339, a date, or Unix seconds.
+    #[schema(schema_with = time_schema)]
     pub expires_at: Option<Value>,
-    /// When the content was said (RFC 3339 or Unix seconds); defaults to now.
-    #[schema(value_type = Option<String>, format = DateTime)]
+    /// When the content was said (RFC 3339, a date, or Unix seconds); defaults to now.
+    #[schema(schema_with = time_schema)]
     pub timestamp: Option<Value>,
     /// Queue the add and answer `202 {"job_id", "status": "queued"}` at once; the
     /// job survives restarts (see `GET /v1/jobs/{id}`). Default: false.
     #[serde(rename = "async")]
     pub run_async: Option<bool>,
+}
+
+/// A time field: an RFC 3339 string (or a date), Unix seconds, or null.
+fn time_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .into()
 }
 
 /// `202` answer of an asynchronous add.
@@ -267,9 +277,9 @@ pub struct UpdateRequest {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
     pub categories: Option<Vec<String>>,
-    /// RFC 3339 time, or `null` to remove the expiry.
+    /// RFC 3339 time, a date or Unix seconds; `null` removes the expiry.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(schema_with = time_schema)]
     pub expires_at: Option<Option<Value>>,
 }
 

@@ -378,3 +378,72 @@ async fn with_the_llm_down_adds_queue_searches_work_and_jobs_reach_the_dead_lett
     assert_eq!(w.llm.received_count(), before);
     let _ = Principal::operator();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn procedural_adds_maintain_one_memory_per_agent() {
+    let w = world().await;
+    let add = |text: &str| json!({"text": text, "agent_id": "coach", "kind": "procedural", "async": false});
+    w.llm
+        .push([Reply::chat_json(json!({"summary": "Answer in French."}))]);
+    let (s, r) = w
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(add("Always answer in French.")),
+        )
+        .await;
+    assert_eq!(
+        (s, r["results"][0]["event"].as_str()),
+        (StatusCode::OK, Some("ADD")),
+        "{r}"
+    );
+    let id = r["results"][0]["id"].as_str().unwrap().to_owned();
+    w.llm.push([Reply::chat_json(
+        json!({"summary": "Answer in French. Keep answers under 100 words."}),
+    )]);
+    let (_, r) = w
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(add("Keep it short, under 100 words.")),
+        )
+        .await;
+    assert_eq!(
+        (
+            r["results"][0]["event"].as_str(),
+            r["results"][0]["id"].as_str()
+        ),
+        (Some("UPDATE"), Some(id.as_str()))
+    );
+    let sent = &w.llm.received()[1];
+    let user = sent["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        user.contains("Answer in French.") && user.contains("under 100 words"),
+        "{user}"
+    );
+    let (_, list) = w.call("GET", "/v1/memories?agent_id=coach", None).await;
+    let list = list["results"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "one maintained memory");
+    assert_eq!(
+        (
+            list[0]["memory"].as_str(),
+            list[0]["kind"].as_str(),
+            list[0]["version"].as_u64()
+        ),
+        (
+            Some("Answer in French. Keep answers under 100 words."),
+            Some("procedural"),
+            Some(2)
+        )
+    );
+    // Without inference, new instructions are appended as lines.
+    let (_, r) = w
+        .call("POST", "/v1/memories", Some(json!({"text": "Use metric units.", "agent_id": "coach", "kind": "procedural", "infer": false, "async": false})))
+        .await;
+    assert_eq!(r["results"][0]["event"], "UPDATE", "{r}");
+    let (_, m) = w.call("GET", &format!("/v1/memories/{id}"), None).await;
+    assert_eq!(
+        m["memory"],
+        "Answer in French. Keep answers under 100 words.\nUse metric units."
+    );
+}
