@@ -29,7 +29,7 @@ use crate::memory::{Entity, Event, Memory, MemoryKind, Scope, text_hash};
 use crate::service::{
     AddInput, AddResult, Content, MemoryService, RequestCtx, SearchInput, to_millis,
 };
-use crate::store::WriteOp;
+use crate::store::{UsageRow, WriteOp};
 use crate::{Error, ErrorCode, Result, text};
 
 /// Neighbours shown per fact.
@@ -271,15 +271,40 @@ impl Pipeline {
         ))
     }
 
-    /// Extract, consolidate, and return the writes (not applied) and what they mean.
+    /// Extract, consolidate, and return the writes (not applied) and what
+    /// they mean. The writes include the run's LLM usage, tallied per scope.
     pub async fn prepare(
         &self,
         ctx: &RequestCtx,
         input: &AddInput,
     ) -> Result<(Vec<WriteOp>, Outcome)> {
-        if input.kind == MemoryKind::Procedural {
-            return self.prepare_procedural(ctx, input).await;
+        let (mut ops, outcome) = if input.kind == MemoryKind::Procedural {
+            self.prepare_procedural(ctx, input).await?
+        } else {
+            self.prepare_facts(ctx, input).await?
+        };
+        let u = outcome.usage;
+        if u.prompt_tokens + u.completion_tokens > 0 {
+            let cost = self.llm.cost_usd(&u);
+            metrics::counter!("engram_llm_runs_total").increment(1);
+            ops.push(WriteOp::RecordUsage(UsageRow {
+                scope: ctx.principal.bind_scope(input.scope.clone())?,
+                day: self.memory.now().strftime("%Y-%m-%d").to_string(),
+                model: self.llm.model().to_owned(),
+                runs: 1,
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                cost_microdollars: (cost * 1e6).round() as u64,
+            }));
         }
+        Ok((ops, outcome))
+    }
+
+    async fn prepare_facts(
+        &self,
+        ctx: &RequestCtx,
+        input: &AddInput,
+    ) -> Result<(Vec<WriteOp>, Outcome)> {
         let new: Vec<ChatMessage> = match &input.content {
             Content::Text(t) => vec![ChatMessage::user(t.clone())],
             Content::Messages(ms) => ms

@@ -114,6 +114,12 @@ pub trait Llm: Send + Sync + 'static {
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse>;
 
     fn state(&self) -> LlmState;
+
+    /// Estimated cost in US dollars of `usage` at the configured prices (0 when none are).
+    fn cost_usd(&self, usage: &Usage) -> f64 {
+        let _ = usage;
+        0.0
+    }
 }
 
 /// Extracts the JSON value from a model's answer: strips `<think>…</think>`

@@ -1278,6 +1278,24 @@ impl MemoryService {
         Ok((total, page))
     }
 
+    /// LLM usage tallies (per scope, day and model) inside the caller's binding, newest day first.
+    pub async fn llm_usage(
+        &self,
+        ctx: &RequestCtx,
+        limit: usize,
+    ) -> Result<Vec<crate::store::UsageRow>> {
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("`limit` must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        let mut rows = self.inner.store.usage(10 * limit).await?;
+        rows.retain(|r| ctx.principal.covers(&r.scope));
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
     /// The scope ids the caller can see (Mem0's users / entities), with counts.
     pub async fn scope_ids(&self, ctx: &RequestCtx) -> Result<Vec<ScopeIdStats>> {
         let filter = ctx.principal.bind_filter(Filter::all())?;

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::filter::Filter;
 use crate::fusion::Ranked;
-use crate::memory::{HistoryEvent, Memory, MemoryId};
+use crate::memory::{HistoryEvent, Memory, MemoryId, Scope};
 use crate::{Error, Result};
 
 /// Which memories a read may see.
@@ -53,6 +53,23 @@ pub enum WriteOp {
         result: serde_json::Value,
         at: Timestamp,
     },
+    /// Adds one pipeline run's LLM usage to its scope's tally for the day.
+    RecordUsage(UsageRow),
+}
+
+/// LLM usage of one scope, one day, one model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRow {
+    pub scope: Scope,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub model: String,
+    /// Pipeline runs (adds) that called the LLM.
+    pub runs: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Estimated cost, millionths of a US dollar.
+    pub cost_microdollars: u64,
 }
 
 /// Which vector-search strategy answered a query (DESIGN.md §2, "Filtered vector search").
@@ -192,6 +209,9 @@ pub trait Store:
     /// The versions that were current (and unexpired) at `at` and match
     /// `filter`, with their vectors: the memory as it stood then (`as_of`).
     async fn versions_at(&self, filter: &Filter, at: Timestamp) -> Result<Vec<(Memory, Vec<f32>)>>;
+
+    /// LLM usage tallies, newest day first; the caller filters by binding.
+    async fn usage(&self, limit: usize) -> Result<Vec<UsageRow>>;
 
     /// How many visible current memories match `filter`.
     async fn count(&self, filter: &Filter, vis: Visibility) -> Result<usize>;

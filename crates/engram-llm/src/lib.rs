@@ -450,6 +450,12 @@ impl Llm for OpenAiChat {
     fn state(&self) -> LlmState {
         self.t.state()
     }
+
+    fn cost_usd(&self, usage: &Usage) -> f64 {
+        let cfg = &self.t.cfg;
+        usage.prompt_tokens as f64 / 1000.0 * cfg.price_prompt_per_1k
+            + usage.completion_tokens as f64 / 1000.0 * cfg.price_completion_per_1k
+    }
 }
 
 /// Embeddings over `/v1/embeddings`. The dimension is learnt from one probe

@@ -19,6 +19,69 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs_list))
         .routes(routes!(jobs_get))
         .routes(routes!(jobs_retry))
+        .routes(routes!(usage_list))
+}
+
+/// LLM usage of one scope, one day, one model.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageOut {
+    pub org_id: Option<String>,
+    pub app_id: Option<String>,
+    pub user_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub run_id: Option<String>,
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub model: String,
+    /// Adds that called the LLM.
+    pub runs: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Estimated from the configured prices (0 when none are set).
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageResponse {
+    pub results: Vec<UsageOut>,
+}
+
+#[derive(Debug, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// At most this many rows, newest day first (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+/// LLM token usage and estimated cost per scope and day, inside the caller's binding.
+#[utoipa::path(get, path = "/v1/usage", tag = "jobs", params(UsageQuery),
+    responses((status = 200, body = UsageResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn usage_list(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+) -> Result<ApiJson<UsageResponse>, ApiError> {
+    let rows = app.memory.llm_usage(&ctx, q.limit.unwrap_or(100)).await?;
+    Ok(ApiJson(UsageResponse {
+        results: rows
+            .into_iter()
+            .map(|r| UsageOut {
+                org_id: r.scope.org_id,
+                app_id: r.scope.app_id,
+                user_id: r.scope.user_id,
+                agent_id: r.scope.agent_id,
+                run_id: r.scope.run_id,
+                day: r.day,
+                model: r.model,
+                runs: r.runs,
+                prompt_tokens: r.prompt_tokens,
+                completion_tokens: r.completion_tokens,
+                cost_usd: r.cost_microdollars as f64 / 1e6,
+            })
+            .collect(),
+    }))
 }
 
 /// A job as the API shows it.

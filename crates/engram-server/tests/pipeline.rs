@@ -287,6 +287,25 @@ async fn facts_change_over_sessions_with_history() {
     assert_eq!(r["results"][0]["event"], "ADD", "{r}");
     assert_eq!(w.memories().await.len(), 2);
 
+    // Token usage is tallied per scope and day: 8 LLM calls (2 extraction-only
+    // runs, 6 with consolidation) at 100 prompt / 20 completion tokens each.
+    let (_, usage) = w.call("GET", "/v1/usage", None).await;
+    let rows = usage["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{usage}");
+    assert_eq!(
+        (
+            rows[0]["user_id"].as_str(),
+            rows[0]["model"].as_str(),
+            rows[0]["runs"].as_u64()
+        ),
+        (Some("sam"), Some("scripted"), Some(7))
+    );
+    assert_eq!(rows[0]["prompt_tokens"].as_u64().unwrap() % 100, 0);
+    assert!(
+        rows[0]["prompt_tokens"].as_u64().unwrap() >= 1300,
+        "{usage}"
+    );
+
     // Conflict rate of this conversation (the closing note reports it).
     let events: Vec<String> = vec!["ADD", "UPDATE", "NOOP", "ADD", "DELETE", "ADD"]
         .into_iter()

@@ -360,3 +360,67 @@ impl SqliteStore {
         .await
     }
 }
+
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Adds a usage row to its tally (same scope, day and model), inside the caller's transaction.
+pub(crate) fn record_usage(conn: &Connection, row: &engram_core::store::UsageRow) -> Result<()> {
+    let s = &row.scope;
+    let id = |v: &Option<String>| v.clone().unwrap_or_default();
+    conn.execute(
+        "INSERT INTO llm_usage (org_id, app_id, user_id, agent_id, run_id, day, model, runs, prompt_tokens, \
+         completion_tokens, cost_microdollars) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         ON CONFLICT (org_id, app_id, user_id, agent_id, run_id, day, model) DO UPDATE SET \
+         runs = runs + excluded.runs, prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+         completion_tokens = completion_tokens + excluded.completion_tokens, \
+         cost_microdollars = cost_microdollars + excluded.cost_microdollars",
+        params![
+            id(&s.org_id),
+            id(&s.app_id),
+            id(&s.user_id),
+            id(&s.agent_id),
+            id(&s.run_id),
+            row.day,
+            row.model,
+            row.runs as i64,
+            row.prompt_tokens as i64,
+            row.completion_tokens as i64,
+            row.cost_microdollars as i64
+        ],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) fn usage(conn: &Connection, limit: usize) -> Result<Vec<engram_core::store::UsageRow>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT org_id, app_id, user_id, agent_id, run_id, day, model, runs, prompt_tokens, \
+             completion_tokens, cost_microdollars FROM llm_usage ORDER BY day DESC, org_id, user_id LIMIT ?1",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query([limit as i64]).map_err(db_err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let g = |i: usize| r.get::<_, String>(i).map_err(db_err);
+        let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64).map_err(db_err);
+        out.push(engram_core::store::UsageRow {
+            scope: engram_core::memory::Scope {
+                org_id: opt(g(0)?),
+                app_id: opt(g(1)?),
+                user_id: opt(g(2)?),
+                agent_id: opt(g(3)?),
+                run_id: opt(g(4)?),
+            },
+            day: g(5)?,
+            model: g(6)?,
+            runs: n(7)?,
+            prompt_tokens: n(8)?,
+            completion_tokens: n(9)?,
+            cost_microdollars: n(10)?,
+        });
+    }
+    Ok(out)
+}

@@ -615,7 +615,9 @@ impl Store for SqliteStore {
                 let v = match op {
                     WriteOp::Insert { embedding, .. } => Some(embedding),
                     WriteOp::Update { embedding, .. } => embedding.as_ref(),
-                    WriteOp::Delete { .. } | WriteOp::FinishJob { .. } => None,
+                    WriteOp::Delete { .. }
+                    | WriteOp::FinishJob { .. }
+                    | WriteOp::RecordUsage(_) => None,
                 };
                 if let Some(v) = v
                     && v.len() != index.dim()
@@ -678,6 +680,7 @@ impl Store for SqliteStore {
                         result,
                         at,
                     } => jobs::finish(&tx, id, &worker, &result, at)?,
+                    WriteOp::RecordUsage(row) => jobs::record_usage(&tx, &row)?,
                 }
             }
             tx.commit().map_err(db_err)?;
@@ -787,6 +790,10 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn usage(&self, limit: usize) -> Result<Vec<engram_core::store::UsageRow>> {
+        self.read(move |conn, _| jobs::usage(conn, limit)).await
     }
 
     async fn count(&self, filter: &Filter, vis: Visibility) -> Result<usize> {

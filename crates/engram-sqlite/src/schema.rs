@@ -131,6 +131,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (principal, key)
     );
     "#,
+    // 4: LLM usage per scope, day and model.
+    r#"
+    CREATE TABLE llm_usage (
+        org_id            TEXT NOT NULL DEFAULT '',
+        app_id            TEXT NOT NULL DEFAULT '',
+        user_id           TEXT NOT NULL DEFAULT '',
+        agent_id          TEXT NOT NULL DEFAULT '',
+        run_id            TEXT NOT NULL DEFAULT '',
+        day               TEXT NOT NULL,
+        model             TEXT NOT NULL,
+        runs              INTEGER NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost_microdollars INTEGER NOT NULL,
+        PRIMARY KEY (org_id, app_id, user_id, agent_id, run_id, day, model)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

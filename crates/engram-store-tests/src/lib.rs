@@ -1048,6 +1048,51 @@ pub async fn versions_as_they_stood(f: Fixture) {
     assert!(f.store.versions_at(&bo, at(5)).await.unwrap().is_empty());
 }
 
+/// LLM usage rows add up per scope, day and model.
+pub async fn llm_usage_is_tallied(f: Fixture) {
+    use engram_core::store::UsageRow;
+    bound(&f).await;
+    let row = |who: &str, day: &str, p: u64| UsageRow {
+        scope: Scope {
+            org_id: Some("acme".into()),
+            ..user(who)
+        },
+        day: day.into(),
+        model: "m".into(),
+        runs: 1,
+        prompt_tokens: p,
+        completion_tokens: 2,
+        cost_microdollars: 5,
+    };
+    f.store
+        .apply(vec![
+            WriteOp::RecordUsage(row("ann", "2026-01-01", 10)),
+            WriteOp::RecordUsage(row("ann", "2026-01-01", 20)),
+            WriteOp::RecordUsage(row("ann", "2026-01-02", 7)),
+            WriteOp::RecordUsage(row("ben", "2026-01-01", 1)),
+        ])
+        .await
+        .unwrap();
+    let rows = f.store.usage(10).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].day, "2026-01-02", "newest day first");
+    let ann1 = rows
+        .iter()
+        .find(|r| r.day == "2026-01-01" && r.scope.user_id.as_deref() == Some("ann"))
+        .unwrap();
+    assert_eq!(
+        (
+            ann1.runs,
+            ann1.prompt_tokens,
+            ann1.completion_tokens,
+            ann1.cost_microdollars
+        ),
+        (2, 30, 4, 10)
+    );
+    assert_eq!(ann1.scope.org_id.as_deref(), Some("acme"));
+    assert_eq!(ann1.scope.agent_id, None);
+}
+
 /// API keys: stored with their binding, found by id, listed, revoked once.
 pub async fn keys_round_trip(f: Fixture) {
     use engram_core::access::Role;
@@ -1123,6 +1168,7 @@ macro_rules! store_suite {
             counts_and_scope_ids,
             jobs_lease_finish_retry_and_dead_letter,
             versions_as_they_stood,
+            llm_usage_is_tallied,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
