@@ -135,6 +135,24 @@ struct Operation {
     reason: Option<String>,
 }
 
+/// Removes `<memories>…</memories>` blocks (memories retrieved and injected
+/// into the prompt by the caller); an unclosed block runs to the end.
+pub fn strip_injected(text: &str) -> String {
+    const OPEN: &str = "<memories>";
+    const CLOSE: &str = "</memories>";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        match rest[start..].find(CLOSE) {
+            Some(end) => rest = &rest[start + end + CLOSE.len()..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn kind_of(f: &Fact) -> MemoryKind {
     match f.kind.as_deref() {
         Some("episodic") => MemoryKind::Episodic,
@@ -318,6 +336,19 @@ impl Pipeline {
                 })
                 .collect(),
         };
+        // Memories a caller injected into the conversation are not new facts:
+        // they never reach the extractor.
+        let new: Vec<ChatMessage> = new
+            .into_iter()
+            .map(|m| ChatMessage {
+                content: strip_injected(&m.content),
+                ..m
+            })
+            .filter(|m| !m.content.trim().is_empty())
+            .collect();
+        if new.is_empty() {
+            return Ok((Vec::new(), Outcome::default()));
+        }
         let context = self.recent_turns(ctx, &input.scope).await?;
         let (facts, mut usage) = self.extract(&context, &new).await?;
         let mut outcome = Outcome::default();
@@ -606,5 +637,26 @@ impl Pipeline {
             }
         }
         Ok(writes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_memories_are_stripped() {
+        assert_eq!(
+            strip_injected(
+                "Hi <memories>- Likes tea\n- Lives in Oslo</memories> I moved to Bergen."
+            ),
+            "Hi  I moved to Bergen."
+        );
+        assert_eq!(
+            strip_injected("<memories>a</memories>b<memories>c</memories>"),
+            "b"
+        );
+        assert_eq!(strip_injected("x <memories>never closed"), "x ");
+        assert_eq!(strip_injected("plain"), "plain");
     }
 }

@@ -160,6 +160,10 @@ async fn facts_change_over_sessions_with_history() {
             .contains("I work at Acme")
     );
 
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let before_stripe = jiff::Timestamp::now().to_string();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
     // Session 2: the fact changes → UPDATE of the same memory, old text kept in history.
     w.llm.push([
         facts(&["Works at Stripe"]),
@@ -190,6 +194,32 @@ async fn facts_change_over_sessions_with_history() {
     assert_eq!(
         (ms[0]["memory"].as_str(), ms[0]["version"].as_u64()),
         (Some("Works at Stripe as an engineer"), Some(2))
+    );
+    // as_of: before the change the memory said Acme; now it says Stripe.
+    let asked = |as_of: Option<&str>| {
+        let mut b = json!({"query": "where does Sam work?", "user_id": "sam"});
+        if let Some(a) = as_of {
+            b["as_of"] = json!(a);
+        }
+        b
+    };
+    let (_, then) = w
+        .call(
+            "POST",
+            "/v1/memories/search",
+            Some(asked(Some(&before_stripe))),
+        )
+        .await;
+    assert_eq!(
+        then["results"][0]["memory"], "Works at Acme as an engineer",
+        "{then}"
+    );
+    let (_, now) = w
+        .call("POST", "/v1/memories/search", Some(asked(None)))
+        .await;
+    assert_eq!(
+        now["results"][0]["memory"],
+        "Works at Stripe as an engineer"
     );
     let h = w.history(&id).await;
     assert_eq!(h.len(), 2);
@@ -524,4 +554,52 @@ async fn job_throughput_against_an_instant_llm() {
         n as f64 / enqueue_s,
         n as f64 / secs
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_memories_are_not_re_extracted_and_assistant_facts_stay_the_assistants() {
+    let w = world().await;
+    w.llm.push([Reply::chat_json(json!({"facts": [
+        {"text": "Recommended the Porto food tour", "kind": "episodic", "entities": [{"name": "Porto", "type": "place"}],
+         "valid_at": "2026-03-01", "speaker": "assistant"}]}))]);
+    let (s, r) = w
+        .call("POST", "/v1/memories", Some(json!({"user_id": "sam", "async": false, "messages": [
+            {"role": "user", "content": "<memories>- Lives in Lisbon\n- Is vegetarian</memories> Any ideas for the weekend?"},
+            {"role": "assistant", "content": "You could take the Porto food tour."}]})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let sent = w.llm.received()[0]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !sent.contains("Lives in Lisbon") && !sent.contains("<memories>"),
+        "{sent}"
+    );
+    assert!(sent.contains("Any ideas for the weekend?"), "{sent}");
+    let m = &w.memories().await[0];
+    assert_eq!(
+        (m["memory"].as_str(), m["role"].as_str(), m["kind"].as_str()),
+        (
+            Some("Recommended the Porto food tour"),
+            Some("assistant"),
+            Some("episodic")
+        )
+    );
+    assert_eq!(m["entities"][0]["name"], "Porto");
+    // A message that is nothing but injected memories costs no LLM call.
+    let before = w.llm.received_count();
+    let (s, r) = w
+        .call(
+            "POST",
+            "/v1/memories",
+            Some(json!({"user_id": "sam", "async": false,
+            "messages": [{"role": "user", "content": "<memories>- Lives in Lisbon</memories>"}]})),
+        )
+        .await;
+    assert_eq!(
+        (s, r["results"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+    assert_eq!(w.llm.received_count(), before);
 }

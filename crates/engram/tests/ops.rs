@@ -479,3 +479,137 @@ async fn kill_9_mid_queue_then_every_job_completes_exactly_once() {
         "queue: {n} async adds accepted at {accept_ms:.2} ms each (202, debug build), kill -9 with {left} still queued, all {n} completed exactly once after restart"
     );
 }
+
+/// The same with the LLM pipeline: a scripted provider (a real socket) answers
+/// every extraction with the message as one fact and every consolidation with
+/// ADD, slowly enough that the kill lands mid-queue. A job that ran twice
+/// would leave two memories for one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_queue_with_the_llm_then_every_job_completes_exactly_once() {
+    use engram_testkit::{Reply, ScriptedLlm};
+    let llm = ScriptedLlm::start().await;
+    llm.respond_with(|_, body| {
+        let system = body["messages"][0]["content"].as_str().unwrap_or("");
+        let reply = if system.starts_with("You extract") {
+            let said = body["messages"][1]["content"].as_str().unwrap_or("");
+            let fact = said
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim_start_matches("user: ");
+            Reply::chat_json(
+                json!({"facts": [{"text": fact, "kind": "semantic", "entities": [],
+                "valid_at": null, "speaker": "user"}]}),
+            )
+        } else {
+            Reply::chat_json(
+                json!({"operations": [{"fact": "f1", "event": "ADD", "target": null,
+                "text": null, "reason": "new"}]}),
+            )
+        };
+        reply.after(Duration::from_millis(20))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = create_key(&data);
+    let http = reqwest::Client::new();
+    let start = || {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--rate-limit-per-minute",
+                "0",
+            ])
+            .args([
+                "--llm-base-url",
+                llm.url(),
+                "--llm-model",
+                "scripted",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .env("ENGRAM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start engram serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listening line");
+        let url = line
+            .trim()
+            .trim_start_matches("engram listening on ")
+            .to_owned();
+        (child, url)
+    };
+    let (mut child, url) = start();
+    let n = 40u64;
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        let resp = http
+            .post(format!("{url}/v1/memories"))
+            .bearer_auth(&key)
+            .json(&json!({"text": sentence(9_000_000 + i), "user_id": "llmq"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "async by default with an LLM");
+        let v: Value = resp.json().await.unwrap();
+        jobs.push(v["job_id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = get_json(
+        &http,
+        &format!("{url}/v1/jobs?state=queued&limit=1000"),
+        &key,
+    )
+    .await;
+    let left = queued["results"].as_array().unwrap().len();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(left > 0, "the kill must come mid-queue");
+    assert_eq!(integrity_check(&data), "ok");
+
+    let (mut child, url) = start();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for job in &jobs {
+        loop {
+            let j = get_json(&http, &format!("{url}/v1/jobs/{job}"), &key).await;
+            if j["status"] == "done" {
+                assert_eq!(j["result"]["results"][0]["event"], "ADD", "{j}");
+                break;
+            }
+            assert!(j["status"] != "dead", "{j}");
+            assert!(Instant::now() < deadline, "job {job} never finished: {j}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let listed = get_json(
+        &http,
+        &format!("{url}/v1/memories?user_id=llmq&limit=1000"),
+        &key,
+    )
+    .await;
+    let mut texts: Vec<&str> = listed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["memory"].as_str().unwrap())
+        .collect();
+    texts.sort();
+    let before = texts.len();
+    texts.dedup();
+    assert_eq!(
+        (before, texts.len()),
+        (jobs.len(), jobs.len()),
+        "one memory per message, none twice"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    eprintln!(
+        "llm queue: {n} async adds through the LLM pipeline, kill -9 with {left} queued, all completed exactly once"
+    );
+}
