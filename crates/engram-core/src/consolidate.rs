@@ -577,17 +577,10 @@ impl Pipeline {
                         .next()
                         .ok_or_else(|| Error::internal("vector count"))?;
                     self.memory.check_text(&text, "an updated fact")?;
-                    let mut next = old.clone();
-                    next.text = text.clone();
-                    next.hash = text_hash(&text);
-                    next.entities = if fact.entities.is_empty() {
-                        text::tag_entities(&text)
-                    } else {
-                        fact.entities.clone()
-                    };
-                    next.tokens = self.memory.embedder().count_tokens(&text) as u32;
-                    next.version = old.version + 1;
-                    next.updated_at = now.max(old.updated_at);
+                    let mut next = self.memory.successor(old, &text, now);
+                    if !fact.entities.is_empty() {
+                        next.entities = fact.entities.clone();
+                    }
                     let mut h = self.memory.history_event(
                         ctx,
                         &next,

@@ -398,24 +398,12 @@ impl MemoryService {
             };
             return Ok((Vec::new(), r));
         }
-        let vector = self
-            .inner
-            .embedder
-            .embed(std::slice::from_ref(&text))
-            .await?
-            .pop()
-            .ok_or_else(|| Error::embedder("embedder returned no vector"))?;
+        let vector = self.embed_one(&text).await?;
         let model = self.inner.embedder.model().id.clone();
         let tokens = self.inner.embedder.count_tokens(&text) as u32;
         Ok(match existing {
             Some(old) => {
-                let mut next = old.clone();
-                next.text = text.clone();
-                next.hash = text_hash(&text);
-                next.entities = text::tag_entities(&text);
-                next.tokens = tokens;
-                next.version = old.version + 1;
-                next.updated_at = now.max(old.updated_at);
+                let next = self.successor(&old, &text, now);
                 let mut h = self.history_event(
                     ctx,
                     &next,
@@ -709,12 +697,7 @@ impl MemoryService {
     pub async fn search(&self, ctx: &RequestCtx, mut input: SearchInput) -> Result<SearchOutput> {
         let cfg = &self.inner.retrieval;
         input.filter = ctx.principal.bind_filter(input.filter)?;
-        if !input.filter.names_scope() {
-            return Err(Error::new(
-                ErrorCode::MissingScope,
-                "`filters` must name at least one scope id (user_id, agent_id, run_id, org_id or app_id) by equality or `in`",
-            ));
-        }
+        require_scope(&input.filter)?;
         let (query, top_k) = self.check_search(&input)?;
         let query = query.as_str();
         let budget = input.token_budget.unwrap_or(cfg.default_token_budget);
@@ -811,44 +794,14 @@ impl MemoryService {
             .filter(|m| input.filter.matches(m))
             .collect();
 
-        let now = vis.now;
-        let mut scored: Vec<(Memory, f32, SignalScores, f32, f32)> = memories
+        let scored = memories
             .into_iter()
             .filter_map(|m| {
                 let signals = *fused.get(&m.id)?;
-                let age_days = now.duration_since(m.updated_at).as_secs_f64() / 86_400.0;
-                let decay = fusion::decay(age_days, cfg.half_life_days, cfg.decay_floor) as f32;
-                let kind_weight = cfg.kind_weights.get(m.kind);
-                let score = signals.fused * decay * kind_weight;
-                Some((m, score, signals, decay, kind_weight))
+                Some(self.weigh(m, signals, vis.now))
             })
-            .filter(|(_, score, ..)| input.threshold.is_none_or(|t| *score >= t))
             .collect();
-        // Highest score first; ties broken by newer, then id, so results are deterministic.
-        scored.sort_by(|a, b| {
-            b.1.total_cmp(&a.1)
-                .then_with(|| b.0.updated_at.cmp(&a.0.updated_at))
-                .then_with(|| a.0.id.cmp(&b.0.id))
-        });
-        scored.truncate(top_k);
-        let tokens: Vec<usize> = scored.iter().map(|(m, ..)| m.tokens as usize).collect();
-        let (kept, used) = budget::pack(&tokens, budget);
-        let mut scored: Vec<Option<_>> = scored.into_iter().map(Some).collect();
-        let hits = kept
-            .into_iter()
-            .filter_map(|i| scored[i].take())
-            .map(|(memory, score, signals, decay, kind_weight)| SearchHit {
-                memory,
-                score,
-                explanation: input.explain.then_some(Explanation {
-                    signals,
-                    decay,
-                    kind_weight,
-                    score,
-                    vector_path: path,
-                }),
-            })
-            .collect::<Vec<_>>();
+        let (hits, used) = self.rank(scored, &input, top_k, budget, path);
         telemetry::search(path, started.elapsed(), embedded, cached, hits.len(), used);
         Ok(SearchOutput {
             hits,
@@ -856,6 +809,89 @@ impl MemoryService {
             tokens: used,
             cached_embedding: cached,
         })
+    }
+
+    /// A candidate's final score: its fused signals × recency decay (age
+    /// relative to `now`) × its kind's weight.
+    fn weigh(&self, memory: Memory, signals: SignalScores, now: Timestamp) -> Scored {
+        let cfg = &self.inner.retrieval;
+        let age_days = now.duration_since(memory.updated_at).as_secs_f64() / 86_400.0;
+        let decay = fusion::decay(age_days, cfg.half_life_days, cfg.decay_floor) as f32;
+        let kind_weight = cfg.kind_weights.get(memory.kind);
+        Scored {
+            score: signals.fused * decay * kind_weight,
+            memory,
+            signals,
+            decay,
+            kind_weight,
+        }
+    }
+
+    /// Thresholds, orders (highest score first; ties broken by newer, then id,
+    /// so results are deterministic), keeps `top_k` and packs the token budget.
+    /// Returns the hits and the tokens they use.
+    fn rank(
+        &self,
+        mut scored: Vec<Scored>,
+        input: &SearchInput,
+        top_k: usize,
+        budget: usize,
+        path: VectorPath,
+    ) -> (Vec<SearchHit>, usize) {
+        scored.retain(|c| input.threshold.is_none_or(|t| c.score >= t));
+        scored.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| b.memory.updated_at.cmp(&a.memory.updated_at))
+                .then_with(|| a.memory.id.cmp(&b.memory.id))
+        });
+        scored.truncate(top_k);
+        let tokens: Vec<usize> = scored.iter().map(|c| c.memory.tokens as usize).collect();
+        let (kept, used) = budget::pack(&tokens, budget);
+        let mut scored: Vec<Option<Scored>> = scored.into_iter().map(Some).collect();
+        let hits = kept
+            .into_iter()
+            .filter_map(|i| scored[i].take())
+            .map(|c| SearchHit {
+                explanation: input.explain.then_some(Explanation {
+                    signals: c.signals,
+                    decay: c.decay,
+                    kind_weight: c.kind_weight,
+                    score: c.score,
+                    vector_path: path,
+                }),
+                memory: c.memory,
+                score: c.score,
+            })
+            .collect();
+        (hits, used)
+    }
+
+    /// Derives what follows from a memory's text: hash, entities, token count.
+    pub(crate) fn retext(&self, m: &mut Memory) {
+        m.hash = text_hash(&m.text);
+        m.entities = text::tag_entities(&m.text);
+        m.tokens = self.inner.embedder.count_tokens(&m.text) as u32;
+    }
+
+    /// The next version of `current` with `text` (written at `now`).
+    pub(crate) fn successor(&self, current: &Memory, text: &str, now: Timestamp) -> Memory {
+        let mut next = current.clone();
+        next.text = text.to_owned();
+        self.retext(&mut next);
+        next.version = current.version + 1;
+        next.updated_at = now.max(current.updated_at);
+        next
+    }
+
+    /// One text's vector.
+    pub(crate) async fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
+        self.inner
+            .embedder
+            .embed(&[text.to_owned()])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::embedder("embedder returned no vector"))
     }
 
     /// The checks every search makes: the trimmed query and `top_k`.
@@ -901,18 +937,13 @@ impl MemoryService {
     ) -> Result<SearchOutput> {
         let cfg = &self.inner.retrieval;
         input.filter = ctx.principal.bind_filter(input.filter)?;
-        if !input.filter.names_scope() {
-            return Err(Error::new(
-                ErrorCode::MissingScope,
-                "`filters` must name at least one scope id (user_id, agent_id, run_id, org_id or app_id)",
-            ));
-        }
+        require_scope(&input.filter)?;
         let (query, top_k) = self.check_search(&input)?;
         let (vector, cached) = self.inner.queries.embed_query(&query).await?;
         let terms: Vec<String> = text::keyword_terms(&query);
         let versions = self.inner.store.versions_at(&input.filter, at).await?;
         let w = cfg.weights;
-        let mut scored: Vec<(Memory, f32, SignalScores, f32, f32)> = versions
+        let scored = versions
             .into_iter()
             .map(|(m, v)| {
                 let semantic = dot(&vector, &v).max(0.0);
@@ -925,45 +956,17 @@ impl MemoryService {
                 };
                 let fused = (w.semantic * semantic + w.keyword * keyword)
                     / (w.semantic + w.keyword).max(f32::EPSILON);
-                let age_days = at.duration_since(m.updated_at).as_secs_f64() / 86_400.0;
-                let decay =
-                    fusion::decay(age_days.max(0.0), cfg.half_life_days, cfg.decay_floor) as f32;
-                let kind_weight = cfg.kind_weights.get(m.kind);
                 let signals = SignalScores {
                     semantic: Some(semantic),
                     keyword: Some(keyword),
                     fused,
                     ..Default::default()
                 };
-                (m, fused * decay * kind_weight, signals, decay, kind_weight)
+                self.weigh(m, signals, at)
             })
-            .filter(|(_, score, ..)| input.threshold.is_none_or(|t| *score >= t))
             .collect();
-        scored.sort_by(|a, b| {
-            b.1.total_cmp(&a.1)
-                .then_with(|| b.0.updated_at.cmp(&a.0.updated_at))
-                .then_with(|| a.0.id.cmp(&b.0.id))
-        });
-        scored.truncate(top_k);
         let budget = input.token_budget.unwrap_or(cfg.default_token_budget);
-        let tokens: Vec<usize> = scored.iter().map(|(m, ..)| m.tokens as usize).collect();
-        let (kept, used) = budget::pack(&tokens, budget);
-        let mut scored: Vec<Option<_>> = scored.into_iter().map(Some).collect();
-        let hits = kept
-            .into_iter()
-            .filter_map(|i| scored[i].take())
-            .map(|(memory, score, signals, decay, kind_weight)| SearchHit {
-                memory,
-                score,
-                explanation: input.explain.then_some(Explanation {
-                    signals,
-                    decay,
-                    kind_weight,
-                    score,
-                    vector_path: VectorPath::Exact,
-                }),
-            })
-            .collect();
+        let (hits, used) = self.rank(scored, &input, top_k, budget, VectorPath::Exact);
         Ok(SearchOutput {
             hits,
             vector_path: VectorPath::Exact,
@@ -992,12 +995,7 @@ impl MemoryService {
         limit: usize,
     ) -> Result<Page> {
         let filter = &ctx.principal.bind_filter(filter.clone())?;
-        if !filter.names_scope() {
-            return Err(Error::new(
-                ErrorCode::MissingScope,
-                "name at least one scope id (user_id, agent_id, run_id, org_id or app_id)",
-            ));
-        }
+        require_scope(filter)?;
         if limit == 0 || limit > MAX_PAGE {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,
@@ -1065,16 +1063,8 @@ impl MemoryService {
         next.version = current.version + 1;
         next.updated_at = now.max(current.updated_at);
         let embedding = if next.text != current.text {
-            next.hash = text_hash(&next.text);
-            next.entities = text::tag_entities(&next.text);
-            next.tokens = self.inner.embedder.count_tokens(&next.text) as u32;
-            let v = self
-                .inner
-                .embedder
-                .embed(std::slice::from_ref(&next.text))
-                .await?
-                .pop();
-            Some(v.ok_or_else(|| Error::embedder("embedder returned no vector"))?)
+            self.retext(&mut next);
+            Some(self.embed_one(&next.text).await?)
         } else {
             None
         };
@@ -1124,20 +1114,8 @@ impl MemoryService {
             )));
         }
         let now = self.now();
-        let mut next = current.clone();
-        next.text = text.clone();
-        next.hash = text_hash(&text);
-        next.entities = text::tag_entities(&text);
-        next.tokens = self.inner.embedder.count_tokens(&text) as u32;
-        next.version = current.version + 1;
-        next.updated_at = now.max(current.updated_at);
-        let vector = self
-            .inner
-            .embedder
-            .embed(std::slice::from_ref(&text))
-            .await?
-            .pop()
-            .ok_or_else(|| Error::embedder("embedder returned no vector"))?;
+        let next = self.successor(&current, &text, now);
+        let vector = self.embed_one(&text).await?;
         let mut history = self.history_event(
             ctx,
             &next,
@@ -1190,12 +1168,7 @@ impl MemoryService {
         ctx.principal
             .require(Role::ReadWrite, "deleting memories")?;
         let filter = ctx.principal.bind_filter(filter.clone())?;
-        if !filter.names_scope() {
-            return Err(Error::new(
-                ErrorCode::MissingScope,
-                "name at least one scope id (user_id, agent_id, run_id, org_id or app_id)",
-            ));
-        }
+        require_scope(&filter)?;
         self.delete_matching(ctx, &filter).await
     }
 
@@ -1251,12 +1224,7 @@ impl MemoryService {
         page_size: usize,
     ) -> Result<(usize, Vec<Memory>)> {
         let filter = ctx.principal.bind_filter(filter.clone())?;
-        if !filter.names_scope() {
-            return Err(Error::new(
-                ErrorCode::MissingScope,
-                "name at least one scope id (user_id, agent_id, run_id, org_id or app_id)",
-            ));
-        }
+        require_scope(&filter)?;
         if page == 0 {
             return Err(Error::invalid("`page` starts at 1"));
         }
@@ -1311,6 +1279,26 @@ impl MemoryService {
             _ => Err(not_found(id)),
         }
     }
+}
+
+/// A search candidate on its way to becoming a hit.
+struct Scored {
+    memory: Memory,
+    score: f32,
+    signals: SignalScores,
+    decay: f32,
+    kind_weight: f32,
+}
+
+/// Every read names a scope id (after the caller's binding is applied).
+fn require_scope(filter: &Filter) -> Result<()> {
+    if filter.names_scope() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorCode::MissingScope,
+        "name at least one scope id (user_id, agent_id, run_id, org_id or app_id), by equality or `in`",
+    ))
 }
 
 fn not_found(id: MemoryId) -> Error {
