@@ -17,7 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::access::{Principal, Role};
-use crate::memory::{Scope, validate_scope_id};
+use crate::memory::{Scope, hex, validate_scope_id};
 use crate::service::{Clock, to_millis};
 use crate::{Error, ErrorCode, Result};
 
@@ -89,14 +89,6 @@ pub struct KeyService {
     clock: Arc<dyn Clock>,
     /// SHA-256 of a whole presented key → the principal it resolved to, and when.
     cache: Arc<Mutex<VerifiedKeys>>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn random_hex(n: usize) -> Result<String> {

@@ -323,12 +323,18 @@ pub struct HistoryEvent {
 /// MD5 hex digest of a memory text (Mem0's `hash`).
 pub fn text_hash(text: &str) -> String {
     use md5::{Digest, Md5};
-    let digest = Md5::digest(text.as_bytes());
-    let mut out = String::with_capacity(32);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    hex(&Md5::digest(text.as_bytes()))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -34,6 +34,13 @@ pub(crate) fn search(
     metrics::histogram!(INJECTED_TOKENS).record(tokens as f64);
 }
 
+/// Jobs per state, as gauges (`engram_jobs_queued` / `_running` / `_dead`).
+pub fn job_counts(c: &crate::jobs::JobCounts) {
+    metrics::gauge!("engram_jobs_queued").set(c.queued as f64);
+    metrics::gauge!("engram_jobs_running").set(c.running as f64);
+    metrics::gauge!("engram_jobs_dead").set(c.dead as f64);
+}
+
 pub(crate) fn memory_event(event: Event, n: u64) {
     metrics::counter!(MEMORY_EVENTS, "event" => event.as_str()).increment(n);
 }

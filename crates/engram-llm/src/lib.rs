@@ -190,6 +190,25 @@ fn retry_after(headers: &reqwest::header::HeaderMap, now: Timestamp) -> Option<D
 }
 
 impl Transport {
+    fn new(
+        cfg: ClientConfig,
+        sleeper: Arc<dyn Sleeper>,
+        clock: Arc<dyn Clock>,
+        kind: &'static str,
+    ) -> Result<Transport> {
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| Error::internal(format!("http client: {e}")))?;
+        Ok(Transport {
+            http,
+            cfg,
+            breaker: Mutex::new(Breaker::default()),
+            sleeper,
+            clock,
+            kind,
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
         // A panic while holding the lock leaves a valid breaker behind.
         self.breaker.lock().unwrap_or_else(|e| e.into_inner())
@@ -348,18 +367,8 @@ impl OpenAiChat {
         sleeper: Arc<dyn Sleeper>,
         clock: Arc<dyn Clock>,
     ) -> Result<OpenAiChat> {
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| Error::internal(format!("http client: {e}")))?;
         let chat = OpenAiChat {
-            t: Transport {
-                http,
-                cfg,
-                breaker: Mutex::new(Breaker::default()),
-                sleeper,
-                clock,
-                kind: "chat",
-            },
+            t: Transport::new(cfg, sleeper, clock, "chat")?,
             structured: AtomicBool::new(true),
         };
         chat.t.publish_state();
@@ -473,22 +482,12 @@ impl OpenAiEmbedder {
         sleeper: Arc<dyn Sleeper>,
         clock: Arc<dyn Clock>,
     ) -> Result<OpenAiEmbedder> {
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| Error::internal(format!("http client: {e}")))?;
         let mut e = OpenAiEmbedder {
             info: ModelInfo {
                 id: format!("openai:{}", cfg.model),
                 dim: 0,
             },
-            t: Transport {
-                http,
-                cfg,
-                breaker: Mutex::new(Breaker::default()),
-                sleeper,
-                clock,
-                kind: "embeddings",
-            },
+            t: Transport::new(cfg, sleeper, clock, "embeddings")?,
         };
         let probe = e.call(&["dimension probe".to_owned()]).await?;
         let dim = probe.first().map(Vec::len).unwrap_or(0);

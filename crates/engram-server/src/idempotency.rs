@@ -12,20 +12,13 @@ use axum::response::{IntoResponse, Response};
 use engram_core::ErrorCode;
 use engram_core::access::Principal;
 use engram_core::idempotency::{IdemBegin, MAX_KEY_LEN, StoredResponse};
+use engram_core::memory::hex;
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::error::{ApiError, HttpCode};
 
 pub const HEADER: &str = "idempotency-key";
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
 
 pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
     if req.method() != Method::POST || req.uri().path().starts_with("/mcp") {

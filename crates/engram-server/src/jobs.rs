@@ -194,11 +194,8 @@ pub fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
                 format!("{}-{i}", &node[node.len() - 8..]),
             )
             .with_pipeline(state.jobs.pipeline().cloned());
-            let (stop, ready, jobs) = (
-                state.shutdown.clone(),
-                state.job_ready.clone(),
-                state.jobs.clone(),
-            );
+            // Queue gauges are refreshed when /metrics is scraped, not per job.
+            let (stop, ready) = (state.shutdown.clone(), state.job_ready.clone());
             tokio::spawn(async move {
                 loop {
                     if stop.is_cancelled() {
@@ -218,11 +215,6 @@ pub fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
                             tracing::error!(error = %e, "job worker: store error; backing off");
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         }
-                    }
-                    if let Ok(c) = jobs.counts().await {
-                        metrics::gauge!("engram_jobs_queued").set(c.queued as f64);
-                        metrics::gauge!("engram_jobs_running").set(c.running as f64);
-                        metrics::gauge!("engram_jobs_dead").set(c.dead as f64);
                     }
                 }
             })

@@ -93,9 +93,7 @@ pub async fn metrics_get(State(app): State<AppState>) -> Response {
         0.0
     });
     if let Ok(c) = app.jobs.counts().await {
-        metrics::gauge!("engram_jobs_queued").set(c.queued as f64);
-        metrics::gauge!("engram_jobs_running").set(c.running as f64);
-        metrics::gauge!("engram_jobs_dead").set(c.dead as f64);
+        engram_core::telemetry::job_counts(&c);
     }
     let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     let mut resp = body.into_response();
