@@ -157,6 +157,13 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
+/// What an add did: its results, or the job that will produce them.
+#[derive(Debug, Clone)]
+pub enum Added {
+    Done(Vec<AddResult>),
+    Queued(Box<Job>),
+}
+
 /// Queueing and inspecting jobs, for every transport.
 #[derive(Clone)]
 pub struct JobQueue {
@@ -179,8 +186,43 @@ impl JobQueue {
         self.pipeline.as_ref()
     }
 
+    /// The one entry point for adds from every transport. `infer` (default:
+    /// true when an LLM is configured) runs the LLM pipeline instead of
+    /// storing verbatim; `run_async` (default: whether an LLM is configured)
+    /// queues the add as a durable job and answers at once.
+    pub async fn add(
+        &self,
+        ctx: &RequestCtx,
+        input: AddInput,
+        infer: Option<bool>,
+        run_async: Option<bool>,
+    ) -> Result<Added> {
+        let llm = self.pipeline.is_some();
+        if run_async.unwrap_or(llm) {
+            let infer = llm && infer.unwrap_or(true);
+            return Ok(Added::Queued(Box::new(
+                self.enqueue_add(ctx, input, infer).await?,
+            )));
+        }
+        Ok(Added::Done(self.add_now(ctx, input, infer).await?))
+    }
+
+    /// [`add`](Self::add), synchronously.
+    pub async fn add_now(
+        &self,
+        ctx: &RequestCtx,
+        input: AddInput,
+        infer: Option<bool>,
+    ) -> Result<Vec<AddResult>> {
+        if self.pipeline.is_some() && infer.unwrap_or(true) {
+            self.add_inferred(ctx, input).await
+        } else {
+            self.memory.add(ctx, input).await
+        }
+    }
+
     /// An add through the LLM pipeline, now (the synchronous path).
-    pub async fn add_inferred(&self, ctx: &RequestCtx, input: AddInput) -> Result<Vec<AddResult>> {
+    async fn add_inferred(&self, ctx: &RequestCtx, input: AddInput) -> Result<Vec<AddResult>> {
         let pipeline = self
             .pipeline
             .as_ref()

@@ -328,14 +328,9 @@ async fn add_with(app: &AppState, ctx: &RequestCtx, b: &Map<String, Value>) -> M
         expires_at: time_field(field(b, "expiration_date"), "expiration_date")?,
         timestamp: time_field(field(b, "timestamp"), "timestamp")?,
     };
-    // With an LLM, `infer` (default true) extracts and consolidates facts; without, messages are stored verbatim.
-    let infer =
-        app.jobs.pipeline().is_some() && field(b, "infer").and_then(Value::as_bool).unwrap_or(true);
-    let results = if infer {
-        app.jobs.add_inferred(ctx, input).await?
-    } else {
-        app.memory.add(ctx, input).await?
-    };
+    // Mem0's routes answer adds synchronously; `infer` is Mem0's own flag.
+    let infer = field(b, "infer").and_then(Value::as_bool);
+    let results = app.jobs.add_now(ctx, input, infer).await?;
     let results: Vec<Value> = results
         .into_iter()
         .map(|r| json!({"id": r.id, "memory": r.memory, "event": r.event.as_str(), "data": {"memory": r.memory}}))

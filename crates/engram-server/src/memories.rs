@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use engram_core::filter::Filter;
+use engram_core::jobs::Added;
 use engram_core::memory::Scope;
 use engram_core::service::{SearchInput, UpdateInput};
 use engram_core::store::Cursor;
@@ -39,24 +40,21 @@ async fn memories_add(
     ApiJson(req): ApiJson<AddRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    // With an LLM, adds infer facts and run in the background unless told otherwise.
-    let llm = app.jobs.pipeline().is_some();
-    let infer = llm && req.infer.unwrap_or(true);
-    let run_async = req.run_async.unwrap_or(llm);
-    let input = req.into_input()?;
-    if run_async {
-        let job = app.jobs.enqueue_add(&ctx, input, infer).await?;
-        app.job_ready.notify_one();
-        let body = JobAccepted {
-            job_id: job.id,
-            status: job.state.as_str().to_owned(),
-        };
-        return Ok((axum::http::StatusCode::ACCEPTED, ApiJson(body)).into_response());
-    }
-    let results = if infer {
-        app.jobs.add_inferred(&ctx, input).await?
-    } else {
-        app.memory.add(&ctx, input).await?
+    let (infer, run_async) = (req.infer, req.run_async);
+    let results = match app
+        .jobs
+        .add(&ctx, req.into_input()?, infer, run_async)
+        .await?
+    {
+        Added::Done(results) => results,
+        Added::Queued(job) => {
+            app.job_ready.notify_one();
+            let body = JobAccepted {
+                job_id: job.id,
+                status: job.state.as_str().to_owned(),
+            };
+            return Ok((axum::http::StatusCode::ACCEPTED, ApiJson(body)).into_response());
+        }
     };
     Ok(ApiJson(AddResponse {
         results: results
