@@ -397,7 +397,7 @@ impl JobRunner {
             Ok(()) => {
                 metrics::counter!("engram_jobs_total", "outcome" => "done").increment(1);
             }
-            Err(e) if e.code == ErrorCode::Conflict && e.message.contains("lease") => {
+            Err(e) if e.code == ErrorCode::Conflict && !self.holds_lease(job.id).await? => {
                 // Another worker took the job over; its run counts, not ours.
                 tracing::warn!(job = %job.id, "job lease lost; leaving it to its new worker");
             }
@@ -426,6 +426,13 @@ impl JobRunner {
             }
         }
         Ok(true)
+    }
+
+    /// Whether this worker still holds `id` (the store says; no message parsing).
+    async fn holds_lease(&self, id: Uuid) -> Result<bool> {
+        Ok(self.memory.store().job_get(id).await?.is_some_and(|j| {
+            j.state == JobState::Running && j.lease_owner.as_deref() == Some(&self.worker)
+        }))
     }
 
     async fn process(&self, job: &Job) -> Result<()> {
