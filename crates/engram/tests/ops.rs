@@ -45,6 +45,11 @@ fn create_key(data: &Path) -> String {
 
 impl Server {
     fn start(data: &Path, log_filter: &str) -> Server {
+        Server::start_with(data, log_filter, &[])
+    }
+
+    /// With more `serve` flags.
+    fn start_with(data: &Path, log_filter: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             // The checks below read every memory back quickly: no rate limit.
             .args([
@@ -53,8 +58,9 @@ impl Server {
                 "127.0.0.1:0",
                 "--rate-limit-per-minute",
                 "0",
-                "--data-dir",
             ])
+            .args(extra)
+            .arg("--data-dir")
             .arg(data)
             .env("ENGRAM_LOG", log_filter)
             .stdout(Stdio::piped())
@@ -513,39 +519,9 @@ async fn kill_9_mid_queue_with_the_llm_then_every_job_completes_exactly_once() {
     let data = dir.path().join("data");
     let key = create_key(&data);
     let http = reqwest::Client::new();
-    let start = || {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--rate-limit-per-minute",
-                "0",
-            ])
-            .args([
-                "--llm-base-url",
-                llm.url(),
-                "--llm-model",
-                "scripted",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .env("ENGRAM_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start engram serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("listening line");
-        let url = line
-            .trim()
-            .trim_start_matches("engram listening on ")
-            .to_owned();
-        (child, url)
-    };
-    let (mut child, url) = start();
+    let llm_flags = ["--llm-base-url", llm.url(), "--llm-model", "scripted"];
+    let server = Server::start_with(&data, "warn", &llm_flags);
+    let url = server.url.clone();
     let n = 40u64;
     let mut jobs = Vec::new();
     for i in 0..n {
@@ -568,12 +544,13 @@ async fn kill_9_mid_queue_with_the_llm_then_every_job_completes_exactly_once() {
     )
     .await;
     let left = queued["results"].as_array().unwrap().len();
-    child.kill().unwrap();
-    let _ = child.wait();
+    server.signal("-KILL");
+    drop(server);
     assert!(left > 0, "the kill must come mid-queue");
     assert_eq!(integrity_check(&data), "ok");
 
-    let (mut child, url) = start();
+    let server = Server::start_with(&data, "warn", &llm_flags);
+    let url = server.url.clone();
     let deadline = Instant::now() + Duration::from_secs(120);
     for job in &jobs {
         loop {
@@ -607,8 +584,7 @@ async fn kill_9_mid_queue_with_the_llm_then_every_job_completes_exactly_once() {
         (jobs.len(), jobs.len()),
         "one memory per message, none twice"
     );
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(server);
     eprintln!(
         "llm queue: {n} async adds through the LLM pipeline, kill -9 with {left} queued, all completed exactly once"
     );
