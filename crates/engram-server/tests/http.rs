@@ -1,34 +1,21 @@
 //! The REST API through `oneshot` (no socket), with the real model and a real SQLite store.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use engram_core::access::{Principal, Role};
-use engram_core::config::{IngestConfig, RetrievalConfig};
 use engram_core::keys::{KeyService, NewKey};
 use engram_core::memory::Scope;
 use engram_core::service::{MemoryService, SystemClock};
-use engram_embed::BertEmbedder;
 use engram_server::auth::{AuthMode, RateLimitConfig};
 use engram_server::{AppState, ServerConfig, app};
-use engram_sqlite::{SqliteOptions, SqliteStore};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-fn embedder() -> Arc<BertEmbedder> {
-    static MODEL: OnceLock<Arc<BertEmbedder>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            Arc::new(
-                BertEmbedder::load(&engram_embed::default_model_dir())
-                    .unwrap_or_else(|e| panic!("{e}")),
-            )
-        })
-        .clone()
-}
+mod common;
 
 struct TestApp {
     router: Router,
@@ -43,24 +30,12 @@ struct TestApp {
 /// `InsecureNoAuth`, no key: the operator).
 async fn test_app_with(config: ServerConfig) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default())
-        .await
-        .unwrap();
-    let keys = KeyService::new(Arc::new(store.clone()), Arc::new(SystemClock));
+    let (store, memory) = common::open(dir.path()).await;
+    let keys = KeyService::new(Arc::new(store), Arc::new(SystemClock));
     let key = match config.auth {
         AuthMode::Keys => Some(create_key(&keys, "acme", None, Role::Admin).await),
         AuthMode::InsecureNoAuth => None,
     };
-    let memory = MemoryService::new(
-        Arc::new(store),
-        embedder(),
-        RetrievalConfig::default(),
-        IngestConfig::default(),
-        1000,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
     TestApp {
         router: app(AppState::new(memory.clone(), keys.clone(), config)),
         memory,

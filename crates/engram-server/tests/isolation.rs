@@ -11,16 +11,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engram_core::access::{Principal, Role};
-use engram_core::config::{IngestConfig, RetrievalConfig};
 use engram_core::filter::Filter;
 use engram_core::keys::{KeyService, NewKey};
 use engram_core::memory::Scope;
 use engram_core::service::{MemoryService, RequestCtx, SystemClock};
-use engram_embed::BertEmbedder;
 use engram_server::auth::RateLimitConfig;
 use engram_server::{AppState, ServerConfig};
-use engram_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{Value, json};
+
+mod common;
 
 const ORGS: [&str; 3] = ["acme", "globex", "initech"];
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -265,20 +264,7 @@ async fn no_operation_crosses_a_key_binding() {
     let mut rng = Rng(seed);
 
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default())
-        .await
-        .unwrap();
-    let embedder = Arc::new(BertEmbedder::load(&engram_embed::default_model_dir()).unwrap());
-    let memory = MemoryService::new(
-        Arc::new(store.clone()),
-        embedder,
-        RetrievalConfig::default(),
-        IngestConfig::default(),
-        1000,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let (store, memory) = common::open(dir.path()).await;
     let keys = KeyService::new(Arc::new(store), Arc::new(SystemClock));
     let bindings: [(&str, Option<&str>, Option<&str>, Role); 7] = [
         ("acme", None, None, Role::Admin),

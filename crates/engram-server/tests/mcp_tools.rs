@@ -1,36 +1,18 @@
 //! The MCP tool layer through rmcp's own client over an in-memory pipe,
 //! with the real model and a real SQLite store.
 
-use std::sync::Arc;
-
 use engram_core::access::Principal;
-use engram_core::config::{IngestConfig, RetrievalConfig};
 use engram_core::memory::Scope;
-use engram_core::service::{MemoryService, SystemClock};
-use engram_embed::BertEmbedder;
+use engram_core::service::MemoryService;
 use engram_server::mcp::MemoryMcp;
-use engram_sqlite::{SqliteOptions, SqliteStore};
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use serde_json::{Value, json};
 
+mod common;
+
 async fn service(dir: &std::path::Path) -> MemoryService {
-    let embedder = Arc::new(
-        BertEmbedder::load(&engram_embed::default_model_dir()).unwrap_or_else(|e| panic!("{e}")),
-    );
-    let store = SqliteStore::open_async(dir.to_owned(), SqliteOptions::default())
-        .await
-        .unwrap();
-    MemoryService::new(
-        Arc::new(store),
-        embedder,
-        RetrievalConfig::default(),
-        IngestConfig::default(),
-        100,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap()
+    common::open(dir).await.1
 }
 
 fn call(name: &'static str, args: Value) -> CallToolRequestParams {

@@ -8,20 +8,19 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use engram_core::access::Principal;
-use engram_core::config::{IngestConfig, RetrievalConfig};
 use engram_core::consolidate::Pipeline;
 use engram_core::jobs::{JobConfig, JobRunner};
 use engram_core::keys::KeyService;
-use engram_core::service::{MemoryService, SystemClock};
-use engram_embed::BertEmbedder;
+use engram_core::service::SystemClock;
 use engram_llm::{ClientConfig, OpenAiChat, Sleeper};
 use engram_server::auth::AuthMode;
 use engram_server::{AppState, ServerConfig, app};
-use engram_sqlite::{SqliteOptions, SqliteStore};
 use engram_testkit::{Reply, ScriptedLlm};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+mod common;
 
 struct NoSleep;
 
@@ -39,20 +38,7 @@ struct World {
 
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default())
-        .await
-        .unwrap();
-    let embedder = Arc::new(BertEmbedder::load(&engram_embed::default_model_dir()).unwrap());
-    let memory = MemoryService::new(
-        Arc::new(store.clone()),
-        embedder,
-        RetrievalConfig::default(),
-        IngestConfig::default(),
-        100,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let (store, memory) = common::open(dir.path()).await;
     let llm = ScriptedLlm::start().await;
     let mut cfg = ClientConfig::new(llm.url(), "scripted");
     cfg.max_retries = 0;
