@@ -168,6 +168,51 @@ pub fn decay(age_days: f64, half_life_days: f64, floor: f64) -> f64 {
     floor + (1.0 - floor) * 0.5f64.powf(age_days.max(0.0) / half_life_days)
 }
 
+/// Scores memories by the rare query entities they mention.
+///
+/// `rows` are (entity key, rowid) pairs already restricted to the filtered
+/// set of about `n` memories. An entity that appears in `df` of them weighs
+/// `ln(1 + n/df) / ln(1 + n)`: 1 for an entity only one memory mentions. An
+/// entity more than [`UBIQUITOUS`] of the set mentions (a speaker's name on
+/// every turn, the user's own name) says nothing about relevance and weighs 0.
+/// A memory's score is the mean weight over the query's entities, so it is
+/// absolute in [0, 1].
+/// Share of the filtered set above which an entity carries no signal…
+pub const UBIQUITOUS: f32 = 0.1;
+/// …as long as more than this many memories mention it (small scopes keep their entities).
+pub const MIN_UBIQUITOUS: f32 = 3.0;
+
+pub fn score_entities(
+    keys: &[String],
+    rows: &[(String, i64)],
+    n: usize,
+    k: usize,
+) -> Vec<(i64, f32)> {
+    let mut df: HashMap<&str, usize> = HashMap::new();
+    for (key, _) in rows {
+        *df.entry(key.as_str()).or_default() += 1;
+    }
+    let n = n.max(rows.len()).max(1) as f32;
+    let max = (1.0 + n).ln().max(f32::EPSILON);
+    let weight = |key: &str| -> f32 {
+        match df.get(key) {
+            Some(&d) if d > 0 && (d as f32) <= (UBIQUITOUS * n).max(MIN_UBIQUITOUS) => {
+                (1.0 + n / d as f32).ln() / max
+            }
+            _ => 0.0,
+        }
+    };
+    let mut scores: HashMap<i64, f32> = HashMap::new();
+    for (key, rowid) in rows {
+        *scores.entry(*rowid).or_default() += weight(key) / keys.len().max(1) as f32;
+    }
+    let mut out: Vec<(i64, f32)> = scores.into_iter().filter(|(_, s)| *s > 0.0).collect();
+    // Best first; among equals the newer row (higher rowid) wins.
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    out.truncate(k);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +321,35 @@ mod tests {
         assert!((decay(30.0, 30.0, 0.5) - 0.75).abs() < 1e-12);
         assert!((decay(1e9, 30.0, 0.2) - 0.2).abs() < 1e-9);
         assert_eq!(decay(-5.0, 30.0, 0.0), 1.0);
+    }
+
+    #[test]
+    fn rare_entities_weigh_more() {
+        let rows = vec![
+            ("caroline".to_owned(), 1),
+            ("caroline".to_owned(), 2),
+            ("caroline".to_owned(), 3),
+            ("sweden".to_owned(), 3),
+        ];
+        let keys = vec!["caroline".to_owned(), "sweden".to_owned()];
+        let scored = score_entities(&keys, &rows, 40, 10);
+        assert_eq!(scored[0].0, 3, "mentions the rare entity");
+        assert!(scored[0].1 > 0.5 && scored[0].1 <= 1.0);
+        assert!(
+            scored[1].1 < scored[0].1 / 2.0,
+            "only the common entity: {}",
+            scored[1].1
+        );
+        let common: Vec<(String, i64)> = (0..40).map(|i| ("caroline".to_owned(), i)).collect();
+        assert!(
+            score_entities(&keys[..1], &common, 40, 10).is_empty(),
+            "an entity every memory mentions says nothing"
+        );
+        assert_eq!(
+            score_entities(&keys[..1], &rows[..3], 3, 10).len(),
+            3,
+            "tiny scopes keep their entities"
+        );
+        assert!(score_entities(&keys, &[], 10, 10).is_empty());
     }
 }

@@ -1038,7 +1038,7 @@ impl Store for SqliteStore {
                 .filter(|(_, r)| c.matches(*r, &filter, vis.now))
                 .collect();
             Ok(
-                catalog::score_entities(&keys, &rows, c.estimate(&filter), k)
+                engram_core::fusion::score_entities(&keys, &rows, c.estimate(&filter), k)
                     .into_iter()
                     .filter_map(|(rowid, s)| c.id_of(rowid).map(|id| (id, s)))
                     .collect(),

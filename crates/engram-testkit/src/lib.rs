@@ -5,6 +5,9 @@
 //!   script (status, headers, body, delay per request) and records every
 //!   request body it received.
 //! - [`ManualClock`]: a [`Clock`] tests move by hand.
+//! - [`pg`]: a fresh database per test on the throwaway Postgres server.
+
+pub mod pg;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -53,6 +53,8 @@ pub struct BenchArgs {
     #[arg(long, env = "ENGRAM_MODEL_DIR")]
     pub model_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
+    pub backend: crate::runtime::BackendArgs,
+    #[command(flatten)]
     pub retrieval: RetrievalArgs,
 }
 
@@ -219,12 +221,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(engram_embed::default_model_dir);
     let embedder = load_embedder(model_dir).await?;
-    let options = SqliteOptions {
-        index: args.retrieval.index(),
-        ..SqliteOptions::default()
+    let store = match &args.backend.store_url {
+        Some(url) => crate::runtime::Backend::Postgres(
+            engram_postgres::PgStore::connect(
+                url,
+                args.backend.pg_options(args.retrieval.exact_threshold),
+            )
+            .await?,
+        ),
+        None => {
+            let options = SqliteOptions {
+                index: args.retrieval.index(),
+                ..SqliteOptions::default()
+            };
+            crate::runtime::Backend::Sqlite(SqliteStore::open_async(dir.clone(), options).await?)
+        }
     };
-    let store = SqliteStore::open_async(dir.clone(), options).await?;
-    let store_dyn: Arc<dyn Store> = Arc::new(store.clone());
+    let store_dyn: Arc<dyn Store> = store.store();
     let service = MemoryService::new(
         store_dyn.clone(),
         embedder.clone(),
@@ -391,10 +404,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ..Default::default()
     }))
     .await?;
-    let big = store.plan_vector_search(&Filter::from_scope(&Scope {
-        agent_id: Some("assistant".into()),
-        ..Default::default()
-    }));
+    let big_size = store_dyn
+        .count(
+            &Filter::from_scope(&Scope {
+                agent_id: Some("assistant".into()),
+                ..Default::default()
+            }),
+            engram_core::store::Visibility {
+                now: jiff::Timestamp::now(),
+            },
+        )
+        .await?;
+    let big_path = agent_paths
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map_or("empty", |(p, _)| *p);
     say(format!(
         "search (server-side, embedding cached): user scope {user_lat}, agent scope {agent_lat}"
     ));
@@ -416,7 +440,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     // Through authentication, as a client sees it: a key bound to the bench's org.
-    let keys = engram_core::keys::KeyService::new(Arc::new(store.clone()), Arc::new(SystemClock));
+    let keys = engram_core::keys::KeyService::new(store.keys(), Arc::new(SystemClock));
     let (_, token) = keys
         .create(
             &engram_core::access::Principal::operator(),
@@ -532,7 +556,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = json!({
         "memories": args.memories,
         "users": users,
-        "big_scope": {"name": "agent_id=assistant", "size": big.1, "path": big.0.as_str()},
+        "backend": store_dyn.backend(),
+        "big_scope": {"name": "agent_id=assistant", "size": big_size, "path": big_path},
         "load": {"seconds": (load_secs * 100.0).round() / 100.0, "memories_per_second": (args.memories as f64 / load_secs).round()},
         "search_server_side_excluding_embedding": {"user_scope": user_lat, "user_scope_paths": user_paths, "agent_scope": agent_lat, "agent_scope_paths": agent_paths},
         "embedding_one_query": embed_lat,

@@ -183,8 +183,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Opens the data directory for a one-off command, refusing if a server holds it.
-async fn local(target: &Target) -> anyhow::Result<(MemoryService, crate::serve::DirLock)> {
-    let lock = crate::serve::DirLock::acquire(&target.store.data_dir, None)?;
+async fn local(target: &Target) -> anyhow::Result<(MemoryService, Option<crate::serve::DirLock>)> {
+    let lock = if target.store.backend.is_postgres() {
+        None
+    } else {
+        Some(crate::serve::DirLock::acquire(
+            &target.store.data_dir,
+            None,
+        )?)
+    };
     let (service, _) = crate::runtime::open_service(&target.store).await?;
     Ok((service, lock))
 }

@@ -8,7 +8,6 @@ use engram_core::access::{Principal, Role};
 use engram_core::keys::{ApiKey, KeyService, NewKey};
 use engram_core::memory::Scope;
 use engram_core::service::SystemClock;
-use engram_sqlite::SqliteKeys;
 use serde_json::json;
 
 #[derive(clap::Subcommand, Debug)]
@@ -31,6 +30,8 @@ pub struct DirArgs {
     /// Data directory.
     #[arg(long, env = "ENGRAM_DATA_DIR", default_value = "./engram-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub backend: crate::runtime::BackendArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -63,9 +64,9 @@ pub struct CreateArgs {
     pub dir: DirArgs,
 }
 
-fn open(dir: &DirArgs) -> anyhow::Result<KeyService> {
-    let store = SqliteKeys::open(&dir.data_dir)?;
-    Ok(KeyService::new(Arc::new(store), Arc::new(SystemClock)))
+async fn open(dir: &DirArgs) -> anyhow::Result<KeyService> {
+    let store = dir.backend.open_keys(&dir.data_dir).await?;
+    Ok(KeyService::new(store, Arc::new(SystemClock)))
 }
 
 fn describe(k: &ApiKey) -> String {
@@ -92,7 +93,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     let operator = Principal::operator();
     match cmd {
         KeysCommand::Create(args) => {
-            let keys = open(&args.dir)?;
+            let keys = open(&args.dir).await?;
             let new = NewKey {
                 name: args.name,
                 role: Some(Role::parse(&args.role)?),
@@ -122,7 +123,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::List(dir) => {
-            let keys = open(&dir)?.list(&operator).await?;
+            let keys = open(&dir).await?.list(&operator).await?;
             if dir.json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else if keys.is_empty() {
@@ -134,7 +135,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id, dir } => {
-            let key = open(&dir)?.revoke(&operator, &id).await?;
+            let key = open(&dir).await?.revoke(&operator, &id).await?;
             if dir.json {
                 println!("{}", serde_json::to_string_pretty(&key)?);
             } else {

@@ -39,9 +39,13 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     for (field, value) in scope.iter() {
         engram_core::memory::validate_scope_id(field, value)?;
     }
-    let _lock = crate::serve::DirLock::acquire(&args.store.data_dir, None)?;
+    let _lock = if args.store.backend.is_postgres() {
+        None
+    } else {
+        Some(crate::serve::DirLock::acquire(&args.store.data_dir, None)?)
+    };
     let (service, store) = open_service(&args.store).await?;
-    tracing::info!(data_dir = %args.store.data_dir.display(), ?scope, "engram mcp on stdio");
+    tracing::info!(store = %store.describe(), ?scope, "engram mcp on stdio");
     let principal = if scope.is_empty() {
         engram_core::access::Principal::operator()
     } else {
@@ -51,7 +55,6 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
         .serve(rmcp::transport::stdio())
         .await?;
     running.waiting().await?;
-    use engram_core::store::Store;
     store.flush().await?;
     Ok(())
 }

@@ -8,9 +8,12 @@ use clap::Args;
 use engram_core::config::{
     FusionMethod, IngestConfig, Normalization, RetrievalConfig, SignalWeights,
 };
+use engram_core::keys::KeyStore;
 use engram_core::service::{MemoryService, SystemClock};
+use engram_core::store::Store;
 use engram_embed::BertEmbedder;
 use engram_index::IndexConfig;
+use engram_postgres::{PgOptions, PgStore};
 use engram_sqlite::{SqliteOptions, SqliteStore};
 
 /// Logging options.
@@ -130,9 +133,11 @@ fn otlp_layer(
 /// Where data and the model live, and how retrieval behaves.
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Data directory (SQLite file and vector index).
+    /// Data directory (SQLite file and vector index); unused with a Postgres `--store`.
     #[arg(long, env = "ENGRAM_DATA_DIR", default_value = "./engram-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Sentence-transformers model directory [default: $ENGRAM_MODEL_DIR or ~/.local/share/engram/models/all-MiniLM-L6-v2].
     #[arg(long, env = "ENGRAM_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
@@ -151,6 +156,99 @@ pub struct StoreArgs {
     pub embed_api_key: Option<String>,
     #[command(flatten)]
     pub retrieval: RetrievalArgs,
+}
+
+/// Which store: the embedded SQLite file (default) or a shared Postgres.
+#[derive(Args, Debug, Clone, Default)]
+pub struct BackendArgs {
+    /// Shared store URL, `postgres://user:password@host:5432/db` (Postgres with pgvector);
+    /// any number of nodes may use the same one. Default: SQLite in --data-dir.
+    #[arg(long = "store", env = "ENGRAM_STORE", hide_env_values = true, value_parser = parse_store_url)]
+    pub store_url: Option<String>,
+    /// Connections per node to the Postgres store.
+    #[arg(long, env = "ENGRAM_PG_POOL_SIZE", default_value_t = PgOptions::default().pool_size)]
+    pub pg_pool_size: usize,
+    /// Server-side timeout of any one Postgres statement, seconds.
+    #[arg(long, env = "ENGRAM_PG_STATEMENT_TIMEOUT_SECS", default_value_t = PgOptions::default().statement_timeout.as_secs())]
+    pub pg_statement_timeout_secs: u64,
+}
+
+fn parse_store_url(s: &str) -> Result<String, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "`--store` takes a Postgres URL (postgres://user:password@host:5432/db); \
+             leave it out to use SQLite in --data-dir"
+                .into(),
+        )
+    }
+}
+
+impl BackendArgs {
+    pub fn is_postgres(&self) -> bool {
+        self.store_url.is_some()
+    }
+
+    pub fn pg_options(&self, exact_threshold: usize) -> PgOptions {
+        PgOptions {
+            pool_size: self.pg_pool_size.max(2),
+            statement_timeout: std::time::Duration::from_secs(
+                self.pg_statement_timeout_secs.max(1),
+            ),
+            exact_threshold,
+            ..PgOptions::default()
+        }
+    }
+
+    /// Just the key table of the configured store (for `engram keys`).
+    pub async fn open_keys(&self, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn KeyStore>> {
+        match &self.store_url {
+            Some(url) => {
+                let store =
+                    PgStore::connect(url, self.pg_options(IndexConfig::default().exact_threshold))
+                        .await
+                        .context("opening the Postgres store")?;
+                Ok(Arc::new(store))
+            }
+            None => Ok(Arc::new(engram_sqlite::SqliteKeys::open(data_dir)?)),
+        }
+    }
+}
+
+/// The opened store, with what only one backend does.
+#[derive(Clone)]
+pub enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl Backend {
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(s) => Arc::new(s.clone()),
+            Backend::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    pub fn keys(&self) -> Arc<dyn KeyStore> {
+        match self {
+            Backend::Sqlite(s) => Arc::new(s.clone()),
+            Backend::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// Where the data is, for logs and messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Sqlite(s) => s.dir().display().to_string(),
+            Backend::Postgres(s) => format!("postgres {}", s.target()),
+        }
+    }
+
+    pub async fn flush(&self) -> engram_core::Result<()> {
+        self.store().flush().await
+    }
 }
 
 /// Retrieval and ingest tunables.
@@ -303,17 +401,31 @@ async fn embedder(args: &StoreArgs) -> anyhow::Result<Arc<dyn engram_core::embed
 }
 
 /// Opens the store and model and builds the service.
-pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, SqliteStore)> {
+pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, Backend)> {
     let embedder = embedder(args).await?;
-    let options = SqliteOptions {
-        index: args.retrieval.index(),
-        ..SqliteOptions::default()
+    let store = match &args.backend.store_url {
+        Some(url) => {
+            let options = args.backend.pg_options(args.retrieval.exact_threshold);
+            Backend::Postgres(
+                PgStore::connect(url, options)
+                    .await
+                    .context("opening the Postgres store")?,
+            )
+        }
+        None => {
+            let options = SqliteOptions {
+                index: args.retrieval.index(),
+                ..SqliteOptions::default()
+            };
+            Backend::Sqlite(
+                SqliteStore::open_async(args.data_dir.clone(), options)
+                    .await
+                    .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+            )
+        }
     };
-    let store = SqliteStore::open_async(args.data_dir.clone(), options)
-        .await
-        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let service = MemoryService::new(
-        Arc::new(store.clone()),
+        store.store(),
         embedder,
         args.retrieval.retrieval(),
         args.retrieval.ingest(),

@@ -11,7 +11,7 @@ use engram_core::service::SystemClock;
 use engram_server::auth::{AuthMode, RateLimitConfig};
 use engram_server::{AppState, ServerConfig};
 
-use crate::runtime::{StoreArgs, open_service};
+use crate::runtime::{Backend, StoreArgs, open_service};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -145,12 +145,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let _lock = DirLock::acquire(&args.store.data_dir, Some(addr))?;
+    // The embedded store belongs to one process; a shared Postgres to many nodes.
+    let _lock = if args.store.backend.is_postgres() {
+        None
+    } else {
+        Some(DirLock::acquire(&args.store.data_dir, Some(addr))?)
+    };
     let (service, store) = open_service(&args.store).await?;
-    let keys = KeyService::new(
-        std::sync::Arc::new(store.clone()),
-        std::sync::Arc::new(SystemClock),
-    );
+    let keys = KeyService::new(store.keys(), std::sync::Arc::new(SystemClock));
     let auth = if args.insecure_no_auth {
         tracing::warn!(
             "authentication is OFF (--insecure-no-auth): every request acts as the local operator"
@@ -160,9 +162,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if keys.none_yet().await? {
             eprintln!(
                 "No API keys yet: every request will be refused. Create the first admin key with\n\n    \
-                 engram keys create --data-dir {} --org <your-org> --role admin --name admin\n\n\
+                 engram keys create {} --org <your-org> --role admin --name admin\n\n\
                  (it is printed once), then send it as `Authorization: Bearer <key>`.",
-                args.store.data_dir.display()
+                if args.store.backend.is_postgres() {
+                    "--store <the same URL>".to_owned()
+                } else {
+                    format!("--data-dir {}", args.store.data_dir.display())
+                }
             );
         }
         AuthMode::Keys
@@ -186,10 +192,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    // This process holds the data directory: jobs left running were orphaned by a crash.
-    let resumed = store
-        .release_orphaned_leases(jiff::Timestamp::now())
-        .await?;
+    // This process holds the data directory: jobs left running were orphaned
+    // by a crash. (With Postgres other nodes may hold live leases: a dead
+    // node's leases simply run out and another worker takes its jobs.)
+    let resumed = match &store {
+        Backend::Sqlite(s) => s.release_orphaned_leases(jiff::Timestamp::now()).await?,
+        Backend::Postgres(_) => 0,
+    };
     if resumed > 0 {
         tracing::info!(
             jobs = resumed,
@@ -221,12 +230,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Handlers are installed before the "listening" line: a supervisor (or a
     // test) that sends SIGTERM right after it must get a graceful shutdown.
     let shutdown = shutdown_signal()?;
-    tracing::info!(%addr, data_dir = %args.store.data_dir.display(), "engram listening");
+    tracing::info!(%addr, store = %store.describe(), "engram listening");
     // Printed on stdout so scripts (and tests) can find the port when listening on :0.
     println!("engram listening on http://{addr}");
     let drained = engram_server::serve(listener, state, shutdown).await?;
     tracing::info!(drained, "shutting down: saving the vector index");
-    use engram_core::store::Store;
     store.flush().await?;
     tracing::info!("bye");
     Ok(())
