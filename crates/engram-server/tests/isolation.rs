@@ -280,7 +280,7 @@ async fn no_operation_crosses_a_key_binding() {
 
     let dir = tempfile::tempdir().unwrap();
     let (store, memory) = common::open(dir.path()).await;
-    let keys = KeyService::new(Arc::new(store), Arc::new(SystemClock));
+    let keys = KeyService::new(store.keys(), Arc::new(SystemClock));
     let bindings: [(&str, Option<&str>, Option<&str>, Role); 7] = [
         ("acme", None, None, Role::Admin),
         ("acme", Some("alice"), None, Role::ReadWrite),

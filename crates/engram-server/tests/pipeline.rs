@@ -50,7 +50,7 @@ async fn world() -> World {
         backoff_base: Duration::ZERO,
         ..JobConfig::default()
     };
-    let keys = KeyService::new(Arc::new(store), Arc::new(SystemClock));
+    let keys = KeyService::new(store.keys(), Arc::new(SystemClock));
     let config = ServerConfig {
         auth: AuthMode::InsecureNoAuth,
         jobs: jobs.clone(),

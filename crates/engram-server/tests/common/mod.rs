@@ -1,12 +1,15 @@
-//! Setup shared by the server's integration tests: a real SQLite store in a
-//! directory of the test's, and the real embedding model (loaded once per
-//! test binary).
+//! Setup shared by the server's integration tests: a real store — SQLite in
+//! a directory of the test's, or, with `ENGRAM_TEST_STORE=postgres`, a fresh
+//! database on the throwaway Postgres (`make test` runs these tests both
+//! ways) — and the real embedding model (loaded once per test binary).
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use engram_core::config::{IngestConfig, RetrievalConfig};
+use engram_core::keys::KeyStore;
 use engram_core::service::{MemoryService, SystemClock};
+use engram_core::store::Store;
 use engram_embed::BertEmbedder;
 use engram_sqlite::{SqliteOptions, SqliteStore};
 
@@ -22,13 +25,42 @@ pub fn embedder() -> Arc<BertEmbedder> {
         .clone()
 }
 
-/// A store in `dir` and the memory service over it, with default settings.
-pub async fn open(dir: &Path) -> (SqliteStore, MemoryService) {
-    let store = SqliteStore::open_async(dir.to_owned(), SqliteOptions::default())
-        .await
-        .unwrap();
+/// Whether this run's store is Postgres (`ENGRAM_TEST_STORE=postgres`).
+#[allow(dead_code)] // not every test binary asks
+pub fn postgres() -> bool {
+    std::env::var("ENGRAM_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// The run's store (in `dir` for SQLite) as its key store too.
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+}
+
+impl Opened {
+    #[allow(dead_code)] // not every test binary asks
+    pub fn keys(&self) -> Arc<dyn KeyStore> {
+        self.store.clone()
+    }
+}
+
+/// A store and the memory service over it, with default settings.
+pub async fn open(dir: &Path) -> (Opened, MemoryService) {
+    let store: Arc<dyn Store> = if postgres() {
+        let url = engram_testkit::pg::fresh_database().await;
+        Arc::new(
+            engram_postgres::PgStore::connect(&url, engram_postgres::PgOptions::default())
+                .await
+                .unwrap(),
+        )
+    } else {
+        Arc::new(
+            SqliteStore::open_async(dir.to_owned(), SqliteOptions::default())
+                .await
+                .unwrap(),
+        )
+    };
     let memory = MemoryService::new(
-        Arc::new(store.clone()),
+        store.clone(),
         embedder(),
         RetrievalConfig::default(),
         IngestConfig::default(),
@@ -37,5 +69,5 @@ pub async fn open(dir: &Path) -> (SqliteStore, MemoryService) {
     )
     .await
     .unwrap();
-    (store, memory)
+    (Opened { store }, memory)
 }
