@@ -6,24 +6,37 @@ MODEL_DIR  ?= $(or $(ENGRAM_MODEL_DIR),$(HOME)/.local/share/engram/models/all-Mi
 LOCOMO     ?= ../shared/datasets/locomo/locomo_dev7.json
 export ENGRAM_MODEL_DIR := $(MODEL_DIR)
 
-.PHONY: run test model venv mem0-venvs build lint fmt eval bench clean
+.PHONY: run test test-suites model venv mem0-venvs build lint fmt eval bench bench-pg clean
 
 ## Install what is missing (the embedding model), build release, serve on 127.0.0.1:8420 with data in ./engram-data.
 run: model build
 	$(TARGET_DIR)/release/engram serve
 
-## Every test suite (installs the model and the Python test clients first).
+## Every test suite (installs the model, the Python test clients and a throwaway
+## Postgres with pgvector first; the Postgres is stopped and deleted afterwards).
 test: model venv mem0-venvs
+	scripts/pg run $(MAKE) --no-print-directory test-suites
+
+# The suites, inside `scripts/pg run` (ENGRAM_TEST_PG_URL is set): everything on
+# SQLite, then the server, MCP, Mem0-client and fuzz end-to-end tests on Postgres.
+ENGRAM := $(TARGET_DIR)/debug/engram
+test-suites:
 	$(CARGO) test --workspace --locked
+	ENGRAM_TEST_STORE=postgres $(CARGO) test --locked -p engram-server
 	$(CARGO) build --locked -p engram
-	$(VENV)/bin/python tests/mcp/client.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)"
-	$(VENV)/bin/python tests/api/fuzz.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)" $(FUZZ_EXAMPLES)
-	.venv-mem0-2/bin/python tests/mem0/client_test.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)"
-	.venv-mem0-1/bin/python tests/mem0/client_test.py $(TARGET_DIR)/debug/engram "$(MODEL_DIR)"
+	$(VENV)/bin/python tests/mcp/client.py $(ENGRAM) "$(MODEL_DIR)"
+	$(VENV)/bin/python tests/api/fuzz.py $(ENGRAM) "$(MODEL_DIR)" $(FUZZ_EXAMPLES)
+	.venv-mem0-2/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
+	.venv-mem0-1/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
+	ENGRAM_STORE=$$(scripts/pg db) $(VENV)/bin/python tests/mcp/client.py $(ENGRAM) "$(MODEL_DIR)"
+	ENGRAM_STORE=$$(scripts/pg db) $(VENV)/bin/python tests/api/fuzz.py $(ENGRAM) "$(MODEL_DIR)" $(FUZZ_EXAMPLES_PG)
+	ENGRAM_STORE=$$(scripts/pg db) .venv-mem0-2/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
+	ENGRAM_STORE=$$(scripts/pg db) .venv-mem0-1/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
 
 ## A virtualenv with the official MCP Python SDK and schemathesis, pinned.
 VENV ?= .venv
 FUZZ_EXAMPLES ?= 100
+FUZZ_EXAMPLES_PG ?= 30
 PY_DEPS := mcp==2.3.0 schemathesis==4.32.5
 venv: $(VENV)/.deps-1
 $(VENV)/.deps-1:
@@ -66,6 +79,10 @@ eval: model build
 MEMORIES ?= 10000
 bench: model build
 	$(TARGET_DIR)/release/engram bench --memories $(MEMORIES)
+
+## The same benchmark on Postgres (a throwaway server from scripts/pg).
+bench-pg: model build
+	scripts/pg run sh -c '$(TARGET_DIR)/release/engram bench --memories $(MEMORIES) --store "$$(scripts/pg db)"'
 
 clean:
 	$(CARGO) clean
