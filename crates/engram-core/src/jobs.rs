@@ -322,6 +322,18 @@ impl JobQueue {
                 format!("job {id} changed; look again"),
             ));
         }
+        let audit = crate::audit::AuditEvent::new(
+            self.memory.now(),
+            ctx.actor(),
+            "job.retry",
+            job.scope.org_id.clone(),
+            Some(id.to_string()),
+            ctx.request_id.clone(),
+        );
+        self.memory
+            .store()
+            .apply(vec![WriteOp::Audit(audit)])
+            .await?;
         self.get(ctx, id).await
     }
 

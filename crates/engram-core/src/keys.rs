@@ -17,6 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::access::{Principal, Role};
+use crate::audit::AuditEvent;
 use crate::memory::{Scope, hex, validate_scope_id};
 use crate::service::{Clock, to_millis};
 use crate::{Error, ErrorCode, Result};
@@ -70,13 +71,15 @@ pub struct NewKey {
 /// Where keys live. Implemented by every store backend.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    async fn key_insert(&self, key: &ApiKey, secret_hash: &str) -> Result<()>;
+    /// Stores a new key and appends `audit`, in one transaction.
+    async fn key_insert(&self, key: &ApiKey, secret_hash: &str, audit: &AuditEvent) -> Result<()>;
     /// The key and the SHA-256 (hex) of its secret.
     async fn key_get(&self, id: &str) -> Result<Option<(ApiKey, String)>>;
     /// Every key, revoked ones included, oldest first.
     async fn key_list(&self) -> Result<Vec<ApiKey>>;
-    /// Marks a key revoked; false when it does not exist or already was.
-    async fn key_revoke(&self, id: &str, at: Timestamp) -> Result<bool>;
+    /// Marks a key revoked and appends `audit`; false (and no audit) when it
+    /// does not exist or already was.
+    async fn key_revoke(&self, id: &str, at: Timestamp, audit: &AuditEvent) -> Result<bool>;
 }
 
 /// SHA-256 of a presented key → the principal it resolved to, and when.
@@ -183,7 +186,18 @@ impl KeyService {
             created_by: by.actor("cli"),
             revoked_at: None,
         };
-        self.store.key_insert(&key, &hash_secret(&secret)).await?;
+        let mut audit = AuditEvent::new(
+            key.created_at,
+            key.created_by.clone(),
+            "key.create",
+            key.binding.org_id.clone(),
+            Some(key.id.clone()),
+            None,
+        );
+        audit.detail = serde_json::json!({ "role": key.role.as_str() });
+        self.store
+            .key_insert(&key, &hash_secret(&secret), &audit)
+            .await?;
         Ok((key, format!("{KEY_PREFIX}{id}_{secret}")))
     }
 
@@ -213,7 +227,15 @@ impl KeyService {
         }
         if key.revoked_at.is_none() {
             let at = to_millis(self.clock.now());
-            self.store.key_revoke(id, at).await?;
+            let audit = AuditEvent::new(
+                at,
+                by.actor("cli"),
+                "key.revoke",
+                key.binding.org_id.clone(),
+                Some(id.to_owned()),
+                None,
+            );
+            self.store.key_revoke(id, at, &audit).await?;
             key.revoked_at = Some(at);
         }
         let mut cache = self.cache();

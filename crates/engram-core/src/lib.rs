@@ -12,6 +12,7 @@
 //! HTTP, SQL, MCP, files or threads; adapters implement its traits.
 
 pub mod access;
+pub mod audit;
 pub mod budget;
 pub mod config;
 pub mod consolidate;

@@ -55,6 +55,9 @@ pub enum WriteOp {
     },
     /// Adds one pipeline run's LLM usage to its scope's tally for the day.
     RecordUsage(UsageRow),
+    /// Appends an audit event (memory writes are audited from their history
+    /// rows without one).
+    Audit(crate::audit::AuditEvent),
 }
 
 /// LLM usage of one scope, one day, one model.
@@ -177,6 +180,7 @@ pub trait Store:
     crate::keys::KeyStore
     + crate::jobs::JobStore
     + crate::idempotency::IdempotencyStore
+    + crate::audit::AuditStore
     + Send
     + Sync
     + 'static
@@ -274,4 +278,19 @@ pub trait Store:
 
     /// Persists derived state (the ANN graph) so the next start is fast.
     async fn flush(&self) -> Result<()>;
+
+    /// Physically removes every record carrying the target's id (all
+    /// versions, index entries, history, jobs, usage, the org's idempotency
+    /// records) in one transaction, appending `audit` with the counts as its
+    /// detail. Returns the counts.
+    async fn erase(
+        &self,
+        target: &crate::audit::ErasureTarget,
+        audit: crate::audit::AuditEvent,
+    ) -> Result<crate::audit::ErasureCounts>;
+
+    /// Rewrites the store's files so deleted records' bytes are gone from
+    /// disk (checkpoint, index merge, vacuum). Returns whether that is what
+    /// happened (`false`: the backend cannot promise it, e.g. Postgres WAL).
+    async fn compact(&self) -> Result<bool>;
 }

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use engram_core::access::Role;
+use engram_core::audit::AuditEvent;
 use engram_core::keys::{ApiKey, KeyStore};
 use engram_core::memory::Scope;
 use engram_core::{Error, Result};
@@ -37,33 +38,36 @@ fn row_to_key(row: &Row) -> Result<(ApiKey, String)> {
 
 #[async_trait]
 impl KeyStore for PgStore {
-    async fn key_insert(&self, key: &ApiKey, secret_hash: &str) -> Result<()> {
+    async fn key_insert(&self, key: &ApiKey, secret_hash: &str, audit: &AuditEvent) -> Result<()> {
         let b = &key.binding;
-        let client = self.client().await?;
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO api_keys ({KEY_COLUMNS}) \
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO api_keys ({KEY_COLUMNS}) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                ),
-                &[
-                    &key.id,
-                    &key.name,
-                    &key.role.as_str(),
-                    &b.org_id,
-                    &b.app_id,
-                    &b.user_id,
-                    &b.agent_id,
-                    &key.rate_limit.map(i64::from),
-                    &key.created_at.as_millisecond(),
-                    &key.created_by,
-                    &key.revoked_at.map(|t| t.as_millisecond()),
-                    &secret_hash,
-                ],
-            )
+            ),
+            &[
+                &key.id,
+                &key.name,
+                &key.role.as_str(),
+                &b.org_id,
+                &b.app_id,
+                &b.user_id,
+                &b.agent_id,
+                &key.rate_limit.map(i64::from),
+                &key.created_at.as_millisecond(),
+                &key.created_by,
+                &key.revoked_at.map(|t| t.as_millisecond()),
+                &secret_hash,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        crate::audit::append(&tx, audit)
             .await
-            .map_err(pg_err)?;
-        Ok(())
+            .map_err(crate::apply_err)?;
+        tx.commit().await.map_err(pg_err)
     }
 
     async fn key_get(&self, id: &str) -> Result<Option<(ApiKey, String)>> {
@@ -90,15 +94,22 @@ impl KeyStore for PgStore {
         rows.iter().map(|r| row_to_key(r).map(|(k, _)| k)).collect()
     }
 
-    async fn key_revoke(&self, id: &str, at: Timestamp) -> Result<bool> {
-        let client = self.client().await?;
-        let n = client
+    async fn key_revoke(&self, id: &str, at: Timestamp, audit: &AuditEvent) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let n = tx
             .execute(
                 "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
                 &[&id, &at.as_millisecond()],
             )
             .await
             .map_err(pg_err)?;
+        if n > 0 {
+            crate::audit::append(&tx, audit)
+                .await
+                .map_err(crate::apply_err)?;
+        }
+        tx.commit().await.map_err(pg_err)?;
         Ok(n > 0)
     }
 }

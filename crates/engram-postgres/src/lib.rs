@@ -13,6 +13,7 @@
 //! walk HNSW with `hnsw.ef_search` raised for the request and fall back to
 //! the exact scan when the filter leaves fewer than `k` hits.
 
+mod audit;
 mod jobs;
 mod keys;
 mod schema;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use engram_core::audit::{AuditEvent, ErasureCounts, ErasureTarget};
 use engram_core::filter::Filter;
 use engram_core::fusion::Ranked;
 use engram_core::memory::{Event, HistoryEvent, Memory, MemoryId, Scope, ScopeField};
@@ -331,6 +333,7 @@ impl PgStore {
                 } => {
                     insert_version(&tx, memory, Vector::from(embedding.clone())).await?;
                     insert_history(&tx, history).await?;
+                    audit::append(&tx, &AuditEvent::of_history(history)).await?;
                 }
                 WriteOp::Update {
                     memory,
@@ -345,10 +348,12 @@ impl PgStore {
                     };
                     insert_version(&tx, memory, vector).await?;
                     insert_history(&tx, history).await?;
+                    audit::append(&tx, &AuditEvent::of_history(history)).await?;
                 }
                 WriteOp::Delete { id, at, history } => {
                     close_current(&tx, *id, *at, None).await?;
                     insert_history(&tx, history).await?;
+                    audit::append(&tx, &AuditEvent::of_history(history)).await?;
                 }
                 WriteOp::FinishJob {
                     id,
@@ -357,6 +362,7 @@ impl PgStore {
                     at,
                 } => jobs::finish(&tx, *id, worker, result, *at).await?,
                 WriteOp::RecordUsage(row) => jobs::record_usage(&tx, row).await?,
+                WriteOp::Audit(event) => audit::append(&tx, event).await?,
             }
         }
         tx.commit().await.map_err(ApplyError::Pg)
@@ -367,6 +373,13 @@ impl PgStore {
 pub(crate) enum ApplyError {
     Pg(tokio_postgres::Error),
     Other(Error),
+}
+
+pub(crate) fn apply_err(e: ApplyError) -> Error {
+    match e {
+        ApplyError::Pg(e) => pg_err(e),
+        ApplyError::Other(e) => e,
+    }
 }
 
 impl From<Error> for ApplyError {
@@ -584,9 +597,10 @@ impl Store for PgStore {
             let v = match op {
                 WriteOp::Insert { embedding, .. } => Some(embedding),
                 WriteOp::Update { embedding, .. } => embedding.as_ref(),
-                WriteOp::Delete { .. } | WriteOp::FinishJob { .. } | WriteOp::RecordUsage(_) => {
-                    None
-                }
+                WriteOp::Delete { .. }
+                | WriteOp::FinishJob { .. }
+                | WriteOp::RecordUsage(_)
+                | WriteOp::Audit(_) => None,
             };
             if let Some(v) = v
                 && v.len() != dim
@@ -1091,5 +1105,46 @@ impl Store for PgStore {
     async fn flush(&self) -> Result<()> {
         // Nothing is kept outside the database.
         Ok(())
+    }
+
+    async fn erase(
+        &self,
+        target: &ErasureTarget,
+        audit_event: AuditEvent,
+    ) -> Result<ErasureCounts> {
+        let attempts = self.inner.options.write_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let once = async {
+                let mut client = self.client().await.map_err(ApplyError::Other)?;
+                let tx = client.transaction().await?;
+                let counts = audit::erase(&tx, target, audit_event.clone()).await?;
+                tx.commit().await?;
+                Ok::<_, ApplyError>(counts)
+            };
+            match once.await {
+                Ok(c) => return Ok(c),
+                Err(ApplyError::Pg(e)) if retryable(&e) && attempt < attempts => {
+                    tokio::time::sleep(Duration::from_millis(5u64 << attempt.min(6))).await;
+                }
+                Err(ApplyError::Pg(e)) => return Err(pg_err(e)),
+                Err(ApplyError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn compact(&self) -> Result<bool> {
+        // VACUUM makes the deleted rows' space reusable and drops their index
+        // entries, but Postgres's WAL, replicas and backups keep old pages for
+        // their retention period: we cannot promise the bytes are gone.
+        let client = self.client().await?;
+        client
+            .batch_execute(
+                "VACUUM memories, entities, history, jobs, idempotency, llm_usage, api_keys",
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(false)
     }
 }

@@ -58,6 +58,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX memories_agent ON memories (agent_id, created_at) WHERE invalid_at IS NULL;
     CREATE INDEX memories_run ON memories (run_id, created_at) WHERE invalid_at IS NULL;
     CREATE INDEX memories_created ON memories (created_at, id) WHERE invalid_at IS NULL;
+    -- Conversational neighbours: the closest turns before and after in time.
+    CREATE INDEX memories_turns ON memories (created_at, rowid) WHERE invalid_at IS NULL;
     CREATE INDEX memories_as_of ON memories (updated_at);
     CREATE INDEX memories_tsv ON memories USING gin (tsv) WHERE invalid_at IS NULL;
 
@@ -154,6 +156,32 @@ const MIGRATIONS: &[&str] = &[
         cost_microdollars bigint NOT NULL,
         PRIMARY KEY (org_id, app_id, user_id, agent_id, run_id, day, model)
     );
+    "#,
+    // 2: the append-only audit log (no memory text, no scope ids below the
+    // org), started from the history of earlier writes.
+    r#"
+    CREATE TABLE audit (
+        seq        bigserial PRIMARY KEY,
+        id         uuid NOT NULL UNIQUE,
+        at         bigint NOT NULL,
+        actor      text NOT NULL,
+        action     text NOT NULL,
+        org_id     text,
+        target     text,
+        request_id text,
+        detail     jsonb NOT NULL
+    );
+    CREATE INDEX audit_org ON audit (org_id, seq);
+    INSERT INTO audit (id, at, actor, action, org_id, target, request_id, detail)
+        SELECT id, created_at, COALESCE(actor, 'unknown'), 'memory.' || lower(event), org_id,
+               memory_id::text, request_id, jsonb_build_object('version', version)
+        FROM history ORDER BY seq;
+    CREATE FUNCTION engram_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
+    CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+        FOR EACH ROW EXECUTE FUNCTION engram_audit_append_only();
+    CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+        FOR EACH STATEMENT EXECUTE FUNCTION engram_audit_append_only();
     "#,
 ];
 

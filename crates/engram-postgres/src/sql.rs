@@ -2,9 +2,13 @@
 //!
 //! Every value from a request becomes a bind parameter (`$n` with an explicit
 //! cast); only fixed column names and operators are written into the SQL text.
-//! Each condition compiles to a boolean that is never NULL (`COALESCE(…, FALSE)`),
-//! so `NOT`, `AND` and `OR` behave exactly like [`Filter::matches`] does on a
-//! record, missing fields included.
+//!
+//! NULLs: outside any `NOT`, a condition on a missing field may be NULL — in
+//! a WHERE clause, through `AND` and `OR`, NULL excludes the row exactly as
+//! FALSE would, and the plain form (`user_id = ANY($1)`) lets the planner use
+//! the scope indexes. Under a `NOT` each condition is wrapped in
+//! `COALESCE(…, FALSE)`, so negation behaves exactly like [`Filter::matches`]
+//! on a record, missing fields included.
 
 use engram_core::filter::{Cmp, Cond, Filter, StrOp, TimeField, ValueOp};
 use serde_json::Value;
@@ -41,18 +45,32 @@ pub fn live(t: &str, p: &mut Params, now_ms: i64) -> String {
 /// Compiles `filter` over the columns of `memories` under alias `t`
 /// (`""`, or `"n."` for a table aliased `n`).
 pub fn compile(filter: &Filter, t: &str, p: &mut Params) -> String {
+    compile_in(filter, t, p, false)
+}
+
+fn compile_in(filter: &Filter, t: &str, p: &mut Params, negated: bool) -> String {
     match filter {
         Filter::And(children) if children.is_empty() => "TRUE".into(),
         Filter::Or(children) if children.is_empty() => "FALSE".into(),
-        Filter::And(children) => join(children, " AND ", t, p),
-        Filter::Or(children) => join(children, " OR ", t, p),
-        Filter::Not(inner) => format!("(NOT {})", compile(inner, t, p)),
-        Filter::Cond(cond) => condition(cond, t, p),
+        Filter::And(children) => join(children, " AND ", t, p, negated),
+        Filter::Or(children) => join(children, " OR ", t, p, negated),
+        Filter::Not(inner) => format!("(NOT {})", compile_in(inner, t, p, true)),
+        Filter::Cond(cond) => {
+            let c = condition(cond, t, p);
+            if negated {
+                format!("COALESCE({c}, FALSE)")
+            } else {
+                c
+            }
+        }
     }
 }
 
-fn join(children: &[Filter], op: &str, t: &str, p: &mut Params) -> String {
-    let parts: Vec<String> = children.iter().map(|c| compile(c, t, p)).collect();
+fn join(children: &[Filter], op: &str, t: &str, p: &mut Params, negated: bool) -> String {
+    let parts: Vec<String> = children
+        .iter()
+        .map(|c| compile_in(c, t, p, negated))
+        .collect();
     format!("({})", parts.join(op))
 }
 
@@ -73,10 +91,7 @@ fn condition(cond: &Cond, t: &str, p: &mut Params) -> String {
             let col = format!("{t}{}", field.as_str());
             match op {
                 StrOp::In(values) => {
-                    format!(
-                        "COALESCE({col} = ANY({}::text[]), FALSE)",
-                        p.push(values.clone())
-                    )
+                    format!("({col} = ANY({}::text[]))", p.push(values.clone()))
                 }
                 StrOp::NotIn(values) => format!(
                     "(NOT COALESCE({col} = ANY({}::text[]), FALSE))",
@@ -220,9 +235,11 @@ mod tests {
         let mut p = Params::default();
         assert_eq!(compile(&Filter::Or(Vec::new()), "", &mut p), "FALSE");
         let (s, _) = sql(json!({"NOT": {"user_id": "a"}}));
-        assert!(
-            s.starts_with("(NOT COALESCE(user_id = ANY($1::text[]), FALSE))"),
-            "{s}"
+        assert_eq!(s, "(NOT COALESCE((user_id = ANY($1::text[])), FALSE))");
+        let (s, _) = sql(json!({"user_id": "a"}));
+        assert_eq!(
+            s, "(user_id = ANY($1::text[]))",
+            "index-friendly outside NOT"
         );
     }
 }

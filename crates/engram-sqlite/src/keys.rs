@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use engram_core::access::Role;
+use engram_core::audit::AuditEvent;
 use engram_core::keys::{ApiKey, KeyStore};
 use engram_core::memory::Scope;
 use engram_core::{Error, Result};
@@ -42,9 +43,16 @@ fn row_to_key(row: &rusqlite::Row<'_>) -> Result<(ApiKey, String)> {
     Ok((key, row.get(11).map_err(get_err)?))
 }
 
-pub(crate) fn insert(conn: &Connection, key: &ApiKey, secret_hash: &str) -> Result<()> {
+pub(crate) fn insert(
+    conn: &Connection,
+    key: &ApiKey,
+    secret_hash: &str,
+    audit: &AuditEvent,
+) -> Result<()> {
     let b = &key.binding;
-    conn.execute(
+    // The key and its audit event land together.
+    let tx = conn.unchecked_transaction().map_err(db_err)?;
+    tx.execute(
         "INSERT INTO api_keys (id, name, role, org_id, app_id, user_id, agent_id, rate_limit, created_at, created_by, revoked_at, secret_hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
@@ -63,7 +71,8 @@ pub(crate) fn insert(conn: &Connection, key: &ApiKey, secret_hash: &str) -> Resu
         ],
     )
     .map_err(db_err)?;
-    Ok(())
+    crate::audit::append(&tx, audit)?;
+    tx.commit().map_err(db_err)
 }
 
 pub(crate) fn get(conn: &Connection, id: &str) -> Result<Option<(ApiKey, String)>> {
@@ -91,21 +100,32 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<ApiKey>> {
     Ok(out)
 }
 
-pub(crate) fn revoke(conn: &Connection, id: &str, at: Timestamp) -> Result<bool> {
-    let n = conn
+pub(crate) fn revoke(
+    conn: &Connection,
+    id: &str,
+    at: Timestamp,
+    audit: &AuditEvent,
+) -> Result<bool> {
+    let tx = conn.unchecked_transaction().map_err(db_err)?;
+    let n = tx
         .execute(
             "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, at.as_millisecond()],
         )
         .map_err(db_err)?;
+    if n > 0 {
+        crate::audit::append(&tx, audit)?;
+    }
+    tx.commit().map_err(db_err)?;
     Ok(n > 0)
 }
 
 #[async_trait]
 impl KeyStore for SqliteStore {
-    async fn key_insert(&self, key: &ApiKey, secret_hash: &str) -> Result<()> {
-        let (key, hash) = (key.clone(), secret_hash.to_owned());
-        self.write(move |conn| insert(conn, &key, &hash)).await
+    async fn key_insert(&self, key: &ApiKey, secret_hash: &str, audit: &AuditEvent) -> Result<()> {
+        let (key, hash, audit) = (key.clone(), secret_hash.to_owned(), audit.clone());
+        self.write(move |conn| insert(conn, &key, &hash, &audit))
+            .await
     }
 
     async fn key_get(&self, id: &str) -> Result<Option<(ApiKey, String)>> {
@@ -117,9 +137,9 @@ impl KeyStore for SqliteStore {
         self.read(|conn, _| list(conn)).await
     }
 
-    async fn key_revoke(&self, id: &str, at: Timestamp) -> Result<bool> {
-        let id = id.to_owned();
-        self.write(move |conn| revoke(conn, &id, at)).await
+    async fn key_revoke(&self, id: &str, at: Timestamp, audit: &AuditEvent) -> Result<bool> {
+        let (id, audit) = (id.to_owned(), audit.clone());
+        self.write(move |conn| revoke(conn, &id, at, &audit)).await
     }
 }
 
@@ -162,9 +182,10 @@ impl SqliteKeys {
 
 #[async_trait]
 impl KeyStore for SqliteKeys {
-    async fn key_insert(&self, key: &ApiKey, secret_hash: &str) -> Result<()> {
-        let (key, hash) = (key.clone(), secret_hash.to_owned());
-        self.run(move |conn| insert(conn, &key, &hash)).await
+    async fn key_insert(&self, key: &ApiKey, secret_hash: &str, audit: &AuditEvent) -> Result<()> {
+        let (key, hash, audit) = (key.clone(), secret_hash.to_owned(), audit.clone());
+        self.run(move |conn| insert(conn, &key, &hash, &audit))
+            .await
     }
 
     async fn key_get(&self, id: &str) -> Result<Option<(ApiKey, String)>> {
@@ -176,8 +197,8 @@ impl KeyStore for SqliteKeys {
         self.run(list).await
     }
 
-    async fn key_revoke(&self, id: &str, at: Timestamp) -> Result<bool> {
-        let id = id.to_owned();
-        self.run(move |conn| revoke(conn, &id, at)).await
+    async fn key_revoke(&self, id: &str, at: Timestamp, audit: &AuditEvent) -> Result<bool> {
+        let (id, audit) = (id.to_owned(), audit.clone());
+        self.run(move |conn| revoke(conn, &id, at, &audit)).await
     }
 }

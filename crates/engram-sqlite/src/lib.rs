@@ -15,6 +15,7 @@
 //! visible to reads when `apply` returns) and a small pool of read
 //! connections. All SQLite calls run on tokio's blocking pool.
 
+mod audit;
 mod catalog;
 mod jobs;
 mod keys;
@@ -106,6 +107,8 @@ fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Deleted content is overwritten, not just unlinked (erasure).
+        conn.pragma_update(None, "secure_delete", "ON")?;
     }
     Ok(conn)
 }
@@ -617,7 +620,8 @@ impl Store for SqliteStore {
                     WriteOp::Update { embedding, .. } => embedding.as_ref(),
                     WriteOp::Delete { .. }
                     | WriteOp::FinishJob { .. }
-                    | WriteOp::RecordUsage(_) => None,
+                    | WriteOp::RecordUsage(_)
+                    | WriteOp::Audit(_) => None,
                 };
                 if let Some(v) = v
                     && v.len() != index.dim()
@@ -646,6 +650,7 @@ impl Store for SqliteStore {
                     } => {
                         let rowid = insert_version(&tx, &memory, &embedding)?;
                         insert_history(&tx, &history)?;
+                        audit::append(&tx, &engram_core::audit::AuditEvent::of_history(&history))?;
                         applied.push(Applied::Added {
                             rowid,
                             memory: Arc::new(memory),
@@ -662,6 +667,7 @@ impl Store for SqliteStore {
                         let vector = embedding.unwrap_or_else(|| blob_to_vec(&blob));
                         let rowid = insert_version(&tx, &memory, &vector)?;
                         insert_history(&tx, &history)?;
+                        audit::append(&tx, &engram_core::audit::AuditEvent::of_history(&history))?;
                         applied.push(Applied::Closed { rowid: old });
                         applied.push(Applied::Added {
                             rowid,
@@ -672,6 +678,7 @@ impl Store for SqliteStore {
                     WriteOp::Delete { id, at, history } => {
                         let (old, _) = close_current(&tx, id, at, None)?;
                         insert_history(&tx, &history)?;
+                        audit::append(&tx, &engram_core::audit::AuditEvent::of_history(&history))?;
                         applied.push(Applied::Closed { rowid: old });
                     }
                     WriteOp::FinishJob {
@@ -681,6 +688,7 @@ impl Store for SqliteStore {
                         at,
                     } => jobs::finish(&tx, id, &worker, &result, at)?,
                     WriteOp::RecordUsage(row) => jobs::record_usage(&tx, &row)?,
+                    WriteOp::Audit(event) => audit::append(&tx, &event)?,
                 }
             }
             tx.commit().map_err(db_err)?;
@@ -1134,5 +1142,67 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| Error::internal(format!("flush task failed: {e}")))??;
         self.checkpoint().await
+    }
+
+    async fn erase(
+        &self,
+        target: &engram_core::audit::ErasureTarget,
+        audit_event: engram_core::audit::AuditEvent,
+    ) -> Result<engram_core::audit::ErasureCounts> {
+        let store = self.clone();
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&store.inner.writer);
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let (counts, current) = audit::erase(&tx, &target, audit_event)?;
+            tx.commit().map_err(db_err)?;
+            let mut catalog = store
+                .inner
+                .catalog
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            for r in &current {
+                catalog.remove(*r);
+            }
+            drop(catalog);
+            if let Some(index) = store.inner.index.get() {
+                let keys: Vec<u64> = current.iter().map(|r| *r as u64).collect();
+                index.remove(&keys).map_err(idx_err)?;
+            }
+            Ok(counts)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("erase task failed: {e}")))?
+    }
+
+    async fn compact(&self) -> Result<bool> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = lock(&store.inner.writer);
+            // Merge the keyword index's segments (drops deleted entries), move
+            // the WAL into the file, rewrite the file without free pages, and
+            // empty the WAL again; then rebuild and save the HNSW graph so no
+            // removed vector remains in it.
+            conn.execute_batch(
+                "INSERT INTO memories_fts (memories_fts) VALUES ('optimize');
+                 PRAGMA wal_checkpoint(TRUNCATE);
+                 VACUUM;
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .map_err(db_err)?;
+            if let Some(index) = store.inner.index.get() {
+                index
+                    .rebuild_graph(store.inner.options.build_threads)
+                    .map_err(idx_err)?;
+                index
+                    .save_graph(&store.inner.dir.join(GRAPH_FILE))
+                    .map_err(idx_err)?;
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("compact task failed: {e}")))?
     }
 }

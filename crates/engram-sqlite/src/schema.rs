@@ -148,6 +148,30 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (org_id, app_id, user_id, agent_id, run_id, day, model)
     );
     "#,
+    // 5: the append-only audit log (no memory text, no scope ids below the
+    // org), started from the history of earlier writes.
+    r#"
+    CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT NOT NULL UNIQUE,
+        at         INTEGER NOT NULL,
+        actor      TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        org_id     TEXT,
+        target     TEXT,
+        request_id TEXT,
+        detail     TEXT NOT NULL
+    );
+    CREATE INDEX audit_org ON audit (org_id, seq);
+    INSERT INTO audit (id, at, actor, action, org_id, target, request_id, detail)
+        SELECT id, created_at, COALESCE(actor, 'unknown'), 'memory.' || lower(event), org_id, memory_id,
+               request_id, json_object('version', version)
+        FROM history ORDER BY seq;
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    "#,
 ];
 
 /// The schema version this build writes.

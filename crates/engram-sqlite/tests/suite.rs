@@ -173,6 +173,14 @@ async fn keys_open_beside_a_running_store() {
         created_by: "cli".into(),
         revoked_at: None,
     };
-    cli.key_insert(&key, "h").await.unwrap();
+    let audit = engram_core::audit::AuditEvent::new(
+        key.created_at,
+        "cli".into(),
+        "key.create",
+        key.binding.org_id.clone(),
+        Some(key.id.clone()),
+        None,
+    );
+    cli.key_insert(&key, "h", &audit).await.unwrap();
     assert_eq!(store.key_get(&key.id).await.unwrap().unwrap().0, key);
 }

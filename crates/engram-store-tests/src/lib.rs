@@ -1118,10 +1118,26 @@ pub async fn keys_round_trip(f: Fixture) {
         rate_limit: None,
         ..key("00000000000000bb", "globex", None, 2)
     };
-    keys.key_insert(&a, "hash-a").await.unwrap();
-    keys.key_insert(&b, "hash-b").await.unwrap();
+    let ev = |action: &str, k: &ApiKey| {
+        engram_core::audit::AuditEvent::new(
+            k.created_at,
+            "cli".into(),
+            action,
+            k.binding.org_id.clone(),
+            Some(k.id.clone()),
+            None,
+        )
+    };
+    keys.key_insert(&a, "hash-a", &ev("key.create", &a))
+        .await
+        .unwrap();
+    keys.key_insert(&b, "hash-b", &ev("key.create", &b))
+        .await
+        .unwrap();
     assert!(
-        keys.key_insert(&a, "again").await.is_err(),
+        keys.key_insert(&a, "again", &ev("key.create", &a))
+            .await
+            .is_err(),
         "a duplicate id is refused"
     );
     assert_eq!(
@@ -1131,14 +1147,372 @@ pub async fn keys_round_trip(f: Fixture) {
     assert_eq!(keys.key_get("00000000000000cc").await.unwrap(), None);
     assert_eq!(keys.key_list().await.unwrap(), vec![a.clone(), b.clone()]);
     let at = t0() + SignedDuration::from_secs(10);
-    assert!(keys.key_revoke(&a.id, at).await.unwrap());
-    assert!(!keys.key_revoke(&a.id, at).await.unwrap(), "revoked once");
-    assert!(!keys.key_revoke("00000000000000cc", at).await.unwrap());
+    assert!(
+        keys.key_revoke(&a.id, at, &ev("key.revoke", &a))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !keys
+            .key_revoke(&a.id, at, &ev("key.revoke", &a))
+            .await
+            .unwrap(),
+        "revoked once"
+    );
+    assert!(
+        !keys
+            .key_revoke("00000000000000cc", at, &ev("key.revoke", &b))
+            .await
+            .unwrap()
+    );
+    // Creations and the one revocation were audited; the refused ones were not.
+    let audit = f
+        .store
+        .audit_list(&engram_core::audit::AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<(&str, Option<&str>)> = audit
+        .iter()
+        .map(|(_, e)| (e.action.as_str(), e.target.as_deref()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("key.create", Some(a.id.as_str())),
+            ("key.create", Some(b.id.as_str())),
+            ("key.revoke", Some(a.id.as_str())),
+        ]
+    );
     let (revoked, _) = keys.key_get(&a.id).await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(at));
     assert_eq!(
         keys.key_get(&b.id).await.unwrap().unwrap().0.revoked_at,
         None
+    );
+}
+
+/// Every memory write is audited in its own transaction (who, what, which
+/// memory, request id, no text); explicit events append; listing filters by
+/// org, action and position; the log refuses changes.
+pub async fn audit_records_writes(f: Fixture) {
+    use engram_core::audit::{AuditEvent, AuditQuery};
+    bound(&f).await;
+    let mut a = memory("Ann's secret: she plays the tuba", user("ann"), 1);
+    a.scope.org_id = Some("acme".into());
+    let mut b = memory("Bob likes tea", user("bob"), 2);
+    b.scope.org_id = Some("globex".into());
+    f.store
+        .apply(vec![insert(&a, vector(0, 0.0)), insert(&b, vector(1, 0.0))])
+        .await
+        .unwrap();
+    let at = a.created_at + SignedDuration::from_secs(5);
+    f.store
+        .apply(vec![WriteOp::Delete {
+            id: a.id,
+            at,
+            history: history(&a, Event::Delete, Some(&a.text), None),
+        }])
+        .await
+        .unwrap();
+    let mut retry = AuditEvent::new(
+        at,
+        "key:00000000000000aa".into(),
+        "job.retry",
+        Some("acme".into()),
+        Some("job-1".into()),
+        Some("req-9".into()),
+    );
+    retry.detail = json!({"attempt": 2});
+    f.store
+        .apply(vec![WriteOp::Audit(retry.clone())])
+        .await
+        .unwrap();
+
+    let q = |org: Option<&str>, action: Option<&str>, after: Option<i64>| AuditQuery {
+        org_id: org.map(Into::into),
+        action: action.map(Into::into),
+        after,
+        limit: 100,
+        ..Default::default()
+    };
+    let all = f.store.audit_list(&q(None, None, None)).await.unwrap();
+    let actions: Vec<&str> = all.iter().map(|(_, e)| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        vec!["memory.add", "memory.add", "memory.delete", "job.retry"]
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].0 < w[1].0),
+        "positions increase"
+    );
+    let add = &all[0].1;
+    assert_eq!(add.target.as_deref(), Some(a.id.to_string().as_str()));
+    assert_eq!(
+        (add.actor.as_str(), add.request_id.as_deref()),
+        ("suite", Some("req-1"))
+    );
+    assert_eq!(add.org_id.as_deref(), Some("acme"));
+    assert_eq!(all[3].1, retry);
+    let text = serde_json::to_string(&all.iter().map(|(_, e)| e).collect::<Vec<_>>()).unwrap();
+    assert!(
+        !text.contains("tuba") && !text.contains("ann"),
+        "no text, no user ids: {text}"
+    );
+
+    let acme = f
+        .store
+        .audit_list(&q(Some("acme"), None, None))
+        .await
+        .unwrap();
+    assert_eq!(acme.len(), 3, "globex's add is not acme's");
+    let deletes = f
+        .store
+        .audit_list(&q(None, Some("memory.delete"), None))
+        .await
+        .unwrap();
+    assert_eq!(deletes.len(), 1);
+    let page2 = f
+        .store
+        .audit_list(&q(None, None, Some(all[1].0)))
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 2, "after a position");
+}
+
+/// Erasure removes every record of one user — every version, history, jobs,
+/// usage, keys bound to them, idempotency records of the org's callers — and
+/// nothing of anyone else; it is audited with counts and without the id.
+pub async fn erasure_removes_every_trace(f: Fixture) {
+    use engram_core::audit::{AuditEvent, AuditQuery, ErasureTarget};
+    use engram_core::idempotency::{IdemBegin, StoredResponse};
+    use engram_core::memory::ScopeField;
+    bound(&f).await;
+    let org = |mut s: Scope| {
+        s.org_id = Some("acme".into());
+        s
+    };
+    let a1 = memory("Erin was diagnosed with asthma", org(user("erin")), 1);
+    let a2 = memory("Erin lives on Rua Augusta 12", org(user("erin")), 2);
+    let keep = memory("Frank lives in Porto", org(user("frank")), 3);
+    let mut other_org = memory("Erin at globex is someone else", user("erin"), 4);
+    other_org.scope.org_id = Some("globex".into());
+    f.store
+        .apply(vec![
+            insert(&a1, vector(0, 0.0)),
+            insert(&a2, vector(1, 0.0)),
+            insert(&keep, vector(2, 0.0)),
+            insert(&other_org, vector(3, 0.0)),
+        ])
+        .await
+        .unwrap();
+    // A superseded version.
+    let mut v2 = a1.clone();
+    v2.version = 2;
+    v2.text = "Erin has severe asthma".into();
+    v2.updated_at = a1.created_at + SignedDuration::from_secs(10);
+    f.store
+        .apply(vec![WriteOp::Update {
+            history: history(&v2, Event::Update, Some(&a1.text), Some(&v2.text)),
+            memory: v2.clone(),
+            embedding: Some(vector(0, 0.2)),
+        }])
+        .await
+        .unwrap();
+    // A dead job and a queued one about erin, one about frank.
+    let job = |scope: Scope, text: &str| engram_core::jobs::Job {
+        id: uuid::Uuid::now_v7(),
+        kind: "add".into(),
+        state: engram_core::jobs::JobState::Queued,
+        payload: json!({"content": {"text": text}}),
+        principal: engram_core::access::Principal::operator(),
+        scope,
+        request_id: None,
+        attempts: 0,
+        max_attempts: 3,
+        last_error: None,
+        result: None,
+        created_at: t0(),
+        updated_at: t0(),
+        run_after: t0(),
+        lease_owner: None,
+        lease_until: None,
+    };
+    let erin_job = job(org(user("erin")), "Erin's blood type is O-");
+    let frank_job = job(org(user("frank")), "Frank's cat");
+    f.store.job_insert(&erin_job).await.unwrap();
+    f.store.job_insert(&frank_job).await.unwrap();
+    // Keys of acme: an admin's, and erin's own app key (which names her).
+    let key = |id: &str, user: Option<&str>| engram_core::keys::ApiKey {
+        id: id.into(),
+        name: "k".into(),
+        role: engram_core::access::Role::Admin,
+        binding: Scope {
+            org_id: Some("acme".into()),
+            user_id: user.map(Into::into),
+            ..Default::default()
+        },
+        rate_limit: None,
+        created_at: t0(),
+        created_by: "cli".into(),
+        revoked_at: None,
+    };
+    for k in [
+        key("00000000000000aa", None),
+        key("00000000000000ee", Some("erin")),
+    ] {
+        let ev = AuditEvent::new(
+            t0(),
+            "cli".into(),
+            "key.create",
+            Some("acme".into()),
+            Some(k.id.clone()),
+            None,
+        );
+        f.store.key_insert(&k, "h", &ev).await.unwrap();
+    }
+    // An idempotency record of an acme key, quoting erin's memory.
+    assert_eq!(
+        f.store
+            .idem_begin("key:00000000000000aa", "k1", "h", t0())
+            .await
+            .unwrap(),
+        IdemBegin::New
+    );
+    f.store
+        .idem_complete(
+            "key:00000000000000aa",
+            "k1",
+            &StoredResponse {
+                status: 200,
+                content_type: "application/json".into(),
+                body: a2.text.as_bytes().to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let target = ErasureTarget {
+        field: ScopeField::User,
+        id: "erin".into(),
+        org_id: Some("acme".into()),
+    };
+    let audit = AuditEvent::new(
+        t0(),
+        "key:00000000000000aa".into(),
+        "erasure",
+        Some("acme".into()),
+        Some("receipt-1".into()),
+        None,
+    );
+    let counts = f.store.erase(&target, audit).await.unwrap();
+    assert_eq!(
+        (
+            counts.memories,
+            counts.versions,
+            counts.history_events,
+            counts.jobs
+        ),
+        (2, 3, 3, 1),
+        "{counts:?}"
+    );
+    assert_eq!(
+        (counts.keyword_index_entries, counts.vector_index_entries),
+        (2, 2)
+    );
+    assert!(counts.entity_index_entries >= 2, "{counts:?}");
+    assert_eq!((counts.idempotency_records, counts.api_keys), (1, 1));
+    assert!(f.store.key_get("00000000000000ee").await.unwrap().is_none());
+    assert!(f.store.key_get("00000000000000aa").await.unwrap().is_some());
+
+    let v = vis();
+    for id in [a1.id, a2.id] {
+        assert!(f.store.get(id, v).await.unwrap().is_none());
+        assert!(
+            f.store.history(id).await.unwrap().is_empty(),
+            "history of {id}"
+        );
+    }
+    let erin = Filter::from_scope(&org(user("erin")));
+    assert_eq!(f.store.count(&erin, v).await.unwrap(), 0);
+    assert!(
+        f.store
+            .versions_at(&erin, v2.updated_at)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no old version"
+    );
+    assert!(
+        f.store
+            .keyword_search(&erin, v, &["asthma".into()], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .vector_search(&Filter::all(), v, &vector(0, 0.0), 10)
+            .await
+            .unwrap()
+            .hits
+            .iter()
+            .all(|(id, _)| *id != a1.id && *id != a2.id)
+    );
+    assert!(
+        f.store
+            .entity_search(&Filter::all(), v, &["erin".into()], 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(id, _)| *id == other_org.id)
+    );
+    assert!(f.store.job_get(erin_job.id).await.unwrap().is_none());
+    assert!(f.store.job_get(frank_job.id).await.unwrap().is_some());
+    assert_eq!(
+        f.store
+            .idem_begin("key:00000000000000aa", "k1", "h", t0())
+            .await
+            .unwrap(),
+        IdemBegin::New,
+        "the record is gone"
+    );
+    // Nobody else's data moved.
+    assert!(f.store.get(keep.id, v).await.unwrap().is_some());
+    assert!(
+        f.store.get(other_org.id, v).await.unwrap().is_some(),
+        "another org's erin is another person"
+    );
+    assert_eq!(f.store.history(keep.id).await.unwrap().len(), 1);
+    // The audit keeps the erasure and its counts, not whom it was about.
+    let log = f
+        .store
+        .audit_list(&AuditQuery {
+            action: Some("erasure".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].1.detail["versions"], 3);
+    assert!(!serde_json::to_string(&log[0].1).unwrap().contains("erin"));
+    // Erasing again finds nothing; compaction runs.
+    let again = AuditEvent::new(
+        t0(),
+        "cli".into(),
+        "erasure",
+        Some("acme".into()),
+        None,
+        None,
+    );
+    assert_eq!(f.store.erase(&target, again).await.unwrap().versions, 0);
+    f.store.compact().await.unwrap();
+    assert!(
+        f.store.get(keep.id, v).await.unwrap().is_some(),
+        "compaction keeps data"
     );
 }
 
@@ -1169,6 +1543,8 @@ macro_rules! store_suite {
             jobs_lease_finish_retry_and_dead_letter,
             versions_as_they_stood,
             llm_usage_is_tallied,
+            audit_records_writes,
+            erasure_removes_every_trace,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

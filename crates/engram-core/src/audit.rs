@@ -1,0 +1,159 @@
+//! The audit trail and provable erasure.
+//!
+//! The audit log is append-only (the stores refuse UPDATE and DELETE on it)
+//! and holds who did what to which record, never memory text, scope ids
+//! below the org, or secrets: it must survive an erasure without keeping the
+//! erased person in it. Memory writes are audited by the store from each
+//! write's history row, in the same transaction; other actions (keys,
+//! erasures, job retries, resets) append their own event.
+//!
+//! An erasure removes every trace of one user / agent / run / org inside the
+//! caller's binding — every version of every memory, their keyword, entity
+//! and vector index entries, history, queued and dead jobs, LLM usage rows,
+//! the org's idempotency records — in one transaction, and returns a receipt
+//! with counts. The audit keeps that it happened (the receipt id, the
+//! counts, who asked), not whom it was about.
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::memory::{Event, HistoryEvent, ScopeField};
+use crate::{Error, Result};
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    pub at: Timestamp,
+    /// `key:<id>`, or the transport for the local operator (`cli`, `mcp:stdio`…).
+    pub actor: String,
+    /// `memory.add`, `memory.update`, `memory.delete`, `memory.revert`,
+    /// `key.create`, `key.revoke`, `erasure`, `job.retry`…
+    pub action: String,
+    /// The tenant the action touched (`None`: the operator, across orgs).
+    pub org_id: Option<String>,
+    /// What it touched: a memory id, key id, job id or erasure receipt id.
+    pub target: Option<String>,
+    pub request_id: Option<String>,
+    /// Counts and flags only; never text, scope ids below the org, or secrets.
+    pub detail: serde_json::Value,
+}
+
+impl AuditEvent {
+    pub fn new(
+        at: Timestamp,
+        actor: String,
+        action: &str,
+        org_id: Option<String>,
+        target: Option<String>,
+        request_id: Option<String>,
+    ) -> AuditEvent {
+        AuditEvent {
+            id: Uuid::now_v7(),
+            at,
+            actor,
+            action: action.to_owned(),
+            org_id,
+            target,
+            request_id,
+            detail: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    /// The audit row of a memory write, derived from its history row.
+    pub fn of_history(h: &HistoryEvent) -> AuditEvent {
+        let action = match h.event {
+            Event::Add => "memory.add",
+            Event::Update => "memory.update",
+            Event::Delete => "memory.delete",
+            Event::Revert => "memory.revert",
+            Event::Noop => "memory.noop",
+        };
+        let mut e = AuditEvent::new(
+            h.created_at,
+            h.actor.clone().unwrap_or_else(|| "unknown".into()),
+            action,
+            h.scope.org_id.clone(),
+            Some(h.memory_id.to_string()),
+            h.request_id.clone(),
+        );
+        e.id = h.id;
+        e.detail = serde_json::json!({ "version": h.version });
+        e
+    }
+}
+
+/// Which audit events to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this org's events (an admin key's binding); `None`: every org.
+    pub org_id: Option<String>,
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    /// Events after this position (a cursor from a previous page).
+    pub after: Option<i64>,
+    pub limit: usize,
+}
+
+/// Where audit events live. Implemented by every store backend; appending
+/// happens inside the stores' own write transactions.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Events in the order they were appended, each with its position.
+    async fn audit_list(&self, query: &AuditQuery) -> Result<Vec<(i64, AuditEvent)>>;
+}
+
+/// What an erasure removes: every record carrying `field = id` within `org_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErasureTarget {
+    pub field: ScopeField,
+    pub id: String,
+    /// The caller's org; `None` only for the operator (every org).
+    pub org_id: Option<String>,
+}
+
+/// Records removed, per kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErasureCounts {
+    /// Distinct memories (all their versions go).
+    pub memories: u64,
+    /// Memory versions, current and superseded.
+    pub versions: u64,
+    pub history_events: u64,
+    pub entity_index_entries: u64,
+    pub keyword_index_entries: u64,
+    pub vector_index_entries: u64,
+    /// Queued, running, done and dead jobs about the target.
+    pub jobs: u64,
+    pub idempotency_records: u64,
+    pub llm_usage_rows: u64,
+    /// API keys bound to the target (they name it).
+    pub api_keys: u64,
+}
+
+/// What an erasure returns, and what the audit log keeps (without the id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErasureReceipt {
+    pub receipt_id: Uuid,
+    /// `user_id`, `agent_id`, `run_id` or `org_id`.
+    pub field: String,
+    pub id: String,
+    pub org_id: Option<String>,
+    pub erased: ErasureCounts,
+    /// Whether the store's files were compacted afterwards (freed pages
+    /// overwritten), so the erased bytes are gone from disk too.
+    pub compacted: bool,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+}
+
+/// Checks an id named in an erasure path.
+pub fn validate_target(field: ScopeField, id: &str) -> Result<()> {
+    crate::memory::validate_scope_id(field, id)
+        .map_err(|e| Error::invalid(format!("cannot erase: {}", e.message)))
+}

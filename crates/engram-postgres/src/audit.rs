@@ -1,0 +1,171 @@
+//! The audit log (append-only: a trigger refuses UPDATE, DELETE and TRUNCATE) and erasure.
+
+use async_trait::async_trait;
+use engram_core::Result;
+use engram_core::audit::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
+use engram_core::memory::ScopeField;
+use tokio_postgres::Transaction;
+
+use crate::{ApplyError, PgStore, get, pg_err, ts};
+
+/// Appends one event inside the caller's transaction.
+pub(crate) async fn append(
+    tx: &Transaction<'_>,
+    e: &AuditEvent,
+) -> std::result::Result<(), ApplyError> {
+    tx.execute(
+        "INSERT INTO audit (id, at, actor, action, org_id, target, request_id, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &e.id,
+            &e.at.as_millisecond(),
+            &e.actor,
+            &e.action,
+            &e.org_id,
+            &e.target,
+            &e.request_id,
+            &e.detail,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes every record of the target inside `tx`; returns the counts.
+pub(crate) async fn erase(
+    tx: &Transaction<'_>,
+    target: &ErasureTarget,
+    mut audit: AuditEvent,
+) -> std::result::Result<ErasureCounts, ApplyError> {
+    // Column names come from a fixed list; the ids are parameters.
+    let col = target.field.as_str();
+    let cond = format!("{col} = $1 AND ($2::text IS NULL OR org_id = $2::text)");
+    let (id, org) = (&target.id, &target.org_id);
+    let mut c = ErasureCounts::default();
+    tx.batch_execute(
+        "CREATE TEMP TABLE IF NOT EXISTS erased (r bigint PRIMARY KEY, id uuid, cur boolean) ON COMMIT DELETE ROWS",
+    )
+    .await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO erased SELECT rowid, id, invalid_at IS NULL FROM memories WHERE {cond}"
+        ),
+        &[id, org],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE cur) FROM erased",
+            &[],
+        )
+        .await?;
+    let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+    c.versions = n(0);
+    c.memories = n(1);
+    // The keyword (tsvector) and vector (HNSW) indexes hold current versions.
+    c.keyword_index_entries = n(2);
+    c.vector_index_entries = n(2);
+    c.entity_index_entries = tx
+        .execute(
+            "DELETE FROM entities WHERE memory IN (SELECT r FROM erased)",
+            &[],
+        )
+        .await?;
+    c.history_events = tx
+        .execute(
+            &format!("DELETE FROM history WHERE ({cond}) OR memory_id IN (SELECT id FROM erased)"),
+            &[id, org],
+        )
+        .await?;
+    tx.execute(
+        "DELETE FROM memories WHERE rowid IN (SELECT r FROM erased)",
+        &[],
+    )
+    .await?;
+    c.jobs = tx
+        .execute(
+            &format!(
+                "DELETE FROM jobs WHERE scope::jsonb ->> '{col}' = $1 \
+                 AND ($2::text IS NULL OR scope::jsonb ->> 'org_id' = $2::text)"
+            ),
+            &[id, org],
+        )
+        .await?;
+    c.llm_usage_rows = tx
+        .execute(
+            &format!(
+                "DELETE FROM llm_usage WHERE {col} = $1 AND ($2::text IS NULL OR org_id = $2::text)"
+            ),
+            &[id, org],
+        )
+        .await?;
+    // Stored responses may quote the erased memories: the org's callers lose
+    // their replay records (the operator's too); other orgs' keep theirs.
+    c.idempotency_records = tx
+        .execute(
+            "DELETE FROM idempotency WHERE $1::text IS NULL OR principal NOT LIKE 'key:%' \
+             OR substr(principal, 5) IN (SELECT id FROM api_keys WHERE org_id = $1::text)",
+            &[org],
+        )
+        .await?;
+    // Keys bound to the target name it (runs cannot be bound).
+    if target.field != ScopeField::Run {
+        c.api_keys = tx
+            .execute(
+                &format!("DELETE FROM api_keys WHERE {col} = $1 AND ($2::text IS NULL OR org_id = $2::text)"),
+                &[id, org],
+            )
+            .await?;
+    }
+    if let serde_json::Value::Object(detail) = &mut audit.detail
+        && let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&c)
+    {
+        detail.extend(counts);
+    }
+    append(tx, &audit).await?;
+    Ok(c)
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<(i64, AuditEvent)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, id, at, actor, action, org_id, target, request_id, detail FROM audit \
+                 WHERE ($1::text IS NULL OR org_id = $1::text) AND ($2::text IS NULL OR action = $2::text) \
+                 AND ($3::text IS NULL OR actor = $3::text) AND ($4::text IS NULL OR target = $4::text) \
+                 AND ($5::bigint IS NULL OR at >= $5::bigint) AND ($6::bigint IS NULL OR at < $6::bigint) \
+                 AND seq > $7 ORDER BY seq LIMIT $8",
+                &[
+                    &q.org_id,
+                    &q.action,
+                    &q.actor,
+                    &q.target,
+                    &q.since.map(|t| t.as_millisecond()),
+                    &q.until.map(|t| t.as_millisecond()),
+                    &q.after.unwrap_or(0),
+                    &(q.limit as i64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get(r, 0)?,
+                    AuditEvent {
+                        id: get(r, 1)?,
+                        at: ts(get(r, 2)?)?,
+                        actor: get(r, 3)?,
+                        action: get(r, 4)?,
+                        org_id: get(r, 5)?,
+                        target: get(r, 6)?,
+                        request_id: get(r, 7)?,
+                        detail: get(r, 8)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+}

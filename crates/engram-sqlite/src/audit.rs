@@ -1,0 +1,179 @@
+//! The audit log (append-only: triggers refuse UPDATE and DELETE) and erasure.
+
+use async_trait::async_trait;
+use engram_core::Result;
+use engram_core::audit::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
+use engram_core::memory::ScopeField;
+use rusqlite::{Connection, params};
+
+use crate::{SqliteStore, db_err, ts};
+
+/// Appends one event inside the caller's transaction.
+pub(crate) fn append(conn: &Connection, e: &AuditEvent) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit (id, at, actor, action, org_id, target, request_id, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.id.to_string(),
+            e.at.as_millisecond(),
+            e.actor,
+            e.action,
+            e.org_id,
+            e.target,
+            e.request_id,
+            e.detail.to_string(),
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Removes every record of the target inside `tx`; returns the counts and the
+/// row keys of the current versions removed (for the catalog and vector index).
+pub(crate) fn erase(
+    tx: &rusqlite::Transaction<'_>,
+    target: &ErasureTarget,
+    mut audit: AuditEvent,
+) -> Result<(ErasureCounts, Vec<i64>)> {
+    // Column names come from a fixed list; the ids are parameters.
+    let col = target.field.as_str();
+    let cond = format!("{col} = ?1 AND (?2 IS NULL OR org_id = ?2)");
+    let args = params![target.id, target.org_id];
+    let exec = |sql: &str| -> Result<u64> { Ok(tx.execute(sql, args).map_err(db_err)? as u64) };
+    let mut c = ErasureCounts::default();
+    tx.execute_batch(
+        "DROP TABLE IF EXISTS temp.erased; CREATE TEMP TABLE erased (r INTEGER PRIMARY KEY, id TEXT, cur INTEGER);",
+    )
+    .map_err(db_err)?;
+    exec(&format!(
+        "INSERT INTO temp.erased SELECT rowid, id, invalid_at IS NULL FROM memories WHERE {cond}"
+    ))?;
+    let count = |sql: &str| -> Result<u64> {
+        tx.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(db_err)
+    };
+    c.versions = count("SELECT count(*) FROM temp.erased")?;
+    c.memories = count("SELECT count(DISTINCT id) FROM temp.erased")?;
+    let current: Vec<i64> = {
+        let mut stmt = tx
+            .prepare("SELECT r FROM temp.erased WHERE cur")
+            .map_err(db_err)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db_err)?
+    };
+    // The keyword and vector indexes hold current versions only.
+    c.keyword_index_entries = current.len() as u64;
+    c.vector_index_entries = current.len() as u64;
+    for r in &current {
+        tx.prepare_cached("DELETE FROM memories_fts WHERE rowid = ?1")
+            .and_then(|mut s| s.execute([r]))
+            .map_err(db_err)?;
+    }
+    c.entity_index_entries = tx
+        .execute(
+            "DELETE FROM entities WHERE memory IN (SELECT r FROM temp.erased)",
+            [],
+        )
+        .map_err(db_err)? as u64;
+    // History by scope, and any event of an erased memory.
+    c.history_events = tx
+        .execute(
+            &format!(
+                "DELETE FROM history WHERE ({cond}) OR memory_id IN (SELECT id FROM temp.erased)"
+            ),
+            args,
+        )
+        .map_err(db_err)? as u64;
+    tx.execute(
+        "DELETE FROM memories WHERE rowid IN (SELECT r FROM temp.erased)",
+        [],
+    )
+    .map_err(db_err)?;
+    // Jobs about the target, whatever their state (payloads hold the text).
+    c.jobs = exec(&format!(
+        "DELETE FROM jobs WHERE json_extract(scope, '$.{col}') = ?1 \
+         AND (?2 IS NULL OR json_extract(scope, '$.org_id') = ?2)"
+    ))?;
+    c.llm_usage_rows = exec(&format!(
+        "DELETE FROM llm_usage WHERE {col} = ?1 AND (?2 IS NULL OR org_id = ?2)"
+    ))?;
+    // Stored responses may quote the erased memories: the org's callers lose
+    // their replay records (the operator's too); other orgs' keep theirs.
+    c.idempotency_records = tx
+        .execute(
+            "DELETE FROM idempotency WHERE ?1 IS NULL OR principal NOT LIKE 'key:%' \
+             OR substr(principal, 5) IN (SELECT id FROM api_keys WHERE org_id = ?1)",
+            params![target.org_id],
+        )
+        .map_err(db_err)? as u64;
+    // Keys bound to the target name it (runs cannot be bound).
+    if target.field != ScopeField::Run {
+        c.api_keys = exec(&format!(
+            "DELETE FROM api_keys WHERE {col} = ?1 AND (?2 IS NULL OR org_id = ?2)"
+        ))?;
+    }
+    tx.execute_batch("DROP TABLE temp.erased;")
+        .map_err(db_err)?;
+    if let serde_json::Value::Object(detail) = &mut audit.detail
+        && let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&c)
+    {
+        detail.extend(counts);
+    }
+    append(tx, &audit)?;
+    Ok((c, current))
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<(i64, AuditEvent)>> {
+        let q = q.clone();
+        self.read(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, id, at, actor, action, org_id, target, request_id, detail FROM audit \
+                     WHERE (?1 IS NULL OR org_id = ?1) AND (?2 IS NULL OR action = ?2) \
+                     AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR target = ?4) \
+                     AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6) AND seq > ?7 \
+                     ORDER BY seq LIMIT ?8",
+                )
+                .map_err(db_err)?;
+            let mut rows = stmt
+                .query(params![
+                    q.org_id,
+                    q.action,
+                    q.actor,
+                    q.target,
+                    q.since.map(|t| t.as_millisecond()),
+                    q.until.map(|t| t.as_millisecond()),
+                    q.after.unwrap_or(0),
+                    q.limit as i64,
+                ])
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(db_err)? {
+                let id: String = r.get(1).map_err(db_err)?;
+                let detail: String = r.get(8).map_err(db_err)?;
+                out.push((
+                    r.get(0).map_err(db_err)?,
+                    AuditEvent {
+                        id: id.parse().map_err(|e| {
+                            engram_core::Error::store(format!("bad audit id {id}: {e}"))
+                        })?,
+                        at: ts(r.get(2).map_err(db_err)?)?,
+                        actor: r.get(3).map_err(db_err)?,
+                        action: r.get(4).map_err(db_err)?,
+                        org_id: r.get(5).map_err(db_err)?,
+                        target: r.get(6).map_err(db_err)?,
+                        request_id: r.get(7).map_err(db_err)?,
+                        detail: serde_json::from_str(&detail).unwrap_or_default(),
+                    },
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
