@@ -12,6 +12,7 @@ mod api_keys;
 pub mod auth;
 pub mod error;
 pub mod extract;
+mod governance;
 mod health;
 pub mod idempotency;
 mod jobs;
@@ -121,7 +122,8 @@ a key never reads or writes outside its binding."),
     tags(
         (name = "memories", description = "Add, search, list, update and delete memories"),
         (name = "jobs", description = "Background jobs: asynchronous adds, the dead-letter queue"),
-        (name = "keys", description = "API keys (admin)")
+        (name = "keys", description = "API keys (admin)"),
+        (name = "governance", description = "Erasure with receipts, and the audit trail")
     ),
     components(schemas(error::Problem)),
     modifiers(&BearerAuth),
@@ -157,6 +159,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(memories::router())
         .merge(jobs::router())
         .merge(api_keys::router())
+        .merge(governance::router())
 }
 
 /// The whole application, ready to serve (tests call it with `oneshot`).
