@@ -277,6 +277,16 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Refreshes the planner's statistics (autovacuum does this on its own
+    /// schedule; call it after a bulk load so plans are good at once).
+    pub async fn analyze(&self) -> Result<()> {
+        self.client()
+            .await?
+            .batch_execute("ANALYZE memories, entities, history")
+            .await
+            .map_err(pg_err)
+    }
+
     /// `host:port/database`, for logs.
     pub fn target(&self) -> &str {
         &self.inner.target
@@ -296,6 +306,9 @@ impl PgStore {
     }
 
     /// How many current visible memories match, counting at most `cap`.
+    /// When the planner's row estimate is far above the cap (a big scope),
+    /// that is answer enough and nothing is counted; near or below it, the
+    /// rows are counted (up to `cap`), so small scopes are sized exactly.
     async fn estimate(
         &self,
         client: &impl GenericClient,
@@ -306,12 +319,20 @@ impl PgStore {
         let mut p = Params::default();
         let live = live("", &mut p, ms(vis.now));
         let cond = compile(filter, "", &mut p);
-        let cap = p.push(cap as i64);
+        let select = format!("SELECT 1 FROM memories WHERE {live} AND {cond}");
+        let plan: serde_json::Value = client
+            .query_one(&format!("EXPLAIN (FORMAT JSON) {select}"), &p.refs())
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        let planned = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
+        if planned >= 2.0 * cap as f64 {
+            return Ok(cap);
+        }
+        let cap_p = p.push(cap as i64);
         let n: i64 = client
             .query_one(
-                &format!(
-                    "SELECT count(*) FROM (SELECT 1 FROM memories WHERE {live} AND {cond} LIMIT {cap}::bigint) t"
-                ),
+                &format!("SELECT count(*) FROM ({select} LIMIT {cap_p}::bigint) t"),
                 &p.refs(),
             )
             .await
@@ -463,13 +484,18 @@ async fn close_current(
     at: Timestamp,
     expect_version: Option<u32>,
 ) -> std::result::Result<Vector, ApplyError> {
-    let row = tx
-        .query_opt(
-            "SELECT rowid, version, embedding FROM memories WHERE id = $1 AND invalid_at IS NULL FOR UPDATE",
-            &[&id],
-        )
-        .await?
-        .ok_or_else(|| Error::not_found(format!("memory {id} not found")))?;
+    const LOCK_CURRENT: &str = "SELECT rowid, version, embedding FROM memories \
+                                WHERE id = $1 AND invalid_at IS NULL FOR UPDATE";
+    let mut row = tx.query_opt(LOCK_CURRENT, &[&id]).await?;
+    if row.is_none() {
+        // Under READ COMMITTED, a writer that queued on our lock re-checks the
+        // row it waited for after the holder commits: that row is now closed,
+        // and the holder's new version is outside this statement's snapshot.
+        // A second statement takes a fresh snapshot and sees it (or sees that
+        // the memory is really gone).
+        row = tx.query_opt(LOCK_CURRENT, &[&id]).await?;
+    }
+    let row = row.ok_or_else(|| Error::not_found(format!("memory {id} not found")))?;
     let rowid: i64 = row.get(0);
     let version: i32 = row.get(1);
     if let Some(v) = expect_version
@@ -960,6 +986,7 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
+        // The filtered set's size weighs entity rarity (an index-only count).
         let n = self.count(filter, vis).await?;
         let mut p = Params::default();
         let keys_p = p.push(keys.to_vec());

@@ -345,6 +345,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         store_dyn.apply(batch).await?;
     }
     let load_secs = t_load.elapsed().as_secs_f64();
+    // Fresh planner statistics, as autovacuum would soon give a loaded table.
+    if let crate::runtime::Backend::Postgres(pg) = &store {
+        pg.analyze().await?;
+    }
     say(format!(
         "loaded {} memories for {users} users in {load_secs:.1}s",
         args.memories
