@@ -221,6 +221,7 @@ mod tests {
             valid_at: None,
             invalid_at: None,
             expires_at: None,
+            idle_ttl: None,
             embedding_model: String::new(),
             tokens: 1,
         }

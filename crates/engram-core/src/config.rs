@@ -58,8 +58,8 @@ pub struct RetrievalConfig {
     pub rrf_k: f32,
     /// Candidates each signal contributes before fusion.
     pub candidates: usize,
-    /// Recency half-life in days; 0 turns decay off.
-    pub half_life_days: f64,
+    /// Recency half-life in days, per kind; 0 turns decay off for that kind.
+    pub half_life_days: HalfLives,
     /// The lowest decay factor: old memories keep at least this share of their score.
     pub decay_floor: f64,
     pub kind_weights: KindWeights,
@@ -81,12 +81,39 @@ impl Default for RetrievalConfig {
             context_window_secs: 1800,
             rrf_k: 60.0,
             candidates: 50,
-            half_life_days: 365.0,
+            half_life_days: HalfLives::all(365.0),
             decay_floor: 0.8,
             kind_weights: KindWeights::default(),
             default_top_k: 10,
             max_top_k: 100,
             default_token_budget: 200,
+        }
+    }
+}
+
+/// Recency half-life in days per memory kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HalfLives {
+    pub semantic: f64,
+    pub episodic: f64,
+    pub procedural: f64,
+}
+
+impl HalfLives {
+    /// The same half-life for every kind.
+    pub const fn all(days: f64) -> HalfLives {
+        HalfLives {
+            semantic: days,
+            episodic: days,
+            procedural: days,
+        }
+    }
+
+    pub fn get(&self, kind: MemoryKind) -> f64 {
+        match kind {
+            MemoryKind::Semantic => self.semantic,
+            MemoryKind::Episodic => self.episodic,
+            MemoryKind::Procedural => self.procedural,
         }
     }
 }

@@ -301,6 +301,7 @@ impl Pipeline {
         } else {
             self.prepare_facts(ctx, input).await?
         };
+        self.memory.cap_episodic(ctx, &mut ops).await?;
         let u = outcome.usage;
         if u.prompt_tokens + u.completion_tokens > 0 {
             let cost = self.llm.cost_usd(&u);
@@ -467,6 +468,7 @@ impl Pipeline {
         outcome: &mut Outcome,
     ) -> Result<Vec<WriteOp>> {
         let now = self.memory.now();
+        let (expires_at, idle_ttl) = self.memory.expiry_of(input, now)?;
         // Texts to embed: ADDs and UPDATEs, in order.
         // (event, target memory, fact, text to store, reason)
         type Planned<'a> = (Event, Option<&'a Memory>, &'a Fact, String, Option<String>);
@@ -549,7 +551,8 @@ impl Pipeline {
                         updated_at: now,
                         valid_at: valid_at.or(input.timestamp.map(to_millis)),
                         invalid_at: None,
-                        expires_at: input.expires_at.map(to_millis),
+                        expires_at,
+                        idle_ttl,
                         embedding_model: self.memory.embedder().model().id.clone(),
                     };
                     let mut h = self.memory.history_event(

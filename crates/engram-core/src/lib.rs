@@ -23,6 +23,7 @@ pub mod fusion;
 pub mod idempotency;
 pub mod jobs;
 pub mod keys;
+pub mod lifecycle;
 pub mod llm;
 pub mod memory;
 pub mod service;

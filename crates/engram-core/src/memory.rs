@@ -254,6 +254,11 @@ pub struct Memory {
     pub invalid_at: Option<Timestamp>,
     /// When the memory expires and stops being visible.
     pub expires_at: Option<Timestamp>,
+    /// A sliding expiry: each use of the memory (a write, or a read that
+    /// returns it) moves `expires_at` to that time plus this. `None` when the
+    /// expiry is fixed or there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ttl: Option<jiff::SignedDuration>,
     /// The embedding model this version's vector came from.
     pub embedding_model: String,
     /// Length in tokens of `text`, counted with the embedding model's tokenizer.

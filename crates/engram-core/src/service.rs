@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -16,6 +16,7 @@ use crate::config::{IngestConfig, RetrievalConfig};
 use crate::embed::{Embedder, QueryCache};
 use crate::filter::Filter;
 use crate::fusion::{self, Ranked, SignalScores};
+use crate::lifecycle::{self, LifecycleConfig};
 use crate::memory::{
     Entity, Event, HistoryEvent, Memory, MemoryId, MemoryKind, Metadata, Scope, ScopeField,
     entity_key, text_hash,
@@ -37,6 +38,29 @@ impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::now()
     }
+}
+
+/// `now + ttl` in whole milliseconds (`None` past the end of time).
+fn expiry_after(now: Timestamp, ttl: SignedDuration) -> Option<Timestamp> {
+    now.checked_add(ttl).ok().map(to_millis)
+}
+
+/// A new version is a use: a sliding expiry starts again from `now`.
+fn slide(m: &mut Memory, now: Timestamp) {
+    if let Some(ttl) = m.idle_ttl {
+        m.expires_at = expiry_after(now, ttl);
+    }
+}
+
+/// What one [`MemoryService::sweep`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SweepReport {
+    pub memories: u64,
+    pub versions: u64,
+    pub history_events: u64,
+    /// Transactions (of up to `sweep_batch` memories each).
+    pub batches: u64,
+    pub seconds: f64,
 }
 
 /// Truncates to whole milliseconds: the precision stores keep and cursors carry.
@@ -98,7 +122,12 @@ pub struct AddInput {
     pub metadata: Metadata,
     pub categories: Vec<String>,
     pub kind: MemoryKind,
+    /// A fixed expiry.
     pub expires_at: Option<Timestamp>,
+    /// A sliding expiry (moved forward by each use), within the scope
+    /// policy's bounds; without this or `expires_at`, the policy decides.
+    #[serde(default)]
+    pub ttl: Option<SignedDuration>,
     /// When the content was said; defaults to now (imports and evaluations set it).
     pub timestamp: Option<Timestamp>,
 }
@@ -188,6 +217,7 @@ struct Inner {
     retrieval: RetrievalConfig,
     ingest: IngestConfig,
     clock: Arc<dyn Clock>,
+    lifecycle: LifecycleConfig,
 }
 
 impl MemoryService {
@@ -210,6 +240,7 @@ impl MemoryService {
                 retrieval,
                 ingest,
                 clock,
+                lifecycle: LifecycleConfig::default(),
             }),
         })
     }
@@ -225,8 +256,29 @@ impl MemoryService {
                 retrieval,
                 ingest: i.ingest.clone(),
                 clock: i.clock.clone(),
+                lifecycle: i.lifecycle.clone(),
             }),
         }
+    }
+
+    /// The same service with other expiry policies.
+    pub fn with_lifecycle(&self, lifecycle: LifecycleConfig) -> MemoryService {
+        let i = &self.inner;
+        MemoryService {
+            inner: Arc::new(Inner {
+                store: i.store.clone(),
+                embedder: i.embedder.clone(),
+                queries: i.queries.clone(),
+                retrieval: i.retrieval.clone(),
+                ingest: i.ingest.clone(),
+                clock: i.clock.clone(),
+                lifecycle,
+            }),
+        }
+    }
+
+    pub fn lifecycle_config(&self) -> &LifecycleConfig {
+        &self.inner.lifecycle
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -289,6 +341,17 @@ impl MemoryService {
         if !ops.is_empty() {
             self.inner.store.apply(ops).await?;
         }
+        // Saying a known fact again is a use of it.
+        let repeated: Vec<MemoryId> = all_results
+            .iter()
+            .flatten()
+            .filter(|r| r.event == Event::Noop)
+            .map(|r| r.id)
+            .collect();
+        if !repeated.is_empty() {
+            let mut known = self.inner.store.get_many(&repeated, self.vis()).await?;
+            self.touch(known.iter_mut()).await;
+        }
         for r in all_results.iter().flatten() {
             telemetry::memory_event(r.event, 1);
         }
@@ -316,7 +379,9 @@ impl MemoryService {
         ctx.principal.require(Role::ReadWrite, "adding memories")?;
         let procedural = |i: &AddInput| i.kind == MemoryKind::Procedural;
         if !inputs.iter().any(procedural) {
-            return self.prepare_verbatim(ctx, inputs).await;
+            let (mut ops, results) = self.prepare_verbatim(ctx, inputs).await?;
+            self.cap_episodic(ctx, &mut ops).await?;
+            return Ok((ops, results));
         }
         // Procedural adds maintain one memory per agent; take inputs one at a time.
         let mut ops = Vec::new();
@@ -371,6 +436,7 @@ impl MemoryService {
         }
         let now = self.now();
         let pieces = self.pieces(&input, now)?;
+        let (expires_at, idle_ttl) = self.expiry_of(&input, now)?;
         let existing = self.procedural_memory(ctx, &input.scope).await?;
         let text = match summary {
             Some(s) => s.trim().to_owned(),
@@ -445,7 +511,8 @@ impl MemoryService {
                     updated_at: now,
                     valid_at: None,
                     invalid_at: None,
-                    expires_at: input.expires_at.map(to_millis),
+                    expires_at,
+                    idle_ttl,
                     embedding_model: model,
                 };
                 let h = self.history_event(ctx, &memory, Event::Add, None, Some(text.clone()), now);
@@ -497,6 +564,7 @@ impl MemoryService {
         // Memories added earlier in this batch, per scope, for duplicate checks within the batch.
         let mut batch: Vec<(Scope, MemoryId, String, Vec<f32>)> = Vec::new();
         for (input, pieces) in prepared {
+            let (expires_at, idle_ttl) = self.expiry_of(&input, now)?;
             let scope_filter = Filter::exact_scope(&input.scope);
             let at = input.timestamp.map(to_millis).unwrap_or(now);
             let mut results = Vec::with_capacity(pieces.len());
@@ -543,7 +611,8 @@ impl MemoryService {
                     updated_at: at,
                     valid_at: input.timestamp.map(to_millis),
                     invalid_at: None,
-                    expires_at: input.expires_at.map(to_millis),
+                    expires_at,
+                    idle_ttl,
                     embedding_model: self.inner.embedder.model().id.clone(),
                 };
                 let history =
@@ -573,6 +642,7 @@ impl MemoryService {
         {
             return Err(Error::invalid("`expires_at` is in the past"));
         }
+        self.expiry_of(input, now)?;
         // (role, speaker name, content) per turn.
         let turns: Vec<(Option<String>, Option<String>, String)> = match &input.content {
             Content::Text(t) => {
@@ -802,8 +872,9 @@ impl MemoryService {
                 Some(self.weigh(m, signals, vis.now))
             })
             .collect();
-        let (hits, used) = self.rank(scored, &input, top_k, budget, path);
+        let (mut hits, used) = self.rank(scored, &input, top_k, budget, path);
         telemetry::search(path, started.elapsed(), embedded, cached, hits.len(), used);
+        self.touch(hits.iter_mut().map(|h| &mut h.memory)).await;
         Ok(SearchOutput {
             hits,
             vector_path: path,
@@ -817,7 +888,11 @@ impl MemoryService {
     fn weigh(&self, memory: Memory, signals: SignalScores, now: Timestamp) -> Scored {
         let cfg = &self.inner.retrieval;
         let age_days = now.duration_since(memory.updated_at).as_secs_f64() / 86_400.0;
-        let decay = fusion::decay(age_days, cfg.half_life_days, cfg.decay_floor) as f32;
+        let decay = fusion::decay(
+            age_days,
+            cfg.half_life_days.get(memory.kind),
+            cfg.decay_floor,
+        ) as f32;
         let kind_weight = cfg.kind_weights.get(memory.kind);
         Scored {
             score: signals.fused * decay * kind_weight,
@@ -882,7 +957,161 @@ impl MemoryService {
         self.retext(&mut next);
         next.version = current.version + 1;
         next.updated_at = now.max(current.updated_at);
+        slide(&mut next, now);
         next
+    }
+
+    /// The expiry of a new memory: fixed (`expires_at`), sliding (the
+    /// request's `ttl` or its scope policy's) or none.
+    pub(crate) fn expiry_of(
+        &self,
+        input: &AddInput,
+        now: Timestamp,
+    ) -> Result<(Option<Timestamp>, Option<SignedDuration>)> {
+        if let Some(at) = input.expires_at {
+            if input.ttl.is_some() {
+                return Err(Error::invalid(
+                    "give `expires_at` (a fixed expiry) or `ttl` (a sliding one), not both",
+                ));
+            }
+            return Ok((Some(to_millis(at)), None));
+        }
+        let policy = self.inner.lifecycle.policy(&input.scope);
+        let ttl = policy.idle_ttl(&input.scope, input.ttl)?;
+        Ok((ttl.and_then(|t| expiry_after(now, t)), ttl))
+    }
+
+    /// Moves the sliding expiry of memories just used (read or said again)
+    /// and updates the copies given. Best effort: a failed touch is logged and
+    /// never fails the read. Not audited and not versioned (no content changes).
+    async fn touch(&self, memories: impl IntoIterator<Item = &mut Memory>) {
+        let now = self.now();
+        let mut ops = Vec::new();
+        for m in memories {
+            if let (Some(ttl), Some(at)) = (m.idle_ttl, m.expires_at)
+                && lifecycle::needs_touch(at, ttl, now)
+            {
+                m.expires_at = expiry_after(now, ttl);
+                ops.push(WriteOp::SetExpiry {
+                    id: m.id,
+                    expires_at: m.expires_at,
+                });
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        let n = ops.len();
+        match self.inner.store.apply(ops).await {
+            Ok(()) => telemetry::expiry_touched(n),
+            Err(e) => tracing::warn!(error = %e, memories = n, "could not extend sliding expiries"),
+        }
+    }
+
+    /// Keeps at most the scope policy's cap of current episodic memories in
+    /// each scope `ops` adds to: the oldest (by `created_at`) beyond it expire
+    /// now, in the same transaction — existing ones by `SetExpiry` (audited as
+    /// `memory.expire`), new ones by being written already expired.
+    pub(crate) async fn cap_episodic(&self, ctx: &RequestCtx, ops: &mut Vec<WriteOp>) -> Result<()> {
+        let mut scopes: Vec<Scope> = Vec::new();
+        for op in ops.iter() {
+            if let WriteOp::Insert { memory, .. } = op
+                && memory.kind == MemoryKind::Episodic
+                && !scopes.contains(&memory.scope)
+            {
+                scopes.push(memory.scope.clone());
+            }
+        }
+        let vis = self.vis();
+        let now = vis.now;
+        for scope in scopes {
+            let Some(cap) = self.inner.lifecycle.policy(&scope).episodic_cap else {
+                continue;
+            };
+            let filter = Filter::exact_scope(&scope).and(Filter::Cond(
+                crate::filter::Cond::Kind(vec![MemoryKind::Episodic], false),
+            ));
+            // (created_at, id, index of the new insert in `ops`)
+            let mut all: Vec<(Timestamp, MemoryId, Option<usize>)> = ops
+                .iter()
+                .enumerate()
+                .filter_map(|(i, op)| match op {
+                    WriteOp::Insert { memory, .. }
+                        if memory.kind == MemoryKind::Episodic
+                            && memory.scope == scope
+                            && memory.is_live(now) =>
+                    {
+                        Some((memory.created_at, memory.id, Some(i)))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if self.inner.store.count(&filter, vis).await? + all.len() <= cap {
+                continue;
+            }
+            let mut after = None;
+            loop {
+                let page = self.inner.store.list(&filter, vis, after, MAX_PAGE).await?;
+                all.extend(page.iter().map(|m| (m.created_at, m.id, None)));
+                match page.last() {
+                    Some(last) if page.len() == MAX_PAGE => after = Some(Cursor::of(last)),
+                    _ => break,
+                }
+            }
+            all.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+            for (_, id, new) in all.into_iter().skip(cap) {
+                match new {
+                    Some(i) => {
+                        if let WriteOp::Insert { memory, .. } = &mut ops[i] {
+                            memory.expires_at = Some(now);
+                            memory.idle_ttl = None;
+                        }
+                    }
+                    None => {
+                        ops.push(WriteOp::SetExpiry {
+                            id,
+                            expires_at: Some(now),
+                        });
+                        let mut e = AuditEvent::new(
+                            now,
+                            ctx.actor(),
+                            "memory.expire",
+                            scope.org_id.clone(),
+                            Some(id.to_string()),
+                            ctx.request_id.clone(),
+                        );
+                        e.detail = serde_json::json!({ "reason": "episodic_cap", "cap": cap });
+                        ops.push(WriteOp::Audit(e));
+                    }
+                }
+            }
+            telemetry::episodic_capped();
+        }
+        Ok(())
+    }
+
+    /// Removes expired memories (every version, their history and index
+    /// entries), in batches of the lifecycle's `sweep_batch`, until none is
+    /// left. Each batch is one transaction with one `memory.sweep` audit event.
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        let started = std::time::Instant::now();
+        let now = self.now();
+        let batch = self.inner.lifecycle.sweep_batch.max(1);
+        let mut report = SweepReport::default();
+        loop {
+            let audit = AuditEvent::new(now, "system".into(), "memory.sweep", None, None, None);
+            let c = self.inner.store.sweep_expired(now, batch, audit).await?;
+            report.batches += 1;
+            report.memories += c.memories;
+            report.versions += c.versions;
+            report.history_events += c.history_events;
+            if (c.memories as usize) < batch {
+                break;
+            }
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        telemetry::sweep(&report, now);
+        Ok(report)
     }
 
     /// One text's vector.
@@ -978,12 +1207,15 @@ impl MemoryService {
 
     /// The current version of a memory, if it lies inside the caller's binding.
     pub async fn get(&self, ctx: &RequestCtx, id: MemoryId) -> Result<Memory> {
-        self.inner
+        let mut m = self
+            .inner
             .store
             .get(id, self.vis())
             .await?
             .filter(|m| ctx.principal.covers(&m.scope))
-            .ok_or_else(|| not_found(id))
+            .ok_or_else(|| not_found(id))?;
+        self.touch(std::slice::from_mut(&mut m)).await;
+        Ok(m)
     }
 
     /// Memories matching `filter` (which must name a scope id) inside the
@@ -1057,12 +1289,14 @@ impl MemoryService {
                 return Err(Error::invalid("`expires_at` is in the past"));
             }
             next.expires_at = e.map(to_millis);
+            next.idle_ttl = None;
         }
         if next == current {
             return Ok(current);
         }
         next.version = current.version + 1;
         next.updated_at = now.max(current.updated_at);
+        slide(&mut next, now);
         let embedding = if next.text != current.text {
             self.retext(&mut next);
             Some(self.embed_one(&next.text).await?)

@@ -44,6 +44,13 @@ pub enum WriteOp {
         at: Timestamp,
         history: HistoryEvent,
     },
+    /// Sets the expiry of the current version of `id` in place (no new
+    /// version, no history row): sliding expiries moved by a use, or memories
+    /// expired by a cap. Nothing happens if `id` has no current version.
+    SetExpiry {
+        id: MemoryId,
+        expires_at: Option<Timestamp>,
+    },
     /// Marks a job `done` with its result — in the same transaction as the
     /// job's memory writes, and only while `worker` holds its lease (else the
     /// whole batch fails with a `Conflict` naming the lease).
@@ -293,4 +300,15 @@ pub trait Store:
     /// disk (checkpoint, index merge, vacuum). Returns whether that is what
     /// happened (`false`: the backend cannot promise it, e.g. Postgres WAL).
     async fn compact(&self) -> Result<bool>;
+
+    /// Removes up to `limit` memories whose current version expired at or
+    /// before `now`: every version, their history, and their keyword, vector
+    /// and entity index entries, in one transaction that also appends `audit`
+    /// (with the counts added to its detail) when anything was removed.
+    async fn sweep_expired(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        audit: crate::audit::AuditEvent,
+    ) -> Result<crate::audit::ErasureCounts>;
 }

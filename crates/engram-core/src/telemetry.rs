@@ -44,3 +44,32 @@ pub fn job_counts(c: &crate::jobs::JobCounts) {
 pub(crate) fn memory_event(event: Event, n: u64) {
     metrics::counter!(MEMORY_EVENTS, "event" => event.as_str()).increment(n);
 }
+
+/// Sweeps run (each removes every expired memory in batches).
+pub const SWEEPS: &str = "engram_sweep_runs_total";
+/// Seconds per sweep.
+pub const SWEEP_SECONDS: &str = "engram_sweep_duration_seconds";
+/// Expired memories removed by sweeps (`what`: memories, versions, history_events).
+pub const SWEPT: &str = "engram_sweep_removed_total";
+/// Sliding expiries moved forward because a memory was used.
+pub const EXPIRY_TOUCHES: &str = "engram_expiry_touches_total";
+/// Adds that expired older episodic memories to keep a scope within its cap.
+pub const EPISODIC_CAPPED: &str = "engram_episodic_cap_enforced_total";
+
+pub(crate) fn sweep(r: &crate::service::SweepReport, at: jiff::Timestamp) {
+    metrics::counter!(SWEEPS).increment(1);
+    metrics::histogram!(SWEEP_SECONDS).record(r.seconds);
+    metrics::counter!(SWEPT, "what" => "memories").increment(r.memories);
+    metrics::counter!(SWEPT, "what" => "versions").increment(r.versions);
+    metrics::counter!(SWEPT, "what" => "history_events").increment(r.history_events);
+    metrics::gauge!("engram_sweep_last_run_timestamp_seconds")
+        .set(at.as_millisecond() as f64 / 1000.0);
+}
+
+pub(crate) fn expiry_touched(n: usize) {
+    metrics::counter!(EXPIRY_TOUCHES).increment(n as u64);
+}
+
+pub(crate) fn episodic_capped() {
+    metrics::counter!(EPISODIC_CAPPED).increment(1);
+}

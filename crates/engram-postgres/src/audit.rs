@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use engram_core::Result;
 use engram_core::audit::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
 use engram_core::memory::ScopeField;
+use jiff::Timestamp;
 use tokio_postgres::Transaction;
 
 use crate::{ApplyError, PgStore, get, pg_err, ts};
@@ -41,11 +42,7 @@ pub(crate) async fn erase(
     let col = target.field.as_str();
     let cond = format!("{col} = $1 AND ($2::text IS NULL OR org_id = $2::text)");
     let (id, org) = (&target.id, &target.org_id);
-    let mut c = ErasureCounts::default();
-    tx.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS erased (r bigint PRIMARY KEY, id uuid, cur boolean) ON COMMIT DELETE ROWS",
-    )
-    .await?;
+    mark_table(tx).await?;
     tx.execute(
         &format!(
             "INSERT INTO erased SELECT rowid, id, invalid_at IS NULL FROM memories WHERE {cond}"
@@ -53,33 +50,10 @@ pub(crate) async fn erase(
         &[id, org],
     )
     .await?;
-    let row = tx
-        .query_one(
-            "SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE cur) FROM erased",
-            &[],
-        )
-        .await?;
-    let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
-    c.versions = n(0);
-    c.memories = n(1);
-    // The keyword (tsvector) and vector (HNSW) indexes hold current versions.
-    c.keyword_index_entries = n(2);
-    c.vector_index_entries = n(2);
-    c.entity_index_entries = tx
-        .execute(
-            "DELETE FROM entities WHERE memory IN (SELECT r FROM erased)",
-            &[],
-        )
-        .await?;
-    c.history_events = tx
-        .execute(
-            &format!("DELETE FROM history WHERE ({cond}) OR memory_id IN (SELECT id FROM erased)"),
-            &[id, org],
-        )
-        .await?;
-    tx.execute(
-        "DELETE FROM memories WHERE rowid IN (SELECT r FROM erased)",
-        &[],
+    let mut c = remove_marked(
+        tx,
+        &format!("({cond}) OR memory_id IN (SELECT id FROM erased)"),
+        &[id, org],
     )
     .await?;
     c.jobs = tx
@@ -123,6 +97,91 @@ pub(crate) async fn erase(
         detail.extend(counts);
     }
     append(tx, &audit).await?;
+    Ok(c)
+}
+
+async fn mark_table(tx: &Transaction<'_>) -> std::result::Result<(), ApplyError> {
+    tx.batch_execute(
+        "CREATE TEMP TABLE IF NOT EXISTS erased (r bigint PRIMARY KEY, id uuid, cur boolean) ON COMMIT DELETE ROWS",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes the memory versions marked in `erased` with their entity rows
+/// (the keyword and vector indexes go with the rows), and the history rows
+/// matching `history_cond` (with `args`).
+async fn remove_marked(
+    tx: &Transaction<'_>,
+    history_cond: &str,
+    args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> std::result::Result<ErasureCounts, ApplyError> {
+    let mut c = ErasureCounts::default();
+    let row = tx
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE cur) FROM erased",
+            &[],
+        )
+        .await?;
+    let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+    c.versions = n(0);
+    c.memories = n(1);
+    // The keyword (tsvector) and vector (HNSW) indexes hold current versions.
+    c.keyword_index_entries = n(2);
+    c.vector_index_entries = n(2);
+    c.entity_index_entries = tx
+        .execute(
+            "DELETE FROM entities WHERE memory IN (SELECT r FROM erased)",
+            &[],
+        )
+        .await?;
+    c.history_events = tx
+        .execute(&format!("DELETE FROM history WHERE {history_cond}"), args)
+        .await?;
+    tx.execute(
+        "DELETE FROM memories WHERE rowid IN (SELECT r FROM erased)",
+        &[],
+    )
+    .await?;
+    Ok(c)
+}
+
+/// The lock a node holds while sweeping, so nodes do not sweep the same rows at once.
+const SWEEP_LOCK: i64 = 0x656e_6772_616d + 1;
+
+/// Removes up to `limit` memories whose current version expired by `now`
+/// (all versions, history, index entries) and appends `audit` with the
+/// counts when anything went. If another node is sweeping, does nothing.
+pub(crate) async fn sweep(
+    tx: &Transaction<'_>,
+    now: Timestamp,
+    limit: usize,
+    mut audit: AuditEvent,
+) -> std::result::Result<ErasureCounts, ApplyError> {
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SWEEP_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(ErasureCounts::default());
+    }
+    mark_table(tx).await?;
+    tx.execute(
+        "INSERT INTO erased SELECT rowid, id, invalid_at IS NULL FROM memories WHERE id IN \
+         (SELECT id FROM memories WHERE expires_at IS NOT NULL AND invalid_at IS NULL \
+          AND expires_at <= $1 LIMIT $2)",
+        &[&now.as_millisecond(), &(limit as i64)],
+    )
+    .await?;
+    let c = remove_marked(tx, "memory_id IN (SELECT id FROM erased)", &[]).await?;
+    if c.memories > 0 {
+        if let serde_json::Value::Object(detail) = &mut audit.detail
+            && let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&c)
+        {
+            detail.extend(counts.into_iter().filter(|(_, v)| v.as_u64() != Some(0)));
+        }
+        append(tx, &audit).await?;
+    }
     Ok(c)
 }
 

@@ -140,8 +140,8 @@ fn opt_ts(ms: Option<i64>) -> Result<Option<Timestamp>> {
 /// Column list matching [`row_to_memory`].
 const COLUMNS: &str = "rowid, id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, \
      metadata, categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, \
-     embedding_model, tokens";
-const COLUMN_COUNT: usize = 22;
+     embedding_model, tokens, idle_ttl_ms";
+const COLUMN_COUNT: usize = 23;
 
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
     row.try_get(i)
@@ -181,6 +181,7 @@ fn row_to_memory(row: &Row) -> Result<(i64, Memory)> {
         expires_at: opt_ts(get(row, 19)?)?,
         embedding_model: get(row, 20)?,
         tokens: u32::try_from(tokens).unwrap_or_default(),
+        idle_ttl: get::<Option<i64>>(row, 22)?.map(jiff::SignedDuration::from_millis),
     };
     Ok((get(row, 0)?, memory))
 }
@@ -376,6 +377,13 @@ impl PgStore {
                     insert_history(&tx, history).await?;
                     audit::append(&tx, &AuditEvent::of_history(history)).await?;
                 }
+                WriteOp::SetExpiry { id, expires_at } => {
+                    tx.execute(
+                        "UPDATE memories SET expires_at = $2 WHERE id = $1 AND invalid_at IS NULL",
+                        &[id, &expires_at.map(ms)],
+                    )
+                    .await?;
+                }
                 WriteOp::FinishJob {
                     id,
                     worker,
@@ -432,9 +440,9 @@ async fn insert_version(
         .query_one(
             "INSERT INTO memories (id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, \
              metadata, categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, \
-             embedding_model, tokens, embedding) \
+             embedding_model, tokens, embedding, idle_ttl_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22) RETURNING rowid",
+             $20, $21, $22, $23) RETURNING rowid",
             &[
                 &m.id,
                 &int(m.version),
@@ -458,6 +466,7 @@ async fn insert_version(
                 &m.embedding_model,
                 &int(m.tokens),
                 &embedding,
+                &m.idle_ttl.map(|d| d.as_millis() as i64),
             ],
         )
         .await?;
@@ -624,6 +633,7 @@ impl Store for PgStore {
                 WriteOp::Insert { embedding, .. } => Some(embedding),
                 WriteOp::Update { embedding, .. } => embedding.as_ref(),
                 WriteOp::Delete { .. }
+                | WriteOp::SetExpiry { .. }
                 | WriteOp::FinishJob { .. }
                 | WriteOp::RecordUsage(_)
                 | WriteOp::Audit(_) => None,
@@ -1173,5 +1183,33 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         Ok(false)
+    }
+
+    async fn sweep_expired(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        audit_event: AuditEvent,
+    ) -> Result<ErasureCounts> {
+        let attempts = self.inner.options.write_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let once = async {
+                let mut client = self.client().await.map_err(ApplyError::Other)?;
+                let tx = client.transaction().await?;
+                let counts = audit::sweep(&tx, now, limit, audit_event.clone()).await?;
+                tx.commit().await?;
+                Ok::<_, ApplyError>(counts)
+            };
+            match once.await {
+                Ok(c) => return Ok(c),
+                Err(ApplyError::Pg(e)) if retryable(&e) && attempt < attempts => {
+                    tokio::time::sleep(Duration::from_millis(5u64 << attempt.min(6))).await;
+                }
+                Err(ApplyError::Pg(e)) => return Err(pg_err(e)),
+                Err(ApplyError::Other(e)) => return Err(e),
+            }
+        }
     }
 }

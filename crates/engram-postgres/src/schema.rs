@@ -183,6 +183,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
         FOR EACH STATEMENT EXECUTE FUNCTION engram_audit_append_only();
     "#,
+    // 3: sliding expiry, and the sweep's index of expiring current versions.
+    r#"
+    ALTER TABLE memories ADD COLUMN idle_ttl_ms bigint;
+    CREATE INDEX memories_expiring ON memories (expires_at)
+        WHERE expires_at IS NOT NULL AND invalid_at IS NULL;
+    "#,
 ];
 
 /// The lock every node takes while migrating or binding the model.

@@ -221,3 +221,35 @@ pub fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         })
         .collect()
 }
+
+/// The expiry sweep: every `sweep_interval` (the first after one interval),
+/// removes expired memories (`MemoryService::sweep`) until shutdown. Each
+/// node runs one; on Postgres concurrent sweeps skip each other's rows.
+pub fn spawn_sweeper(state: &AppState) -> tokio::task::JoinHandle<()> {
+    let memory = state.memory.clone();
+    let stop = state.shutdown.clone();
+    let every = memory
+        .lifecycle_config()
+        .sweep_interval
+        .unsigned_abs()
+        .max(std::time::Duration::from_secs(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.cancelled() => return,
+            }
+            match memory.sweep().await {
+                Ok(r) if r.memories > 0 => tracing::info!(
+                    memories = r.memories,
+                    versions = r.versions,
+                    history_events = r.history_events,
+                    seconds = r.seconds,
+                    "sweep: expired memories removed"
+                ),
+                Ok(_) => tracing::debug!("sweep: nothing expired"),
+                Err(e) => tracing::error!(error = %e, "sweep failed; trying again next interval"),
+            }
+        }
+    })
+}

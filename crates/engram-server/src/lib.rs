@@ -245,7 +245,8 @@ pub async fn serve(
     let token = state.shutdown.clone();
     let limit = state.config.shutdown_timeout;
     let signalled = token.clone();
-    let workers = jobs::spawn_workers(&state);
+    let mut workers = jobs::spawn_workers(&state);
+    workers.push(jobs::spawn_sweeper(&state));
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutdown: no new connections; draining in-flight requests");

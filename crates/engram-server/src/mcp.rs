@@ -348,6 +348,7 @@ whether it was added (ADD) or was already known (NOOP).",
                 categories: Vec::new(),
                 kind: Default::default(),
                 expires_at: None,
+                ttl: None,
                 timestamp: None,
             };
             let out = try_tool!(self.memory.add(&ctx, input).await);

@@ -326,6 +326,7 @@ async fn add_with(app: &AppState, ctx: &RequestCtx, b: &Map<String, Value>) -> M
         categories: Vec::new(),
         kind: Default::default(),
         expires_at: time_field(field(b, "expiration_date"), "expiration_date")?,
+        ttl: None,
         timestamp: time_field(field(b, "timestamp"), "timestamp")?,
     };
     // Mem0's routes answer adds synchronously; `infer` is Mem0's own flag.

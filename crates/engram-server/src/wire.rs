@@ -48,6 +48,12 @@ pub struct AddRequest {
     /// Time after which the memory is no longer returned: RFC 3339, a date, or Unix seconds.
     #[schema(schema_with = time_schema)]
     pub expires_at: Option<Value>,
+    /// A sliding expiry in seconds: the memory expires this long after its
+    /// last use (a read that returns it, or a write), within the scope
+    /// policy's bounds (at least 60). Without this or `expires_at`, the scope's
+    /// policy decides (session memories: the session TTL).
+    #[schema(minimum = 60)]
+    pub ttl_seconds: Option<u64>,
     /// When the content was said (RFC 3339, a date, or Unix seconds); defaults to now.
     #[schema(schema_with = time_schema)]
     pub timestamp: Option<Value>,
@@ -105,6 +111,14 @@ impl AddRequest {
             categories: self.categories.unwrap_or_default(),
             kind: self.kind.unwrap_or_default(),
             expires_at: time_field(self.expires_at.as_ref(), "expires_at")?,
+            ttl: self
+                .ttl_seconds
+                .map(|s| {
+                    i64::try_from(s)
+                        .map(jiff::SignedDuration::from_secs)
+                        .map_err(|_| ApiError::invalid("`ttl_seconds` is too large"))
+                })
+                .transpose()?,
             timestamp: time_field(self.timestamp.as_ref(), "timestamp")?,
         })
     }
@@ -190,6 +204,9 @@ pub struct MemoryOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    /// Seconds of the sliding expiry: each use moves `expires_at` to then plus this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
 }
 
 impl From<Memory> for MemoryOut {
@@ -213,6 +230,7 @@ impl From<Memory> for MemoryOut {
             created_at: m.created_at,
             updated_at: m.updated_at,
             expires_at: m.expires_at,
+            ttl_seconds: m.idle_ttl.map(|d| d.as_secs()),
         }
     }
 }

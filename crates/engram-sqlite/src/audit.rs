@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use engram_core::Result;
 use engram_core::audit::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
 use engram_core::memory::ScopeField;
+use jiff::Timestamp;
 use rusqlite::{Connection, params};
 
 use crate::{SqliteStore, db_err, ts};
@@ -42,56 +43,15 @@ pub(crate) fn erase(
     let cond = format!("{col} = ?1 AND (?2 IS NULL OR org_id = ?2)");
     let args = params![target.id, target.org_id];
     let exec = |sql: &str| -> Result<u64> { Ok(tx.execute(sql, args).map_err(db_err)? as u64) };
-    let mut c = ErasureCounts::default();
-    tx.execute_batch(
-        "DROP TABLE IF EXISTS temp.erased; CREATE TEMP TABLE erased (r INTEGER PRIMARY KEY, id TEXT, cur INTEGER);",
-    )
-    .map_err(db_err)?;
+    mark_table(tx)?;
     exec(&format!(
         "INSERT INTO temp.erased SELECT rowid, id, invalid_at IS NULL FROM memories WHERE {cond}"
     ))?;
-    let count = |sql: &str| -> Result<u64> {
-        tx.query_row(sql, [], |r| r.get::<_, i64>(0))
-            .map(|n| n.max(0) as u64)
-            .map_err(db_err)
-    };
-    c.versions = count("SELECT count(*) FROM temp.erased")?;
-    c.memories = count("SELECT count(DISTINCT id) FROM temp.erased")?;
-    let current: Vec<i64> = {
-        let mut stmt = tx
-            .prepare("SELECT r FROM temp.erased WHERE cur")
-            .map_err(db_err)?;
-        let rows = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db_err)?
-    };
-    // The keyword and vector indexes hold current versions only.
-    c.keyword_index_entries = current.len() as u64;
-    c.vector_index_entries = current.len() as u64;
-    for r in &current {
-        tx.prepare_cached("DELETE FROM memories_fts WHERE rowid = ?1")
-            .and_then(|mut s| s.execute([r]))
-            .map_err(db_err)?;
-    }
-    c.entity_index_entries = tx
-        .execute(
-            "DELETE FROM entities WHERE memory IN (SELECT r FROM temp.erased)",
-            [],
-        )
-        .map_err(db_err)? as u64;
-    // History by scope, and any event of an erased memory.
-    c.history_events = tx
-        .execute(
-            &format!(
-                "DELETE FROM history WHERE ({cond}) OR memory_id IN (SELECT id FROM temp.erased)"
-            ),
-            args,
-        )
-        .map_err(db_err)? as u64;
-    tx.execute(
-        "DELETE FROM memories WHERE rowid IN (SELECT r FROM temp.erased)",
-        [],
-    )
-    .map_err(db_err)?;
+    let (mut c, current) = remove_marked(
+        tx,
+        &format!("({cond}) OR memory_id IN (SELECT id FROM temp.erased)"),
+        args,
+    )?;
     // Jobs about the target, whatever their state (payloads hold the text).
     c.jobs = exec(&format!(
         "DELETE FROM jobs WHERE json_extract(scope, '$.{col}') = ?1 \
@@ -123,6 +83,92 @@ pub(crate) fn erase(
         detail.extend(counts);
     }
     append(tx, &audit)?;
+    Ok((c, current))
+}
+
+fn mark_table(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch(
+        "DROP TABLE IF EXISTS temp.erased; CREATE TEMP TABLE erased (r INTEGER PRIMARY KEY, id TEXT, cur INTEGER);",
+    )
+    .map_err(db_err)
+}
+
+/// Removes the memory versions marked in `temp.erased` with their keyword
+/// and entity index entries, and the history rows matching `history_cond`
+/// (with `args`). Returns the counts and the row keys of the current
+/// versions removed (for the catalog and vector index).
+fn remove_marked(
+    tx: &rusqlite::Transaction<'_>,
+    history_cond: &str,
+    args: impl rusqlite::Params,
+) -> Result<(ErasureCounts, Vec<i64>)> {
+    let mut c = ErasureCounts::default();
+    let count = |sql: &str| -> Result<u64> {
+        tx.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(db_err)
+    };
+    c.versions = count("SELECT count(*) FROM temp.erased")?;
+    c.memories = count("SELECT count(DISTINCT id) FROM temp.erased")?;
+    let current: Vec<i64> = {
+        let mut stmt = tx
+            .prepare("SELECT r FROM temp.erased WHERE cur")
+            .map_err(db_err)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db_err)?
+    };
+    // The keyword and vector indexes hold current versions only.
+    c.keyword_index_entries = current.len() as u64;
+    c.vector_index_entries = current.len() as u64;
+    for r in &current {
+        tx.prepare_cached("DELETE FROM memories_fts WHERE rowid = ?1")
+            .and_then(|mut s| s.execute([r]))
+            .map_err(db_err)?;
+    }
+    c.entity_index_entries = tx
+        .execute(
+            "DELETE FROM entities WHERE memory IN (SELECT r FROM temp.erased)",
+            [],
+        )
+        .map_err(db_err)? as u64;
+    c.history_events = tx
+        .execute(&format!("DELETE FROM history WHERE {history_cond}"), args)
+        .map_err(db_err)? as u64;
+    tx.execute(
+        "DELETE FROM memories WHERE rowid IN (SELECT r FROM temp.erased)",
+        [],
+    )
+    .map_err(db_err)?;
+    Ok((c, current))
+}
+
+/// Removes up to `limit` memories whose current version expired by `now`
+/// (all versions, history, index entries); appends `audit` with the counts
+/// when anything went.
+pub(crate) fn sweep(
+    tx: &rusqlite::Transaction<'_>,
+    now: Timestamp,
+    limit: usize,
+    mut audit: AuditEvent,
+) -> Result<(ErasureCounts, Vec<i64>)> {
+    mark_table(tx)?;
+    tx.execute(
+        "INSERT INTO temp.erased SELECT rowid, id, invalid_at IS NULL FROM memories WHERE id IN \
+         (SELECT id FROM memories WHERE expires_at IS NOT NULL AND invalid_at IS NULL \
+          AND expires_at <= ?1 LIMIT ?2)",
+        params![now.as_millisecond(), limit as i64],
+    )
+    .map_err(db_err)?;
+    let (c, current) = remove_marked(tx, "memory_id IN (SELECT id FROM temp.erased)", [])?;
+    tx.execute_batch("DROP TABLE temp.erased;").map_err(db_err)?;
+    if c.memories > 0 {
+        if let serde_json::Value::Object(detail) = &mut audit.detail
+            && let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&c)
+        {
+            detail.extend(counts.into_iter().filter(|(_, v)| v.as_u64() != Some(0)));
+        }
+        append(tx, &audit)?;
+    }
     Ok((c, current))
 }
 

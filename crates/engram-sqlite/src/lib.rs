@@ -216,6 +216,21 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Drops removed current versions (committed) from the catalog and the
+    /// vector index. Called with the writer lock held.
+    fn forget_rows(&self, rows: &[i64]) -> Result<()> {
+        let mut catalog = self.inner.catalog.write().unwrap_or_else(|e| e.into_inner());
+        for r in rows {
+            catalog.remove(*r);
+        }
+        drop(catalog);
+        if let Some(index) = self.inner.index.get() {
+            let keys: Vec<u64> = rows.iter().map(|r| *r as u64).collect();
+            index.remove(&keys).map_err(idx_err)?;
+        }
+        Ok(())
+    }
+
     fn index(&self) -> Result<&VectorIndex> {
         self.inner.index.get().ok_or_else(|| {
             Error::new(
@@ -332,8 +347,8 @@ fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
 }
 
 const COLUMNS: &str = "rowid, id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, metadata, \
-     categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens";
-const COLUMN_COUNT: usize = 22;
+     categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens, idle_ttl_ms";
+const COLUMN_COUNT: usize = 23;
 
 fn ts(ms: i64) -> Result<Timestamp> {
     Timestamp::from_millisecond(ms)
@@ -385,6 +400,10 @@ fn row_to_memory(row: &rusqlite::Row<'_>) -> Result<(i64, Memory)> {
         expires_at: opt_ts(19)?,
         embedding_model: row.get(20).map_err(get_err)?,
         tokens: row.get(21).map_err(get_err)?,
+        idle_ttl: row
+            .get::<_, Option<i64>>(22)
+            .map_err(get_err)?
+            .map(jiff::SignedDuration::from_millis),
     };
     Ok((row.get(0).map_err(get_err)?, memory))
 }
@@ -428,8 +447,8 @@ fn fts_quote(term: &str) -> String {
 fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32]) -> Result<i64> {
     tx.prepare_cached(
         "INSERT INTO memories (id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, metadata, \
-         categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens, embedding) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+         categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens, embedding, idle_ttl_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -455,6 +474,7 @@ fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32])
             m.embedding_model,
             m.tokens,
             vec_to_blob(embedding),
+            m.idle_ttl.map(|d| d.as_millis() as i64),
         ])
     })
     .map_err(db_err)?;
@@ -560,6 +580,10 @@ enum Applied {
     Closed {
         rowid: i64,
     },
+    Expiry {
+        id: MemoryId,
+        expires_at: Option<Timestamp>,
+    },
 }
 
 #[async_trait]
@@ -619,6 +643,7 @@ impl Store for SqliteStore {
                     WriteOp::Insert { embedding, .. } => Some(embedding),
                     WriteOp::Update { embedding, .. } => embedding.as_ref(),
                     WriteOp::Delete { .. }
+                    | WriteOp::SetExpiry { .. }
                     | WriteOp::FinishJob { .. }
                     | WriteOp::RecordUsage(_)
                     | WriteOp::Audit(_) => None,
@@ -681,6 +706,19 @@ impl Store for SqliteStore {
                         audit::append(&tx, &engram_core::audit::AuditEvent::of_history(&history))?;
                         applied.push(Applied::Closed { rowid: old });
                     }
+                    WriteOp::SetExpiry { id, expires_at } => {
+                        tx.prepare_cached(
+                            "UPDATE memories SET expires_at = ?2 WHERE id = ?1 AND invalid_at IS NULL",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                id.to_string(),
+                                expires_at.map(|t| t.as_millisecond())
+                            ])
+                        })
+                        .map_err(db_err)?;
+                        applied.push(Applied::Expiry { id, expires_at });
+                    }
                     WriteOp::FinishJob {
                         id,
                         worker,
@@ -715,6 +753,13 @@ impl Store for SqliteStore {
                         catalog.remove(rowid);
                         added.retain(|(k, _)| *k != rowid as u64);
                         closed.push(rowid as u64);
+                    }
+                    Applied::Expiry { id, expires_at } => {
+                        if let (Some(rowid), Some(m)) = (catalog.rowid_of(id), catalog.get(id)) {
+                            let mut m = (**m).clone();
+                            m.expires_at = expires_at;
+                            catalog.insert(rowid, Arc::new(m));
+                        }
                     }
                 }
             }
@@ -1158,19 +1203,7 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             let (counts, current) = audit::erase(&tx, &target, audit_event)?;
             tx.commit().map_err(db_err)?;
-            let mut catalog = store
-                .inner
-                .catalog
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            for r in &current {
-                catalog.remove(*r);
-            }
-            drop(catalog);
-            if let Some(index) = store.inner.index.get() {
-                let keys: Vec<u64> = current.iter().map(|r| *r as u64).collect();
-                index.remove(&keys).map_err(idx_err)?;
-            }
+            store.forget_rows(&current)?;
             Ok(counts)
         })
         .await
@@ -1204,5 +1237,26 @@ impl Store for SqliteStore {
         })
         .await
         .map_err(|e| Error::internal(format!("compact task failed: {e}")))?
+    }
+
+    async fn sweep_expired(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        audit_event: engram_core::audit::AuditEvent,
+    ) -> Result<engram_core::audit::ErasureCounts> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&store.inner.writer);
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let (counts, current) = audit::sweep(&tx, now, limit, audit_event)?;
+            tx.commit().map_err(db_err)?;
+            store.forget_rows(&current)?;
+            Ok(counts)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("sweep task failed: {e}")))?
     }
 }

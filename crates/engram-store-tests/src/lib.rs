@@ -84,6 +84,7 @@ pub fn memory(text: &str, scope: Scope, at_secs: i64) -> Memory {
         valid_at: None,
         invalid_at: None,
         expires_at: None,
+        idle_ttl: None,
         embedding_model: model().id,
         tokens: text.split_whitespace().count() as u32,
     }
@@ -1282,6 +1283,153 @@ pub async fn audit_records_writes(f: Fixture) {
     assert_eq!(page2.len(), 2, "after a position");
 }
 
+/// A sliding expiry round-trips; `SetExpiry` moves an expiry in place (no
+/// version, no history) and ignores unknown ids; the sweep removes exactly
+/// the memories expired by its `now` — every version, history row and index
+/// entry — in batches of `limit`, audited with counts only when it removed
+/// something.
+pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
+    use engram_core::audit::{AuditEvent, AuditQuery};
+    bound(&f).await;
+    let at = |mins: i64| t0() + SignedDuration::from_mins(mins);
+    let mut a = memory("Gus is staying at the Hotel Lisboa", user("gus"), 0);
+    a.idle_ttl = Some(SignedDuration::from_hours(1));
+    a.expires_at = Some(at(60));
+    let mut b = memory("Gus has a dentist appointment on Friday", user("gus"), 1);
+    b.expires_at = Some(at(120));
+    let c = memory("Gus speaks Portuguese", user("gus"), 2);
+    f.store
+        .apply(vec![
+            insert(&a, vector(0, 0.0)),
+            insert(&b, vector(1, 0.0)),
+            insert(&c, vector(2, 0.0)),
+        ])
+        .await
+        .unwrap();
+    let mut a2 = a.clone();
+    a2.version = 2;
+    a2.text = "Gus is staying at the Hotel Lisboa until Sunday".into();
+    a2.updated_at = at(5);
+    f.store
+        .apply(vec![WriteOp::Update {
+            history: history(&a2, Event::Update, Some(&a.text), Some(&a2.text)),
+            memory: a2.clone(),
+            embedding: Some(vector(0, 0.1)),
+        }])
+        .await
+        .unwrap();
+    let seen = |mins: i64| Visibility { now: at(mins) };
+    let got = f.store.get(a.id, seen(10)).await.unwrap().unwrap();
+    assert_eq!(got.idle_ttl, Some(SignedDuration::from_hours(1)));
+    assert_eq!(got.expires_at, Some(at(60)));
+
+    // Used at minute 50 (say with a 100-minute TTL): moved to 150, in place.
+    f.store
+        .apply(vec![
+            WriteOp::SetExpiry {
+                id: a.id,
+                expires_at: Some(at(150)),
+            },
+            WriteOp::SetExpiry {
+                id: uuid::Uuid::now_v7(),
+                expires_at: Some(at(1)),
+            },
+        ])
+        .await
+        .unwrap();
+    let got = f.store.get(a.id, seen(100)).await.unwrap().unwrap();
+    assert_eq!((got.version, got.expires_at), (2, Some(at(150))));
+    assert_eq!(f.store.history(a.id).await.unwrap().len(), 2, "no history row");
+    let scope = Filter::from_scope(&user("gus"));
+    let live = |mins: i64| {
+        let scope = scope.clone();
+        let store = f.store.clone();
+        async move {
+            let mut v: Vec<MemoryId> = store
+                .vector_search(&scope, seen(mins), &vector(0, 0.0), 10)
+                .await
+                .unwrap()
+                .hits
+                .iter()
+                .map(|(id, _)| *id)
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let mut abc = vec![a.id, b.id, c.id];
+    abc.sort();
+    assert_eq!(live(100).await, abc);
+    let mut ac = vec![a.id, c.id];
+    ac.sort();
+    assert_eq!(live(121).await, ac, "b expired at minute 120");
+
+    let keys = engram_core::service::entity_keys(&a2.entities);
+    assert!(!keys.is_empty(), "{:?}", a2.entities);
+    let found = |hits: Vec<(MemoryId, f32)>| hits.iter().any(|(id, _)| *id == a.id);
+    assert!(found(
+        f.store
+            .keyword_search(&scope, seen(100), &["lisboa".into()], 10)
+            .await
+            .unwrap()
+    ));
+    assert!(found(
+        f.store
+            .entity_search(&scope, seen(100), &keys, 10)
+            .await
+            .unwrap()
+    ));
+
+    let audit = || AuditEvent::new(at(0), "system".into(), "memory.sweep", None, None, None);
+    // At minute 121 only b has expired.
+    let swept = f.store.sweep_expired(at(121), 10, audit()).await.unwrap();
+    assert_eq!((swept.memories, swept.versions, swept.history_events), (1, 1, 1));
+    assert!(f.store.history(b.id).await.unwrap().is_empty());
+    assert!(f.store.get(b.id, seen(0)).await.unwrap().is_none(), "gone, not hidden");
+    // At minute 200 a has too: limit 1 takes it (both versions), then nothing is left.
+    let swept = f.store.sweep_expired(at(200), 1, audit()).await.unwrap();
+    assert_eq!(
+        (swept.memories, swept.versions, swept.history_events),
+        (1, 2, 2)
+    );
+    assert_eq!(swept.keyword_index_entries, 1);
+    assert!(f.store.history(a.id).await.unwrap().is_empty());
+    assert!(f.store.get(a.id, seen(0)).await.unwrap().is_none());
+    assert!(
+        f.store
+            .keyword_search(&scope, seen(0), &["lisboa".into()], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!found(
+        f.store
+            .entity_search(&scope, seen(0), &keys, 10)
+            .await
+            .unwrap()
+    ));
+    assert_eq!(live(0).await, vec![c.id], "only the memory without expiry is left");
+    let none = f.store.sweep_expired(at(10_000), 10, audit()).await.unwrap();
+    assert_eq!(none.memories, 0);
+
+    let sweeps = f
+        .store
+        .audit_list(&AuditQuery {
+            action: Some("memory.sweep".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let removed: Vec<u64> = sweeps
+        .iter()
+        .map(|(_, e)| e.detail["memories"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(removed, vec![1, 1], "one event per sweep that removed something");
+    let text = serde_json::to_string(&sweeps.iter().map(|(_, e)| e).collect::<Vec<_>>()).unwrap();
+    assert!(!text.contains("Lisboa") && !text.contains("gus"), "{text}");
+}
+
 /// Erasure removes every record of one user — every version, history, jobs,
 /// usage, keys bound to them, idempotency records of the org's callers — and
 /// nothing of anyone else; it is audited with counts and without the id.
@@ -1545,6 +1693,7 @@ macro_rules! store_suite {
             llm_usage_is_tallied,
             audit_records_writes,
             erasure_removes_every_trace,
+            expiry_moves_and_sweep_removes_everything,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

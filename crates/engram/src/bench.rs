@@ -314,6 +314,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             valid_at: None,
             invalid_at: None,
             expires_at: None,
+            idle_ttl: None,
             embedding_model: model_id.clone(),
         };
         let history = HistoryEvent {
@@ -567,6 +568,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 categories: Vec::new(),
                 kind: MemoryKind::Semantic,
                 expires_at: None,
+                ttl: None,
                 timestamp: None,
             })
             .collect();

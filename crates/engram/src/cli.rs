@@ -244,6 +244,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
             categories: Vec::new(),
             kind: Default::default(),
             expires_at: None,
+            ttl: None,
             timestamp: None,
         };
         let out = service.add(&cli_ctx(), input).await?;

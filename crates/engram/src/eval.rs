@@ -299,6 +299,7 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                     categories: Vec::new(),
                     kind: Default::default(),
                     expires_at: None,
+                    ttl: None,
                     timestamp: Some(t.at),
                 })
                 .collect();
@@ -399,7 +400,8 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         };
         if let Some(h) = hl {
             let (h, floor) = h.split_once(':').map_or((h, None), |(h, f)| (h, Some(f)));
-            cfg.half_life_days = h.parse().context("--sweep half-life")?;
+            cfg.half_life_days =
+                engram_core::config::HalfLives::all(h.parse().context("--sweep half-life")?);
             if let Some(f) = floor {
                 cfg.decay_floor = f.parse().context("--sweep decay floor")?;
             }

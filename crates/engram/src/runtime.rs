@@ -6,13 +6,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use engram_core::config::{
-    FusionMethod, IngestConfig, Normalization, RetrievalConfig, SignalWeights,
+    FusionMethod, HalfLives, IngestConfig, Normalization, RetrievalConfig, SignalWeights,
 };
 use engram_core::keys::KeyStore;
+use engram_core::lifecycle::{self, LifecycleConfig, PolicyRules, ScopePolicy};
 use engram_core::service::{MemoryService, SystemClock};
 use engram_core::store::Store;
 use engram_embed::BertEmbedder;
 use engram_index::IndexConfig;
+use jiff::SignedDuration;
 use engram_postgres::{PgOptions, PgStore};
 use engram_sqlite::{SqliteOptions, SqliteStore};
 
@@ -156,6 +158,59 @@ pub struct StoreArgs {
     pub embed_api_key: Option<String>,
     #[command(flatten)]
     pub retrieval: RetrievalArgs,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+}
+
+/// How memories expire (docs/operations.md, "Expiry and decay").
+#[derive(Args, Debug, Clone)]
+pub struct LifecycleArgs {
+    /// Session (`run_id`) memories expire this long after their last use (`90s`, `15m`, `12h`, `30d`, `2w`; 0 = never).
+    #[arg(long, env = "ENGRAM_SESSION_TTL", default_value = "30d", value_parser = parse_ttl)]
+    pub session_ttl: SignedDuration,
+    /// Every other memory expires this long after its last use (0 = never).
+    #[arg(long, env = "ENGRAM_MEMORY_TTL", default_value = "0", value_parser = parse_ttl)]
+    pub memory_ttl: SignedDuration,
+    /// Keep at most this many episodic memories per scope, the most recent (0 = no cap).
+    #[arg(long, env = "ENGRAM_EPISODIC_CAP", default_value_t = 0)]
+    pub episodic_cap: usize,
+    /// The longest `ttl_seconds` an add may ask for (0 = no bound).
+    #[arg(long, env = "ENGRAM_MAX_TTL", default_value = "0", value_parser = parse_ttl)]
+    pub max_ttl: SignedDuration,
+    /// Per-org / per-app overrides, e.g. `org_id=acme,session_ttl=7d,episodic_cap=200`
+    /// (repeat the flag; in the environment separate policies with `;`).
+    #[arg(long = "scope-policy", env = "ENGRAM_SCOPE_POLICIES", value_delimiter = ';', value_parser = parse_policy)]
+    pub scope_policies: Vec<ScopePolicy>,
+    /// How often each node sweeps expired memories away.
+    #[arg(long, env = "ENGRAM_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_ttl)]
+    pub sweep_interval: SignedDuration,
+    /// Memories removed per sweep transaction.
+    #[arg(long, env = "ENGRAM_SWEEP_BATCH", default_value_t = LifecycleConfig::default().sweep_batch)]
+    pub sweep_batch: usize,
+}
+
+fn parse_ttl(s: &str) -> Result<SignedDuration, String> {
+    lifecycle::parse_duration(s).map_err(|e| e.message)
+}
+
+fn parse_policy(s: &str) -> Result<ScopePolicy, String> {
+    s.parse::<ScopePolicy>().map_err(|e| e.message)
+}
+
+impl LifecycleArgs {
+    pub fn config(&self) -> LifecycleConfig {
+        LifecycleConfig {
+            defaults: PolicyRules {
+                session_ttl: Some(self.session_ttl),
+                memory_ttl: Some(self.memory_ttl),
+                episodic_cap: Some(self.episodic_cap),
+                max_ttl: Some(self.max_ttl),
+            },
+            policies: self.scope_policies.clone(),
+            sweep_interval: self.sweep_interval,
+            sweep_batch: self.sweep_batch.max(1),
+        }
+    }
 }
 
 /// Which store: the embedded SQLite file (default) or a shared Postgres.
@@ -263,9 +318,18 @@ pub struct RetrievalArgs {
     /// Signal weights `semantic,keyword,entity`.
     #[arg(long, env = "ENGRAM_WEIGHTS", default_value = "0.45,0.45,0.1", value_parser = parse_weights)]
     pub weights: SignalWeights,
-    /// Recency half-life in days (0 = no decay).
-    #[arg(long, env = "ENGRAM_HALF_LIFE_DAYS", default_value_t = RetrievalConfig::default().half_life_days)]
+    /// Recency half-life in days (0 = no decay), for every kind without its own below.
+    #[arg(long, env = "ENGRAM_HALF_LIFE_DAYS", default_value_t = RetrievalConfig::default().half_life_days.semantic)]
     pub half_life_days: f64,
+    /// Half-life of semantic memories (facts), days.
+    #[arg(long, env = "ENGRAM_HALF_LIFE_DAYS_SEMANTIC")]
+    pub half_life_days_semantic: Option<f64>,
+    /// Half-life of episodic memories (events), days.
+    #[arg(long, env = "ENGRAM_HALF_LIFE_DAYS_EPISODIC")]
+    pub half_life_days_episodic: Option<f64>,
+    /// Half-life of procedural memories (instructions), days.
+    #[arg(long, env = "ENGRAM_HALF_LIFE_DAYS_PROCEDURAL")]
+    pub half_life_days_procedural: Option<f64>,
     /// Lowest recency decay factor.
     #[arg(long, env = "ENGRAM_DECAY_FLOOR", default_value_t = RetrievalConfig::default().decay_floor)]
     pub decay_floor: f64,
@@ -341,7 +405,13 @@ impl RetrievalArgs {
             fusion: self.fusion,
             normalization: self.normalization,
             weights: self.weights,
-            half_life_days: self.half_life_days,
+            half_life_days: HalfLives {
+                semantic: self.half_life_days_semantic.unwrap_or(self.half_life_days),
+                episodic: self.half_life_days_episodic.unwrap_or(self.half_life_days),
+                procedural: self
+                    .half_life_days_procedural
+                    .unwrap_or(self.half_life_days),
+            },
             context_weight: self.context_weight,
             decay_floor: self.decay_floor,
             default_token_budget: self.token_budget,
@@ -432,6 +502,7 @@ pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, Ba
         args.retrieval.query_cache,
         Arc::new(SystemClock),
     )
-    .await?;
+    .await?
+    .with_lifecycle(args.lifecycle.config());
     Ok((service, store))
 }
