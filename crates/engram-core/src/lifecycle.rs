@@ -250,11 +250,7 @@ impl Policy {
 /// Whether a sliding expiry is worth moving at `now`: only once it has used up
 /// a twentieth of its TTL, so a memory read on every turn is written at most
 /// ~20 times per TTL, not once per read.
-pub fn needs_touch(
-    expires_at: jiff::Timestamp,
-    ttl: SignedDuration,
-    now: jiff::Timestamp,
-) -> bool {
+pub fn needs_touch(expires_at: jiff::Timestamp, ttl: SignedDuration, now: jiff::Timestamp) -> bool {
     let fresh = now.checked_add(ttl).unwrap_or(now);
     let slack = ttl / 20;
     expires_at > now
@@ -337,7 +333,9 @@ mod tests {
     fn the_most_specific_policy_wins_field_by_field() {
         let cfg = LifecycleConfig {
             policies: vec![
-                "org_id=acme,session_ttl=7d,episodic_cap=50".parse().unwrap(),
+                "org_id=acme,session_ttl=7d,episodic_cap=50"
+                    .parse()
+                    .unwrap(),
                 "org_id=acme,app_id=support,session_ttl=1d".parse().unwrap(),
                 "app_id=support,memory_ttl=90d,session_ttl=2d"
                     .parse()
@@ -370,7 +368,9 @@ mod tests {
         assert_eq!(p.idle_ttl(&s, Some(hour)).unwrap(), Some(hour));
         let e = p.idle_ttl(&s, Some(hour * 25)).unwrap_err();
         assert!(e.message.contains("at most 1d"), "{}", e.message);
-        let e = p.idle_ttl(&s, Some(SignedDuration::from_secs(5))).unwrap_err();
+        let e = p
+            .idle_ttl(&s, Some(SignedDuration::from_secs(5)))
+            .unwrap_err();
         assert!(e.message.contains("shortest"), "{}", e.message);
     }
 
@@ -389,7 +389,10 @@ mod tests {
         let p: ScopePolicy = "org_id=a,app_id=b,session_ttl=7d,episodic_cap=3"
             .parse()
             .unwrap();
-        assert_eq!(p.to_string(), "org_id=a,app_id=b,session_ttl=1w,episodic_cap=3");
+        assert_eq!(
+            p.to_string(),
+            "org_id=a,app_id=b,session_ttl=1w,episodic_cap=3"
+        );
     }
 
     #[test]
@@ -399,7 +402,11 @@ mod tests {
         // Just written: nothing to do.
         assert!(!needs_touch(now + ttl, ttl, now));
         // An hour (1/20) used up: still nothing; more than that: move it.
-        assert!(!needs_touch(now + ttl - SignedDuration::from_hours(1), ttl, now));
+        assert!(!needs_touch(
+            now + ttl - SignedDuration::from_hours(1),
+            ttl,
+            now
+        ));
         assert!(needs_touch(now + SignedDuration::from_hours(18), ttl, now));
         // Already expired: never brought back.
         assert!(!needs_touch(now, ttl, now));

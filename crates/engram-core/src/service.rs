@@ -1012,7 +1012,11 @@ impl MemoryService {
     /// each scope `ops` adds to: the oldest (by `created_at`) beyond it expire
     /// now, in the same transaction — existing ones by `SetExpiry` (audited as
     /// `memory.expire`), new ones by being written already expired.
-    pub(crate) async fn cap_episodic(&self, ctx: &RequestCtx, ops: &mut Vec<WriteOp>) -> Result<()> {
+    pub(crate) async fn cap_episodic(
+        &self,
+        ctx: &RequestCtx,
+        ops: &mut Vec<WriteOp>,
+    ) -> Result<()> {
         let mut scopes: Vec<Scope> = Vec::new();
         for op in ops.iter() {
             if let WriteOp::Insert { memory, .. } = op
@@ -1028,9 +1032,10 @@ impl MemoryService {
             let Some(cap) = self.inner.lifecycle.policy(&scope).episodic_cap else {
                 continue;
             };
-            let filter = Filter::exact_scope(&scope).and(Filter::Cond(
-                crate::filter::Cond::Kind(vec![MemoryKind::Episodic], false),
-            ));
+            let filter = Filter::exact_scope(&scope).and(Filter::Cond(crate::filter::Cond::Kind(
+                vec![MemoryKind::Episodic],
+                false,
+            )));
             // (created_at, id, index of the new insert in `ops`)
             let mut all: Vec<(Timestamp, MemoryId, Option<usize>)> = ops
                 .iter()
@@ -1058,7 +1063,7 @@ impl MemoryService {
                     _ => break,
                 }
             }
-            all.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+            all.sort_by_key(|m| std::cmp::Reverse((m.0, m.1)));
             for (_, id, new) in all.into_iter().skip(cap) {
                 match new {
                     Some(i) => {

@@ -160,7 +160,8 @@ pub(crate) fn sweep(
     )
     .map_err(db_err)?;
     let (c, current) = remove_marked(tx, "memory_id IN (SELECT id FROM temp.erased)", [])?;
-    tx.execute_batch("DROP TABLE temp.erased;").map_err(db_err)?;
+    tx.execute_batch("DROP TABLE temp.erased;")
+        .map_err(db_err)?;
     if c.memories > 0 {
         if let serde_json::Value::Object(detail) = &mut audit.detail
             && let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&c)

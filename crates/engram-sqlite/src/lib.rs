@@ -219,7 +219,11 @@ impl SqliteStore {
     /// Drops removed current versions (committed) from the catalog and the
     /// vector index. Called with the writer lock held.
     fn forget_rows(&self, rows: &[i64]) -> Result<()> {
-        let mut catalog = self.inner.catalog.write().unwrap_or_else(|e| e.into_inner());
+        let mut catalog = self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         for r in rows {
             catalog.remove(*r);
         }

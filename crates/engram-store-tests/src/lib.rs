@@ -1339,7 +1339,11 @@ pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
         .unwrap();
     let got = f.store.get(a.id, seen(100)).await.unwrap().unwrap();
     assert_eq!((got.version, got.expires_at), (2, Some(at(150))));
-    assert_eq!(f.store.history(a.id).await.unwrap().len(), 2, "no history row");
+    assert_eq!(
+        f.store.history(a.id).await.unwrap().len(),
+        2,
+        "no history row"
+    );
     let scope = Filter::from_scope(&user("gus"));
     let live = |mins: i64| {
         let scope = scope.clone();
@@ -1383,9 +1387,15 @@ pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
     let audit = || AuditEvent::new(at(0), "system".into(), "memory.sweep", None, None, None);
     // At minute 121 only b has expired.
     let swept = f.store.sweep_expired(at(121), 10, audit()).await.unwrap();
-    assert_eq!((swept.memories, swept.versions, swept.history_events), (1, 1, 1));
+    assert_eq!(
+        (swept.memories, swept.versions, swept.history_events),
+        (1, 1, 1)
+    );
     assert!(f.store.history(b.id).await.unwrap().is_empty());
-    assert!(f.store.get(b.id, seen(0)).await.unwrap().is_none(), "gone, not hidden");
+    assert!(
+        f.store.get(b.id, seen(0)).await.unwrap().is_none(),
+        "gone, not hidden"
+    );
     // At minute 200 a has too: limit 1 takes it (both versions), then nothing is left.
     let swept = f.store.sweep_expired(at(200), 1, audit()).await.unwrap();
     assert_eq!(
@@ -1408,8 +1418,16 @@ pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
             .await
             .unwrap()
     ));
-    assert_eq!(live(0).await, vec![c.id], "only the memory without expiry is left");
-    let none = f.store.sweep_expired(at(10_000), 10, audit()).await.unwrap();
+    assert_eq!(
+        live(0).await,
+        vec![c.id],
+        "only the memory without expiry is left"
+    );
+    let none = f
+        .store
+        .sweep_expired(at(10_000), 10, audit())
+        .await
+        .unwrap();
     assert_eq!(none.memories, 0);
 
     let sweeps = f
@@ -1425,7 +1443,11 @@ pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
         .iter()
         .map(|(_, e)| e.detail["memories"].as_u64().unwrap_or(0))
         .collect();
-    assert_eq!(removed, vec![1, 1], "one event per sweep that removed something");
+    assert_eq!(
+        removed,
+        vec![1, 1],
+        "one event per sweep that removed something"
+    );
     let text = serde_json::to_string(&sweeps.iter().map(|(_, e)| e).collect::<Vec<_>>()).unwrap();
     assert!(!text.contains("Lisboa") && !text.contains("gus"), "{text}");
 }

@@ -14,9 +14,9 @@ use engram_core::service::{MemoryService, SystemClock};
 use engram_core::store::Store;
 use engram_embed::BertEmbedder;
 use engram_index::IndexConfig;
-use jiff::SignedDuration;
 use engram_postgres::{PgOptions, PgStore};
 use engram_sqlite::{SqliteOptions, SqliteStore};
+use jiff::SignedDuration;
 
 /// Logging options.
 #[derive(Args, Debug, Clone)]
