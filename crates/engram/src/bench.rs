@@ -271,6 +271,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let users = (args.memories / args.per_user.max(1)).max(1);
     let model_id = embedder.model().id.clone();
     let now = jiff::Timestamp::now();
+    let mut to_expire: Vec<uuid::Uuid> = Vec::with_capacity(args.memories / 10 + 1);
     let t_load = Instant::now();
     let mut batch = Vec::with_capacity(1000);
     for i in 0..args.memories {
@@ -297,6 +298,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let at = now - jiff::SignedDuration::from_secs(((args.memories - i) * 60) as i64);
+        // Every tenth memory has a (distant) expiry: the sweep figure expires them.
+        let expiring = i % 10 == 5;
         let memory = Memory {
             id: uuid::Uuid::now_v7(),
             version: 1,
@@ -313,10 +316,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             updated_at: at,
             valid_at: None,
             invalid_at: None,
-            expires_at: None,
+            expires_at: expiring.then(|| now + jiff::SignedDuration::from_hours(24 * 365)),
             idle_ttl: None,
             embedding_model: model_id.clone(),
         };
+        if expiring {
+            to_expire.push(memory.id);
+        }
         let history = HistoryEvent {
             id: uuid::Uuid::now_v7(),
             memory_id: memory.id,
@@ -579,6 +585,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     store_dyn.flush().await?;
     let stats = store_dyn.stats().await?;
     let (rss, peak) = rss_mib();
+
+    // The sweep: once with nothing expired (its cost every interval), then
+    // with a tenth of the memories expired.
+    let idle = service.sweep().await?;
+    let expired_at = service.now();
+    for ids in to_expire.chunks(1000) {
+        let ops = ids
+            .iter()
+            .map(|id| WriteOp::SetExpiry {
+                id: *id,
+                expires_at: Some(expired_at),
+            })
+            .collect();
+        store_dyn.apply(ops).await?;
+    }
+    let swept = service.sweep().await?;
+    anyhow::ensure!(
+        swept.memories as usize == to_expire.len(),
+        "the sweep removed {} memories; {} had expired",
+        swept.memories,
+        to_expire.len()
+    );
     let report = json!({
         "memories": args.memories,
         "users": users,
@@ -595,6 +623,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "store": {"bytes_on_disk": stats.bytes, "versions": stats.versions, "indexed_vectors": stats.indexed_vectors},
         "rss_mib": rss,
         "peak_rss_mib": peak,
+        "sweep": {"idle_ms": (idle.seconds * 1e5).round() / 100.0, "expired": swept.memories,
+            "seconds": (swept.seconds * 100.0).round() / 100.0, "batches": swept.batches,
+            "memories_per_second": (swept.memories as f64 / swept.seconds.max(1e-9)).round()},
     });
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
