@@ -228,6 +228,13 @@ impl Policy {
                     format_duration(MIN_TTL)
                 )));
             }
+            let ceiling = SignedDuration::from_hours(100 * 365 * 24);
+            if ttl > ceiling {
+                return Err(Error::invalid(format!(
+                    "`ttl` is longer than {}; use no expiry instead",
+                    format_duration(ceiling)
+                )));
+            }
             if let Some(max) = self.max_ttl
                 && ttl > max
             {
