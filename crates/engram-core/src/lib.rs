@@ -26,6 +26,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod llm;
 pub mod memory;
+pub mod portable;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -21,6 +21,7 @@ use crate::memory::{
     Entity, Event, HistoryEvent, Memory, MemoryId, MemoryKind, Metadata, Scope, ScopeField,
     entity_key, text_hash,
 };
+use crate::portable::{ExportHeader, ExportedMemory, ExportedVersion, ImportReport};
 use crate::store::{Cursor, ScopeIdStats, Store, VectorPath, Visibility, WriteOp};
 use crate::telemetry;
 use crate::text;
@@ -1116,6 +1117,136 @@ impl MemoryService {
         }
         report.seconds = started.elapsed().as_secs_f64();
         telemetry::sweep(&report, now);
+        Ok(report)
+    }
+
+    /// One page of an export: the live memories matching `filter` inside
+    /// the caller's binding (newest first, after `after`), each with every
+    /// version and vector and its history; and the cursor of the next page.
+    pub async fn export_page(
+        &self,
+        ctx: &RequestCtx,
+        filter: &Filter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<ExportedMemory>, Option<Cursor>)> {
+        let page = self.list(ctx, filter, after, limit).await?;
+        let ids: Vec<MemoryId> = page.memories.iter().map(|m| m.id).collect();
+        let mut versions: HashMap<MemoryId, Vec<ExportedVersion>> = HashMap::new();
+        for (memory, embedding) in self.inner.store.memory_versions(&ids).await? {
+            versions
+                .entry(memory.id)
+                .or_default()
+                .push(ExportedVersion { memory, embedding });
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(versions) = versions.remove(&id) else {
+                continue; // erased or swept since the listing
+            };
+            out.push(ExportedMemory {
+                id,
+                versions,
+                history: self.inner.store.history(id).await?,
+            });
+        }
+        Ok((out, page.next))
+    }
+
+    /// Imports memories read from an export made with `header`: each is
+    /// checked whole, must lie inside the caller's binding, and is written
+    /// with all its versions and history unless the store already holds its
+    /// id (so importing the same file again changes nothing). Vectors from
+    /// another model are recomputed with this one. One transaction, one
+    /// `memory.import` audit event.
+    pub async fn import(
+        &self,
+        ctx: &RequestCtx,
+        header: &ExportHeader,
+        memories: Vec<ExportedMemory>,
+    ) -> Result<ImportReport> {
+        ctx.principal
+            .require(Role::ReadWrite, "importing memories")?;
+        let model = self.inner.embedder.model().clone();
+        let same_model = header.embedding_model == model;
+        let dim = header.embedding_model.dim;
+        for m in &memories {
+            m.validate(dim)?;
+            let scope = &m.versions[0].memory.scope;
+            if !ctx.principal.covers(scope) {
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    format!("memory {} lies outside this key's binding", m.id),
+                ));
+            }
+            for v in &m.versions {
+                self.check_text(&v.memory.text, &format!("memory {}'s text", m.id))?;
+            }
+        }
+        let ids: Vec<MemoryId> = memories.iter().map(|m| m.id).collect();
+        let existing: std::collections::HashSet<MemoryId> = self
+            .inner
+            .store
+            .memory_versions(&ids)
+            .await?
+            .into_iter()
+            .map(|(m, _)| m.id)
+            .collect();
+        let mut report = ImportReport::default();
+        let mut fresh: Vec<ExportedMemory> = Vec::with_capacity(memories.len());
+        for m in memories {
+            if existing.contains(&m.id) || fresh.iter().any(|f| f.id == m.id) {
+                report.skipped += 1;
+            } else {
+                fresh.push(m);
+            }
+        }
+        if !same_model {
+            let texts: Vec<String> = fresh
+                .iter()
+                .flat_map(|m| m.versions.iter().map(|v| v.memory.text.clone()))
+                .collect();
+            let vectors = self.inner.embedder.embed(&texts).await?;
+            if vectors.len() != texts.len() {
+                return Err(Error::embedder(format!(
+                    "embedder returned {} vectors for {} texts",
+                    vectors.len(),
+                    texts.len()
+                )));
+            }
+            let mut vectors = vectors.into_iter();
+            for v in fresh.iter_mut().flat_map(|m| m.versions.iter_mut()) {
+                v.embedding = vectors.next().unwrap_or_default();
+                v.memory.embedding_model = model.id.clone();
+                report.reembedded += 1;
+            }
+        }
+        report.imported = fresh.len() as u64;
+        if fresh.is_empty() {
+            return Ok(report);
+        }
+        let mut ops: Vec<WriteOp> = fresh
+            .into_iter()
+            .map(|m| WriteOp::Import {
+                versions: m
+                    .versions
+                    .into_iter()
+                    .map(|v| (v.memory, v.embedding))
+                    .collect(),
+                history: m.history,
+            })
+            .collect();
+        let mut audit = AuditEvent::new(
+            self.now(),
+            ctx.actor(),
+            "memory.import",
+            ctx.principal.binding.org_id.clone(),
+            None,
+            ctx.request_id.clone(),
+        );
+        audit.detail = serde_json::to_value(&report).unwrap_or_default();
+        ops.push(WriteOp::Audit(audit));
+        self.inner.store.apply(ops).await?;
         Ok(report)
     }
 

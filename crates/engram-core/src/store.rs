@@ -51,6 +51,14 @@ pub enum WriteOp {
         id: MemoryId,
         expires_at: Option<Timestamp>,
     },
+    /// Writes a memory from an export exactly as it was — every version (only
+    /// the last current and indexed), its history rows as they are — unless
+    /// the store already holds a memory with this id, in which case nothing
+    /// happens. Not audited per row: the batch carries one `Audit` op.
+    Import {
+        versions: Vec<(Memory, Vec<f32>)>,
+        history: Vec<HistoryEvent>,
+    },
     /// Marks a job `done` with its result — in the same transaction as the
     /// job's memory writes, and only while `worker` holds its lease (else the
     /// whole batch fails with a `Conflict` naming the lease).
@@ -175,7 +183,7 @@ pub struct ScopeIdStats {
 }
 
 /// The embedding model a store's vectors come from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ModelInfo {
     pub id: String,
     pub dim: usize,
@@ -230,6 +238,10 @@ pub trait Store:
     /// The scope ids carried by visible memories matching `filter`, with
     /// counts; ordered by field, then id.
     async fn scope_ids(&self, filter: &Filter, vis: Visibility) -> Result<Vec<ScopeIdStats>>;
+
+    /// Every version (current, superseded, deleted) of each of `ids` with its
+    /// vector, by id in the order given, then by version.
+    async fn memory_versions(&self, ids: &[MemoryId]) -> Result<Vec<(Memory, Vec<f32>)>>;
 
     /// Every history event of a memory, oldest first.
     async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>>;

@@ -377,6 +377,37 @@ impl PgStore {
                     insert_history(&tx, history).await?;
                     audit::append(&tx, &AuditEvent::of_history(history)).await?;
                 }
+                WriteOp::Import { versions, history } => {
+                    let Some(id) = versions.first().map(|(m, _)| m.id) else {
+                        continue;
+                    };
+                    // Two nodes importing the same file: the second waits here, then skips.
+                    tx.execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
+                        &[&id.to_string()],
+                    )
+                    .await?;
+                    let known = tx
+                        .query_opt("SELECT 1 FROM memories WHERE id = $1 LIMIT 1", &[&id])
+                        .await?
+                        .is_some();
+                    if known {
+                        continue;
+                    }
+                    for (memory, vector) in versions {
+                        let rowid =
+                            insert_version(&tx, memory, Vector::from(vector.clone())).await?;
+                        if memory.invalid_at.is_some() {
+                            // The entity index holds current versions only (the
+                            // keyword and vector indexes are partial).
+                            tx.execute("DELETE FROM entities WHERE memory = $1", &[&rowid])
+                                .await?;
+                        }
+                    }
+                    for h in history {
+                        insert_history(&tx, h).await?;
+                    }
+                }
                 WriteOp::SetExpiry { id, expires_at } => {
                     tx.execute(
                         "UPDATE memories SET expires_at = $2 WHERE id = $1 AND invalid_at IS NULL",
@@ -435,7 +466,7 @@ async fn insert_version(
     tx: &Transaction<'_>,
     m: &Memory,
     embedding: Vector,
-) -> std::result::Result<(), ApplyError> {
+) -> std::result::Result<i64, ApplyError> {
     let row = tx
         .query_one(
             "INSERT INTO memories (id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, \
@@ -482,7 +513,7 @@ async fn insert_version(
         )
         .await?;
     }
-    Ok(())
+    Ok(rowid)
 }
 
 /// Closes the current version of `id` at `at` (locking it first, so concurrent
@@ -632,6 +663,15 @@ impl Store for PgStore {
             let v = match op {
                 WriteOp::Insert { embedding, .. } => Some(embedding),
                 WriteOp::Update { embedding, .. } => embedding.as_ref(),
+                WriteOp::Import { versions, .. } => {
+                    if let Some((_, v)) = versions.iter().find(|(_, v)| v.len() != dim) {
+                        return Err(Error::new(
+                            ErrorCode::EmbeddingModelMismatch,
+                            format!("vector has {} dimensions; the store holds {dim}", v.len()),
+                        ));
+                    }
+                    None
+                }
                 WriteOp::Delete { .. }
                 | WriteOp::SetExpiry { .. }
                 | WriteOp::FinishJob { .. }
@@ -802,6 +842,28 @@ impl Store for PgStore {
                     first: ts(get(r, 3)?)?,
                     last: ts(get(r, 4)?)?,
                 })
+            })
+            .collect()
+    }
+
+    async fn memory_versions(&self, ids: &[MemoryId]) -> Result<Vec<(Memory, Vec<f32>)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS}, embedding FROM memories \
+                     JOIN unnest($1::uuid[]) WITH ORDINALITY AS wanted(wid, pos) ON id = wanted.wid \
+                     ORDER BY wanted.pos, version"
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                let (_, m) = row_to_memory(r)?;
+                let v: Vector = get(r, COLUMN_COUNT)?;
+                Ok((m, v.to_vec()))
             })
             .collect()
     }

@@ -183,9 +183,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
         FOR EACH STATEMENT EXECUTE FUNCTION engram_audit_append_only();
     "#,
-    // 3: sliding expiry, and the sweep's index of expiring current versions.
+    // 3: sliding expiry, the sweep's index of expiring current versions, and
+    // every version of a memory by id (export, import).
     r#"
     ALTER TABLE memories ADD COLUMN idle_ttl_ms bigint;
+    CREATE INDEX memories_versions ON memories (id, version);
     CREATE INDEX memories_expiring ON memories (expires_at)
         WHERE expires_at IS NOT NULL AND invalid_at IS NULL;
     "#,

@@ -278,6 +278,16 @@ async fn audit_export(
     Caller(ctx): Caller,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Response, ApiError> {
+    // The export pages internally; `limit` is accepted (same parameters as the
+    // listing) and held to the same bounds.
+    if let Some(l) = p.limit
+        && !(1..=1000).contains(&l)
+    {
+        return Err(ApiError::from(engram_core::Error::new(
+            engram_core::ErrorCode::LimitExceeded,
+            "`limit` must be between 1 and 1000",
+        )));
+    }
     let mut q = query(&p, 1000)?;
     let mut out = Vec::new();
     loop {

@@ -20,6 +20,7 @@ pub mod mcp;
 pub mod mem0;
 mod memories;
 pub mod metrics;
+pub mod portable;
 pub mod request_id;
 pub mod wire;
 
@@ -123,7 +124,8 @@ a key never reads or writes outside its binding."),
         (name = "memories", description = "Add, search, list, update and delete memories"),
         (name = "jobs", description = "Background jobs: asynchronous adds, the dead-letter queue"),
         (name = "keys", description = "API keys (admin)"),
-        (name = "governance", description = "Erasure with receipts, and the audit trail")
+        (name = "governance", description = "Erasure with receipts, and the audit trail"),
+        (name = "portability", description = "Export and import as versioned JSON Lines")
     ),
     components(schemas(error::Problem)),
     modifiers(&BearerAuth),
@@ -160,6 +162,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(api_keys::router())
         .merge(governance::router())
+        .merge(portable::router())
 }
 
 /// The whole application, ready to serve (tests call it with `oneshot`).

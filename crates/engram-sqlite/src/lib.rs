@@ -646,6 +646,19 @@ impl Store for SqliteStore {
                 let v = match op {
                     WriteOp::Insert { embedding, .. } => Some(embedding),
                     WriteOp::Update { embedding, .. } => embedding.as_ref(),
+                    WriteOp::Import { versions, .. } => {
+                        if let Some((_, v)) = versions.iter().find(|(_, v)| v.len() != index.dim()) {
+                            return Err(Error::new(
+                                ErrorCode::EmbeddingModelMismatch,
+                                format!(
+                                    "vector has {} dimensions; the store holds {}",
+                                    v.len(),
+                                    index.dim()
+                                ),
+                            ));
+                        }
+                        None
+                    }
                     WriteOp::Delete { .. }
                     | WriteOp::SetExpiry { .. }
                     | WriteOp::FinishJob { .. }
@@ -709,6 +722,39 @@ impl Store for SqliteStore {
                         insert_history(&tx, &history)?;
                         audit::append(&tx, &engram_core::audit::AuditEvent::of_history(&history))?;
                         applied.push(Applied::Closed { rowid: old });
+                    }
+                    WriteOp::Import { versions, history } => {
+                        let Some(id) = versions.first().map(|(m, _)| m.id) else {
+                            continue;
+                        };
+                        let known = tx
+                            .prepare_cached("SELECT 1 FROM memories WHERE id = ?1 LIMIT 1")
+                            .and_then(|mut s| s.exists([id.to_string()]))
+                            .map_err(db_err)?;
+                        if known {
+                            continue;
+                        }
+                        for (memory, vector) in versions {
+                            let rowid = insert_version(&tx, &memory, &vector)?;
+                            if memory.invalid_at.is_some() {
+                                // Keyword and entity indexes hold current versions only.
+                                tx.prepare_cached("DELETE FROM memories_fts WHERE rowid = ?1")
+                                    .and_then(|mut s| s.execute([rowid]))
+                                    .map_err(db_err)?;
+                                tx.prepare_cached("DELETE FROM entities WHERE memory = ?1")
+                                    .and_then(|mut s| s.execute([rowid]))
+                                    .map_err(db_err)?;
+                            } else {
+                                applied.push(Applied::Added {
+                                    rowid,
+                                    memory: Arc::new(memory),
+                                    vector,
+                                });
+                            }
+                        }
+                        for h in &history {
+                            insert_history(&tx, h)?;
+                        }
                     }
                     WriteOp::SetExpiry { id, expires_at } => {
                         tx.prepare_cached(
@@ -863,6 +909,28 @@ impl Store for SqliteStore {
         let filter = filter.clone();
         self.with_catalog(move |c, _| Ok(c.scope_ids(&filter, vis.now)))
             .await
+    }
+
+    async fn memory_versions(&self, ids: &[MemoryId]) -> Result<Vec<(Memory, Vec<f32>)>> {
+        let ids = ids.to_vec();
+        self.read(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS}, embedding FROM memories WHERE id = ?1 ORDER BY version"
+                ))
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for id in ids {
+                let mut rows = stmt.query([id.to_string()]).map_err(db_err)?;
+                while let Some(row) = rows.next().map_err(db_err)? {
+                    let (_, m) = row_to_memory(row)?;
+                    let blob: Vec<u8> = row.get(COLUMN_COUNT).map_err(db_err)?;
+                    out.push((m, blob_to_vec(&blob)));
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>> {

@@ -172,9 +172,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
-    // 6: sliding expiry, and the sweep's index of expiring current versions.
+    // 6: sliding expiry, the sweep's index of expiring current versions, and
+    // every version of a memory by id (export, import).
     r#"
     ALTER TABLE memories ADD COLUMN idle_ttl_ms INTEGER;
+    CREATE INDEX memories_versions ON memories (id, version);
     CREATE INDEX memories_expiring ON memories (expires_at)
         WHERE expires_at IS NOT NULL AND invalid_at IS NULL;
     "#,

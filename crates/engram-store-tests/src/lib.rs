@@ -1452,6 +1452,103 @@ pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
     assert!(!text.contains("Lisboa") && !text.contains("gus"), "{text}");
 }
 
+/// `Import` writes a memory exactly as exported — superseded versions closed
+/// and out of the indexes, the current one indexed, history as it was — and
+/// does nothing when the id is already known; `memory_versions` reads every
+/// version back with its vector.
+pub async fn import_writes_a_memory_once(f: Fixture) {
+    bound(&f).await;
+    let mut v1 = memory("Hana drives a blue Fiat", user("hana"), 0);
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.text = "Hana drives a red Tesla".into();
+    v2.entities = engram_core::text::tag_entities(&v2.text);
+    v2.updated_at = v1.created_at + SignedDuration::from_secs(60);
+    v1.invalid_at = Some(v2.updated_at);
+    let h = vec![
+        history(&v1, Event::Add, None, Some(&v1.text)),
+        history(&v2, Event::Update, Some(&v1.text), Some(&v2.text)),
+    ];
+    let import = |versions: Vec<(Memory, Vec<f32>)>| WriteOp::Import {
+        versions,
+        history: h.clone(),
+    };
+    f.store
+        .apply(vec![import(vec![
+            (v1.clone(), vector(0, 0.0)),
+            (v2.clone(), vector(0, 0.3)),
+        ])])
+        .await
+        .unwrap();
+    let got = f.store.get(v1.id, vis()).await.unwrap().unwrap();
+    assert_eq!(
+        (got.version, got.text.as_str()),
+        (2, "Hana drives a red Tesla")
+    );
+    let all = f.store.memory_versions(&[v1.id]).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].0, v1);
+    assert_eq!(all[1].0, v2);
+    assert!(
+        all[1]
+            .1
+            .iter()
+            .zip(vector(0, 0.3))
+            .all(|(a, b)| (a - b).abs() < 1e-6)
+    );
+    assert_eq!(f.store.history(v1.id).await.unwrap(), h);
+    let scope = Filter::from_scope(&user("hana"));
+    let kw = |t: &str| {
+        let (store, scope) = (f.store.clone(), scope.clone());
+        let t = t.to_owned();
+        async move { store.keyword_search(&scope, vis(), &[t], 10).await.unwrap() }
+    };
+    assert_eq!(ids(&kw("tesla").await), vec![v1.id]);
+    assert!(
+        kw("fiat").await.is_empty(),
+        "superseded text is not indexed"
+    );
+    let hits = f
+        .store
+        .vector_search(&scope, vis(), &vector(0, 0.3), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&hits.hits),
+        vec![v1.id],
+        "one current version in the vector index"
+    );
+
+    // Again, and with other content under the same id: nothing changes.
+    let mut other = v2.clone();
+    other.version = 1;
+    other.invalid_at = None;
+    other.text = "Hana walks everywhere".into();
+    f.store
+        .apply(vec![
+            import(vec![
+                (v1.clone(), vector(0, 0.0)),
+                (v2.clone(), vector(0, 0.3)),
+            ]),
+            import(vec![(other, vector(1, 0.0))]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(f.store.memory_versions(&[v1.id]).await.unwrap().len(), 2);
+    assert_eq!(f.store.history(v1.id).await.unwrap().len(), 2);
+    assert_eq!(
+        f.store.get(v1.id, vis()).await.unwrap().unwrap().text,
+        v2.text
+    );
+    assert!(
+        f.store
+            .memory_versions(&[uuid::Uuid::now_v7()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Erasure removes every record of one user — every version, history, jobs,
 /// usage, keys bound to them, idempotency records of the org's callers — and
 /// nothing of anyone else; it is audited with counts and without the id.
@@ -1716,6 +1813,7 @@ macro_rules! store_suite {
             audit_records_writes,
             erasure_removes_every_trace,
             expiry_moves_and_sweep_removes_everything,
+            import_writes_a_memory_once,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

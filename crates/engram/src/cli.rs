@@ -45,8 +45,10 @@ pub enum Command {
     Add(AddArgs),
     /// Search memories.
     Search(SearchArgs),
-    /// Import memories from a JSON Lines file (one add request per line).
+    /// Import memories from a JSON Lines file: an `engram export` file, or one add request per line.
     Import(ImportArgs),
+    /// Export a scope's memories (every version, vector and history) as versioned JSON Lines.
+    Export(ExportArgs),
     /// Measure retrieval quality.
     Eval {
         #[command(subcommand)]
@@ -149,8 +151,9 @@ pub struct SearchArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
-    /// JSON Lines file: each line is a `POST /v1/memories` body (or, with
-    /// `--from mem0`, Mem0's `get_all` / export JSON).
+    /// JSON Lines file: an `engram export` file (recognised by its header
+    /// line), or one `POST /v1/memories` body per line (or, with `--from
+    /// mem0`, Mem0's `get_all` / export JSON).
     pub file: PathBuf,
     /// The file's format: `engram` (add request bodies, one per line) or
     /// `mem0` (a Mem0 `get_all` answer `{"results": [...]}`, a list of Mem0
@@ -167,6 +170,18 @@ pub struct ImportArgs {
     pub target: Target,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Write here (default: standard output).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// The scope to export (at least one id).
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[command(flatten)]
+    pub target: Target,
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args).await,
@@ -177,6 +192,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Add(args) => add(args).await,
         Command::Search(args) => search(args).await,
         Command::Import(args) => import(args).await,
+        Command::Export(args) => export(args).await,
         Command::Eval { benchmark } => crate::eval::run(benchmark).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
@@ -404,7 +420,231 @@ fn mem0_to_jsonl(
     Ok(out)
 }
 
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let scope = args.scope.scope();
+    let started = std::time::Instant::now();
+    let mut written = 0u64;
+    if let Some(url) = &args.target.client.url {
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        for (k, v) in [
+            ("user_id", &scope.user_id),
+            ("agent_id", &scope.agent_id),
+            ("run_id", &scope.run_id),
+            ("org_id", &scope.org_id),
+            ("app_id", &scope.app_id),
+        ] {
+            if let Some(v) = v {
+                query.push((k, v));
+            }
+        }
+        let mut req = reqwest::Client::new()
+            .get(format!("{}/v1/export", url.trim_end_matches('/')))
+            .query(&query);
+        if let Some(key) = &args.target.client.api_key {
+            req = req.bearer_auth(key);
+        }
+        let mut resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            anyhow::bail!("{status}: {body}");
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        while let Some(chunk) = resp.chunk().await.context("reading the export")? {
+            written += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+            out.write_all(&chunk)?;
+            bar.set_message(format!("{} memories", written.saturating_sub(1)));
+            bar.tick();
+        }
+        bar.finish_and_clear();
+        written = written.saturating_sub(1);
+    } else {
+        let (service, _lock) = local(&args.target).await?;
+        let filter = engram_core::filter::Filter::from_scope(&scope);
+        let ctx = cli_ctx();
+        let total = service
+            .store()
+            .count(
+                &filter,
+                engram_core::store::Visibility { now: service.now() },
+            )
+            .await?;
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} memories ({eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let header = engram_core::portable::ExportHeader::new(
+            service.now(),
+            service.embedder().model().clone(),
+        );
+        serde_json::to_writer(&mut out, &header)?;
+        out.write_all(b"\n")?;
+        let mut after = None;
+        loop {
+            let (page, next) = service.export_page(&ctx, &filter, after, 500).await?;
+            for m in &page {
+                serde_json::to_writer(&mut out, m)?;
+                out.write_all(b"\n")?;
+            }
+            written += page.len() as u64;
+            bar.set_position(written);
+            match next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        bar.finish_and_clear();
+    }
+    out.flush()?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "exported {written} memories in {secs:.1} s ({:.0} memories/s)",
+        written as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Imports an `engram export` file: locally in batches (each one
+/// transaction), or to a server in requests under its body limit.
+async fn import_export(args: &ImportArgs) -> anyhow::Result<()> {
+    use engram_core::portable::{ExportHeader, ExportedMemory, ImportReport};
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("opening {}", args.file.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut lines = std::io::BufReader::new(file).lines().enumerate();
+    let header_line = loop {
+        match lines.next() {
+            Some((_, l)) => {
+                let l = l.context("reading the import file")?;
+                if !l.trim().is_empty() {
+                    break l;
+                }
+            }
+            None => anyhow::bail!("{} is empty", args.file.display()),
+        }
+    };
+    let header = ExportHeader::parse(&header_line).map_err(|e| anyhow::anyhow!(e.message))?;
+    let local = match &args.target.client.url {
+        Some(_) => None,
+        None => Some(local(&args.target).await?),
+    };
+    let started = std::time::Instant::now();
+    let mut total = ImportReport::default();
+    let mut read = header_line.len() as u64 + 1;
+    // Server requests stay well under the default 1 MiB body limit.
+    const REQUEST_BYTES: usize = 512 * 1024;
+    let mut batch: Vec<String> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut lines = lines.peekable();
+    while lines.peek().is_some() || !batch.is_empty() {
+        while batch.len() < args.batch.max(1) && batch_bytes < REQUEST_BYTES {
+            let Some((i, line)) = lines.next() else { break };
+            let line = line.context("reading the import file")?;
+            read += line.len() as u64 + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if local.is_some() {
+                // Check now, so the error names the line.
+                serde_json::from_str::<ExportedMemory>(&line)
+                    .with_context(|| format!("line {}: not an exported memory", i + 1))?;
+            }
+            batch_bytes += line.len() + 1;
+            batch.push(line);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let report = match &local {
+            Some((service, _)) => {
+                let memories = batch
+                    .iter()
+                    .map(|l| serde_json::from_str::<ExportedMemory>(l))
+                    .collect::<Result<Vec<_>, _>>()?;
+                service.import(&cli_ctx(), &header, memories).await?
+            }
+            None => {
+                let mut body = header_line.clone();
+                for l in &batch {
+                    body.push('\n');
+                    body.push_str(l);
+                }
+                let url = args.target.client.url.as_deref().unwrap_or_default();
+                let mut req = reqwest::Client::new()
+                    .post(format!("{}/v1/import", url.trim_end_matches('/')))
+                    .header("content-type", "application/x-ndjson")
+                    .body(body);
+                if let Some(key) = &args.target.client.api_key {
+                    req = req.bearer_auth(key);
+                }
+                let resp = req
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach {url}"))?;
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                if !status.is_success() {
+                    anyhow::bail!("{status}: {text}");
+                }
+                serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))?
+            }
+        };
+        total.add(&report);
+        batch.clear();
+        batch_bytes = 0;
+        bar.set_position(read.min(size));
+        bar.set_message(format!(
+            "{} imported, {} already present",
+            total.imported, total.skipped
+        ));
+    }
+    bar.finish_and_clear();
+    if let Some((service, _)) = &local {
+        service.store().flush().await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "imported {}: {} memories imported, {} already present, {} vectors recomputed ({:.0} memories/s)",
+        args.file.display(),
+        total.imported,
+        total.skipped,
+        total.reembedded,
+        (total.imported + total.skipped) as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
 async fn import(mut args: ImportArgs) -> anyhow::Result<()> {
+    if args.format == "engram" {
+        let first = std::fs::File::open(&args.file)
+            .ok()
+            .and_then(|f| {
+                std::io::BufReader::new(f)
+                    .lines()
+                    .map_while(Result::ok)
+                    .find(|l| !l.trim().is_empty())
+            })
+            .unwrap_or_default();
+        if engram_core::portable::ExportHeader::sniff(&first) {
+            return import_export(&args).await;
+        }
+    }
     let _converted = if args.format == "mem0" {
         let converted = mem0_to_jsonl(&args.file, args.org_id.as_deref())?;
         args.file = converted.path().to_owned();
