@@ -151,7 +151,7 @@ pub struct SqliteKeys {
 
 impl SqliteKeys {
     /// Opens (creating and migrating if needed) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<SqliteKeys> {
+    pub fn open(dir: &Path, key: Option<&crate::DbKey>) -> Result<SqliteKeys> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::store(format!(
                 "cannot create data directory {}: {e}",
@@ -159,8 +159,7 @@ impl SqliteKeys {
             ))
         })?;
         let path = dir.join(DB_FILE);
-        let mut conn = open_conn(&path, false)
-            .map_err(|e| Error::store(format!("cannot open database {}: {e}", path.display())))?;
+        let mut conn = open_conn(&path, false, key)?;
         crate::schema::migrate(&mut conn)
             .map_err(db_err)?
             .map_err(Error::store)?;

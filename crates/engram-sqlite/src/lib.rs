@@ -52,6 +52,50 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// Threads used to (re)build the HNSW graph.
     pub build_threads: usize,
+    /// Encrypt the database with SQLCipher under this key. The HNSW graph is
+    /// then never written to disk: it is rebuilt from the database at start.
+    pub key: Option<DbKey>,
+}
+
+/// A SQLCipher key: 64 hex digits (a raw 256-bit key, used as is) or a
+/// passphrase (stretched by SQLCipher's PBKDF2, which makes every
+/// connection slower to open). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbKey(String);
+
+impl DbKey {
+    /// Checks and wraps a key; surrounding whitespace (a key file's newline) is dropped.
+    pub fn new(key: &str) -> Result<DbKey> {
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(Error::invalid("the encryption key is empty"));
+        }
+        Ok(DbKey(key.to_owned()))
+    }
+
+    fn is_raw(&self) -> bool {
+        self.0.len() == 64 && self.0.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    /// The value of `PRAGMA key` / `ATTACH … KEY`, as an SQL literal.
+    fn sql_literal(&self) -> String {
+        if self.is_raw() {
+            // Only hex digits: nothing to escape.
+            format!("\"x'{}'\"", self.0)
+        } else {
+            format!("'{}'", self.0.replace('\'', "''"))
+        }
+    }
+
+    fn apply(&self, conn: &Connection) -> rusqlite::Result<()> {
+        conn.execute_batch(&format!("PRAGMA key = {};", self.sql_literal()))
+    }
+}
+
+impl std::fmt::Debug for DbKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbKey(…)")
+    }
 }
 
 impl Default for SqliteOptions {
@@ -60,8 +104,71 @@ impl Default for SqliteOptions {
             index: IndexConfig::default(),
             readers: 4,
             build_threads: 2,
+            key: None,
         }
     }
+}
+
+/// Re-encrypts the database in `dir` — plaintext to encrypted, one key to
+/// another, or encrypted to plaintext (`new: None`) — by exporting it into a
+/// new file under the new key and renaming that over the old one, so a
+/// failure leaves the old database as it was. No other process may have the
+/// store open. Returns the number of memory versions carried over.
+pub fn rekey(dir: &Path, old: Option<&DbKey>, new: Option<&DbKey>) -> Result<u64> {
+    let db_path = dir.join(DB_FILE);
+    if !db_path.exists() {
+        return Err(Error::store(format!(
+            "no database at {}",
+            db_path.display()
+        )));
+    }
+    let tmp = dir.join(format!("{DB_FILE}.rekey"));
+    let _ = std::fs::remove_file(&tmp);
+    let conn = open_conn(&db_path, false, old)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    let versions: i64 = conn
+        .query_row("SELECT count(*) FROM memories", [], |r| r.get(0))
+        .map_err(db_err)?;
+    let target = tmp
+        .to_str()
+        .ok_or_else(|| Error::store("the data directory's path is not UTF-8"))?
+        .replace('\'', "''");
+    let key = new.map_or_else(|| "''".to_owned(), DbKey::sql_literal);
+    conn.execute_batch(&format!(
+        "PRAGMA wal_checkpoint(TRUNCATE);
+         ATTACH DATABASE '{target}' AS rekeyed KEY {key};
+         SELECT sqlcipher_export('rekeyed');
+         PRAGMA rekeyed.user_version = {version};
+         DETACH DATABASE rekeyed;"
+    ))
+    .map_err(|e| Error::store(format!("re-encrypting the database: {e}")))?;
+    drop(conn);
+    let check = open_conn(&tmp, false, new)?;
+    let copied: i64 = check
+        .query_row("SELECT count(*) FROM memories", [], |r| r.get(0))
+        .map_err(db_err)?;
+    drop(check);
+    if copied != versions {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::store(format!(
+            "re-encryption copied {copied} of {versions} memory versions; the database is unchanged"
+        )));
+    }
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{suffix}")));
+    }
+    std::fs::rename(&tmp, &db_path)
+        .map_err(|e| Error::store(format!("replacing the database: {e}")))?;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}.rekey{suffix}")));
+    }
+    if new.is_some() {
+        // The plaintext graph must not outlive the plaintext database.
+        let _ = std::fs::remove_file(dir.join(GRAPH_FILE));
+    }
+    Ok(versions.max(0) as u64)
 }
 
 /// The embedded store. Cheap to clone.
@@ -93,7 +200,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+/// Opens a connection, keyed when the store is encrypted, and proves the key
+/// (or its absence) fits by reading the schema before anything is written.
+fn open_conn(path: &Path, read_only: bool, key: Option<&DbKey>) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -101,8 +210,42 @@ fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags)?;
+    let cannot =
+        |e: rusqlite::Error| Error::store(format!("cannot open database {}: {e}", path.display()));
+    let conn = Connection::open_with_flags(path, flags).map_err(cannot)?;
+    if let Some(k) = key {
+        k.apply(&conn).map_err(cannot)?;
+    }
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            return Err(Error::store(match key {
+                Some(_) => format!(
+                    "cannot open database {}: wrong encryption key, or the database is not encrypted \
+                     (encrypt it with `engram rekey`)",
+                    path.display()
+                ),
+                None => format!(
+                    "cannot open database {}: it is encrypted (give its key with ENGRAM_ENCRYPTION_KEY \
+                     or --encryption-key-file), or it is not an Engram database",
+                    path.display()
+                ),
+            }));
+        }
+        Err(e) => return Err(cannot(e)),
+    }
+    configure(&conn, read_only).map_err(cannot)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Sorts and temporary indexes stay in memory, never in plaintext temp files.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -110,7 +253,7 @@ fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
         // Deleted content is overwritten, not just unlinked (erasure).
         conn.pragma_update(None, "secure_delete", "ON")?;
     }
-    Ok(conn)
+    Ok(())
 }
 
 impl SqliteStore {
@@ -125,16 +268,27 @@ impl SqliteStore {
             ))
         })?;
         let db_path = dir.join(DB_FILE);
-        let mut writer = open_conn(&db_path, false).map_err(|e| {
-            Error::store(format!("cannot open database {}: {e}", db_path.display()))
-        })?;
+        let key = options.key.as_ref();
+        let mut writer = open_conn(&db_path, false, key)?;
+        if key.is_some() {
+            // Encrypted: no plaintext copy of the vectors may stay beside the
+            // database. The graph is rebuilt from the database at start.
+            match std::fs::remove_file(dir.join(GRAPH_FILE)) {
+                Ok(()) => tracing::info!("removed the unencrypted HNSW graph file"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::store(format!(
+                        "cannot remove the unencrypted graph file {GRAPH_FILE}: {e}"
+                    )));
+                }
+            }
+        }
         schema::migrate(&mut writer)
             .map_err(db_err)?
             .map_err(Error::store)?;
         let readers = (0..options.readers.max(1))
-            .map(|_| open_conn(&db_path, true))
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(db_err)?;
+            .map(|_| open_conn(&db_path, true, key))
+            .collect::<Result<Vec<_>>>()?;
         let store = SqliteStore {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -235,6 +389,23 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Saves the HNSW graph beside the database — unless the database is
+    /// encrypted: the graph holds the vectors in the clear, so it is rebuilt
+    /// from the database at each start instead.
+    fn save_graph(&self, index: &VectorIndex) -> Result<()> {
+        if self.inner.options.key.is_some() {
+            return Ok(());
+        }
+        index
+            .save_graph(&self.inner.dir.join(GRAPH_FILE))
+            .map_err(idx_err)
+    }
+
+    /// Whether the database is encrypted (opened with a key).
+    pub fn encrypted(&self) -> bool {
+        self.inner.options.key.is_some()
+    }
+
     fn index(&self) -> Result<&VectorIndex> {
         self.inner.index.get().ok_or_else(|| {
             Error::new(
@@ -254,7 +425,7 @@ impl SqliteStore {
             let conn = lock(&inner.readers).pop();
             let conn = match conn {
                 Some(c) => c,
-                None => open_conn(&inner.dir.join(DB_FILE), true).map_err(db_err)?,
+                None => open_conn(&inner.dir.join(DB_FILE), true, inner.options.key.as_ref())?,
             };
             let out = f(&conn, &inner);
             lock(&inner.readers).push(conn);
@@ -321,9 +492,7 @@ impl SqliteStore {
             index
                 .rebuild_graph(store.inner.options.build_threads)
                 .map_err(idx_err)?;
-            index
-                .save_graph(&store.inner.dir.join(GRAPH_FILE))
-                .map_err(idx_err)
+            store.save_graph(index)
         })
         .await
         .map_err(|e| Error::internal(format!("rebuild task failed: {e}")))?
@@ -1229,12 +1398,16 @@ impl Store for SqliteStore {
         // A connection of its own with a short timeout: the probe must not wait
         // behind the writer mutex, and must see what another process holds.
         let path = self.inner.dir.join(DB_FILE);
+        let key = self.inner.options.key.clone();
         tokio::task::spawn_blocking(move || {
             let probe = || -> rusqlite::Result<()> {
                 let conn = Connection::open_with_flags(
                     &path,
                     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
+                if let Some(k) = &key {
+                    k.apply(&conn)?;
+                }
                 conn.busy_timeout(std::time::Duration::from_millis(500))?;
                 // Taking the write lock proves a write could happen now; nothing is written.
                 conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
@@ -1250,9 +1423,7 @@ impl Store for SqliteStore {
         tokio::task::spawn_blocking(move || {
             let _writer = lock(&store.inner.writer); // no writes while the graph is saved
             if let Some(index) = store.inner.index.get() {
-                index
-                    .save_graph(&store.inner.dir.join(GRAPH_FILE))
-                    .map_err(idx_err)?;
+                store.save_graph(index)?;
             }
             Ok(())
         })
@@ -1301,9 +1472,7 @@ impl Store for SqliteStore {
                 index
                     .rebuild_graph(store.inner.options.build_threads)
                     .map_err(idx_err)?;
-                index
-                    .save_graph(&store.inner.dir.join(GRAPH_FILE))
-                    .map_err(idx_err)?;
+                store.save_graph(index)?;
             }
             Ok(true)
         })

@@ -159,7 +159,7 @@ async fn keys_open_beside_a_running_store() {
         .await
         .unwrap();
     // `engram keys create` against a directory a server has open.
-    let cli = engram_sqlite::SqliteKeys::open(dir.path()).unwrap();
+    let cli = engram_sqlite::SqliteKeys::open(dir.path(), None).unwrap();
     let key = engram_core::keys::ApiKey {
         id: "0123456789abcdef".into(),
         name: "ops".into(),

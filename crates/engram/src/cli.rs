@@ -49,6 +49,8 @@ pub enum Command {
     Import(ImportArgs),
     /// Export a scope's memories (every version, vector and history) as versioned JSON Lines.
     Export(ExportArgs),
+    /// Encrypt, re-key or decrypt the SQLite data directory (stop the server first).
+    Rekey(RekeyArgs),
     /// Measure retrieval quality.
     Eval {
         #[command(subcommand)]
@@ -182,6 +184,25 @@ pub struct ExportArgs {
     pub target: Target,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct RekeyArgs {
+    /// Data directory.
+    #[arg(long, env = "ENGRAM_DATA_DIR", default_value = "./engram-data")]
+    pub data_dir: PathBuf,
+    /// The current key (give none if the database is not encrypted yet).
+    #[command(flatten)]
+    pub current: crate::runtime::EncryptionArgs,
+    /// The new key: 64 hex digits (a raw key) or a passphrase. Prefer --new-key-file.
+    #[arg(long, env = "ENGRAM_NEW_ENCRYPTION_KEY", hide_env_values = true)]
+    pub new_key: Option<String>,
+    /// File holding the new key (its first line).
+    #[arg(long, conflicts_with = "new_key")]
+    pub new_key_file: Option<PathBuf>,
+    /// Remove the encryption instead of setting a new key.
+    #[arg(long, conflicts_with_all = ["new_key", "new_key_file"])]
+    pub decrypt: bool,
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args).await,
@@ -193,6 +214,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Search(args) => search(args).await,
         Command::Import(args) => import(args).await,
         Command::Export(args) => export(args).await,
+        Command::Rekey(args) => rekey(args).await,
         Command::Eval { benchmark } => crate::eval::run(benchmark).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
@@ -418,6 +440,43 @@ fn mem0_to_jsonl(
     }
     out.flush()?;
     Ok(out)
+}
+
+async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
+    let old = args.current.key()?;
+    let new = if args.decrypt {
+        None
+    } else {
+        let new = crate::runtime::EncryptionArgs {
+            encryption_key: args.new_key.clone(),
+            encryption_key_file: args.new_key_file.clone(),
+        }
+        .key()?;
+        if new.is_none() {
+            anyhow::bail!(
+                "give the new key (--new-key-file or ENGRAM_NEW_ENCRYPTION_KEY), or --decrypt"
+            );
+        }
+        new
+    };
+    let _lock = crate::serve::DirLock::acquire(&args.data_dir, None)?;
+    let dir = args.data_dir.clone();
+    let encrypt = new.is_some();
+    let versions =
+        tokio::task::spawn_blocking(move || engram_sqlite::rekey(&dir, old.as_ref(), new.as_ref()))
+            .await
+            .context("rekey task")?
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+    println!(
+        "{}: {versions} memory versions carried over; the database is now {}",
+        args.data_dir.display(),
+        if encrypt {
+            "encrypted with the new key"
+        } else {
+            "unencrypted"
+        }
+    );
+    Ok(())
 }
 
 async fn export(args: ExportArgs) -> anyhow::Result<()> {

@@ -32,6 +32,8 @@ pub struct DirArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub backend: crate::runtime::BackendArgs,
+    #[command(flatten)]
+    pub encryption: crate::runtime::EncryptionArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -65,7 +67,10 @@ pub struct CreateArgs {
 }
 
 async fn open(dir: &DirArgs) -> anyhow::Result<KeyService> {
-    let store = dir.backend.open_keys(&dir.data_dir).await?;
+    let store = dir
+        .backend
+        .open_keys(&dir.data_dir, &dir.encryption)
+        .await?;
     Ok(KeyService::new(store, Arc::new(SystemClock)))
 }
 

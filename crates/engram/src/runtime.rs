@@ -140,6 +140,8 @@ pub struct StoreArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub backend: BackendArgs,
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
     /// Sentence-transformers model directory [default: $ENGRAM_MODEL_DIR or ~/.local/share/engram/models/all-MiniLM-L6-v2].
     #[arg(long, env = "ENGRAM_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
@@ -160,6 +162,43 @@ pub struct StoreArgs {
     pub retrieval: RetrievalArgs,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
+}
+
+/// Encryption at rest of the SQLite store (docs/operations.md, "Encryption at rest").
+#[derive(Args, Debug, Clone, Default)]
+pub struct EncryptionArgs {
+    /// Encrypt the SQLite database (SQLCipher) with this key: 64 hex digits
+    /// (a raw 256-bit key, e.g. `openssl rand -hex 32`) or a passphrase.
+    /// Prefer --encryption-key-file.
+    #[arg(
+        long,
+        env = "ENGRAM_ENCRYPTION_KEY",
+        hide_env_values = true,
+        conflicts_with = "encryption_key_file"
+    )]
+    pub encryption_key: Option<String>,
+    /// File holding the encryption key (only its first line is used).
+    #[arg(long, env = "ENGRAM_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+impl EncryptionArgs {
+    /// The key, from the flag / variable or the file; `None` for a plaintext store.
+    pub fn key(&self) -> anyhow::Result<Option<engram_sqlite::DbKey>> {
+        let text = match (&self.encryption_key, &self.encryption_key_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the encryption key file {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(
+            engram_sqlite::DbKey::new(&text).map_err(|e| anyhow::anyhow!(e.message))?,
+        ))
+    }
 }
 
 /// How memories expire (docs/operations.md, "Expiry and decay").
@@ -257,7 +296,11 @@ impl BackendArgs {
     }
 
     /// Just the key table of the configured store (for `engram keys`).
-    pub async fn open_keys(&self, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn KeyStore>> {
+    pub async fn open_keys(
+        &self,
+        data_dir: &std::path::Path,
+        encryption: &EncryptionArgs,
+    ) -> anyhow::Result<Arc<dyn KeyStore>> {
         match &self.store_url {
             Some(url) => {
                 let store =
@@ -266,7 +309,10 @@ impl BackendArgs {
                         .context("opening the Postgres store")?;
                 Ok(Arc::new(store))
             }
-            None => Ok(Arc::new(engram_sqlite::SqliteKeys::open(data_dir)?)),
+            None => Ok(Arc::new(engram_sqlite::SqliteKeys::open(
+                data_dir,
+                encryption.key()?.as_ref(),
+            )?)),
         }
     }
 }
@@ -485,6 +531,7 @@ pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, Ba
         None => {
             let options = SqliteOptions {
                 index: args.retrieval.index(),
+                key: args.encryption.key()?,
                 ..SqliteOptions::default()
             };
             Backend::Sqlite(

@@ -496,3 +496,100 @@ async fn export_and_import_round_trip_through_the_cli() {
     assert_eq!(listed["results"].as_array().unwrap().len(), 3, "{listed}");
     assert!(to.stop().success());
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_holding(&path, needle));
+        } else if std::fs::read(&path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
+
+/// The binary with a key file: adds, keys and searches work on an encrypted
+/// data directory whose files never hold the text; a wrong or missing key
+/// fails with a clear message; `engram rekey --decrypt` brings it back.
+#[test]
+fn encrypted_data_directory_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(
+        &key_file,
+        "9b2e4f7a1c3d5e6f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7\n",
+    )
+    .unwrap();
+    let wrong_file = dir.path().join("wrong");
+    std::fs::write(&wrong_file, "a passphrase that is not the key\n").unwrap();
+    let (key_s, wrong_s) = (key_file.to_str().unwrap(), wrong_file.to_str().unwrap());
+    let secret = "Yusuf keeps the spare key under the blue flowerpot";
+
+    let mut add = vec!["add", "--data-dir", data_s, "--encryption-key-file", key_s];
+    add.extend(["--org", "acme", "--user", "yusuf"]);
+    add.extend(secret.split(' '));
+    let (ok, out, err) = cli(&add);
+    assert!(ok && out.starts_with("ADD "), "{out}{err}");
+    let (ok, _, err) = cli(&[
+        "keys",
+        "create",
+        "--data-dir",
+        data_s,
+        "--encryption-key-file",
+        key_s,
+        "--org",
+        "acme",
+        "--role",
+        "admin",
+    ]);
+    assert!(ok, "{err}");
+    let search = |key: Option<&str>| {
+        let mut args = vec![
+            "search",
+            "--data-dir",
+            data_s,
+            "--org",
+            "acme",
+            "--user",
+            "yusuf",
+        ];
+        if let Some(k) = key {
+            args.extend(["--encryption-key-file", k]);
+        }
+        args.push("where is the spare key");
+        cli(&args)
+    };
+    let (ok, out, err) = search(Some(key_s));
+    assert!(ok && out.contains("flowerpot"), "{out}{err}");
+    assert_eq!(files_holding(&data, b"flowerpot"), Vec::<String>::new());
+
+    let (ok, _, err) = search(Some(wrong_s));
+    assert!(!ok && err.contains("wrong encryption key"), "{err}");
+    let (ok, _, err) = search(None);
+    assert!(!ok && err.contains("it is encrypted"), "{err}");
+
+    let (ok, out, err) = cli(&[
+        "rekey",
+        "--data-dir",
+        data_s,
+        "--encryption-key-file",
+        key_s,
+        "--decrypt",
+    ]);
+    assert!(ok && out.contains("now unencrypted"), "{out}{err}");
+    let (ok, out, err) = search(None);
+    assert!(ok && out.contains("flowerpot"), "{out}{err}");
+    assert!(
+        !files_holding(&data, b"flowerpot").is_empty(),
+        "the control"
+    );
+}
