@@ -3,8 +3,9 @@
 //! removes expired memories. Pure rules; the service applies them.
 //!
 //! A memory's expiry is either **fixed** (`expires_at` given by the caller)
-//! or **sliding** (`idle_ttl`: every use — a write, or a read that returns
-//! it — moves `expires_at` to that time plus the TTL). Session memories (those
+//! or **sliding** (`idle_ttl`: every use — a write, a search that returns
+//! it, a get of it — moves `expires_at` to that time plus the TTL; listings
+//! are not uses). Session memories (those
 //! with a `run_id`) get the session TTL of their scope's policy; other
 //! memories the policy's memory TTL, if it has one. An expired memory is
 //! invisible at once (every read checks `expires_at` against the clock) and

@@ -132,11 +132,23 @@ impl ExportedMemory {
                     v.embedding.len()
                 ));
             }
+            if v.embedding.iter().any(|x| !x.is_finite()) || v.embedding.iter().all(|x| *x == 0.0) {
+                return bad(format!(
+                    "version {} has a vector with non-finite values or no direction",
+                    i + 1
+                ));
+            }
         }
         if let Some(h) = self.history.iter().find(|h| h.memory_id != id) {
             return bad(format!(
                 "history event {} belongs to memory {}",
                 h.id, h.memory_id
+            ));
+        }
+        if let Some(h) = self.history.iter().find(|h| h.scope != first.memory.scope) {
+            return bad(format!(
+                "history event {} has another scope than the memory",
+                h.id
             ));
         }
         Ok(())

@@ -53,6 +53,14 @@ fn slide(m: &mut Memory, now: Timestamp) {
     }
 }
 
+/// Where a memory counted against the episodic cap is.
+enum Placed {
+    /// Inserted by the batch, at this index of its ops.
+    New(usize),
+    /// Already stored: its current version and expiry.
+    Stored(u32, Option<Timestamp>),
+}
+
 /// What one [`MemoryService::sweep`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SweepReport {
@@ -398,6 +406,7 @@ impl MemoryService {
             ops.extend(o);
             results.push(r);
         }
+        self.cap_episodic(ctx, &mut ops).await?;
         Ok((ops, results))
     }
 
@@ -995,7 +1004,9 @@ impl MemoryService {
                 m.expires_at = expiry_after(now, ttl);
                 ops.push(WriteOp::SetExpiry {
                     id: m.id,
-                    expires_at: m.expires_at,
+                    version: m.version,
+                    from: Some(at),
+                    to: m.expires_at,
                 });
             }
         }
@@ -1037,8 +1048,17 @@ impl MemoryService {
                 vec![MemoryKind::Episodic],
                 false,
             )));
-            // (created_at, id, index of the new insert in `ops`)
-            let mut all: Vec<(Timestamp, MemoryId, Option<usize>)> = ops
+            // Memories this batch deletes no longer count.
+            let deleted: Vec<MemoryId> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    WriteOp::Delete { id, .. } => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            // (created_at, id, where: the new insert's index in `ops`, or the
+            // existing memory's version and expiry)
+            let mut all: Vec<(Timestamp, MemoryId, Placed)> = ops
                 .iter()
                 .enumerate()
                 .filter_map(|(i, op)| match op {
@@ -1047,36 +1067,43 @@ impl MemoryService {
                             && memory.scope == scope
                             && memory.is_live(now) =>
                     {
-                        Some((memory.created_at, memory.id, Some(i)))
+                        Some((memory.created_at, memory.id, Placed::New(i)))
                     }
                     _ => None,
                 })
                 .collect();
-            if self.inner.store.count(&filter, vis).await? + all.len() <= cap {
+            let existing = self.inner.store.count(&filter, vis).await?;
+            if existing.saturating_sub(deleted.len()) + all.len() <= cap {
                 continue;
             }
             let mut after = None;
             loop {
                 let page = self.inner.store.list(&filter, vis, after, MAX_PAGE).await?;
-                all.extend(page.iter().map(|m| (m.created_at, m.id, None)));
+                all.extend(
+                    page.iter()
+                        .filter(|m| !deleted.contains(&m.id))
+                        .map(|m| (m.created_at, m.id, Placed::Stored(m.version, m.expires_at))),
+                );
                 match page.last() {
                     Some(last) if page.len() == MAX_PAGE => after = Some(Cursor::of(last)),
                     _ => break,
                 }
             }
             all.sort_by_key(|m| std::cmp::Reverse((m.0, m.1)));
-            for (_, id, new) in all.into_iter().skip(cap) {
-                match new {
-                    Some(i) => {
+            for (_, id, placed) in all.into_iter().skip(cap) {
+                match placed {
+                    Placed::New(i) => {
                         if let WriteOp::Insert { memory, .. } = &mut ops[i] {
                             memory.expires_at = Some(now);
                             memory.idle_ttl = None;
                         }
                     }
-                    None => {
+                    Placed::Stored(version, from) => {
                         ops.push(WriteOp::SetExpiry {
                             id,
-                            expires_at: Some(now),
+                            version,
+                            from,
+                            to: Some(now),
                         });
                         let mut e = AuditEvent::new(
                             now,
@@ -1163,7 +1190,7 @@ impl MemoryService {
         &self,
         ctx: &RequestCtx,
         header: &ExportHeader,
-        memories: Vec<ExportedMemory>,
+        mut memories: Vec<ExportedMemory>,
     ) -> Result<ImportReport> {
         ctx.principal
             .require(Role::ReadWrite, "importing memories")?;
@@ -1182,20 +1209,40 @@ impl MemoryService {
             for v in &m.versions {
                 self.check_text(&v.memory.text, &format!("memory {}'s text", m.id))?;
             }
+            // A sliding expiry must respect this scope's bounds, as on an add.
+            if let Some(ttl) = m.current().and_then(|c| c.idle_ttl) {
+                self.inner
+                    .lifecycle
+                    .policy(scope)
+                    .idle_ttl(scope, Some(ttl))
+                    .map_err(|e| Error::invalid(format!("memory {}: {}", m.id, e.message)))?;
+            }
+        }
+        // What the store derives itself is recomputed, not trusted.
+        for v in memories.iter_mut().flat_map(|m| m.versions.iter_mut()) {
+            v.memory.hash = text_hash(&v.memory.text);
+            v.memory.tokens = self.inner.embedder.count_tokens(&v.memory.text) as u32;
         }
         let ids: Vec<MemoryId> = memories.iter().map(|m| m.id).collect();
-        let existing: std::collections::HashSet<MemoryId> = self
-            .inner
-            .store
-            .memory_versions(&ids)
-            .await?
-            .into_iter()
-            .map(|(m, _)| m.id)
-            .collect();
+        let mut existing: HashMap<MemoryId, Scope> = HashMap::new();
+        for (m, _) in self.inner.store.memory_versions(&ids).await? {
+            existing.insert(m.id, m.scope);
+        }
+        // An id held under another scope is not "already imported".
+        for m in &memories {
+            if let Some(scope) = existing.get(&m.id)
+                && *scope != m.versions[0].memory.scope
+            {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!("memory {} already exists with another scope", m.id),
+                ));
+            }
+        }
         let mut report = ImportReport::default();
         let mut fresh: Vec<ExportedMemory> = Vec::with_capacity(memories.len());
         for m in memories {
-            if existing.contains(&m.id) || fresh.iter().any(|f| f.id == m.id) {
+            if existing.contains_key(&m.id) || fresh.iter().any(|f| f.id == m.id) {
                 report.skipped += 1;
             } else {
                 fresh.push(m);

@@ -46,10 +46,14 @@ pub enum WriteOp {
     },
     /// Sets the expiry of the current version of `id` in place (no new
     /// version, no history row): sliding expiries moved by a use, or memories
-    /// expired by a cap. Nothing happens if `id` has no current version.
+    /// expired by a cap. A compare-and-set: it applies only while the current
+    /// version is still `version` with expiry `from` — a concurrent update,
+    /// touch or erasure wins, and then nothing happens (no error).
     SetExpiry {
         id: MemoryId,
-        expires_at: Option<Timestamp>,
+        version: u32,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
     },
     /// Writes a memory from an export exactly as it was — every version (only
     /// the last current and indexed), its history rows as they are — unless

@@ -167,9 +167,13 @@ pub(crate) async fn sweep(
     }
     mark_table(tx).await?;
     tx.execute(
+        // The expired current versions are locked (skipping any a writer
+        // holds): an update or touch on another node waits for this
+        // transaction and then finds the memory gone, instead of the sweep
+        // deleting a version or history row written after it looked.
         "INSERT INTO erased SELECT rowid, id, invalid_at IS NULL FROM memories WHERE id IN \
          (SELECT id FROM memories WHERE expires_at IS NOT NULL AND invalid_at IS NULL \
-          AND expires_at <= $1 LIMIT $2)",
+          AND expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
         &[&now.as_millisecond(), &(limit as i64)],
     )
     .await?;

@@ -408,10 +408,16 @@ impl PgStore {
                         insert_history(&tx, h).await?;
                     }
                 }
-                WriteOp::SetExpiry { id, expires_at } => {
+                WriteOp::SetExpiry {
+                    id,
+                    version,
+                    from,
+                    to,
+                } => {
                     tx.execute(
-                        "UPDATE memories SET expires_at = $2 WHERE id = $1 AND invalid_at IS NULL",
-                        &[id, &expires_at.map(ms)],
+                        "UPDATE memories SET expires_at = $4 WHERE id = $1 AND invalid_at IS NULL \
+                         AND version = $2 AND expires_at IS NOT DISTINCT FROM $3",
+                        &[id, &int(*version), &from.map(ms), &to.map(ms)],
                     )
                     .await?;
                 }

@@ -274,6 +274,11 @@ async fn export_then_import_gives_the_same_memories() {
     }
 }
 
+/// An empty node without authentication.
+async fn a_clone_target() -> Node {
+    node(AuthMode::InsecureNoAuth).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_import_changes_nothing() {
     let a = node(AuthMode::InsecureNoAuth).await;
@@ -331,5 +336,38 @@ async fn a_bad_import_changes_nothing() {
     let (status, body) = import(&b, format!("{}\n{m}", lines[0]), Some(&admin)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(problem(&body).contains("2-dimension"), "{body}");
+    // A vector with no direction (cosine would be 0/0).
+    let dim = m["versions"][1]["embedding"]
+        .as_array()
+        .map_or(384, Vec::len);
+    let mut zero: Value = serde_json::from_str(lines[1]).unwrap();
+    zero["versions"][0]["embedding"] = json!(vec![0.0; dim.max(384)]);
+    let (status, body) = import(&b, format!("{}\n{zero}", lines[0]), Some(&admin)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(problem(&body).contains("no direction"), "{body}");
     assert_eq!(count().await, 0, "nothing was stored");
+
+    // History rows must carry the memory's own scope.
+    let mut forged: Value = serde_json::from_str(lines[1]).unwrap();
+    forged["history"][0]["scope"]["user_id"] = json!("someone-else");
+    let (status, body) = import(
+        &a_clone_target().await,
+        format!("{}\n{forged}", lines[0]),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(problem(&body).contains("another scope"), "{body}");
+
+    // An id the store holds under another scope is a conflict, not "already present".
+    let mut moved: Value = serde_json::from_str(lines[1]).unwrap();
+    for v in moved["versions"].as_array_mut().unwrap() {
+        v["scope"]["user_id"] = json!("bob");
+    }
+    for h in moved["history"].as_array_mut().unwrap() {
+        h["scope"]["user_id"] = json!("bob");
+    }
+    let (status, body) = import(&a, format!("{}\n{moved}", lines[0]), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(problem(&body).contains("another scope"), "{body}");
 }

@@ -57,6 +57,17 @@ pub struct SqliteOptions {
     pub key: Option<DbKey>,
 }
 
+/// An error safe to show when the statement held a key: SQL text dropped.
+fn quiet(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => rusqlite::Error::SqliteFailure(*f, None),
+        _ => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some("the key statement failed".into()),
+        ),
+    }
+}
+
 /// A SQLCipher key: 64 hex digits (a raw 256-bit key, used as is) or a
 /// passphrase (stretched by SQLCipher's PBKDF2, which makes every
 /// connection slower to open). Never printed.
@@ -69,6 +80,11 @@ impl DbKey {
         let key = key.trim();
         if key.is_empty() {
             return Err(Error::invalid("the encryption key is empty"));
+        }
+        if key.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "the encryption key contains control characters",
+            ));
         }
         Ok(DbKey(key.to_owned()))
     }
@@ -87,8 +103,10 @@ impl DbKey {
         }
     }
 
+    /// Keys a connection. The error never quotes the statement (it holds the key).
     fn apply(&self, conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(&format!("PRAGMA key = {};", self.sql_literal()))
+            .map_err(|e| quiet(&e))
     }
 }
 
@@ -143,7 +161,7 @@ pub fn rekey(dir: &Path, old: Option<&DbKey>, new: Option<&DbKey>) -> Result<u64
          PRAGMA rekeyed.user_version = {version};
          DETACH DATABASE rekeyed;"
     ))
-    .map_err(|e| Error::store(format!("re-encrypting the database: {e}")))?;
+    .map_err(|e| Error::store(format!("re-encrypting the database: {}", quiet(&e))))?;
     drop(conn);
     let check = open_conn(&tmp, false, new)?;
     let copied: i64 = check
@@ -925,18 +943,29 @@ impl Store for SqliteStore {
                             insert_history(&tx, h)?;
                         }
                     }
-                    WriteOp::SetExpiry { id, expires_at } => {
-                        tx.prepare_cached(
-                            "UPDATE memories SET expires_at = ?2 WHERE id = ?1 AND invalid_at IS NULL",
-                        )
-                        .and_then(|mut s| {
-                            s.execute(params![
-                                id.to_string(),
-                                expires_at.map(|t| t.as_millisecond())
-                            ])
-                        })
-                        .map_err(db_err)?;
-                        applied.push(Applied::Expiry { id, expires_at });
+                    WriteOp::SetExpiry {
+                        id,
+                        version,
+                        from,
+                        to,
+                    } => {
+                        let changed = tx
+                            .prepare_cached(
+                                "UPDATE memories SET expires_at = ?4 WHERE id = ?1 AND invalid_at IS NULL \
+                                 AND version = ?2 AND expires_at IS ?3",
+                            )
+                            .and_then(|mut s| {
+                                s.execute(params![
+                                    id.to_string(),
+                                    version,
+                                    from.map(|t| t.as_millisecond()),
+                                    to.map(|t| t.as_millisecond())
+                                ])
+                            })
+                            .map_err(db_err)?;
+                        if changed > 0 {
+                            applied.push(Applied::Expiry { id, expires_at: to });
+                        }
                     }
                     WriteOp::FinishJob {
                         id,

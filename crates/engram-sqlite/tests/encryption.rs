@@ -112,6 +112,14 @@ async fn an_encrypted_directory_holds_no_memory_text() {
     assert!(!holding(plain.path(), MARKER).is_empty());
 }
 
+#[test]
+fn keys_with_control_characters_are_refused() {
+    assert!(DbKey::new("abc\u{0}def").is_err());
+    assert!(DbKey::new("abc\ndef").is_err());
+    assert!(DbKey::new("   ").is_err());
+    assert!(format!("{:?}", key("hunter2")).find("hunter2").is_none());
+}
+
 #[tokio::test]
 async fn a_wrong_or_missing_key_is_a_clear_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

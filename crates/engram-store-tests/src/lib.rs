@@ -1324,16 +1324,21 @@ pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
     assert_eq!(got.expires_at, Some(at(60)));
 
     // Used at minute 50 (say with a 100-minute TTL): moved to 150, in place.
+    // Stale moves (an older version, an expiry that changed meanwhile, an
+    // unknown id) do nothing.
+    let set = |id, version, from: i64, to: i64| WriteOp::SetExpiry {
+        id,
+        version,
+        from: Some(at(from)),
+        to: Some(at(to)),
+    };
     f.store
         .apply(vec![
-            WriteOp::SetExpiry {
-                id: a.id,
-                expires_at: Some(at(150)),
-            },
-            WriteOp::SetExpiry {
-                id: uuid::Uuid::now_v7(),
-                expires_at: Some(at(1)),
-            },
+            set(a.id, 1, 60, 500),
+            set(a.id, 2, 61, 500),
+            set(a.id, 2, 60, 150),
+            set(a.id, 2, 60, 700),
+            set(uuid::Uuid::now_v7(), 1, 60, 1),
         ])
         .await
         .unwrap();

@@ -272,6 +272,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let model_id = embedder.model().id.clone();
     let now = jiff::Timestamp::now();
     let mut to_expire: Vec<uuid::Uuid> = Vec::with_capacity(args.memories / 10 + 1);
+    let far = engram_core::service::to_millis(now + jiff::SignedDuration::from_hours(24 * 365));
     let t_load = Instant::now();
     let mut batch = Vec::with_capacity(1000);
     for i in 0..args.memories {
@@ -316,7 +317,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             updated_at: at,
             valid_at: None,
             invalid_at: None,
-            expires_at: expiring.then(|| now + jiff::SignedDuration::from_hours(24 * 365)),
+            expires_at: expiring.then_some(far),
             idle_ttl: None,
             embedding_model: model_id.clone(),
         };
@@ -595,7 +596,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .iter()
             .map(|id| WriteOp::SetExpiry {
                 id: *id,
-                expires_at: Some(expired_at),
+                version: 1,
+                from: Some(far),
+                to: Some(expired_at),
             })
             .collect();
         store_dyn.apply(ops).await?;

@@ -184,7 +184,7 @@ pub struct ExportArgs {
     pub target: Target,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args)]
 pub struct RekeyArgs {
     /// Data directory.
     #[arg(long, env = "ENGRAM_DATA_DIR", default_value = "./engram-data")]
@@ -442,6 +442,18 @@ fn mem0_to_jsonl(
     Ok(out)
 }
 
+impl std::fmt::Debug for RekeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RekeyArgs")
+            .field("data_dir", &self.data_dir)
+            .field("current", &self.current)
+            .field("new_key", &self.new_key.as_ref().map(|_| "…"))
+            .field("new_key_file", &self.new_key_file)
+            .field("decrypt", &self.decrypt)
+            .finish()
+    }
+}
+
 async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     let old = args.current.key()?;
     let new = if args.decrypt {
@@ -611,7 +623,13 @@ async fn import_export(args: &ImportArgs) -> anyhow::Result<()> {
     let mut batch: Vec<String> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut lines = lines.peekable();
-    while lines.peek().is_some() || !batch.is_empty() {
+    // A line that would have pushed the previous request over the limit.
+    let mut carry: Option<String> = None;
+    while lines.peek().is_some() || carry.is_some() || !batch.is_empty() {
+        if let Some(line) = carry.take() {
+            batch_bytes += line.len() + 1;
+            batch.push(line);
+        }
         while batch.len() < args.batch.max(1) && batch_bytes < REQUEST_BYTES {
             let Some((i, line)) = lines.next() else { break };
             let line = line.context("reading the import file")?;
@@ -623,6 +641,10 @@ async fn import_export(args: &ImportArgs) -> anyhow::Result<()> {
                 // Check now, so the error names the line.
                 serde_json::from_str::<ExportedMemory>(&line)
                     .with_context(|| format!("line {}: not an exported memory", i + 1))?;
+            } else if !batch.is_empty() && batch_bytes + line.len() + 1 > REQUEST_BYTES {
+                // Sent with the next request (alone, if it is that large).
+                carry = Some(line);
+                break;
             }
             batch_bytes += line.len() + 1;
             batch.push(line);
@@ -658,6 +680,12 @@ async fn import_export(args: &ImportArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot reach {url}"))?;
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
+                if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+                    anyhow::bail!(
+                        "the server refused a request of {batch_bytes} bytes as too large: raise its \
+                         --max-body-bytes, or import into the data directory directly"
+                    );
+                }
                 if !status.is_success() {
                     anyhow::bail!("{status}: {text}");
                 }

@@ -165,7 +165,7 @@ pub struct StoreArgs {
 }
 
 /// Encryption at rest of the SQLite store (docs/operations.md, "Encryption at rest").
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Clone, Default)]
 pub struct EncryptionArgs {
     /// Encrypt the SQLite database (SQLCipher) with this key: 64 hex digits
     /// (a raw 256-bit key, e.g. `openssl rand -hex 32`) or a passphrase.
@@ -180,6 +180,15 @@ pub struct EncryptionArgs {
     /// File holding the encryption key (only its first line is used).
     #[arg(long, env = "ENGRAM_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for EncryptionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionArgs")
+            .field("encryption_key", &self.encryption_key.as_ref().map(|_| "…"))
+            .field("encryption_key_file", &self.encryption_key_file)
+            .finish()
+    }
 }
 
 impl EncryptionArgs {
@@ -521,6 +530,12 @@ pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, Ba
     let embedder = embedder(args).await?;
     let store = match &args.backend.store_url {
         Some(url) => {
+            if args.encryption.key()?.is_some() {
+                anyhow::bail!(
+                    "an encryption key applies to the embedded SQLite store only; with a Postgres \
+                     --store use the database's own storage encryption (and unset the key)"
+                );
+            }
             let options = args.backend.pg_options(args.retrieval.exact_threshold);
             Backend::Postgres(
                 PgStore::connect(url, options)

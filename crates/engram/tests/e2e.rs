@@ -576,6 +576,18 @@ fn encrypted_data_directory_through_the_cli() {
     assert!(!ok && err.contains("wrong encryption key"), "{err}");
     let (ok, _, err) = search(None);
     assert!(!ok && err.contains("it is encrypted"), "{err}");
+    // A key means nothing to a Postgres store: refused, not silently ignored.
+    let (ok, _, err) = cli(&[
+        "search",
+        "--store",
+        "postgres://engram@127.0.0.1:1/engram",
+        "--encryption-key-file",
+        key_s,
+        "--user",
+        "yusuf",
+        "anything",
+    ]);
+    assert!(!ok && err.contains("SQLite store only"), "{err}");
 
     let (ok, out, err) = cli(&[
         "rekey",
