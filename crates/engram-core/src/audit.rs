@@ -62,6 +62,19 @@ impl AuditEvent {
         }
     }
 
+    /// Adds removal counts to the detail (every count for an erasure's
+    /// receipt; with `nonzero_only`, just the kinds that were touched).
+    pub fn add_counts(&mut self, counts: &ErasureCounts, nonzero_only: bool) {
+        if let serde_json::Value::Object(detail) = &mut self.detail
+            && let Ok(serde_json::Value::Object(c)) = serde_json::to_value(counts)
+        {
+            detail.extend(
+                c.into_iter()
+                    .filter(|(_, v)| !nonzero_only || v.as_u64() != Some(0)),
+            );
+        }
+    }
+
     /// The audit row of a memory write, derived from its history row.
     pub fn of_history(h: &HistoryEvent) -> AuditEvent {
         let action = match h.event {

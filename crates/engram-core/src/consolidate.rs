@@ -517,7 +517,7 @@ impl Pipeline {
             .filter(|(e, ..)| matches!(e, Event::Add | Event::Update))
             .map(|(_, _, _, t, _)| t.clone())
             .collect();
-        let mut vectors = self.memory.embedder().embed(&to_embed).await?.into_iter();
+        let mut vectors = self.memory.embed_all(&to_embed).await?.into_iter();
         let mut writes = Vec::new();
         for (event, target, fact, text, reason) in planned {
             match (event, target) {

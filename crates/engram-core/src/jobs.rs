@@ -101,6 +101,19 @@ pub struct JobCounts {
     pub dead: u64,
 }
 
+impl JobCounts {
+    /// Records `n` jobs in the state a store names `state` (unknown states are ignored).
+    pub fn set(&mut self, state: &str, n: u64) {
+        match JobState::parse(state) {
+            Ok(JobState::Queued) => self.queued = n,
+            Ok(JobState::Running) => self.running = n,
+            Ok(JobState::Done) => self.done = n,
+            Ok(JobState::Dead) => self.dead = n,
+            Err(_) => {}
+        }
+    }
+}
+
 /// Where jobs live: the same store as the memories they write.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {

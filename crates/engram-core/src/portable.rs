@@ -91,6 +91,12 @@ pub struct ExportedMemory {
 }
 
 impl ExportedMemory {
+    /// Parses line `n` (1-based) of an export.
+    pub fn parse_line(line: &str, n: usize) -> Result<ExportedMemory> {
+        serde_json::from_str(line)
+            .map_err(|e| Error::invalid(format!("line {n}: not an exported memory: {e}")))
+    }
+
     /// Checks that a memory read from a file is whole and consistent: at
     /// least one version, all with this id and one scope, numbered 1, 2, …,
     /// only the last one current, vectors of `dim` dimensions, history of

@@ -219,6 +219,7 @@ pub struct MemoryService {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     store: Arc<dyn Store>,
     embedder: Arc<dyn Embedder>,
@@ -256,33 +257,19 @@ impl MemoryService {
 
     /// The same service (store, embedder, query cache) with other retrieval settings.
     pub fn with_retrieval(&self, retrieval: RetrievalConfig) -> MemoryService {
-        let i = &self.inner;
+        let mut inner = (*self.inner).clone();
+        inner.retrieval = retrieval;
         MemoryService {
-            inner: Arc::new(Inner {
-                store: i.store.clone(),
-                embedder: i.embedder.clone(),
-                queries: i.queries.clone(),
-                retrieval,
-                ingest: i.ingest.clone(),
-                clock: i.clock.clone(),
-                lifecycle: i.lifecycle.clone(),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
     /// The same service with other expiry policies.
     pub fn with_lifecycle(&self, lifecycle: LifecycleConfig) -> MemoryService {
-        let i = &self.inner;
+        let mut inner = (*self.inner).clone();
+        inner.lifecycle = lifecycle;
         MemoryService {
-            inner: Arc::new(Inner {
-                store: i.store.clone(),
-                embedder: i.embedder.clone(),
-                queries: i.queries.clone(),
-                retrieval: i.retrieval.clone(),
-                ingest: i.ingest.clone(),
-                clock: i.clock.clone(),
-                lifecycle,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -558,15 +545,7 @@ impl MemoryService {
             texts.extend(pieces.iter().map(|(_, t)| t.clone()));
             prepared.push((input, pieces));
         }
-        let vectors = self.inner.embedder.embed(&texts).await?;
-        if vectors.len() != texts.len() {
-            return Err(Error::embedder(format!(
-                "embedder returned {} vectors for {} texts",
-                vectors.len(),
-                texts.len()
-            )));
-        }
-        let mut vectors = vectors.into_iter();
+        let mut vectors = self.embed_all(&texts).await?.into_iter();
         let vis = Visibility { now };
         let threshold = self.inner.ingest.dedup_threshold;
         let mut ops = Vec::new();
@@ -1241,8 +1220,9 @@ impl MemoryService {
         }
         let mut report = ImportReport::default();
         let mut fresh: Vec<ExportedMemory> = Vec::with_capacity(memories.len());
+        let mut seen = std::collections::HashSet::new();
         for m in memories {
-            if existing.contains_key(&m.id) || fresh.iter().any(|f| f.id == m.id) {
+            if existing.contains_key(&m.id) || !seen.insert(m.id) {
                 report.skipped += 1;
             } else {
                 fresh.push(m);
@@ -1253,15 +1233,7 @@ impl MemoryService {
                 .iter()
                 .flat_map(|m| m.versions.iter().map(|v| v.memory.text.clone()))
                 .collect();
-            let vectors = self.inner.embedder.embed(&texts).await?;
-            if vectors.len() != texts.len() {
-                return Err(Error::embedder(format!(
-                    "embedder returned {} vectors for {} texts",
-                    vectors.len(),
-                    texts.len()
-                )));
-            }
-            let mut vectors = vectors.into_iter();
+            let mut vectors = self.embed_all(&texts).await?.into_iter();
             for v in fresh.iter_mut().flat_map(|m| m.versions.iter_mut()) {
                 v.embedding = vectors.next().unwrap_or_default();
                 v.memory.embedding_model = model.id.clone();
@@ -1295,6 +1267,20 @@ impl MemoryService {
         ops.push(WriteOp::Audit(audit));
         self.inner.store.apply(ops).await?;
         Ok(report)
+    }
+
+    /// One vector per text, in order (an embedder answering with another
+    /// count is an error, not a silent misalignment).
+    pub(crate) async fn embed_all(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let vectors = self.inner.embedder.embed(texts).await?;
+        if vectors.len() != texts.len() {
+            return Err(Error::embedder(format!(
+                "embedder returned {} vectors for {} texts",
+                vectors.len(),
+                texts.len()
+            )));
+        }
+        Ok(vectors)
     }
 
     /// One text's vector.

@@ -79,6 +79,40 @@ pub enum WriteOp {
     Audit(crate::audit::AuditEvent),
 }
 
+impl WriteOp {
+    /// The vectors this op writes.
+    pub fn vectors(&self) -> Vec<&[f32]> {
+        match self {
+            WriteOp::Insert { embedding, .. } => vec![embedding.as_slice()],
+            WriteOp::Update { embedding, .. } => embedding.iter().map(Vec::as_slice).collect(),
+            WriteOp::Import { versions, .. } => {
+                versions.iter().map(|(_, v)| v.as_slice()).collect()
+            }
+            WriteOp::Delete { .. }
+            | WriteOp::SetExpiry { .. }
+            | WriteOp::FinishJob { .. }
+            | WriteOp::RecordUsage(_)
+            | WriteOp::Audit(_) => Vec::new(),
+        }
+    }
+}
+
+/// Refuses a batch with any vector whose length is not the store's `dim`
+/// (before anything is written).
+pub fn check_dimensions(ops: &[WriteOp], dim: usize) -> Result<()> {
+    match ops
+        .iter()
+        .flat_map(WriteOp::vectors)
+        .find(|v| v.len() != dim)
+    {
+        Some(v) => Err(Error::new(
+            crate::ErrorCode::EmbeddingModelMismatch,
+            format!("vector has {} dimensions; the store holds {dim}", v.len()),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// LLM usage of one scope, one day, one model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UsageRow {

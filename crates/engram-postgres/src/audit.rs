@@ -91,11 +91,7 @@ pub(crate) async fn erase(
             )
             .await?;
     }
-    if let serde_json::Value::Object(detail) = &mut audit.detail
-        && let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&c)
-    {
-        detail.extend(counts);
-    }
+    audit.add_counts(&c, false);
     append(tx, &audit).await?;
     Ok(c)
 }
@@ -179,11 +175,7 @@ pub(crate) async fn sweep(
     .await?;
     let c = remove_marked(tx, "memory_id IN (SELECT id FROM erased)", &[]).await?;
     if c.memories > 0 {
-        if let serde_json::Value::Object(detail) = &mut audit.detail
-            && let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&c)
-        {
-            detail.extend(counts.into_iter().filter(|(_, v)| v.as_u64() != Some(0)));
-        }
+        audit.add_counts(&c, true);
         append(tx, &audit).await?;
     }
     Ok(c)

@@ -298,14 +298,7 @@ impl JobStore for PgStore {
         let mut c = JobCounts::default();
         for r in &rows {
             let state: String = get(r, 0)?;
-            let n = get::<i64>(r, 1)?.max(0) as u64;
-            match JobState::parse(&state) {
-                Ok(JobState::Queued) => c.queued = n,
-                Ok(JobState::Running) => c.running = n,
-                Ok(JobState::Done) => c.done = n,
-                Ok(JobState::Dead) => c.dead = n,
-                Err(_) => {}
-            }
+            c.set(&state, get::<i64>(r, 1)?.max(0) as u64);
         }
         Ok(c)
     }

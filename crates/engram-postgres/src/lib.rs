@@ -342,7 +342,32 @@ impl PgStore {
         Ok(n.max(0) as usize)
     }
 
-    /// Runs `ops` in one transaction, retrying serialization failures and deadlocks.
+    /// Runs `once` (one transaction) until it commits, again after a
+    /// serialization failure or deadlock (with backoff, at most
+    /// `write_attempts` times); other errors are final.
+    async fn retrying<T, F, Fut>(&self, mut once: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, ApplyError>>,
+    {
+        let attempts = self.inner.options.write_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match once().await {
+                Ok(v) => return Ok(v),
+                Err(ApplyError::Pg(e)) if retryable(&e) && attempt < attempts => {
+                    tracing::debug!(attempt, error = %e, "retrying a write transaction");
+                    let backoff = 5u64 << attempt.min(6);
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                }
+                Err(ApplyError::Pg(e)) => return Err(pg_err(e)),
+                Err(ApplyError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `ops` in one transaction (one attempt; see [`retrying`](Self::retrying)).
     async fn apply_once(&self, ops: &[WriteOp]) -> std::result::Result<(), ApplyError> {
         let mut client = self.client().await.map_err(ApplyError::Other)?;
         let tx = client.transaction().await.map_err(ApplyError::Pg)?;
@@ -395,14 +420,7 @@ impl PgStore {
                         continue;
                     }
                     for (memory, vector) in versions {
-                        let rowid =
-                            insert_version(&tx, memory, Vector::from(vector.clone())).await?;
-                        if memory.invalid_at.is_some() {
-                            // The entity index holds current versions only (the
-                            // keyword and vector indexes are partial).
-                            tx.execute("DELETE FROM entities WHERE memory = $1", &[&rowid])
-                                .await?;
-                        }
+                        insert_version(&tx, memory, Vector::from(vector.clone())).await?;
                     }
                     for h in history {
                         insert_history(&tx, h).await?;
@@ -472,7 +490,7 @@ async fn insert_version(
     tx: &Transaction<'_>,
     m: &Memory,
     embedding: Vector,
-) -> std::result::Result<i64, ApplyError> {
+) -> std::result::Result<(), ApplyError> {
     let row = tx
         .query_one(
             "INSERT INTO memories (id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, \
@@ -508,9 +526,12 @@ async fn insert_version(
         )
         .await?;
     let rowid: i64 = row.get(0);
-    let mut keys: Vec<String> = m.entities.iter().map(|e| e.key()).collect();
-    keys.sort();
-    keys.dedup();
+    // The entity index holds current versions only (the keyword and vector
+    // indexes are partial on `invalid_at IS NULL`).
+    let keys = match m.invalid_at {
+        None => engram_core::service::entity_keys(&m.entities),
+        Some(_) => Vec::new(),
+    };
     if !keys.is_empty() {
         tx.execute(
             "INSERT INTO entities (key, memory) SELECT k, $2 FROM unnest($1::text[]) AS k \
@@ -519,7 +540,7 @@ async fn insert_version(
         )
         .await?;
     }
-    Ok(rowid)
+    Ok(())
 }
 
 /// Closes the current version of `id` at `at` (locking it first, so concurrent
@@ -665,49 +686,8 @@ impl Store for PgStore {
 
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
         let dim = self.dim()?;
-        for op in &ops {
-            let v = match op {
-                WriteOp::Insert { embedding, .. } => Some(embedding),
-                WriteOp::Update { embedding, .. } => embedding.as_ref(),
-                WriteOp::Import { versions, .. } => {
-                    if let Some((_, v)) = versions.iter().find(|(_, v)| v.len() != dim) {
-                        return Err(Error::new(
-                            ErrorCode::EmbeddingModelMismatch,
-                            format!("vector has {} dimensions; the store holds {dim}", v.len()),
-                        ));
-                    }
-                    None
-                }
-                WriteOp::Delete { .. }
-                | WriteOp::SetExpiry { .. }
-                | WriteOp::FinishJob { .. }
-                | WriteOp::RecordUsage(_)
-                | WriteOp::Audit(_) => None,
-            };
-            if let Some(v) = v
-                && v.len() != dim
-            {
-                return Err(Error::new(
-                    ErrorCode::EmbeddingModelMismatch,
-                    format!("vector has {} dimensions; the store holds {dim}", v.len()),
-                ));
-            }
-        }
-        let attempts = self.inner.options.write_attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.apply_once(&ops).await {
-                Ok(()) => return Ok(()),
-                Err(ApplyError::Pg(e)) if retryable(&e) && attempt < attempts => {
-                    tracing::debug!(attempt, error = %e, "retrying a write batch");
-                    let backoff = 5u64 << attempt.min(6);
-                    tokio::time::sleep(Duration::from_millis(backoff)).await;
-                }
-                Err(ApplyError::Pg(e)) => return Err(pg_err(e)),
-                Err(ApplyError::Other(e)) => return Err(e),
-            }
-        }
+        engram_core::store::check_dimensions(&ops, dim)?;
+        self.retrying(|| self.apply_once(&ops)).await
     }
 
     async fn get(&self, id: MemoryId, vis: Visibility) -> Result<Option<Memory>> {
@@ -1217,26 +1197,14 @@ impl Store for PgStore {
         target: &ErasureTarget,
         audit_event: AuditEvent,
     ) -> Result<ErasureCounts> {
-        let attempts = self.inner.options.write_attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let once = async {
-                let mut client = self.client().await.map_err(ApplyError::Other)?;
-                let tx = client.transaction().await?;
-                let counts = audit::erase(&tx, target, audit_event.clone()).await?;
-                tx.commit().await?;
-                Ok::<_, ApplyError>(counts)
-            };
-            match once.await {
-                Ok(c) => return Ok(c),
-                Err(ApplyError::Pg(e)) if retryable(&e) && attempt < attempts => {
-                    tokio::time::sleep(Duration::from_millis(5u64 << attempt.min(6))).await;
-                }
-                Err(ApplyError::Pg(e)) => return Err(pg_err(e)),
-                Err(ApplyError::Other(e)) => return Err(e),
-            }
-        }
+        self.retrying(|| async {
+            let mut client = self.client().await.map_err(ApplyError::Other)?;
+            let tx = client.transaction().await?;
+            let counts = audit::erase(&tx, target, audit_event.clone()).await?;
+            tx.commit().await?;
+            Ok(counts)
+        })
+        .await
     }
 
     async fn compact(&self) -> Result<bool> {
@@ -1259,25 +1227,13 @@ impl Store for PgStore {
         limit: usize,
         audit_event: AuditEvent,
     ) -> Result<ErasureCounts> {
-        let attempts = self.inner.options.write_attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let once = async {
-                let mut client = self.client().await.map_err(ApplyError::Other)?;
-                let tx = client.transaction().await?;
-                let counts = audit::sweep(&tx, now, limit, audit_event.clone()).await?;
-                tx.commit().await?;
-                Ok::<_, ApplyError>(counts)
-            };
-            match once.await {
-                Ok(c) => return Ok(c),
-                Err(ApplyError::Pg(e)) if retryable(&e) && attempt < attempts => {
-                    tokio::time::sleep(Duration::from_millis(5u64 << attempt.min(6))).await;
-                }
-                Err(ApplyError::Pg(e)) => return Err(pg_err(e)),
-                Err(ApplyError::Other(e)) => return Err(e),
-            }
-        }
+        self.retrying(|| async {
+            let mut client = self.client().await.map_err(ApplyError::Other)?;
+            let tx = client.transaction().await?;
+            let counts = audit::sweep(&tx, now, limit, audit_event.clone()).await?;
+            tx.commit().await?;
+            Ok(counts)
+        })
+        .await
     }
 }

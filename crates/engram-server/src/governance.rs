@@ -278,17 +278,9 @@ async fn audit_export(
     Caller(ctx): Caller,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Response, ApiError> {
-    // The export pages internally; `limit` is accepted (same parameters as the
-    // listing) and held to the same bounds.
-    if let Some(l) = p.limit
-        && !(1..=1000).contains(&l)
-    {
-        return Err(ApiError::from(engram_core::Error::new(
-            engram_core::ErrorCode::LimitExceeded,
-            "`limit` must be between 1 and 1000",
-        )));
-    }
-    let mut q = query(&p, 1000)?;
+    // Every matching event, read in pages of `limit` (checked by the service
+    // like the listing's).
+    let mut q = query(&p, p.limit.unwrap_or(engram_core::service::MAX_PAGE))?;
     let mut out = Vec::new();
     loop {
         let rows = app.memory.audit(&ctx, q.clone()).await?;

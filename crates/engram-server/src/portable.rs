@@ -96,18 +96,17 @@ async fn next_page(
     let (page, next) = memory
         .export_page(ctx, filter, Some(after), EXPORT_PAGE)
         .await?;
-    let bytes = lines(&page).map_err(|e| engram_core::Error::internal(e.detail))?;
-    Ok((bytes, next))
+    Ok((lines(&page)?, next))
 }
 
-fn json_line(v: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
-    let mut out = serde_json::to_vec(v)
-        .map_err(|e| ApiError::from(engram_core::Error::internal(format!("export: {e}"))))?;
+fn json_line(v: &impl serde::Serialize) -> engram_core::Result<Vec<u8>> {
+    let mut out =
+        serde_json::to_vec(v).map_err(|e| engram_core::Error::internal(format!("export: {e}")))?;
     out.push(b'\n');
     Ok(out)
 }
 
-fn lines(memories: &[ExportedMemory]) -> Result<Vec<u8>, ApiError> {
+fn lines(memories: &[ExportedMemory]) -> engram_core::Result<Vec<u8>> {
     let mut out = Vec::new();
     for m in memories {
         out.extend(json_line(m)?);
@@ -168,11 +167,7 @@ pub fn parse(text: &str) -> Result<(ExportHeader, Vec<ExportedMemory>), ApiError
         .ok_or_else(|| ApiError::invalid("the export is empty: expected a header line"))?;
     let header = ExportHeader::parse(first)?;
     let memories = lines
-        .map(|(i, l)| {
-            serde_json::from_str::<ExportedMemory>(l).map_err(|e| {
-                ApiError::invalid(format!("line {}: not an exported memory: {e}", i + 1))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(i, l)| ExportedMemory::parse_line(l, i + 1))
+        .collect::<engram_core::Result<Vec<_>>>()?;
     Ok((header, memories))
 }

@@ -77,11 +77,7 @@ pub(crate) fn erase(
     }
     tx.execute_batch("DROP TABLE temp.erased;")
         .map_err(db_err)?;
-    if let serde_json::Value::Object(detail) = &mut audit.detail
-        && let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&c)
-    {
-        detail.extend(counts);
-    }
+    audit.add_counts(&c, false);
     append(tx, &audit)?;
     Ok((c, current))
 }
@@ -163,11 +159,7 @@ pub(crate) fn sweep(
     tx.execute_batch("DROP TABLE temp.erased;")
         .map_err(db_err)?;
     if c.memories > 0 {
-        if let serde_json::Value::Object(detail) = &mut audit.detail
-            && let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&c)
-        {
-            detail.extend(counts.into_iter().filter(|(_, v)| v.as_u64() != Some(0)));
-        }
+        audit.add_counts(&c, true);
         append(tx, &audit)?;
     }
     Ok((c, current))

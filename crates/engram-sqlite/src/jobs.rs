@@ -238,14 +238,7 @@ impl JobStore for SqliteStore {
             let mut c = JobCounts::default();
             while let Some(r) = rows.next().map_err(db_err)? {
                 let state: String = r.get(0).map_err(db_err)?;
-                let n = r.get::<_, i64>(1).map_err(db_err)? as u64;
-                match JobState::parse(&state) {
-                    Ok(JobState::Queued) => c.queued = n,
-                    Ok(JobState::Running) => c.running = n,
-                    Ok(JobState::Done) => c.done = n,
-                    Ok(JobState::Dead) => c.dead = n,
-                    Err(_) => {}
-                }
+                c.set(&state, r.get::<_, i64>(1).map_err(db_err)?.max(0) as u64);
             }
             Ok(c)
         })

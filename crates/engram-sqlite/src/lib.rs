@@ -673,10 +673,7 @@ fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32])
     tx.prepare_cached("INSERT INTO memories_fts (rowid, text, scope) VALUES (?1, ?2, ?3)")
         .and_then(|mut s| s.execute(params![rowid, m.text, scope_tokens(&m.scope)]))
         .map_err(db_err)?;
-    let mut keys: Vec<String> = m.entities.iter().map(|e| e.key()).collect();
-    keys.sort();
-    keys.dedup();
-    for key in keys {
+    for key in engram_core::service::entity_keys(&m.entities) {
         tx.prepare_cached("INSERT OR IGNORE INTO entities (key, memory) VALUES (?1, ?2)")
             .and_then(|mut s| s.execute(params![key, rowid]))
             .map_err(db_err)?;
@@ -716,14 +713,23 @@ fn close_current(
     tx.prepare_cached("UPDATE memories SET invalid_at = ?2 WHERE rowid = ?1")
         .and_then(|mut s| s.execute(params![rowid, at.as_millisecond()]))
         .map_err(db_err)?;
-    // Keyword and entity indexes hold current versions only.
+    unindex(tx, rowid)?;
+    Ok((rowid, blob))
+}
+
+/// Drops a closed version from the keyword and entity indexes (they hold
+/// current versions only). The contentless FTS5 table does not take a
+/// deleted row's tokens out of its BM25 totals, so a version that was ever
+/// current leaves its mark on keyword scores: importers index and drop
+/// superseded versions too, to score exactly like the store they came from.
+fn unindex(tx: &rusqlite::Transaction<'_>, rowid: i64) -> Result<()> {
     tx.prepare_cached("DELETE FROM memories_fts WHERE rowid = ?1")
         .and_then(|mut s| s.execute([rowid]))
         .map_err(db_err)?;
     tx.prepare_cached("DELETE FROM entities WHERE memory = ?1")
         .and_then(|mut s| s.execute([rowid]))
         .map_err(db_err)?;
-    Ok((rowid, blob))
+    Ok(())
 }
 
 fn insert_history(tx: &rusqlite::Transaction<'_>, h: &HistoryEvent) -> Result<()> {
@@ -829,42 +835,7 @@ impl Store for SqliteStore {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let index = store.index()?;
-            for op in &ops {
-                let v = match op {
-                    WriteOp::Insert { embedding, .. } => Some(embedding),
-                    WriteOp::Update { embedding, .. } => embedding.as_ref(),
-                    WriteOp::Import { versions, .. } => {
-                        if let Some((_, v)) = versions.iter().find(|(_, v)| v.len() != index.dim()) {
-                            return Err(Error::new(
-                                ErrorCode::EmbeddingModelMismatch,
-                                format!(
-                                    "vector has {} dimensions; the store holds {}",
-                                    v.len(),
-                                    index.dim()
-                                ),
-                            ));
-                        }
-                        None
-                    }
-                    WriteOp::Delete { .. }
-                    | WriteOp::SetExpiry { .. }
-                    | WriteOp::FinishJob { .. }
-                    | WriteOp::RecordUsage(_)
-                    | WriteOp::Audit(_) => None,
-                };
-                if let Some(v) = v
-                    && v.len() != index.dim()
-                {
-                    return Err(Error::new(
-                        ErrorCode::EmbeddingModelMismatch,
-                        format!(
-                            "vector has {} dimensions; the store holds {}",
-                            v.len(),
-                            index.dim()
-                        ),
-                    ));
-                }
-            }
+            engram_core::store::check_dimensions(&ops, index.dim())?;
             let mut conn = lock(&store.inner.writer);
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -924,13 +895,9 @@ impl Store for SqliteStore {
                         for (memory, vector) in versions {
                             let rowid = insert_version(&tx, &memory, &vector)?;
                             if memory.invalid_at.is_some() {
-                                // Keyword and entity indexes hold current versions only.
-                                tx.prepare_cached("DELETE FROM memories_fts WHERE rowid = ?1")
-                                    .and_then(|mut s| s.execute([rowid]))
-                                    .map_err(db_err)?;
-                                tx.prepare_cached("DELETE FROM entities WHERE memory = ?1")
-                                    .and_then(|mut s| s.execute([rowid]))
-                                    .map_err(db_err)?;
+                                // Indexed, then dropped like any closed version,
+                                // so keyword statistics match the exporting store.
+                                unindex(&tx, rowid)?;
                             } else {
                                 applied.push(Applied::Added {
                                     rowid,
