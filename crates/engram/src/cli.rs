@@ -238,28 +238,68 @@ fn cli_ctx() -> RequestCtx {
     RequestCtx::operator("cli")
 }
 
-async fn post(client: &ClientArgs, path: &str, body: &Value) -> anyhow::Result<Value> {
+/// A request to `path` on the `--url` server, with the API key.
+fn request(client: &ClientArgs, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
     let url = client.url.as_deref().unwrap_or_default();
-    let mut req = reqwest::Client::new()
-        .post(format!("{}{path}", url.trim_end_matches('/')))
-        .json(body);
-    if let Some(key) = &client.api_key {
-        req = req.bearer_auth(key);
+    let req =
+        reqwest::Client::new().request(method, format!("{}{path}", url.trim_end_matches('/')));
+    match &client.api_key {
+        Some(key) => req.bearer_auth(key),
+        None => req,
     }
+}
+
+/// Sends `req`; an answer other than 2xx is an error with the problem's detail.
+async fn send(
+    client: &ClientArgs,
+    req: reqwest::RequestBuilder,
+) -> anyhow::Result<reqwest::Response> {
+    let url = client.url.as_deref().unwrap_or_default();
     let resp = req
         .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
     let status = resp.status();
-    let value: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let detail = value
-            .get("detail")
-            .and_then(Value::as_str)
-            .unwrap_or("no detail");
-        bail!("server answered {status}: {detail}");
+    if status.is_success() {
+        return Ok(resp);
     }
-    Ok(value)
+    if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+        bail!(
+            "the server refused the request as too large: raise its --max-body-bytes, \
+             or work on the data directory directly"
+        );
+    }
+    let value: Value = resp.json().await.unwrap_or(Value::Null);
+    let detail = value
+        .get("detail")
+        .and_then(Value::as_str)
+        .unwrap_or("no detail");
+    bail!("server answered {status}: {detail}")
+}
+
+async fn post(client: &ClientArgs, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let req = request(client, reqwest::Method::POST, path).json(body);
+    Ok(send(client, req).await?.json().await.unwrap_or(Value::Null))
+}
+
+/// A progress bar of `len` with `template` (indicatif syntax).
+fn progress(len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Opens a file to read with a progress bar over its bytes.
+fn open_with_progress(
+    path: &std::path::Path,
+) -> anyhow::Result<(std::fs::File, u64, indicatif::ProgressBar)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = progress(size, "{bar:40} {bytes}/{total_bytes} {msg} ({eta})");
+    Ok((file, size, bar))
 }
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {
@@ -502,7 +542,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let scope = args.scope.scope();
     let started = std::time::Instant::now();
     let mut written = 0u64;
-    if let Some(url) = &args.target.client.url {
+    if args.target.client.url.is_some() {
         let mut query: Vec<(&str, &str)> = Vec::new();
         for (k, v) in [
             ("user_id", &scope.user_id),
@@ -515,21 +555,9 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
                 query.push((k, v));
             }
         }
-        let mut req = reqwest::Client::new()
-            .get(format!("{}/v1/export", url.trim_end_matches('/')))
-            .query(&query);
-        if let Some(key) = &args.target.client.api_key {
-            req = req.bearer_auth(key);
-        }
-        let mut resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            anyhow::bail!("{status}: {body}");
-        }
+        let client = &args.target.client;
+        let req = request(client, reqwest::Method::GET, "/v1/export").query(&query);
+        let mut resp = send(client, req).await?;
         let bar = indicatif::ProgressBar::new_spinner();
         while let Some(chunk) = resp.chunk().await.context("reading the export")? {
             written += chunk.iter().filter(|b| **b == b'\n').count() as u64;
@@ -550,11 +578,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
                 engram_core::store::Visibility { now: service.now() },
             )
             .await?;
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} memories ({eta})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+        let bar = progress(total as u64, "{bar:40} {pos}/{len} memories ({eta})");
         let header = engram_core::portable::ExportHeader::new(
             service.now(),
             service.embedder().model().clone(),
@@ -590,14 +614,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
 /// transaction), or to a server in requests under its body limit.
 async fn import_export(args: &ImportArgs) -> anyhow::Result<()> {
     use engram_core::portable::{ExportHeader, ExportedMemory, ImportReport};
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("opening {}", args.file.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let (file, size, bar) = open_with_progress(&args.file)?;
     let mut lines = std::io::BufReader::new(file).lines().enumerate();
     let header_line = loop {
         match lines.next() {
@@ -620,45 +637,48 @@ async fn import_export(args: &ImportArgs) -> anyhow::Result<()> {
     let mut read = header_line.len() as u64 + 1;
     // Server requests stay well under the default 1 MiB body limit.
     const REQUEST_BYTES: usize = 512 * 1024;
+    // Raw lines for a server; parsed memories for the local store.
     let mut batch: Vec<String> = Vec::new();
+    let mut parsed: Vec<ExportedMemory> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut lines = lines.peekable();
     // A line that would have pushed the previous request over the limit.
     let mut carry: Option<String> = None;
-    while lines.peek().is_some() || carry.is_some() || !batch.is_empty() {
+    while lines.peek().is_some() || carry.is_some() {
         if let Some(line) = carry.take() {
             batch_bytes += line.len() + 1;
             batch.push(line);
         }
-        while batch.len() < args.batch.max(1) && batch_bytes < REQUEST_BYTES {
+        while batch.len() + parsed.len() < args.batch.max(1) && batch_bytes < REQUEST_BYTES {
             let Some((i, line)) = lines.next() else { break };
             let line = line.context("reading the import file")?;
             read += line.len() as u64 + 1;
             if line.trim().is_empty() {
                 continue;
             }
+            batch_bytes += line.len() + 1;
             if local.is_some() {
-                // Check now, so the error names the line.
-                serde_json::from_str::<ExportedMemory>(&line)
-                    .with_context(|| format!("line {}: not an exported memory", i + 1))?;
-            } else if !batch.is_empty() && batch_bytes + line.len() + 1 > REQUEST_BYTES {
+                parsed.push(
+                    ExportedMemory::parse_line(&line, i + 1)
+                        .map_err(|e| anyhow::anyhow!(e.message))?,
+                );
+                continue;
+            }
+            if !batch.is_empty() && batch_bytes > REQUEST_BYTES {
                 // Sent with the next request (alone, if it is that large).
                 carry = Some(line);
                 break;
             }
-            batch_bytes += line.len() + 1;
             batch.push(line);
         }
-        if batch.is_empty() {
+        if batch.is_empty() && parsed.is_empty() {
             break;
         }
         let report = match &local {
             Some((service, _)) => {
-                let memories = batch
-                    .iter()
-                    .map(|l| serde_json::from_str::<ExportedMemory>(l))
-                    .collect::<Result<Vec<_>, _>>()?;
-                service.import(&cli_ctx(), &header, memories).await?
+                service
+                    .import(&cli_ctx(), &header, std::mem::take(&mut parsed))
+                    .await?
             }
             None => {
                 let mut body = header_line.clone();
@@ -666,29 +686,11 @@ async fn import_export(args: &ImportArgs) -> anyhow::Result<()> {
                     body.push('\n');
                     body.push_str(l);
                 }
-                let url = args.target.client.url.as_deref().unwrap_or_default();
-                let mut req = reqwest::Client::new()
-                    .post(format!("{}/v1/import", url.trim_end_matches('/')))
+                let client = &args.target.client;
+                let req = request(client, reqwest::Method::POST, "/v1/import")
                     .header("content-type", "application/x-ndjson")
                     .body(body);
-                if let Some(key) = &args.target.client.api_key {
-                    req = req.bearer_auth(key);
-                }
-                let resp = req
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach {url}"))?;
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
-                    anyhow::bail!(
-                        "the server refused a request of {batch_bytes} bytes as too large: raise its \
-                         --max-body-bytes, or import into the data directory directly"
-                    );
-                }
-                if !status.is_success() {
-                    anyhow::bail!("{status}: {text}");
-                }
+                let text = send(client, req).await?.text().await.unwrap_or_default();
                 serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))?
             }
         };
@@ -739,14 +741,7 @@ async fn import(mut args: ImportArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("opening {}", args.file.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let (file, size, bar) = open_with_progress(&args.file)?;
     let reader = std::io::BufReader::new(file);
     let local = match &args.target.client.url {
         Some(_) => None,

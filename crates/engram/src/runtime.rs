@@ -192,6 +192,19 @@ impl std::fmt::Debug for EncryptionArgs {
 }
 
 impl EncryptionArgs {
+    /// The key of the SQLite store `backend` names; a key given for a
+    /// Postgres store is refused rather than silently ignored.
+    pub fn key_for(&self, backend: &BackendArgs) -> anyhow::Result<Option<engram_sqlite::DbKey>> {
+        let key = self.key()?;
+        if key.is_some() && backend.is_postgres() {
+            anyhow::bail!(
+                "an encryption key applies to the embedded SQLite store only; with a Postgres \
+                 --store use the database's own storage encryption (and unset the key)"
+            );
+        }
+        Ok(key)
+    }
+
     /// The key, from the flag / variable or the file; `None` for a plaintext store.
     pub fn key(&self) -> anyhow::Result<Option<engram_sqlite::DbKey>> {
         let text = match (&self.encryption_key, &self.encryption_key_file) {
@@ -310,6 +323,7 @@ impl BackendArgs {
         data_dir: &std::path::Path,
         encryption: &EncryptionArgs,
     ) -> anyhow::Result<Arc<dyn KeyStore>> {
+        let key = encryption.key_for(self)?;
         match &self.store_url {
             Some(url) => {
                 let store =
@@ -320,7 +334,7 @@ impl BackendArgs {
             }
             None => Ok(Arc::new(engram_sqlite::SqliteKeys::open(
                 data_dir,
-                encryption.key()?.as_ref(),
+                key.as_ref(),
             )?)),
         }
     }
@@ -528,14 +542,9 @@ async fn embedder(args: &StoreArgs) -> anyhow::Result<Arc<dyn engram_core::embed
 /// Opens the store and model and builds the service.
 pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, Backend)> {
     let embedder = embedder(args).await?;
+    let key = args.encryption.key_for(&args.backend)?;
     let store = match &args.backend.store_url {
         Some(url) => {
-            if args.encryption.key()?.is_some() {
-                anyhow::bail!(
-                    "an encryption key applies to the embedded SQLite store only; with a Postgres \
-                     --store use the database's own storage encryption (and unset the key)"
-                );
-            }
             let options = args.backend.pg_options(args.retrieval.exact_threshold);
             Backend::Postgres(
                 PgStore::connect(url, options)
@@ -546,7 +555,7 @@ pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, Ba
         None => {
             let options = SqliteOptions {
                 index: args.retrieval.index(),
-                key: args.encryption.key()?,
+                key,
                 ..SqliteOptions::default()
             };
             Backend::Sqlite(

@@ -1,79 +1,37 @@
 //! End to end: the real binary on a real port with the real model.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_engram");
+mod common;
 
+use common::BIN;
+
+/// A served data directory with an admin key bound to org `acme`.
 struct Server {
-    child: Child,
+    inner: common::Server,
     url: String,
-    /// An admin key bound to org `acme`.
     key: String,
-}
-
-/// `engram keys create` on a data directory; returns the key.
-fn create_key(data: &Path, args: &[&str]) -> String {
-    let (ok, out, err) = cli(&[
-        &["keys", "create", "--data-dir", data.to_str().unwrap()],
-        args,
-    ]
-    .concat());
-    assert!(ok, "{err}");
-    out.trim().to_owned()
 }
 
 impl Server {
     fn start(data: &Path) -> Server {
-        let key = create_key(data, &["--org", "acme", "--role", "admin"]);
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .env("ENGRAM_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start engram serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let url = line
-            .trim()
-            .strip_prefix("engram listening on ")
-            .unwrap_or_else(|| panic!("unexpected: {line}"))
-            .to_owned();
-        Server { child, url, key }
+        let key = common::create_key(data);
+        let inner = common::Server::start(data, "warn");
+        Server {
+            url: inner.url.clone(),
+            inner,
+            key,
+        }
     }
 
     /// SIGTERM, then wait for a clean exit.
     fn stop(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
+        self.inner.signal("-TERM");
+        self.inner.wait(Duration::from_secs(20))
     }
 }
 
@@ -217,13 +175,12 @@ async fn serve_add_search_shutdown_restart() {
     );
 
     let server = Server::start(&data);
-    let resp = reqwest::Client::new()
-        .get(format!("{}/v1/memories?user_id=dave", server.url))
-        .bearer_auth(&server.key)
-        .send()
-        .await
-        .unwrap();
-    let listed: Value = resp.json().await.unwrap();
+    let listed = common::get_json(
+        &reqwest::Client::new(),
+        &format!("{}/v1/memories?user_id=dave", server.url),
+        &server.key,
+    )
+    .await;
     assert_eq!(listed["results"].as_array().unwrap().len(), 2);
     assert!(server.stop().success());
 }
@@ -484,15 +441,12 @@ async fn export_and_import_round_trip_through_the_cli() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("3 memories imported"), "{out}");
-    let listed: Value = reqwest::Client::new()
-        .get(format!("{}/v1/memories?user_id=ann", to.url))
-        .bearer_auth(&to.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = common::get_json(
+        &reqwest::Client::new(),
+        &format!("{}/v1/memories?user_id=ann", to.url),
+        &to.key,
+    )
+    .await;
     assert_eq!(listed["results"].as_array().unwrap().len(), 3, "{listed}");
     assert!(to.stop().success());
 }

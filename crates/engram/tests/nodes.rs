@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, create_key_with, get_json, sentence};
+use common::{Server, create_key_with, get_json, post_json, sentence};
 use serde_json::{Value, json};
 
 struct Cluster {
@@ -177,31 +177,25 @@ async fn two_nodes_share_writes_keys_and_one_queue_of_1000_jobs() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let found: Value = http
-        .post(format!("{}/v1/memories/search", b.url))
-        .bearer_auth(&c.key)
-        .json(&json!({"query": "Where does Ann live now?", "user_id": "ann"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found = post_json(
+        &http,
+        &format!("{}/v1/memories/search", b.url),
+        &c.key,
+        &json!({"query": "Where does Ann live now?", "user_id": "ann"}),
+    )
+    .await;
     assert_eq!(
         found["results"][0]["memory"], "Ann moved to Lisbon in May",
         "{found}"
     );
     // A key created through node B works on node A.
-    let created: Value = http
-        .post(format!("{}/v1/keys", b.url))
-        .bearer_auth(&c.key)
-        .json(&json!({"name": "ann-app", "role": "read_only", "user_id": "ann"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = post_json(
+        &http,
+        &format!("{}/v1/keys", b.url),
+        &c.key,
+        &json!({"name": "ann-app", "role": "read_only", "user_id": "ann"}),
+    )
+    .await;
     let ann_key = created["key"]
         .as_str()
         .unwrap_or_else(|| panic!("{created}"));

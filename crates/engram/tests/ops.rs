@@ -284,18 +284,12 @@ async fn kill_9_mid_queue_then_every_job_completes_exactly_once() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), jobs.len());
-    let listed: Value = http
-        .get(format!(
-            "{}/v1/memories?user_id=queue&limit=1000",
-            server.url
-        ))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(
+        &http,
+        &format!("{}/v1/memories?user_id=queue&limit=1000", server.url),
+        &key,
+    )
+    .await;
     assert_eq!(listed["results"].as_array().unwrap().len(), jobs.len());
     eprintln!(
         "queue: {n} async adds accepted at {accept_ms:.2} ms each (202, debug build), kill -9 with {left} still queued, all {n} completed exactly once after restart"

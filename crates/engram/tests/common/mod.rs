@@ -150,6 +150,19 @@ pub async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Value {
         .unwrap()
 }
 
+/// POST `body` to `url` with `key`, the answer as JSON.
+pub async fn post_json(http: &reqwest::Client, url: &str, key: &str, body: &Value) -> Value {
+    http.post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// xorshift64*.
 pub fn next(state: &mut u64) -> u64 {
     *state ^= *state >> 12;
