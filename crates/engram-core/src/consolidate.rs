@@ -517,7 +517,10 @@ impl Pipeline {
             .filter(|(e, ..)| matches!(e, Event::Add | Event::Update))
             .map(|(_, _, _, t, _)| t.clone())
             .collect();
-        let mut vectors = self.memory.embed_all(&to_embed).await?.into_iter();
+        let embedder = self.memory.embedder();
+        let mut vectors = MemoryService::embed_with(&*embedder, &to_embed)
+            .await?
+            .into_iter();
         let mut writes = Vec::new();
         for (event, target, fact, text, reason) in planned {
             match (event, target) {
@@ -539,7 +542,7 @@ impl Pipeline {
                         id: Uuid::now_v7(),
                         version: 1,
                         hash: text_hash(&text),
-                        tokens: self.memory.embedder().count_tokens(&text) as u32,
+                        tokens: embedder.count_tokens(&text) as u32,
                         text: text.clone(),
                         kind: kind_of(fact),
                         scope: input.scope.clone(),
@@ -553,7 +556,7 @@ impl Pipeline {
                         invalid_at: None,
                         expires_at,
                         idle_ttl,
-                        embedding_model: self.memory.embedder().model().id.clone(),
+                        embedding_model: embedder.model().id.clone(),
                     };
                     let mut h = self.memory.history_event(
                         ctx,
@@ -581,6 +584,7 @@ impl Pipeline {
                         .ok_or_else(|| Error::internal("vector count"))?;
                     self.memory.check_text(&text, "an updated fact")?;
                     let mut next = self.memory.successor(old, &text, now);
+                    next.embedding_model = embedder.model().id.clone();
                     if !fact.entities.is_empty() {
                         next.entities = fact.entities.clone();
                     }

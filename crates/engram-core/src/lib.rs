@@ -27,6 +27,7 @@ pub mod lifecycle;
 pub mod llm;
 pub mod memory;
 pub mod portable;
+pub mod reembed;
 pub mod service;
 pub mod store;
 pub mod telemetry;

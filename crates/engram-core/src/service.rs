@@ -213,6 +213,19 @@ pub const MAX_NAME_BYTES: usize = 128;
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 1000;
 
+/// An embedding model with its query cache: swapped together.
+struct ModelSlot {
+    embedder: Arc<dyn Embedder>,
+    queries: Arc<QueryCache>,
+}
+
+impl ModelSlot {
+    fn new(embedder: Arc<dyn Embedder>, query_cache: usize) -> ModelSlot {
+        let queries = Arc::new(QueryCache::new(embedder.clone(), query_cache));
+        ModelSlot { embedder, queries }
+    }
+}
+
 /// The memory service. Cheap to clone.
 #[derive(Clone)]
 pub struct MemoryService {
@@ -222,8 +235,11 @@ pub struct MemoryService {
 #[derive(Clone)]
 struct Inner {
     store: Arc<dyn Store>,
-    embedder: Arc<dyn Embedder>,
-    queries: Arc<QueryCache>,
+    /// The embedding model and its query cache; replaced when a
+    /// re-embedding switches the store to another model. Shared by every
+    /// `with_*` copy of the service.
+    model: Arc<std::sync::RwLock<Arc<ModelSlot>>>,
+    query_cache: usize,
     retrieval: RetrievalConfig,
     ingest: IngestConfig,
     clock: Arc<dyn Clock>,
@@ -241,12 +257,15 @@ impl MemoryService {
         clock: Arc<dyn Clock>,
     ) -> Result<MemoryService> {
         store.bind_model(embedder.model()).await?;
-        let queries = Arc::new(QueryCache::new(embedder.clone(), query_cache));
+        let model = Arc::new(std::sync::RwLock::new(Arc::new(ModelSlot::new(
+            embedder,
+            query_cache,
+        ))));
         Ok(MemoryService {
             inner: Arc::new(Inner {
                 store,
-                embedder,
-                queries,
+                model,
+                query_cache,
                 retrieval,
                 ingest,
                 clock,
@@ -281,12 +300,30 @@ impl MemoryService {
         &self.inner.store
     }
 
-    pub fn embedder(&self) -> &Arc<dyn Embedder> {
-        &self.inner.embedder
+    /// The embedding model in use now.
+    pub fn embedder(&self) -> Arc<dyn Embedder> {
+        self.slot().embedder.clone()
     }
 
-    pub fn query_cache(&self) -> &QueryCache {
-        self.inner.queries.as_ref()
+    pub fn query_cache(&self) -> Arc<QueryCache> {
+        self.slot().queries.clone()
+    }
+
+    fn slot(&self) -> Arc<ModelSlot> {
+        // A poisoned lock means a thread panicked while swapping two Arcs;
+        // the slot it holds is whole either way.
+        self.inner
+            .model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes `embedder` the model for every later call (after a re-embedding
+    /// switched the store to it), with a fresh query cache.
+    pub(crate) fn set_embedder(&self, embedder: Arc<dyn Embedder>) {
+        let slot = Arc::new(ModelSlot::new(embedder, self.inner.query_cache));
+        *self.inner.model.write().unwrap_or_else(|e| e.into_inner()) = slot;
     }
 
     pub fn retrieval_config(&self) -> &RetrievalConfig {
@@ -462,9 +499,13 @@ impl MemoryService {
             };
             return Ok((Vec::new(), r));
         }
-        let vector = self.embed_one(&text).await?;
-        let model = self.inner.embedder.model().id.clone();
-        let tokens = self.inner.embedder.count_tokens(&text) as u32;
+        let embedder = self.embedder();
+        let vector = Self::embed_with(&*embedder, std::slice::from_ref(&text))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::embedder("embedder returned no vector"))?;
+        let model = embedder.model().id.clone();
+        let tokens = embedder.count_tokens(&text) as u32;
         Ok(match existing {
             Some(old) => {
                 let next = self.successor(&old, &text, now);
@@ -545,7 +586,9 @@ impl MemoryService {
             texts.extend(pieces.iter().map(|(_, t)| t.clone()));
             prepared.push((input, pieces));
         }
-        let mut vectors = self.embed_all(&texts).await?.into_iter();
+        // One model for the vectors and their label (a re-embedding may switch it meanwhile).
+        let embedder = self.embedder();
+        let mut vectors = Self::embed_with(&*embedder, &texts).await?.into_iter();
         let vis = Visibility { now };
         let threshold = self.inner.ingest.dedup_threshold;
         let mut ops = Vec::new();
@@ -588,7 +631,7 @@ impl MemoryService {
                     id,
                     version: 1,
                     entities: text::tag_entities(&piece),
-                    tokens: self.inner.embedder.count_tokens(&piece) as u32,
+                    tokens: embedder.count_tokens(&piece) as u32,
                     hash: hash.clone(),
                     text: piece.clone(),
                     kind: input.kind,
@@ -602,7 +645,7 @@ impl MemoryService {
                     invalid_at: None,
                     expires_at,
                     idle_ttl,
-                    embedding_model: self.inner.embedder.model().id.clone(),
+                    embedding_model: embedder.model().id.clone(),
                 };
                 let history =
                     self.history_event(ctx, &memory, Event::Add, None, Some(piece.clone()), now);
@@ -682,7 +725,7 @@ impl MemoryService {
                 "nothing to remember: the text or every message content is empty",
             ));
         }
-        let embedder = &self.inner.embedder;
+        let embedder = self.embedder();
         let count = |s: &str| embedder.count_tokens(s);
         let mut pieces = Vec::new();
         for (role, name, content) in turns {
@@ -765,7 +808,7 @@ impl MemoryService {
         let started = std::time::Instant::now();
         let vis = self.vis();
         let candidates = cfg.candidates.max(top_k);
-        let (vector, cached) = self.inner.queries.embed_query(query).await?;
+        let (vector, cached) = self.query_cache().embed_query(query).await?;
         let embedded = started.elapsed();
         let w = cfg.weights;
         let terms = if w.keyword > 0.0 {
@@ -936,13 +979,16 @@ impl MemoryService {
     pub(crate) fn retext(&self, m: &mut Memory) {
         m.hash = text_hash(&m.text);
         m.entities = text::tag_entities(&m.text);
-        m.tokens = self.inner.embedder.count_tokens(&m.text) as u32;
+        m.tokens = self.embedder().count_tokens(&m.text) as u32;
     }
 
     /// The next version of `current` with `text` (written at `now`).
     pub(crate) fn successor(&self, current: &Memory, text: &str, now: Timestamp) -> Memory {
         let mut next = current.clone();
         next.text = text.to_owned();
+        // Labelled with the model embedding it now: a write prepared before
+        // a re-embedding switch is refused after it (`store::check_model`).
+        next.embedding_model = self.embedder().model().id.clone();
         self.retext(&mut next);
         next.version = current.version + 1;
         next.updated_at = now.max(current.updated_at);
@@ -1173,7 +1219,8 @@ impl MemoryService {
     ) -> Result<ImportReport> {
         ctx.principal
             .require(Role::ReadWrite, "importing memories")?;
-        let model = self.inner.embedder.model().clone();
+        let embedder = self.embedder();
+        let model = embedder.model().clone();
         let same_model = header.embedding_model == model;
         let dim = header.embedding_model.dim;
         for m in &memories {
@@ -1200,7 +1247,7 @@ impl MemoryService {
         // What the store derives itself is recomputed, not trusted.
         for v in memories.iter_mut().flat_map(|m| m.versions.iter_mut()) {
             v.memory.hash = text_hash(&v.memory.text);
-            v.memory.tokens = self.inner.embedder.count_tokens(&v.memory.text) as u32;
+            v.memory.tokens = embedder.count_tokens(&v.memory.text) as u32;
         }
         let ids: Vec<MemoryId> = memories.iter().map(|m| m.id).collect();
         let mut existing: HashMap<MemoryId, Scope> = HashMap::new();
@@ -1233,7 +1280,7 @@ impl MemoryService {
                 .iter()
                 .flat_map(|m| m.versions.iter().map(|v| v.memory.text.clone()))
                 .collect();
-            let mut vectors = self.embed_all(&texts).await?.into_iter();
+            let mut vectors = Self::embed_with(&*embedder, &texts).await?.into_iter();
             for v in fresh.iter_mut().flat_map(|m| m.versions.iter_mut()) {
                 v.embedding = vectors.next().unwrap_or_default();
                 v.memory.embedding_model = model.id.clone();
@@ -1269,10 +1316,14 @@ impl MemoryService {
         Ok(report)
     }
 
-    /// One vector per text, in order (an embedder answering with another
-    /// count is an error, not a silent misalignment).
-    pub(crate) async fn embed_all(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let vectors = self.inner.embedder.embed(texts).await?;
+    /// One vector per text, in order, from `embedder` (the model whose id
+    /// labels the vectors; an embedder answering with another count is an
+    /// error, not a silent misalignment).
+    pub(crate) async fn embed_with(
+        embedder: &dyn Embedder,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>> {
+        let vectors = embedder.embed(texts).await?;
         if vectors.len() != texts.len() {
             return Err(Error::embedder(format!(
                 "embedder returned {} vectors for {} texts",
@@ -1285,8 +1336,7 @@ impl MemoryService {
 
     /// One text's vector.
     pub(crate) async fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
-        self.inner
-            .embedder
+        self.embedder()
             .embed(&[text.to_owned()])
             .await?
             .pop()
@@ -1338,7 +1388,7 @@ impl MemoryService {
         input.filter = ctx.principal.bind_filter(input.filter)?;
         require_scope(&input.filter)?;
         let (query, top_k) = self.check_search(&input)?;
-        let (vector, cached) = self.inner.queries.embed_query(&query).await?;
+        let (vector, cached) = self.query_cache().embed_query(&query).await?;
         let terms: Vec<String> = text::keyword_terms(&query);
         let versions = self.inner.store.versions_at(&input.filter, at).await?;
         let w = cfg.weights;
@@ -1725,7 +1775,7 @@ impl MemoryService {
         audit.detail = serde_json::json!({ "field": field.as_str() });
         let erased = self.inner.store.erase(&target, audit).await?;
         // Query embeddings may hold the person's words.
-        self.inner.queries.clear();
+        self.query_cache().clear();
         let compacted = if compact {
             self.inner.store.compact().await?
         } else {

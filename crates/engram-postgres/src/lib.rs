@@ -16,12 +16,14 @@
 mod audit;
 mod jobs;
 mod keys;
+mod reembed;
 mod schema;
 pub mod sql;
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -85,8 +87,9 @@ pub struct PgStore {
 struct Inner {
     pool: Pool,
     options: PgOptions,
-    /// The bound embedding dimension, once known.
-    dim: OnceLock<usize>,
+    /// The bound embedding dimension, once known (0 before); changed by a
+    /// re-embedding switch made through this node.
+    dim: AtomicUsize,
     /// Host, port and database, for messages (never the password).
     target: String,
 }
@@ -245,7 +248,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 options,
-                dim: OnceLock::new(),
+                dim: AtomicUsize::new(0),
                 target,
             }),
         };
@@ -273,7 +276,7 @@ impl PgStore {
             .await?
             .and_then(|d| d.parse().ok())
         {
-            let _ = store.inner.dim.set(dim);
+            store.inner.dim.store(dim, Ordering::Release);
         }
         Ok(store)
     }
@@ -297,13 +300,29 @@ impl PgStore {
         self.inner.pool.get().await.map_err(pool_err)
     }
 
+    /// Creates the HNSW index over current versions unless it exists (its
+    /// options are integers we produce, not input).
+    pub(crate) fn hnsw_sql(&self, concurrently: bool) -> String {
+        let o = &self.inner.options;
+        format!(
+            "CREATE INDEX {c} IF NOT EXISTS memories_hnsw ON memories \
+             USING hnsw (embedding vector_cosine_ops) WITH (m = {m}, ef_construction = {ef}) \
+             WHERE invalid_at IS NULL;",
+            c = if concurrently { "CONCURRENTLY" } else { "" },
+            m = o.hnsw_m,
+            ef = o.hnsw_ef_construction,
+        )
+    }
+
     fn dim(&self) -> Result<usize> {
-        self.inner.dim.get().copied().ok_or_else(|| {
-            Error::new(
-                ErrorCode::Internal,
-                "the store has no embedding model bound yet (bind_model was not called)",
-            )
-        })
+        Some(self.inner.dim.load(Ordering::Acquire))
+            .filter(|d| *d > 0)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::Internal,
+                    "the store has no embedding model bound yet (bind_model was not called)",
+                )
+            })
     }
 
     /// How many current visible memories match, counting at most `cap`.
@@ -371,6 +390,25 @@ impl PgStore {
     async fn apply_once(&self, ops: &[WriteOp]) -> std::result::Result<(), ApplyError> {
         let mut client = self.client().await.map_err(ApplyError::Other)?;
         let tx = client.transaction().await.map_err(ApplyError::Pg)?;
+        if ops.iter().any(|op| {
+            matches!(
+                op,
+                WriteOp::Insert { .. } | WriteOp::Update { .. } | WriteOp::Import { .. }
+            )
+        }) {
+            // A shared lock on the model row: a re-embedding switch (which
+            // updates that row first) waits for this batch, and a batch
+            // queued behind a switch re-reads the new model and is refused.
+            let row = tx
+                .query_opt(
+                    "SELECT value FROM engram_meta WHERE key = 'embedding_model' FOR SHARE",
+                    &[],
+                )
+                .await?;
+            if let Some(row) = row {
+                engram_core::store::check_model(ops, row.get(0))?;
+            }
+        }
         for op in ops {
             match op {
                 WriteOp::Insert {
@@ -653,6 +691,11 @@ impl Store for PgStore {
                         ),
                     ));
                 }
+                // Missing only when a re-embedding switch was interrupted
+                // before its index build finished.
+                tx.batch_execute(&self.hnsw_sql(false))
+                    .await
+                    .map_err(pg_err)?;
             }
             _ => {
                 tx.execute(
@@ -665,22 +708,17 @@ impl Store for PgStore {
                 // The dimension is known now: type the column and build the
                 // HNSW index over current versions (typmods and index options
                 // are integers we produce, not input).
-                let o = &self.inner.options;
                 tx.batch_execute(&format!(
-                    "ALTER TABLE memories ALTER COLUMN embedding TYPE vector({dim}); \
-                     CREATE INDEX IF NOT EXISTS memories_hnsw ON memories \
-                     USING hnsw (embedding vector_cosine_ops) WITH (m = {m}, ef_construction = {ef}) \
-                     WHERE invalid_at IS NULL;",
+                    "ALTER TABLE memories ALTER COLUMN embedding TYPE vector({dim}); {hnsw}",
                     dim = model.dim,
-                    m = o.hnsw_m,
-                    ef = o.hnsw_ef_construction,
+                    hnsw = self.hnsw_sql(false),
                 ))
                 .await
                 .map_err(pg_err)?;
             }
         }
         tx.commit().await.map_err(pg_err)?;
-        let _ = self.inner.dim.set(model.dim);
+        self.inner.dim.store(model.dim, Ordering::Release);
         Ok(())
     }
 
@@ -899,7 +937,7 @@ impl Store for PgStore {
         vector: &[f32],
         k: usize,
     ) -> Result<VectorHits> {
-        if self.inner.dim.get().is_none() || k == 0 {
+        if self.dim().is_err() || k == 0 {
             return Ok(empty_hits(0));
         }
         let o = &self.inner.options;
@@ -974,7 +1012,7 @@ impl Store for PgStore {
     }
 
     async fn vector_scores(&self, ids: &[MemoryId], vector: &[f32]) -> Result<Ranked<MemoryId>> {
-        if ids.is_empty() || self.inner.dim.get().is_none() {
+        if ids.is_empty() || self.dim().is_err() {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
@@ -1235,5 +1273,38 @@ impl Store for PgStore {
             Ok(counts)
         })
         .await
+    }
+
+    async fn reembed_start(&self, to: &ModelInfo) -> Result<engram_core::store::ReembedState> {
+        self.reembed_start_impl(to).await
+    }
+
+    async fn reembed_state(&self) -> Result<Option<engram_core::store::ReembedState>> {
+        let client = self.client().await?;
+        reembed::state(&**client).await
+    }
+
+    async fn reembed_pending(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<engram_core::store::ReembedItem>> {
+        self.reembed_pending_impl(after, limit).await
+    }
+
+    async fn reembed_put(&self, to: &ModelInfo, vectors: Vec<(i64, Vec<f32>)>) -> Result<()> {
+        self.reembed_put_impl(to, vectors).await
+    }
+
+    async fn reembed_switch(
+        &self,
+        to: &ModelInfo,
+        audit: engram_core::audit::AuditEvent,
+    ) -> Result<u64> {
+        self.reembed_switch_impl(to, audit).await
+    }
+
+    async fn reembed_cancel(&self) -> Result<bool> {
+        self.reembed_cancel_impl().await
     }
 }

@@ -191,6 +191,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX memories_expiring ON memories (expires_at)
         WHERE expires_at IS NOT NULL AND invalid_at IS NULL;
     "#,
+    // 4: re-embedding: each version's vector from the next model, kept
+    // beside the current one until the switch (`engram_meta` names the
+    // model). Untyped `vector`: the next model's dimension may differ.
+    r#"
+    CREATE TABLE reembed (
+        memory    bigint PRIMARY KEY REFERENCES memories (rowid) ON DELETE CASCADE,
+        embedding vector NOT NULL
+    );
+    "#,
 ];
 
 /// The lock every node takes while migrating or binding the model.

@@ -29,7 +29,7 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             json!({"status": "fail", "backend": app.memory.store().backend(), "detail": e.message})
         }
     };
-    let model = app.memory.embedder().model();
+    let model = app.memory.embedder().model().clone();
     let embedder = json!({"status": "ok", "model": model.id, "dim": model.dim});
     // The LLM is reported, not required: adds queue while it is down and search never needs it.
     let llm = match app.jobs.pipeline() {

@@ -19,12 +19,13 @@ mod audit;
 mod catalog;
 mod jobs;
 mod keys;
+mod reembed;
 mod schema;
 
 pub use keys::SqliteKeys;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use engram_core::filter::Filter;
@@ -201,7 +202,20 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     catalog: std::sync::RwLock<Catalog>,
-    index: OnceLock<VectorIndex>,
+    /// Set when the model is bound; replaced whole when a re-embedding
+    /// switches the model (under the writer lock).
+    index: std::sync::RwLock<Option<Arc<VectorIndex>>>,
+}
+
+impl Inner {
+    fn index(&self) -> Option<Arc<VectorIndex>> {
+        // Poisoning: a panic while swapping an Option<Arc>; the value is whole.
+        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_index(&self, index: VectorIndex) {
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(index));
+    }
 }
 
 fn db_err(e: rusqlite::Error) -> Error {
@@ -314,7 +328,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(readers),
                 catalog: std::sync::RwLock::new(Catalog::default()),
-                index: OnceLock::new(),
+                index: std::sync::RwLock::new(None),
             }),
         };
         store.load()?;
@@ -337,31 +351,7 @@ impl SqliteStore {
         let conn = lock(&self.inner.writer);
         let dim: Option<usize> = meta_get(&conn, "embedding_dim")?.and_then(|d| d.parse().ok());
         let Some(dim) = dim else { return Ok(()) };
-        let index = VectorIndex::new(dim, self.inner.options.index).map_err(idx_err)?;
-        let mut catalog = Catalog::default();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {COLUMNS}, embedding FROM memories WHERE invalid_at IS NULL"
-            ))
-            .map_err(db_err)?;
-        let mut rows = stmt.query([]).map_err(db_err)?;
-        let mut batch: Vec<(u64, Vec<f32>)> = Vec::with_capacity(1024);
-        while let Some(row) = rows.next().map_err(db_err)? {
-            let (rowid, memory) = row_to_memory(row)?;
-            let blob: Vec<u8> = row.get(COLUMN_COUNT).map_err(db_err)?;
-            batch.push((rowid as u64, blob_to_vec(&blob)));
-            if batch.len() == 1024 {
-                let items: Vec<(u64, &[f32])> =
-                    batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-                index.insert_arena(&items).map_err(idx_err)?;
-                batch.clear();
-            }
-            catalog.insert(rowid, Arc::new(memory));
-        }
-        let items: Vec<(u64, &[f32])> = batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        index.insert_arena(&items).map_err(idx_err)?;
-        drop(rows);
-        drop(stmt);
+        let (catalog, index) = load_current(&conn, dim, self.inner.options.index)?;
         drop(conn);
 
         let graph_path = self.inner.dir.join(GRAPH_FILE);
@@ -384,7 +374,7 @@ impl SqliteStore {
             .catalog
             .write()
             .unwrap_or_else(|e| e.into_inner()) = catalog;
-        let _ = self.inner.index.set(index);
+        self.inner.set_index(index);
         Ok(())
     }
 
@@ -400,7 +390,7 @@ impl SqliteStore {
             catalog.remove(*r);
         }
         drop(catalog);
-        if let Some(index) = self.inner.index.get() {
+        if let Some(index) = self.inner.index() {
             let keys: Vec<u64> = rows.iter().map(|r| *r as u64).collect();
             index.remove(&keys).map_err(idx_err)?;
         }
@@ -424,8 +414,8 @@ impl SqliteStore {
         self.inner.options.key.is_some()
     }
 
-    fn index(&self) -> Result<&VectorIndex> {
-        self.inner.index.get().ok_or_else(|| {
+    fn index(&self) -> Result<Arc<VectorIndex>> {
+        self.inner.index().ok_or_else(|| {
             Error::new(
                 ErrorCode::Internal,
                 "the store has no embedding model bound yet (bind_model was not called)",
@@ -473,7 +463,7 @@ impl SqliteStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let catalog = inner.catalog.read().unwrap_or_else(|e| e.into_inner());
-            f(&catalog, inner.index.get())
+            f(&catalog, inner.index().as_deref())
         })
         .await
         .map_err(|e| Error::internal(format!("catalog task failed: {e}")))?
@@ -510,7 +500,7 @@ impl SqliteStore {
             index
                 .rebuild_graph(store.inner.options.build_threads)
                 .map_err(idx_err)?;
-            store.save_graph(index)
+            store.save_graph(&index)
         })
         .await
         .map_err(|e| Error::internal(format!("rebuild task failed: {e}")))?
@@ -520,7 +510,7 @@ impl SqliteStore {
     pub fn plan_vector_search(&self, filter: &Filter) -> (VectorPath, usize) {
         let catalog = self.inner.catalog.read().unwrap_or_else(|e| e.into_inner());
         let estimated = catalog.estimate(filter);
-        match self.inner.index.get() {
+        match self.inner.index() {
             None => (VectorPath::Empty, 0),
             Some(_) if estimated == 0 => (VectorPath::Empty, 0),
             Some(index) => match index.choose(estimated) {
@@ -529,6 +519,43 @@ impl SqliteStore {
             },
         }
     }
+}
+
+/// Every current version read into a fresh catalog, and its vector into a
+/// fresh index's arena (the caller builds or loads the graph).
+fn load_current(
+    conn: &Connection,
+    dim: usize,
+    config: IndexConfig,
+) -> Result<(Catalog, VectorIndex)> {
+    let index = VectorIndex::new(dim, config).map_err(idx_err)?;
+    let mut catalog = Catalog::default();
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {COLUMNS}, embedding FROM memories WHERE invalid_at IS NULL"
+        ))
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let mut batch: Vec<(u64, Vec<f32>)> = Vec::with_capacity(1024);
+    let flush = |batch: &mut Vec<(u64, Vec<f32>)>| -> Result<()> {
+        let items: Vec<(u64, &[f32])> = batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        index.insert_arena(&items).map_err(idx_err)?;
+        batch.clear();
+        Ok(())
+    };
+    while let Some(row) = rows.next().map_err(db_err)? {
+        let (rowid, memory) = row_to_memory(row)?;
+        let blob: Vec<u8> = row.get(COLUMN_COUNT).map_err(db_err)?;
+        batch.push((rowid as u64, blob_to_vec(&blob)));
+        if batch.len() == 1024 {
+            flush(&mut batch)?;
+        }
+        catalog.insert(rowid, Arc::new(memory));
+    }
+    flush(&mut batch)?;
+    drop(rows);
+    drop(stmt);
+    Ok((catalog, index))
 }
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
@@ -821,9 +848,9 @@ impl Store for SqliteStore {
                 }
             }
             drop(conn);
-            if store.inner.index.get().is_none() {
+            if store.inner.index().is_none() {
                 let index = VectorIndex::new(model.dim, store.inner.options.index).map_err(idx_err)?;
-                let _ = store.inner.index.set(index);
+                store.inner.set_index(index);
             }
             Ok(())
         })
@@ -834,12 +861,16 @@ impl Store for SqliteStore {
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&store.inner.writer);
+            // Under the writer lock: a re-embedding switches index and model under it too.
             let index = store.index()?;
             engram_core::store::check_dimensions(&ops, index.dim())?;
-            let mut conn = lock(&store.inner.writer);
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
+            if let Some(model) = meta_get(&tx, "embedding_model")? {
+                engram_core::store::check_model(&ops, &model)?;
+            }
             let mut applied = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
@@ -1378,7 +1409,7 @@ impl Store for SqliteStore {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .len() as u64;
-            let indexed_vectors = inner.index.get().map(|i| i.graph_len() as u64).unwrap_or(0);
+            let indexed_vectors = inner.index().map(|i| i.graph_len() as u64).unwrap_or(0);
             Ok(StoreStats {
                 memories,
                 versions,
@@ -1418,8 +1449,8 @@ impl Store for SqliteStore {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let _writer = lock(&store.inner.writer); // no writes while the graph is saved
-            if let Some(index) = store.inner.index.get() {
-                store.save_graph(index)?;
+            if let Some(index) = store.inner.index() {
+                store.save_graph(&index)?;
             }
             Ok(())
         })
@@ -1464,11 +1495,11 @@ impl Store for SqliteStore {
                  PRAGMA wal_checkpoint(TRUNCATE);",
             )
             .map_err(db_err)?;
-            if let Some(index) = store.inner.index.get() {
+            if let Some(index) = store.inner.index() {
                 index
                     .rebuild_graph(store.inner.options.build_threads)
                     .map_err(idx_err)?;
-                store.save_graph(index)?;
+                store.save_graph(&index)?;
             }
             Ok(true)
         })
@@ -1495,5 +1526,37 @@ impl Store for SqliteStore {
         })
         .await
         .map_err(|e| Error::internal(format!("sweep task failed: {e}")))?
+    }
+
+    async fn reembed_start(&self, to: &ModelInfo) -> Result<engram_core::store::ReembedState> {
+        self.reembed_start_impl(to).await
+    }
+
+    async fn reembed_state(&self) -> Result<Option<engram_core::store::ReembedState>> {
+        self.reembed_state_impl().await
+    }
+
+    async fn reembed_pending(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<engram_core::store::ReembedItem>> {
+        self.reembed_pending_impl(after, limit).await
+    }
+
+    async fn reembed_put(&self, to: &ModelInfo, vectors: Vec<(i64, Vec<f32>)>) -> Result<()> {
+        self.reembed_put_impl(to, vectors).await
+    }
+
+    async fn reembed_switch(
+        &self,
+        to: &ModelInfo,
+        audit: engram_core::audit::AuditEvent,
+    ) -> Result<u64> {
+        self.reembed_switch_impl(to, audit).await
+    }
+
+    async fn reembed_cancel(&self) -> Result<bool> {
+        self.reembed_cancel_impl().await
     }
 }

@@ -180,6 +180,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX memories_expiring ON memories (expires_at)
         WHERE expires_at IS NOT NULL AND invalid_at IS NULL;
     "#,
+    // 7: re-embedding: each version's vector from the next model, kept
+    // beside the current one until the switch (`meta` names the model).
+    r#"
+    CREATE TABLE reembed (
+        memory    INTEGER PRIMARY KEY REFERENCES memories (rowid) ON DELETE CASCADE,
+        embedding BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,227 @@
+//! Re-embedding (`engram reembed`) on Postgres: new-model vectors in the
+//! `reembed` table beside the current ones, then one switch transaction
+//! that every node sees at once.
+
+use engram_core::audit::AuditEvent;
+use engram_core::store::{ModelInfo, ReembedItem, ReembedState, check_reembed};
+use engram_core::{Error, ErrorCode, Result};
+use pgvector::Vector;
+use tokio_postgres::GenericClient;
+
+use crate::{ApplyError, PgStore, meta_get, pg_err, schema};
+
+async fn model_at(
+    c: &impl GenericClient,
+    id_key: &str,
+    dim_key: &str,
+) -> Result<Option<ModelInfo>> {
+    let id = meta_get(c, id_key).await?;
+    let dim = meta_get(c, dim_key).await?.and_then(|d| d.parse().ok());
+    Ok(id.zip(dim).map(|(id, dim)| ModelInfo { id, dim }))
+}
+
+/// The migration in progress, if any.
+pub(crate) async fn state(c: &impl GenericClient) -> Result<Option<ReembedState>> {
+    let Some(to) = model_at(c, "reembed_model", "reembed_dim").await? else {
+        return Ok(None);
+    };
+    let from = model_at(c, "embedding_model", "embedding_dim")
+        .await?
+        .ok_or_else(|| Error::internal("a re-embedding is recorded but no model is bound"))?;
+    let row = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM reembed), (SELECT count(*) FROM memories)",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(Some(ReembedState {
+        from,
+        to,
+        done: row.get::<_, i64>(0) as u64,
+        total: row.get::<_, i64>(1) as u64,
+    }))
+}
+
+const CLEAR: &str =
+    "DELETE FROM reembed; DELETE FROM engram_meta WHERE key IN ('reembed_model', 'reembed_dim');";
+
+impl PgStore {
+    pub(crate) async fn reembed_start_impl(&self, to: &ModelInfo) -> Result<ReembedState> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::SCHEMA_LOCK])
+            .await
+            .map_err(pg_err)?;
+        let from = model_at(&*tx, "embedding_model", "embedding_dim")
+            .await?
+            .ok_or_else(|| Error::invalid("the store holds no vectors yet: nothing to re-embed"))?;
+        match state(&*tx).await? {
+            Some(s) if s.to == *to => return Ok(s),
+            Some(s) => {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "a re-embedding to `{}` is in progress ({} of {} versions); finish it, or cancel it first",
+                        s.to.id, s.done, s.total
+                    ),
+                ));
+            }
+            None if from == *to => {
+                return Err(Error::invalid(format!(
+                    "the store already uses `{}`",
+                    to.id
+                )));
+            }
+            None => {}
+        }
+        tx.batch_execute("DELETE FROM reembed")
+            .await
+            .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO engram_meta (key, value) VALUES ('reembed_model', $1), ('reembed_dim', $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&to.id, &to.dim.to_string()],
+        )
+        .await
+        .map_err(pg_err)?;
+        let s = state(&*tx)
+            .await?
+            .ok_or_else(|| Error::internal("re-embedding not recorded"))?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(s)
+    }
+
+    pub(crate) async fn reembed_pending_impl(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ReembedItem>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT m.rowid, m.text FROM memories m \
+                 WHERE m.rowid > $1 AND NOT EXISTS (SELECT 1 FROM reembed r WHERE r.memory = m.rowid) \
+                 ORDER BY m.rowid LIMIT $2",
+                &[&after, &(limit as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| ReembedItem {
+                key: r.get(0),
+                text: r.get(1),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn reembed_put_impl(
+        &self,
+        to: &ModelInfo,
+        vectors: Vec<(i64, Vec<f32>)>,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        check_reembed(state(&*tx).await?.as_ref(), to, &vectors)?;
+        // A version erased or swept since it was read is skipped.
+        let stmt = tx
+            .prepare(
+                "INSERT INTO reembed (memory, embedding) \
+                 SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM memories WHERE rowid = $1) \
+                 ON CONFLICT (memory) DO UPDATE SET embedding = excluded.embedding",
+            )
+            .await
+            .map_err(pg_err)?;
+        for (key, v) in vectors {
+            tx.execute(&stmt, &[&key, &Vector::from(v)])
+                .await
+                .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+
+    pub(crate) async fn reembed_switch_impl(
+        &self,
+        to: &ModelInfo,
+        audit: AuditEvent,
+    ) -> Result<u64> {
+        let left = self.retrying(|| self.switch_once(to, &audit)).await?;
+        if left > 0 {
+            return Ok(left);
+        }
+        self.inner
+            .dim
+            .store(to.dim, std::sync::atomic::Ordering::Release);
+        // Built after the commit, without blocking reads or writes; until it
+        // is ready, vector searches scan (exact, slower). A node that starts
+        // before it exists creates it (`bind_model`).
+        let client = self.client().await?;
+        if let Err(e) = client.batch_execute(&self.hnsw_sql(true)).await {
+            tracing::warn!(error = %e, "building the HNSW index after the re-embedding switch");
+        }
+        Ok(0)
+    }
+
+    async fn switch_once(
+        &self,
+        to: &ModelInfo,
+        audit: &AuditEvent,
+    ) -> std::result::Result<u64, ApplyError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::SCHEMA_LOCK])
+            .await?;
+        // The model row first: batches that read the old model under a
+        // shared lock finish before this, later ones wait and are refused.
+        tx.execute(
+            "SELECT value FROM engram_meta WHERE key = 'embedding_model' FOR UPDATE",
+            &[],
+        )
+        .await?;
+        check_reembed(state(&*tx).await?.as_ref(), to, &[])?;
+        let left: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM memories m WHERE NOT EXISTS (SELECT 1 FROM reembed r WHERE r.memory = m.rowid)",
+                &[],
+            )
+            .await?
+            .get(0);
+        if left > 0 {
+            return Ok(left as u64);
+        }
+        // The dimension is an integer we produce, not input.
+        tx.batch_execute(
+            "DROP INDEX IF EXISTS memories_hnsw; ALTER TABLE memories ALTER COLUMN embedding TYPE vector;",
+        )
+        .await?;
+        tx.execute(
+            "UPDATE memories m SET embedding = r.embedding, embedding_model = $1 FROM reembed r WHERE r.memory = m.rowid",
+            &[&to.id],
+        )
+        .await?;
+        tx.batch_execute(&format!(
+            "ALTER TABLE memories ALTER COLUMN embedding TYPE vector({}); {CLEAR}",
+            to.dim
+        ))
+        .await?;
+        tx.execute(
+            "INSERT INTO engram_meta (key, value) VALUES ('embedding_model', $1), ('embedding_dim', $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&to.id, &to.dim.to_string()],
+        )
+        .await?;
+        crate::audit::append(&tx, audit).await?;
+        tx.commit().await?;
+        Ok(0)
+    }
+
+    pub(crate) async fn reembed_cancel_impl(&self) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let had = state(&*tx).await?.is_some();
+        tx.batch_execute(CLEAR).await.map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(had)
+    }
+}

@@ -1,0 +1,220 @@
+//! Re-embedding (`engram reembed`): new-model vectors in the `reembed`
+//! table beside the current ones, then one switch transaction.
+
+use std::sync::Arc;
+
+use engram_core::audit::AuditEvent;
+use engram_core::store::{ModelInfo, ReembedItem, ReembedState, check_reembed};
+use engram_core::{Error, ErrorCode, Result};
+use rusqlite::{Connection, params};
+
+use crate::{SqliteStore, db_err, idx_err, load_current, lock, meta_get, vec_to_blob};
+
+fn model_at(conn: &Connection, id_key: &str, dim_key: &str) -> Result<Option<ModelInfo>> {
+    let id = meta_get(conn, id_key)?;
+    let dim = meta_get(conn, dim_key)?.and_then(|d| d.parse().ok());
+    Ok(id.zip(dim).map(|(id, dim)| ModelInfo { id, dim }))
+}
+
+/// The migration in progress, read inside the caller's connection.
+pub(crate) fn state(conn: &Connection) -> Result<Option<ReembedState>> {
+    let Some(to) = model_at(conn, "reembed_model", "reembed_dim")? else {
+        return Ok(None);
+    };
+    let from = model_at(conn, "embedding_model", "embedding_dim")?
+        .ok_or_else(|| Error::internal("a re-embedding is recorded but no model is bound"))?;
+    let count = |sql: &str| -> Result<u64> {
+        conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(db_err)
+    };
+    Ok(Some(ReembedState {
+        from,
+        to,
+        done: count("SELECT count(*) FROM reembed")?,
+        total: count("SELECT count(*) FROM memories")?,
+    }))
+}
+
+fn pending_count(conn: &Connection) -> Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM memories m WHERE NOT EXISTS (SELECT 1 FROM reembed r WHERE r.memory = m.rowid)",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+    .map_err(db_err)
+}
+
+impl SqliteStore {
+    pub(crate) async fn reembed_start_impl(&self, to: &ModelInfo) -> Result<ReembedState> {
+        let to = to.clone();
+        self.write(move |conn| {
+            let tx = conn.unchecked_transaction().map_err(db_err)?;
+            let from = model_at(&tx, "embedding_model", "embedding_dim")?
+                .ok_or_else(|| Error::invalid("the store holds no vectors yet: nothing to re-embed"))?;
+            match state(&tx)? {
+                Some(s) if s.to == to => return Ok(s),
+                Some(s) => {
+                    return Err(Error::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "a re-embedding to `{}` is in progress ({} of {} versions); finish it, or cancel it first",
+                            s.to.id, s.done, s.total
+                        ),
+                    ));
+                }
+                None if from == to => {
+                    return Err(Error::invalid(format!(
+                        "the store already uses `{}`",
+                        to.id
+                    )));
+                }
+                None => {}
+            }
+            tx.execute("DELETE FROM reembed", []).map_err(db_err)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('reembed_model', ?1), ('reembed_dim', ?2)",
+                params![to.id, to.dim.to_string()],
+            )
+            .map_err(db_err)?;
+            let s = state(&tx)?.ok_or_else(|| Error::internal("re-embedding not recorded"))?;
+            tx.commit().map_err(db_err)?;
+            Ok(s)
+        })
+        .await
+    }
+
+    pub(crate) async fn reembed_state_impl(&self) -> Result<Option<ReembedState>> {
+        self.read(|conn, _| state(conn)).await
+    }
+
+    pub(crate) async fn reembed_pending_impl(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ReembedItem>> {
+        self.read(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT m.rowid, m.text FROM memories m \
+                     WHERE m.rowid > ?1 AND NOT EXISTS (SELECT 1 FROM reembed r WHERE r.memory = m.rowid) \
+                     ORDER BY m.rowid LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![after, limit as i64], |r| {
+                    Ok(ReembedItem {
+                        key: r.get(0)?,
+                        text: r.get(1)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+
+    pub(crate) async fn reembed_put_impl(
+        &self,
+        to: &ModelInfo,
+        vectors: Vec<(i64, Vec<f32>)>,
+    ) -> Result<()> {
+        let to = to.clone();
+        self.write(move |conn| {
+            let tx = conn.unchecked_transaction().map_err(db_err)?;
+            check_reembed(state(&tx)?.as_ref(), &to, &vectors)?;
+            {
+                // A version erased or swept since it was read is skipped.
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO reembed (memory, embedding) \
+                         SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM memories WHERE rowid = ?1)",
+                    )
+                    .map_err(db_err)?;
+                for (key, v) in &vectors {
+                    stmt.execute(params![key, vec_to_blob(v)]).map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    pub(crate) async fn reembed_switch_impl(
+        &self,
+        to: &ModelInfo,
+        audit: AuditEvent,
+    ) -> Result<u64> {
+        let store = self.clone();
+        let to = to.clone();
+        tokio::task::spawn_blocking(move || {
+            // The writer lock is held from the check to the index swap: no
+            // write can land between them, and reads use the old index until
+            // the new one replaces it.
+            let mut conn = lock(&store.inner.writer);
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            check_reembed(state(&tx)?.as_ref(), &to, &[])?;
+            let left = pending_count(&tx)?;
+            if left > 0 {
+                return Ok(left);
+            }
+            tx.execute(
+                "UPDATE memories SET embedding = (SELECT r.embedding FROM reembed r WHERE r.memory = memories.rowid), \
+                 embedding_model = ?1",
+                [&to.id],
+            )
+            .map_err(db_err)?;
+            tx.execute_batch(
+                "DELETE FROM reembed; DELETE FROM meta WHERE key IN ('reembed_model', 'reembed_dim');",
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('embedding_model', ?1), ('embedding_dim', ?2)",
+                params![to.id, to.dim.to_string()],
+            )
+            .map_err(db_err)?;
+            crate::audit::append(&tx, &audit)?;
+            // The new index is built before the commit, so a failure leaves
+            // the old model in place everywhere.
+            let (catalog, index) = load_current(&tx, to.dim, store.inner.options.index)?;
+            index
+                .rebuild_graph(store.inner.options.build_threads)
+                .map_err(idx_err)?;
+            // The saved graph holds the old vectors: gone before the commit,
+            // so a crash in between cannot load it against the new ones.
+            match std::fs::remove_file(store.dir().join(crate::GRAPH_FILE)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::store(format!("cannot remove the old graph file: {e}"))),
+            }
+            tx.commit().map_err(db_err)?;
+            let index = Arc::new(index);
+            *store.inner.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+            *store.inner.index.write().unwrap_or_else(|e| e.into_inner()) = Some(index.clone());
+            if let Err(e) = store.save_graph(&index) {
+                // The graph is rebuilt from the database at the next start.
+                tracing::warn!(error = %e, "saving the re-embedded graph");
+            }
+            Ok(0)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("switch task failed: {e}")))?
+    }
+
+    pub(crate) async fn reembed_cancel_impl(&self) -> Result<bool> {
+        self.write(|conn| {
+            let tx = conn.unchecked_transaction().map_err(db_err)?;
+            let had = state(&tx)?.is_some();
+            tx.execute_batch(
+                "DELETE FROM reembed; DELETE FROM meta WHERE key IN ('reembed_model', 'reembed_dim');",
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(had)
+        })
+        .await
+    }
+}
