@@ -21,7 +21,7 @@ use crate::audit::AuditEvent;
 use crate::embed::Embedder;
 use crate::service::{MemoryService, RequestCtx};
 use crate::store::{ModelInfo, ReembedState};
-use crate::{Error, ErrorCode, Result};
+use crate::{Error, Result};
 
 /// What a finished re-embedding did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -128,14 +128,10 @@ impl MemoryService {
         self.store().reembed_cancel().await
     }
 
+    /// The model is store-wide configuration, like the server's flags: the
+    /// operator or any admin key may change it (audited with who did).
+    /// Nothing of another org is read or returned by doing so.
     fn require_reembed(&self, ctx: &RequestCtx) -> Result<()> {
-        ctx.principal.require(Role::Admin, "re-embedding")?;
-        if !ctx.principal.binding.is_empty() {
-            return Err(Error::new(
-                ErrorCode::Forbidden,
-                "re-embedding changes every org's vectors: it needs the operator or an admin key bound to no org",
-            ));
-        }
-        Ok(())
+        ctx.principal.require(Role::Admin, "re-embedding")
     }
 }

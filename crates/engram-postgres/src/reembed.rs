@@ -219,6 +219,10 @@ impl PgStore {
     pub(crate) async fn reembed_cancel_impl(&self) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
+        // Serialised with a switch (which holds the same lock).
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::SCHEMA_LOCK])
+            .await
+            .map_err(pg_err)?;
         let had = state(&*tx).await?.is_some();
         tx.batch_execute(CLEAR).await.map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;

@@ -21,6 +21,7 @@ pub mod mem0;
 mod memories;
 pub mod metrics;
 pub mod portable;
+pub mod reembed;
 pub mod request_id;
 pub mod wire;
 
@@ -88,6 +89,8 @@ pub struct AppState {
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Cancelled when the server shuts down (ends MCP sessions).
     pub shutdown: CancellationToken,
+    /// This process's re-embedding run (`/v1/admin/reembed`).
+    pub reembed: Arc<reembed::Reembedder>,
 }
 
 impl AppState {
@@ -111,7 +114,14 @@ impl AppState {
             config,
             metrics: crate::metrics::install(),
             shutdown: CancellationToken::new(),
+            reembed: Arc::new(reembed::Reembedder::default()),
         }
+    }
+
+    /// Lets `/v1/admin/reembed` load the models it is asked for.
+    pub fn with_model_loader(mut self, loader: reembed::ModelLoader) -> AppState {
+        self.reembed = Arc::new(reembed::Reembedder::new(Some(loader)));
+        self
     }
 }
 
@@ -125,7 +135,8 @@ a key never reads or writes outside its binding."),
         (name = "jobs", description = "Background jobs: asynchronous adds, the dead-letter queue"),
         (name = "keys", description = "API keys (admin)"),
         (name = "governance", description = "Erasure with receipts, and the audit trail"),
-        (name = "portability", description = "Export and import as versioned JSON Lines")
+        (name = "portability", description = "Export and import as versioned JSON Lines"),
+        (name = "admin", description = "Operations on the whole store: re-embedding")
     ),
     components(schemas(error::Problem)),
     modifiers(&BearerAuth),
@@ -163,6 +174,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(api_keys::router())
         .merge(governance::router())
         .merge(portable::router())
+        .merge(reembed::router())
 }
 
 /// The whole application, ready to serve (tests call it with `oneshot`).

@@ -51,6 +51,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Encrypt, re-key or decrypt the SQLite data directory (stop the server first).
     Rekey(RekeyArgs),
+    /// Move every stored vector to another embedding model (resumable; with
+    /// --url the server does it in the background and serves meanwhile).
+    Reembed(crate::reembed::ReembedArgs),
     /// Measure retrieval quality.
     Eval {
         #[command(subcommand)]
@@ -215,13 +218,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import(args).await,
         Command::Export(args) => export(args).await,
         Command::Rekey(args) => rekey(args).await,
+        Command::Reembed(args) => crate::reembed::run(args).await,
         Command::Eval { benchmark } => crate::eval::run(benchmark).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }
 
 /// Opens the data directory for a one-off command, refusing if a server holds it.
-async fn local(target: &Target) -> anyhow::Result<(MemoryService, Option<crate::serve::DirLock>)> {
+pub(crate) async fn local(
+    target: &Target,
+) -> anyhow::Result<(MemoryService, Option<crate::serve::DirLock>)> {
     let lock = if target.store.backend.is_postgres() {
         None
     } else {
@@ -234,12 +240,16 @@ async fn local(target: &Target) -> anyhow::Result<(MemoryService, Option<crate::
     Ok((service, lock))
 }
 
-fn cli_ctx() -> RequestCtx {
+pub(crate) fn cli_ctx() -> RequestCtx {
     RequestCtx::operator("cli")
 }
 
 /// A request to `path` on the `--url` server, with the API key.
-fn request(client: &ClientArgs, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+pub(crate) fn request(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
     let url = client.url.as_deref().unwrap_or_default();
     let req =
         reqwest::Client::new().request(method, format!("{}{path}", url.trim_end_matches('/')));
@@ -250,7 +260,7 @@ fn request(client: &ClientArgs, method: reqwest::Method, path: &str) -> reqwest:
 }
 
 /// Sends `req`; an answer other than 2xx is an error with the problem's detail.
-async fn send(
+pub(crate) async fn send(
     client: &ClientArgs,
     req: reqwest::RequestBuilder,
 ) -> anyhow::Result<reqwest::Response> {
@@ -283,7 +293,7 @@ async fn post(client: &ClientArgs, path: &str, body: &Value) -> anyhow::Result<V
 }
 
 /// A progress bar of `len` with `template` (indicatif syntax).
-fn progress(len: u64, template: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress(len: u64, template: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(template)

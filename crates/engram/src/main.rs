@@ -7,6 +7,7 @@ mod config;
 mod eval;
 mod keys;
 mod mcp;
+mod reembed;
 mod runtime;
 mod serve;
 

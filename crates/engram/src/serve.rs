@@ -227,6 +227,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "no LLM configured (--llm-base-url): adds store messages verbatim, split per turn and sentence"
         ),
     }
+    let api_key = args.store.embed_api_key.clone();
+    state = state.with_model_loader(std::sync::Arc::new(move |req| {
+        let api_key = api_key.clone();
+        Box::pin(async move {
+            crate::reembed::load_model(&req.model, req.embed_base_url.as_deref(), api_key)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }));
+    if let Some(s) = state.memory.store().reembed_state().await? {
+        tracing::warn!(
+            to = %s.to.id, done = s.done, total = s.total,
+            "a re-embedding is paused: resume it with `engram reembed --url … --model …` (same model), or cancel it"
+        );
+    }
     // Handlers are installed before the "listening" line: a supervisor (or a
     // test) that sends SIGTERM right after it must get a graceful shutdown.
     let shutdown = shutdown_signal()?;
