@@ -559,3 +559,122 @@ fn encrypted_data_directory_through_the_cli() {
         "the control"
     );
 }
+
+/// The default model's files under another directory name: another model id.
+fn next_model_dir(root: &Path) -> std::path::PathBuf {
+    let dir = root.join("minilm-next");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(engram_embed::default_model_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// `engram reembed` moves a data directory to another model (after which
+/// the old model is refused with a clear error), and back again through a
+/// running server (`--url`), which does it in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reembed_through_the_cli_and_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let next = next_model_dir(dir.path());
+    let next_s = next.to_str().unwrap();
+    for text in [
+        "Ann adopted a beagle named Rex",
+        "Ann works as a nurse in Porto",
+        "Ann paints watercolours on weekends",
+    ] {
+        let mut args = vec![
+            "add",
+            "--data-dir",
+            data_s,
+            "--org",
+            "acme",
+            "--user",
+            "ann",
+        ];
+        args.extend(text.split(' '));
+        let (ok, _, err) = cli(&args);
+        assert!(ok, "{err}");
+    }
+    let before = search_ids(data_s, "does Ann have a dog");
+
+    let (ok, out, err) = cli(&["reembed", "--data-dir", data_s, "--model", next_s]);
+    assert!(ok, "{err}");
+    assert!(out.contains("switched from `all-MiniLM-L6-v2"), "{out}");
+    assert!(
+        out.contains("to `minilm-next@") && out.contains("3 versions"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&[
+        "reembed",
+        "--data-dir",
+        data_s,
+        "--model-dir",
+        next_s,
+        "--status",
+    ]);
+    assert!(ok && out.contains("no re-embedding in progress"), "{out}");
+
+    // The old model no longer fits the directory, and says why.
+    let (ok, _, err) = cli(&["search", "--data-dir", data_s, "--user", "ann", "dog"]);
+    assert!(!ok);
+    assert!(err.contains("minilm-next@"), "{err}");
+    let (ok, out, err) = cli(&[
+        "search",
+        "--json",
+        "--data-dir",
+        data_s,
+        "--model-dir",
+        next_s,
+        "--org",
+        "acme",
+        "--user",
+        "ann",
+        "does Ann have a dog",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["results"][0]["id"].as_str(), Some(before[0].0.as_str()));
+
+    // Back to the default model through a server serving the new one.
+    let key = common::create_key(&data);
+    let server = common::Server::start_with(&data, "warn", &["--model-dir", next_s]);
+    let default_dir = engram_embed::default_model_dir();
+    let (ok, out, err) = cli(&[
+        "reembed",
+        "--url",
+        &server.url,
+        "--api-key",
+        &key,
+        "--model",
+        default_dir.to_str().unwrap(),
+        "--batch",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("to `all-MiniLM-L6-v2"), "{out}");
+    let found = common::post_json(
+        &reqwest::Client::new(),
+        &format!("{}/v1/memories/search", server.url),
+        &key,
+        &json!({"query": "does Ann have a dog", "filters": {"user_id": "ann"}}),
+    )
+    .await;
+    assert_eq!(
+        found["results"][0]["id"].as_str(),
+        Some(before[0].0.as_str()),
+        "{found}"
+    );
+    let mut server = server;
+    server.signal("-TERM");
+    assert!(server.wait(Duration::from_secs(20)).success());
+    let after = search_ids(data_s, "does Ann have a dog");
+    assert_eq!(after[0].0, before[0].0);
+    assert!(
+        (after[0].1 - before[0].1).abs() < 1e-4,
+        "{after:?} {before:?}"
+    );
+}
