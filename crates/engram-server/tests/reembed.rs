@@ -232,7 +232,7 @@ async fn serves_the_old_vectors_until_the_switch() {
         Arc::new(move |req| {
             let (next, next_dir) = (next.clone(), next_dir.clone());
             Box::pin(async move {
-                if PathBuf::from(&req.model) == next_dir {
+                if Path::new(&req.model) == next_dir {
                     Ok(next as Arc<dyn Embedder>)
                 } else {
                     Err(format!("no model at {}", req.model))
