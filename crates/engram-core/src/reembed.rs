@@ -36,6 +36,8 @@ pub struct ReembedReport {
     pub versions: u64,
     /// Passes over the store (more than one when writes landed meanwhile).
     pub passes: u32,
+    /// Time spent in the switch (the swap transaction and the index rebuild), ms.
+    pub switch_ms: u64,
 }
 
 /// The largest batch a run embeds at once.
@@ -71,6 +73,7 @@ impl MemoryService {
             resumed: started.done,
             versions: 0,
             passes: 1,
+            switch_ms: 0,
         };
         let mut after = 0;
         loop {
@@ -88,7 +91,9 @@ impl MemoryService {
                     "from": report.from.id, "to": model.id, "dim": model.dim,
                     "embedded": report.embedded,
                 });
+                let switching = std::time::Instant::now();
                 let left = store.reembed_switch(&model, audit).await?;
+                report.switch_ms += switching.elapsed().as_millis() as u64;
                 if left == 0 {
                     break;
                 }

@@ -115,13 +115,16 @@ pub async fn run(args: ReembedArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     service.store().flush().await?;
     println!(
-        "switched from `{}` to `{}`: {} versions, {} embedded by this run ({} done before) in {:.1} s",
+        "switched from `{}` to `{}`: {} versions, {} embedded by this run ({} done before) in {:.1} s \
+         ({:.0} versions/s; the switch took {:.1} s)",
         report.from.id,
         report.to.id,
         report.versions,
         report.embedded,
         report.resumed,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        report.embedded as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        report.switch_ms as f64 / 1000.0
     );
     if args.to_embed_base_url.is_none() {
         println!("start Engram with --model-dir {model} from now on");
