@@ -28,6 +28,9 @@ pub enum ErrorCode {
     Forbidden,
     /// The embedding model does not match the one the store was built with.
     EmbeddingModelMismatch,
+    /// A write embedded with the store's previous model arrived after a
+    /// re-embedding switched it; retrying embeds it with the new one.
+    ModelSwitched,
     /// A request or payload exceeds a configured limit.
     LimitExceeded,
     /// The store failed (I/O, corruption, constraint).
@@ -54,6 +57,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::EmbeddingModelMismatch => "embedding_model_mismatch",
+            ErrorCode::ModelSwitched => "model_switched",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::StoreFailure => "store_failure",
             ErrorCode::EmbedderFailure => "embedder_failure",
@@ -76,7 +80,9 @@ impl ErrorCode {
             | ErrorCode::Forbidden
             | ErrorCode::EmbeddingModelMismatch
             | ErrorCode::LimitExceeded => true,
-            ErrorCode::StoreFailure
+            // Transient: a retry (e.g. of a job) prepares the write anew.
+            ErrorCode::ModelSwitched
+            | ErrorCode::StoreFailure
             | ErrorCode::EmbedderFailure
             | ErrorCode::LlmUnavailable
             | ErrorCode::LlmFailure

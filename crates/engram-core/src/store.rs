@@ -305,7 +305,7 @@ pub fn check_model(ops: &[WriteOp], model: &str) -> Result<()> {
     });
     match stale {
         Some(m) => Err(Error::new(
-            crate::ErrorCode::Conflict,
+            crate::ErrorCode::ModelSwitched,
             format!(
                 "this write was embedded with `{m}`, but the store switched to `{model}` meanwhile; retry it"
             ),
@@ -331,6 +331,10 @@ pub trait Store:
     /// Records the embedding model on first use; afterwards refuses a different one
     /// with [`crate::ErrorCode::EmbeddingModelMismatch`].
     async fn bind_model(&self, model: &ModelInfo) -> Result<()>;
+
+    /// The model the stored vectors come from now (`None` before the first
+    /// bind). Differs from a node's own after another node re-embedded.
+    async fn bound_model(&self) -> Result<Option<ModelInfo>>;
 
     /// Applies a batch atomically.
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<()>;

@@ -409,6 +409,7 @@ impl PgStore {
                 engram_core::store::check_model(ops, row.get(0))?;
             }
         }
+        engram_core::store::check_dimensions(ops, self.dim()?)?;
         for op in ops {
             match op {
                 WriteOp::Insert {
@@ -723,8 +724,6 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
-        let dim = self.dim()?;
-        engram_core::store::check_dimensions(&ops, dim)?;
         self.retrying(|| self.apply_once(&ops)).await
     }
 
@@ -1273,6 +1272,11 @@ impl Store for PgStore {
             Ok(counts)
         })
         .await
+    }
+
+    async fn bound_model(&self) -> Result<Option<ModelInfo>> {
+        let client = self.client().await?;
+        reembed::model_at(&**client, "embedding_model", "embedding_dim").await
     }
 
     async fn reembed_start(&self, to: &ModelInfo) -> Result<engram_core::store::ReembedState> {

@@ -10,7 +10,7 @@ use tokio_postgres::GenericClient;
 
 use crate::{ApplyError, PgStore, meta_get, pg_err, schema};
 
-async fn model_at(
+pub(crate) async fn model_at(
     c: &impl GenericClient,
     id_key: &str,
     dim_key: &str,

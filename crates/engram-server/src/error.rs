@@ -73,7 +73,7 @@ pub fn status_of(code: HttpCode) -> StatusCode {
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::EmbeddingModelMismatch => StatusCode::CONFLICT,
+            ErrorCode::EmbeddingModelMismatch | ErrorCode::ModelSwitched => StatusCode::CONFLICT,
             ErrorCode::LimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::StoreFailure | ErrorCode::EmbedderFailure | ErrorCode::Internal => {
                 StatusCode::INTERNAL_SERVER_ERROR

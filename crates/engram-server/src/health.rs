@@ -30,7 +30,19 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         }
     };
     let model = app.memory.embedder().model().clone();
-    let embedder = json!({"status": "ok", "model": model.id, "dim": model.dim});
+    // Another node may have re-embedded the shared store: this one's queries
+    // would then be embedded with the wrong model.
+    let embedder = match app.memory.store().bound_model().await {
+        Ok(Some(bound)) if bound != model => json!({
+            "status": "fail", "model": model.id, "dim": model.dim,
+            "detail": format!("the store's vectors now come from `{}` (re-embedded); restart this node with that model", bound.id),
+        }),
+        _ => json!({"status": "ok", "model": model.id, "dim": model.dim}),
+    };
+    let reembed = match app.memory.store().reembed_state().await {
+        Ok(Some(s)) => json!({"to": s.to.id, "done": s.done, "total": s.total}),
+        _ => serde_json::Value::Null,
+    };
     // The LLM is reported, not required: adds queue while it is down and search never needs it.
     let llm = match app.jobs.pipeline() {
         None => json!({"status": "not_configured"}),
@@ -40,7 +52,7 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
                    "circuit": state.as_str(), "model": p.llm().model()})
         }
     };
-    let ready = store["status"] == "ok";
+    let ready = store["status"] == "ok" && embedder["status"] == "ok";
     let status = if ready {
         StatusCode::OK
     } else {
@@ -52,6 +64,7 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         Json(json!({
             "status": if ready { "ready" } else { "not_ready" },
             "checks": {"store": store, "embedder": embedder, "llm": llm},
+            "reembedding": reembed,
         })),
     )
 }

@@ -250,6 +250,22 @@ async fn serves_the_old_vectors_until_the_switch() {
     let admin = key(&n, Role::Admin).await;
     let writer = key(&n, Role::ReadWrite).await;
     let model = next_dir.to_str().unwrap();
+    // Another node on the same store, which keeps the old model.
+    let stale = MemoryService::new(
+        n._store.store.clone(),
+        common::embedder(),
+        Default::default(),
+        Default::default(),
+        100,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let stale_app = app(AppState::new(
+        stale.clone(),
+        n.keys.clone(),
+        ServerConfig::default(),
+    ));
 
     // Refusals change nothing.
     let (status, body) = call(&n, post(json!({"model": model})), &writer).await;
@@ -332,6 +348,34 @@ async fn serves_the_old_vectors_until_the_switch() {
     assert_eq!(got[0].0.embedding_model, next.model().id);
     let (_, idle) = call(&n, get(), &admin).await;
     assert_eq!(idle["state"], "switched");
+
+    // The node still on the old model is not ready and cannot write with it.
+    let res = stale_app
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let detail = body["checks"]["embedder"]["detail"].as_str().unwrap();
+    assert!(detail.contains("restart this node"), "{body}");
+    let err = stale
+        .add(
+            &ctx(),
+            AddInput {
+                content: Content::Text("Ann repaints her kitchen".into()),
+                scope: ann(),
+                metadata: Default::default(),
+                categories: Vec::new(),
+                kind: MemoryKind::Semantic,
+                expires_at: None,
+                ttl: None,
+                timestamp: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ModelSwitched, "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

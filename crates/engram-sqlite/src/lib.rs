@@ -864,13 +864,15 @@ impl Store for SqliteStore {
             let mut conn = lock(&store.inner.writer);
             // Under the writer lock: a re-embedding switches index and model under it too.
             let index = store.index()?;
+            // The model first: a write from before a re-embedding switch is
+            // `ModelSwitched` (retryable) whatever its vectors' length.
+            if let Some(model) = meta_get(&conn, "embedding_model")? {
+                engram_core::store::check_model(&ops, &model)?;
+            }
             engram_core::store::check_dimensions(&ops, index.dim())?;
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            if let Some(model) = meta_get(&tx, "embedding_model")? {
-                engram_core::store::check_model(&ops, &model)?;
-            }
             let mut applied = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
@@ -1526,6 +1528,11 @@ impl Store for SqliteStore {
         })
         .await
         .map_err(|e| Error::internal(format!("sweep task failed: {e}")))?
+    }
+
+    async fn bound_model(&self) -> Result<Option<ModelInfo>> {
+        self.read(|conn, _| reembed::model_at(conn, "embedding_model", "embedding_dim"))
+            .await
     }
 
     async fn reembed_start(&self, to: &ModelInfo) -> Result<engram_core::store::ReembedState> {

@@ -10,7 +10,11 @@ use rusqlite::{Connection, params};
 
 use crate::{SqliteStore, db_err, idx_err, load_current, lock, meta_get, vec_to_blob};
 
-fn model_at(conn: &Connection, id_key: &str, dim_key: &str) -> Result<Option<ModelInfo>> {
+pub(crate) fn model_at(
+    conn: &Connection,
+    id_key: &str,
+    dim_key: &str,
+) -> Result<Option<ModelInfo>> {
     let id = meta_get(conn, id_key)?;
     let dim = meta_get(conn, dim_key)?.and_then(|d| d.parse().ok());
     Ok(id.zip(dim).map(|(id, dim)| ModelInfo { id, dim }))

@@ -1964,16 +1964,27 @@ pub async fn reembed_migrates_then_switches(f: Fixture) {
         .unwrap();
     assert_eq!(audited.len(), 1);
 
-    // A write prepared with the old model is refused, whatever its length.
+    // A write prepared with the old model is refused, whatever its length,
+    // as retryable; one labelled with the new model but of the old length
+    // is a mismatch.
     let late = memory("Ann moved to Porto", user("a"), 4);
     let err = f
         .store
         .apply(vec![insert(&late, vector(0, 0.0))])
         .await
         .unwrap_err();
-    assert_eq!(err.code, ErrorCode::EmbeddingModelMismatch, "{err:?}");
+    assert_eq!(err.code, ErrorCode::ModelSwitched, "{err:?}");
     let err = f.store.apply(vec![insert(&late, v4(0))]).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Conflict, "{err:?}");
+    assert_eq!(err.code, ErrorCode::ModelSwitched, "{err:?}");
+    assert!(!err.code.is_user_error());
+    let mut odd = late.clone();
+    odd.embedding_model = next.id.clone();
+    let err = f
+        .store
+        .apply(vec![insert(&odd, vector(0, 0.0))])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::EmbeddingModelMismatch, "{err:?}");
     let mut fresh = late.clone();
     fresh.embedding_model = next.id.clone();
     f.store.apply(vec![insert(&fresh, v4(0))]).await.unwrap();
