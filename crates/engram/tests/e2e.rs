@@ -603,7 +603,12 @@ async fn reembed_through_the_cli_and_a_server() {
 
     let (ok, out, err) = cli(&["reembed", "--data-dir", data_s, "--model", next_s]);
     assert!(ok, "{err}");
-    assert!(out.contains("switched from `all-MiniLM-L6-v2"), "{out}");
+    let default_dir = engram_embed::default_model_dir();
+    let default_name = default_dir.file_name().unwrap().to_str().unwrap();
+    assert!(
+        out.contains(&format!("switched from `{default_name}@")),
+        "{out}"
+    );
     assert!(
         out.contains("to `minilm-next@") && out.contains("3 versions"),
         "{out}"
@@ -642,7 +647,6 @@ async fn reembed_through_the_cli_and_a_server() {
     // Back to the default model through a server serving the new one.
     let key = common::create_key(&data);
     let server = common::Server::start_with(&data, "warn", &["--model-dir", next_s]);
-    let default_dir = engram_embed::default_model_dir();
     let (ok, out, err) = cli(&[
         "reembed",
         "--url",
@@ -655,7 +659,7 @@ async fn reembed_through_the_cli_and_a_server() {
         "2",
     ]);
     assert!(ok, "{err}");
-    assert!(out.contains("to `all-MiniLM-L6-v2"), "{out}");
+    assert!(out.contains(&format!("to `{default_name}@")), "{out}");
     let found = common::post_json(
         &reqwest::Client::new(),
         &format!("{}/v1/memories/search", server.url),
