@@ -28,16 +28,20 @@ pub enum Role {
     ReadWrite,
     /// Also manage API keys (within its own binding).
     Admin,
+    /// Also operations on the whole store (re-embedding), beyond its
+    /// binding. Only the local operator (`engram keys create`) mints these.
+    Operator,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::ReadOnly, Role::ReadWrite, Role::Admin];
+    pub const ALL: [Role; 4] = [Role::ReadOnly, Role::ReadWrite, Role::Admin, Role::Operator];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::ReadOnly => "read_only",
             Role::ReadWrite => "read_write",
             Role::Admin => "admin",
+            Role::Operator => "operator",
         }
     }
 
@@ -47,7 +51,7 @@ impl Role {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "unknown role `{s}`: use admin, read_write or read_only"
+                    "unknown role `{s}`: use operator, admin, read_write or read_only"
                 ))
             })
     }
@@ -77,7 +81,7 @@ impl Principal {
     pub fn operator() -> Principal {
         Principal {
             key_id: None,
-            role: Role::Admin,
+            role: Role::Operator,
             binding: Scope::default(),
             rate_limit: None,
         }
@@ -110,10 +114,9 @@ impl Principal {
             format!(
                 "this API key is {}; {action} needs a {needed} key{}",
                 self.role,
-                if needed == Role::Admin {
-                    ""
-                } else {
-                    " (or admin)"
+                match needed {
+                    Role::Admin | Role::Operator => "",
+                    Role::ReadOnly | Role::ReadWrite => " (or admin)",
                 }
             ),
         ))

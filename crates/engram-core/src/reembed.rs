@@ -46,8 +46,8 @@ pub const MAX_BATCH: usize = 4096;
 impl MemoryService {
     /// Migrates every vector (current and superseded versions) to `to`,
     /// then makes `to` the service's model. `batch` texts are embedded at a
-    /// time; `progress` hears after each batch. Only the operator or an
-    /// admin key bound to no org may do it: it changes every org's vectors.
+    /// time; `progress` hears after each batch. The local operator or
+    /// an `operator` key: it changes every org's vectors.
     pub async fn reembed(
         &self,
         ctx: &RequestCtx,
@@ -76,6 +76,8 @@ impl MemoryService {
             switch_ms: 0,
         };
         let mut after = 0;
+        let mut last = started;
+        let mut batches = 0u64;
         loop {
             let items = store.reembed_pending(after, batch).await?;
             if items.is_empty() {
@@ -110,13 +112,25 @@ impl MemoryService {
             store
                 .reembed_put(&model, items.iter().map(|i| i.key).zip(vectors).collect())
                 .await?;
-            if let Some(state) = store.reembed_state().await? {
-                progress(&state);
+            // The store's counts every 16 batches (they scan), ours between.
+            batches += 1;
+            last.done += items.len() as u64;
+            if batches.is_multiple_of(16)
+                && let Some(state) = store.reembed_state().await?
+            {
+                last = state;
             }
+            progress(&last);
         }
         self.set_embedder(to);
-        let stats = store.stats().await?;
-        report.versions = stats.versions;
+        // Switched: a failure to count is not a failure of the run.
+        report.versions = match store.stats().await {
+            Ok(stats) => stats.versions,
+            Err(e) => {
+                tracing::warn!(error = %e, "counting versions after the switch");
+                last.total.max(last.done)
+            }
+        };
         tracing::info!(to = %model.id, embedded = report.embedded, passes = report.passes, "re-embedding switched");
         Ok(report)
     }
@@ -133,10 +147,10 @@ impl MemoryService {
         self.store().reembed_cancel().await
     }
 
-    /// The model is store-wide configuration, like the server's flags: the
-    /// operator or any admin key may change it (audited with who did).
-    /// Nothing of another org is read or returned by doing so.
+    /// The model is store-wide: the local operator or an `operator` key
+    /// (which only the local operator mints), never an org's admin.
     fn require_reembed(&self, ctx: &RequestCtx) -> Result<()> {
-        ctx.principal.require(Role::Admin, "re-embedding")
+        ctx.principal
+            .require(Role::Operator, "re-embedding (store-wide)")
     }
 }

@@ -508,7 +508,8 @@ impl MemoryService {
         let tokens = embedder.count_tokens(&text) as u32;
         Ok(match existing {
             Some(old) => {
-                let next = self.successor(&old, &text, now);
+                let mut next = self.successor(&old, &text, now);
+                next.embedding_model = model.clone();
                 let mut h = self.history_event(
                     ctx,
                     &next,
@@ -1275,16 +1276,23 @@ impl MemoryService {
                 fresh.push(m);
             }
         }
-        if !same_model {
-            let texts: Vec<String> = fresh
-                .iter()
-                .flat_map(|m| m.versions.iter().map(|v| v.memory.text.clone()))
-                .collect();
+        // A version keeps its vector only when both the file and the version
+        // itself name our model (an export taken across a re-embedding
+        // switch may hold both models' vectors).
+        let stale = |v: &ExportedVersion| !same_model || v.memory.embedding_model != model.id;
+        let texts: Vec<String> = fresh
+            .iter()
+            .flat_map(|m| m.versions.iter().filter(|v| stale(v)))
+            .map(|v| v.memory.text.clone())
+            .collect();
+        if !texts.is_empty() {
             let mut vectors = Self::embed_with(&*embedder, &texts).await?.into_iter();
             for v in fresh.iter_mut().flat_map(|m| m.versions.iter_mut()) {
-                v.embedding = vectors.next().unwrap_or_default();
-                v.memory.embedding_model = model.id.clone();
-                report.reembedded += 1;
+                if stale(v) {
+                    v.embedding = vectors.next().unwrap_or_default();
+                    v.memory.embedding_model = model.id.clone();
+                    report.reembedded += 1;
+                }
             }
         }
         report.imported = fresh.len() as u64;
@@ -1334,13 +1342,15 @@ impl MemoryService {
         Ok(vectors)
     }
 
-    /// One text's vector.
-    pub(crate) async fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
-        self.embedder()
+    /// One text's vector and the id of the model that made it (its label).
+    pub(crate) async fn embed_one(&self, text: &str) -> Result<(Vec<f32>, String)> {
+        let embedder = self.embedder();
+        let vector = embedder
             .embed(&[text.to_owned()])
             .await?
             .pop()
-            .ok_or_else(|| Error::embedder("embedder returned no vector"))
+            .ok_or_else(|| Error::embedder("embedder returned no vector"))?;
+        Ok((vector, embedder.model().id.clone()))
     }
 
     /// The checks every search makes: the trimmed query and `top_k`.
@@ -1518,8 +1528,11 @@ impl MemoryService {
         slide(&mut next, now);
         let embedding = if next.text != current.text {
             self.retext(&mut next);
-            Some(self.embed_one(&next.text).await?)
+            let (vector, model) = self.embed_one(&next.text).await?;
+            next.embedding_model = model;
+            Some(vector)
         } else {
+            // The store keeps the previous vector and labels it itself.
             None
         };
         let history = self.history_event(
@@ -1568,8 +1581,9 @@ impl MemoryService {
             )));
         }
         let now = self.now();
-        let next = self.successor(&current, &text, now);
-        let vector = self.embed_one(&text).await?;
+        let mut next = self.successor(&current, &text, now);
+        let (vector, model) = self.embed_one(&text).await?;
+        next.embedding_model = model;
         let mut history = self.history_event(
             ctx,
             &next,

@@ -284,6 +284,8 @@ pub fn check_reembed(
 
 /// Refuses a batch embedded with another model than the store's (a write
 /// prepared before a re-embedding switched the model, applied after it).
+/// An update keeping its previous vector (`embedding: None`) is labelled by
+/// the store with its own model instead.
 pub fn check_model(ops: &[WriteOp], model: &str) -> Result<()> {
     let stale = ops.iter().find_map(|op| match op {
         WriteOp::Insert { memory, .. }

@@ -92,6 +92,8 @@ struct Inner {
     dim: AtomicUsize,
     /// Host, port and database, for messages (never the password).
     target: String,
+    /// The HNSW rebuild a re-embedding switch started here (awaited by `flush`).
+    index_build: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Converts a driver error, keeping the server's message and SQLSTATE.
@@ -250,6 +252,7 @@ impl PgStore {
                 options,
                 dim: AtomicUsize::new(0),
                 target,
+                index_build: std::sync::Mutex::new(None),
             }),
         };
         let mut client = store.client().await.map_err(|e| {
@@ -312,6 +315,52 @@ impl PgStore {
             m = o.hnsw_m,
             ef = o.hnsw_ef_construction,
         )
+    }
+
+    /// Starts [`build_hnsw_concurrently`](Self::build_hnsw_concurrently) in
+    /// the background (`flush` waits for it); until it is ready, vector
+    /// searches scan (exact, slower).
+    pub(crate) fn spawn_hnsw_build(&self) {
+        let store = self.clone();
+        let build = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match store.build_hnsw_concurrently().await {
+                Ok(()) => tracing::info!(
+                    seconds = started.elapsed().as_secs_f64(),
+                    "HNSW index ready"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "building the HNSW index failed; searches scan until a node starts \
+                     (it builds the index), or run REINDEX INDEX CONCURRENTLY memories_hnsw"
+                ),
+            }
+        });
+        *self
+            .inner
+            .index_build
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(build);
+    }
+
+    /// Builds the HNSW index, if missing, without blocking reads or writes
+    /// and without the statement timeout.
+    pub(crate) async fn build_hnsw_concurrently(&self) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .batch_execute("SET statement_timeout = 0")
+            .await
+            .map_err(pg_err)?;
+        let out = client
+            .batch_execute(&self.hnsw_sql(true))
+            .await
+            .map_err(pg_err);
+        // The connection goes back to the pool: its timeout with it.
+        let reset = client
+            .batch_execute("RESET statement_timeout")
+            .await
+            .map_err(pg_err);
+        out.and(reset)
     }
 
     fn dim(&self) -> Result<usize> {
@@ -390,6 +439,7 @@ impl PgStore {
     async fn apply_once(&self, ops: &[WriteOp]) -> std::result::Result<(), ApplyError> {
         let mut client = self.client().await.map_err(ApplyError::Other)?;
         let tx = client.transaction().await.map_err(ApplyError::Pg)?;
+        let mut model: Option<String> = None;
         if ops.iter().any(|op| {
             matches!(
                 op,
@@ -405,8 +455,9 @@ impl PgStore {
                     &[],
                 )
                 .await?;
-            if let Some(row) = row {
-                engram_core::store::check_model(ops, row.get(0))?;
+            model = row.map(|r| r.get(0));
+            if let Some(m) = &model {
+                engram_core::store::check_model(ops, m)?;
             }
         }
         engram_core::store::check_dimensions(ops, self.dim()?)?;
@@ -428,11 +479,18 @@ impl PgStore {
                 } => {
                     let expect = memory.version.checked_sub(1);
                     let old = close_current(&tx, memory.id, memory.updated_at, expect).await?;
-                    let vector = match embedding {
-                        Some(v) => Vector::from(v.clone()),
-                        None => old,
-                    };
-                    insert_version(&tx, memory, vector).await?;
+                    match (embedding, &model) {
+                        (Some(v), _) => {
+                            insert_version(&tx, memory, Vector::from(v.clone())).await?;
+                        }
+                        // The previous vector is kept: it has the store's model.
+                        (None, Some(m)) if memory.embedding_model != *m => {
+                            let mut relabelled = memory.clone();
+                            relabelled.embedding_model = m.clone();
+                            insert_version(&tx, &relabelled, old).await?;
+                        }
+                        (None, _) => insert_version(&tx, memory, old).await?,
+                    }
                     insert_history(&tx, history).await?;
                     audit::append(&tx, &AuditEvent::of_history(history)).await?;
                 }
@@ -679,6 +737,7 @@ impl Store for PgStore {
             .map_err(pg_err)?;
         let id = meta_get(&*tx, "embedding_model").await?;
         let dim = meta_get(&*tx, "embedding_dim").await?;
+        let mut rebuild = false;
         match (id, dim) {
             (Some(id), Some(dim)) => {
                 if id != model.id || dim != model.dim.to_string() {
@@ -693,10 +752,27 @@ impl Store for PgStore {
                     ));
                 }
                 // Missing only when a re-embedding switch was interrupted
-                // before its index build finished.
-                tx.batch_execute(&self.hnsw_sql(false))
+                // before its index build finished. Checked first: a CREATE
+                // INDEX, even IF NOT EXISTS, would wait on (and stall writes
+                // behind) a concurrent build in progress.
+                let valid: Option<bool> = tx
+                    .query_one(
+                        "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('memories_hnsw'))",
+                        &[],
+                    )
                     .await
-                    .map_err(pg_err)?;
+                    .map_err(pg_err)?
+                    .get(0);
+                match valid {
+                    // Built in the background, concurrently (a build here
+                    // could deadlock with one a switch started elsewhere).
+                    None => rebuild = true,
+                    Some(true) => {}
+                    Some(false) => tracing::warn!(
+                        "the HNSW index is being built, or its build failed; if searches stay slow, \
+                         run REINDEX INDEX CONCURRENTLY memories_hnsw"
+                    ),
+                }
             }
             _ => {
                 tx.execute(
@@ -720,6 +796,9 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(pg_err)?;
         self.inner.dim.store(model.dim, Ordering::Release);
+        if rebuild {
+            self.spawn_hnsw_build();
+        }
         Ok(())
     }
 
@@ -1225,7 +1304,19 @@ impl Store for PgStore {
     }
 
     async fn flush(&self) -> Result<()> {
-        // Nothing is kept outside the database.
+        // Nothing is kept outside the database; an index build started by a
+        // re-embedding switch is waited for (a CLI run or a shutdown would
+        // otherwise cut it short).
+        let build = self
+            .inner
+            .index_build
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(build) = build {
+            tracing::info!("waiting for the HNSW index build to finish");
+            let _ = build.await;
+        }
         Ok(())
     }
 

@@ -123,6 +123,15 @@ impl PgStore {
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
+        // Shared: puts run side by side, but never across a start, cancel
+        // or switch (which take it exclusively), so a cancelled run's
+        // vectors cannot land in the next migration.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[&schema::SCHEMA_LOCK],
+        )
+        .await
+        .map_err(pg_err)?;
         check_reembed(state(&*tx).await?.as_ref(), to, &vectors)?;
         // A version erased or swept since it was read is skipped.
         let stmt = tx
@@ -153,13 +162,9 @@ impl PgStore {
         self.inner
             .dim
             .store(to.dim, std::sync::atomic::Ordering::Release);
-        // Built after the commit, without blocking reads or writes; until it
-        // is ready, vector searches scan (exact, slower). A node that starts
-        // before it exists creates it (`bind_model`).
-        let client = self.client().await?;
-        if let Err(e) = client.batch_execute(&self.hnsw_sql(true)).await {
-            tracing::warn!(error = %e, "building the HNSW index after the re-embedding switch");
-        }
+        // Built in the background after the commit, blocking neither reads
+        // nor writes (nor the caller, whose service swaps its model now).
+        self.spawn_hnsw_build();
         Ok(0)
     }
 
@@ -170,6 +175,8 @@ impl PgStore {
     ) -> std::result::Result<u64, ApplyError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // The UPDATE and retype rewrite the whole table: no statement timeout.
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::SCHEMA_LOCK])
             .await?;
         // The model row first: batches that read the old model under a

@@ -29,8 +29,8 @@ pub struct CreateKeyRequest {
     /// What the key is for (shown in lists).
     #[schema(min_length = 1, max_length = 128)]
     pub name: String,
-    /// `admin`, `read_write` (default) or `read_only`; at most the caller's own role.
-    #[schema(value_type = Option<String>, example = "read_write", pattern = "^(admin|read_write|read_only)$")]
+    /// `operator`, `admin`, `read_write` (default) or `read_only`; at most the caller's own role.
+    #[schema(value_type = Option<String>, example = "read_write", pattern = "^(operator|admin|read_write|read_only)$")]
     pub role: Option<String>,
     /// Defaults to the caller's org; an admin key cannot name another.
     pub org_id: Option<String>,

@@ -151,6 +151,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.code == HttpCode::Core(ErrorCode::ModelSwitched) {
+            // Transient: the same request succeeds when sent again.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }

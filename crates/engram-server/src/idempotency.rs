@@ -105,7 +105,9 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
     let status = resp.status();
-    if status.is_server_error() {
+    // 5xx answers, and any answer asking to be retried, are not kept: the
+    // retry under the same key must run again.
+    if status.is_server_error() || resp.headers().contains_key(header::RETRY_AFTER) {
         if let Err(e) = store.idem_abort(&caller, &key).await {
             tracing::error!(error = %e, "dropping an idempotency reservation");
         }

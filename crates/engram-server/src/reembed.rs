@@ -53,6 +53,8 @@ pub type ModelLoader = Arc<
 pub struct Reembedder {
     loader: Option<ModelLoader>,
     run: Mutex<Option<Run>>,
+    /// Held through a start (which awaits): two starts cannot both begin a run.
+    starting: tokio::sync::Mutex<()>,
 }
 
 struct Run {
@@ -65,6 +67,7 @@ impl Reembedder {
         Reembedder {
             loader,
             run: Mutex::new(None),
+            starting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -144,7 +147,7 @@ fn lock(s: &Mutex<ReembedOut>) -> std::sync::MutexGuard<'_, ReembedOut> {
 }
 
 /// Start (or resume) moving every vector to another embedding model. The
-/// operator or an admin key (the model is store-wide). Answers at once; follow it with
+/// local operator or an `operator` key (the model is store-wide). Answers at once; follow it with
 /// `GET /v1/admin/reembed`.
 #[utoipa::path(post, path = "/v1/admin/reembed", tag = "admin", request_body = ReembedRequest,
     responses((status = 202, body = ReembedOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
@@ -163,6 +166,7 @@ async fn reembed_start(
         return Err(Error::invalid("`model` is empty").into());
     }
     let reembedder = app.reembed.clone();
+    let _starting = reembedder.starting.lock().await;
     if reembedder
         .run()
         .as_ref()

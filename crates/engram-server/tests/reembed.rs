@@ -247,7 +247,8 @@ async fn serves_the_old_vectors_until_the_switch() {
     }
     let before = search(&n.memory, "what milk does Ann like").await;
     assert_eq!(before.len(), 6);
-    let admin = key(&n, Role::Admin).await;
+    let admin = key(&n, Role::Operator).await;
+    let org_admin = key(&n, Role::Admin).await;
     let writer = key(&n, Role::ReadWrite).await;
     let model = next_dir.to_str().unwrap();
     // Another node on the same store, which keeps the old model.
@@ -268,8 +269,16 @@ async fn serves_the_old_vectors_until_the_switch() {
     ));
 
     // Refusals change nothing.
-    let (status, body) = call(&n, post(json!({"model": model})), &writer).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for k in [&writer, &org_admin] {
+        let (status, body) = call(&n, post(json!({"model": model})), k).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "an org's keys cannot: {body}"
+        );
+        let (status, _) = call(&n, get(), k).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
     let (status, body) = call(&n, post(json!({"model": model, "batch": 0})), &admin).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("batch"), "{body}");
@@ -351,6 +360,7 @@ async fn serves_the_old_vectors_until_the_switch() {
 
     // The node still on the old model is not ready and cannot write with it.
     let res = stale_app
+        .clone()
         .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -376,6 +386,25 @@ async fn serves_the_old_vectors_until_the_switch() {
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::ModelSwitched, "{err:?}");
+    // Over HTTP: 409 model_switched with Retry-After, and never replayed
+    // under its idempotency key (the retry must run again).
+    for _ in 0..2 {
+        let req = Request::post("/v1/memories")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {writer}"))
+            .header("idempotency-key", "stale-1")
+            .body(Body::from(
+                json!({"text": "Ann repaints her kitchen", "user_id": "ann"}).to_string(),
+            ))
+            .unwrap();
+        let res = stale_app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        assert!(!res.headers().contains_key("idempotent-replayed"));
+        let body: Value =
+            serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["code"], "model_switched", "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -866,8 +866,9 @@ impl Store for SqliteStore {
             let index = store.index()?;
             // The model first: a write from before a re-embedding switch is
             // `ModelSwitched` (retryable) whatever its vectors' length.
-            if let Some(model) = meta_get(&conn, "embedding_model")? {
-                engram_core::store::check_model(&ops, &model)?;
+            let model = meta_get(&conn, "embedding_model")?;
+            if let Some(model) = &model {
+                engram_core::store::check_model(&ops, model)?;
             }
             engram_core::store::check_dimensions(&ops, index.dim())?;
             let tx = conn
@@ -891,12 +892,16 @@ impl Store for SqliteStore {
                         });
                     }
                     WriteOp::Update {
-                        memory,
+                        mut memory,
                         embedding,
                         history,
                     } => {
                         let expect = memory.version.checked_sub(1);
                         let (old, blob) = close_current(&tx, memory.id, memory.updated_at, expect)?;
+                        if let (None, Some(m)) = (&embedding, &model) {
+                            // The previous vector is kept: it has the store's model.
+                            memory.embedding_model = m.clone();
+                        }
                         let vector = embedding.unwrap_or_else(|| blob_to_vec(&blob));
                         let rowid = insert_version(&tx, &memory, &vector)?;
                         insert_history(&tx, &history)?;

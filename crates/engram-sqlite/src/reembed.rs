@@ -197,11 +197,9 @@ impl SqliteStore {
             tx.commit().map_err(db_err)?;
             let index = Arc::new(index);
             *store.inner.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
-            *store.inner.index.write().unwrap_or_else(|e| e.into_inner()) = Some(index.clone());
-            if let Err(e) = store.save_graph(&index) {
-                // The graph is rebuilt from the database at the next start.
-                tracing::warn!(error = %e, "saving the re-embedded graph");
-            }
+            *store.inner.index.write().unwrap_or_else(|e| e.into_inner()) = Some(index);
+            // The graph file is written by the next `flush` (the CLI's, or the
+            // server's at shutdown), not here: the caller swaps its model now.
             Ok(0)
         })
         .await

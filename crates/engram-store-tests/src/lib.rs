@@ -1988,6 +1988,25 @@ pub async fn reembed_migrates_then_switches(f: Fixture) {
     let mut fresh = late.clone();
     fresh.embedding_model = next.id.clone();
     f.store.apply(vec![insert(&fresh, v4(0))]).await.unwrap();
+    // An update keeping its vector, prepared before the switch (old label):
+    // the store labels the kept vector with its own model.
+    let mut c2 = c.clone();
+    c2.version = 2;
+    c2.categories = vec!["hobby".into()];
+    c2.updated_at = c.created_at + SignedDuration::from_secs(30);
+    f.store
+        .apply(vec![WriteOp::Update {
+            memory: c2.clone(),
+            embedding: None,
+            history: history(&c2, Event::Update, Some(&c.text), Some(&c.text)),
+        }])
+        .await
+        .unwrap();
+    let cv = f.store.memory_versions(&[c.id]).await.unwrap();
+    assert_eq!(
+        (cv[1].0.embedding_model.as_str(), cv[1].1.clone()),
+        (next.id.as_str(), v4(0))
+    );
 
     // Cancelling drops a migration and its vectors.
     assert!(!f.store.reembed_cancel().await.unwrap());
@@ -2000,7 +2019,7 @@ pub async fn reembed_migrates_then_switches(f: Fixture) {
     assert!(f.store.reembed_cancel().await.unwrap());
     assert_eq!(f.store.reembed_state().await.unwrap(), None);
     let again = f.store.reembed_start(&other).await.unwrap();
-    assert_eq!((again.done, again.total), (0, 6));
+    assert_eq!((again.done, again.total), (0, 7));
 }
 
 #[macro_export]

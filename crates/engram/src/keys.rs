@@ -53,7 +53,8 @@ pub struct CreateArgs {
     /// Also bind it to this agent.
     #[arg(long = "agent", alias = "agent-id")]
     pub agent_id: Option<String>,
-    /// admin, read_write or read_only.
+    /// operator (also store-wide operations: re-embedding), admin,
+    /// read_write or read_only.
     #[arg(long, default_value = "read_write")]
     pub role: String,
     /// What the key is for.

@@ -645,7 +645,26 @@ async fn reembed_through_the_cli_and_a_server() {
     assert_eq!(v["results"][0]["id"].as_str(), Some(before[0].0.as_str()));
 
     // Back to the default model through a server serving the new one.
-    let key = common::create_key(&data);
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "create",
+            "--org",
+            "acme",
+            "--role",
+            "operator",
+            "--data-dir",
+            data_s,
+        ])
+        .env("ENGRAM_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let server = common::Server::start_with(&data, "warn", &["--model-dir", next_s]);
     let (ok, out, err) = cli(&[
         "reembed",
