@@ -272,6 +272,32 @@ async fn export_then_import_gives_the_same_memories() {
     for q in QUERIES {
         same_results(&search(&a, q).await, &search(&c, q).await, 1e-3);
     }
+
+    // Taken across a re-embedding switch: our model in the header, but one
+    // version labelled with another. Only that version is re-embedded, and
+    // everything lands labelled with our model.
+    let d = node(AuthMode::InsecureNoAuth).await;
+    let mut first: Value = serde_json::from_str(lines[1]).unwrap();
+    assert!(
+        first["versions"][0]["embedding_model"].is_string(),
+        "{first}"
+    );
+    first["versions"][0]["embedding_model"] = json!("some-other-model@2");
+    let body = [lines[0].to_string(), first.to_string()]
+        .into_iter()
+        .chain(lines[2..].iter().map(|l| l.to_string()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (status, report) = import(&d, body, None).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        report,
+        json!({"imported": 5, "skipped": 0, "reembedded": 1})
+    );
+    let id: uuid::Uuid = first["id"].as_str().unwrap().parse().unwrap();
+    let ours = d.memory.embedder().model().id.clone();
+    let versions = d.memory.store().memory_versions(&[id]).await.unwrap();
+    assert!(versions.iter().all(|(m, _)| m.embedding_model == ours));
 }
 
 /// An empty node without authentication.
