@@ -227,61 +227,6 @@ pub struct ModelInfo {
     pub dim: usize,
 }
 
-/// A migration of every stored vector to another embedding model
-/// (`engram reembed`). Searches keep using the `from` vectors until
-/// [`Store::reembed_switch`] swaps them all in one transaction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReembedState {
-    pub from: ModelInfo,
-    pub to: ModelInfo,
-    /// Versions (current and superseded) that have their `to` vector.
-    pub done: u64,
-    /// Every version in the store.
-    pub total: u64,
-}
-
-/// One stored version still waiting for its vector from the new model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReembedItem {
-    /// The version's key in the store (opaque, increasing in write order).
-    pub key: i64,
-    pub text: String,
-}
-
-/// Refuses vectors a migration cannot take: another model than the one the
-/// migration is to, or the wrong length.
-pub fn check_reembed(
-    state: Option<&ReembedState>,
-    to: &ModelInfo,
-    vectors: &[(i64, Vec<f32>)],
-) -> Result<()> {
-    match state {
-        None => Err(Error::new(
-            crate::ErrorCode::Conflict,
-            "no re-embedding is in progress (it was switched or cancelled)",
-        )),
-        Some(s) if s.to != *to => Err(Error::new(
-            crate::ErrorCode::Conflict,
-            format!(
-                "the re-embedding in progress is to `{}`, not `{}`",
-                s.to.id, to.id
-            ),
-        )),
-        Some(_) => match vectors.iter().find(|(_, v)| v.len() != to.dim) {
-            Some((_, v)) => Err(Error::new(
-                crate::ErrorCode::EmbeddingModelMismatch,
-                format!(
-                    "vector has {} dimensions; `{}` has {}",
-                    v.len(),
-                    to.id,
-                    to.dim
-                ),
-            )),
-            None => Ok(()),
-        },
-    }
-}
-
 /// Refuses a batch embedded with another model than the store's (a write
 /// prepared before a re-embedding switched the model, applied after it).
 /// An update keeping its previous vector (`embedding: None`) is labelled by
@@ -323,6 +268,7 @@ pub trait Store:
     + crate::jobs::JobStore
     + crate::idempotency::IdempotencyStore
     + crate::audit::AuditStore
+    + crate::reembed::ReembedStore
     + Send
     + Sync
     + 'static
@@ -454,32 +400,4 @@ pub trait Store:
         limit: usize,
         audit: crate::audit::AuditEvent,
     ) -> Result<crate::audit::ErasureCounts>;
-
-    /// Starts a migration of every vector to `to`, or resumes the one to
-    /// `to` in progress. Refuses `to` when it is the store's model already
-    /// (`InvalidRequest`) or when a migration to another model is in
-    /// progress (`Conflict`).
-    async fn reembed_start(&self, to: &ModelInfo) -> Result<ReembedState>;
-
-    /// The migration in progress, if any.
-    async fn reembed_state(&self) -> Result<Option<ReembedState>>;
-
-    /// Up to `limit` versions with keys above `after` that have no vector
-    /// from the new model yet, in key order.
-    async fn reembed_pending(&self, after: i64, limit: usize) -> Result<Vec<ReembedItem>>;
-
-    /// Stores new-model vectors beside the current ones (searches do not
-    /// see them). Versions removed meanwhile are skipped.
-    async fn reembed_put(&self, to: &ModelInfo, vectors: Vec<(i64, Vec<f32>)>) -> Result<()>;
-
-    /// Switches to the new model if every version has its new vector: in
-    /// one transaction the vectors replace the old ones, the model binding
-    /// changes and `audit` is appended; then the vector index is rebuilt.
-    /// Returns how many versions still lack a new vector (0: switched;
-    /// otherwise nothing changed — writes landed since the last pass).
-    async fn reembed_switch(&self, to: &ModelInfo, audit: crate::audit::AuditEvent) -> Result<u64>;
-
-    /// Abandons the migration in progress (its new vectors are dropped).
-    /// Returns whether there was one.
-    async fn reembed_cancel(&self) -> Result<bool>;
 }

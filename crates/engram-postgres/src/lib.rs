@@ -732,25 +732,21 @@ impl Store for PgStore {
     async fn bind_model(&self, model: &ModelInfo) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::SCHEMA_LOCK])
-            .await
-            .map_err(pg_err)?;
-        let id = meta_get(&*tx, "embedding_model").await?;
-        let dim = meta_get(&*tx, "embedding_dim").await?;
+        schema::lock(&*tx, false).await.map_err(pg_err)?;
         let mut rebuild = false;
-        match (id, dim) {
-            (Some(id), Some(dim)) => {
-                if id != model.id || dim != model.dim.to_string() {
-                    return Err(Error::new(
-                        ErrorCode::EmbeddingModelMismatch,
-                        format!(
-                            "the database {} holds vectors from embedding model `{id}` ({dim} dimensions), \
-                             but the configured model is `{}` ({} dimensions); start Engram with the same model, \
-                             or use a new database",
-                            self.inner.target, model.id, model.dim
-                        ),
-                    ));
-                }
+        match reembed::model_at(&*tx, reembed::BOUND).await? {
+            Some(bound) if bound != *model => {
+                return Err(Error::new(
+                    ErrorCode::EmbeddingModelMismatch,
+                    format!(
+                        "the database {} holds vectors from embedding model `{}` ({} dimensions), \
+                         but the configured model is `{}` ({} dimensions); start Engram with the same model, \
+                         or use a new database",
+                        self.inner.target, bound.id, bound.dim, model.id, model.dim
+                    ),
+                ));
+            }
+            Some(_) => {
                 // Missing only when a re-embedding switch was interrupted
                 // before its index build finished. Checked first: a CREATE
                 // INDEX, even IF NOT EXISTS, would wait on (and stall writes
@@ -774,14 +770,10 @@ impl Store for PgStore {
                     ),
                 }
             }
-            _ => {
-                tx.execute(
-                    "INSERT INTO engram_meta (key, value) VALUES ('embedding_model', $1), ('embedding_dim', $2) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    &[&model.id, &model.dim.to_string()],
-                )
-                .await
-                .map_err(pg_err)?;
+            None => {
+                reembed::put_model(&*tx, reembed::BOUND, model)
+                    .await
+                    .map_err(pg_err)?;
                 // The dimension is known now: type the column and build the
                 // HNSW index over current versions (typmods and index options
                 // are integers we produce, not input).
@@ -1367,39 +1359,6 @@ impl Store for PgStore {
 
     async fn bound_model(&self) -> Result<Option<ModelInfo>> {
         let client = self.client().await?;
-        reembed::model_at(&**client, "embedding_model", "embedding_dim").await
-    }
-
-    async fn reembed_start(&self, to: &ModelInfo) -> Result<engram_core::store::ReembedState> {
-        self.reembed_start_impl(to).await
-    }
-
-    async fn reembed_state(&self) -> Result<Option<engram_core::store::ReembedState>> {
-        let client = self.client().await?;
-        reembed::state(&**client).await
-    }
-
-    async fn reembed_pending(
-        &self,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<engram_core::store::ReembedItem>> {
-        self.reembed_pending_impl(after, limit).await
-    }
-
-    async fn reembed_put(&self, to: &ModelInfo, vectors: Vec<(i64, Vec<f32>)>) -> Result<()> {
-        self.reembed_put_impl(to, vectors).await
-    }
-
-    async fn reembed_switch(
-        &self,
-        to: &ModelInfo,
-        audit: engram_core::audit::AuditEvent,
-    ) -> Result<u64> {
-        self.reembed_switch_impl(to, audit).await
-    }
-
-    async fn reembed_cancel(&self) -> Result<bool> {
-        self.reembed_cancel_impl().await
+        reembed::model_at(&**client, reembed::BOUND).await
     }
 }

@@ -2,30 +2,52 @@
 //! `reembed` table beside the current ones, then one switch transaction
 //! that every node sees at once.
 
+use async_trait::async_trait;
 use engram_core::audit::AuditEvent;
-use engram_core::store::{ModelInfo, ReembedItem, ReembedState, check_reembed};
-use engram_core::{Error, ErrorCode, Result};
+use engram_core::reembed::{ReembedItem, ReembedState, ReembedStore, check_reembed, check_start};
+use engram_core::store::ModelInfo;
+use engram_core::{Error, Result};
 use pgvector::Vector;
 use tokio_postgres::GenericClient;
 
 use crate::{ApplyError, PgStore, meta_get, pg_err, schema};
 
+/// The `engram_meta` keys naming a model: id, dimension.
+pub(crate) type ModelKeys = (&'static str, &'static str);
+/// The model the vectors come from.
+pub(crate) const BOUND: ModelKeys = ("embedding_model", "embedding_dim");
+/// The model a migration in progress moves to.
+const NEXT: ModelKeys = ("reembed_model", "reembed_dim");
+
 pub(crate) async fn model_at(
     c: &impl GenericClient,
-    id_key: &str,
-    dim_key: &str,
+    (id, dim): ModelKeys,
 ) -> Result<Option<ModelInfo>> {
-    let id = meta_get(c, id_key).await?;
-    let dim = meta_get(c, dim_key).await?.and_then(|d| d.parse().ok());
+    let id = meta_get(c, id).await?;
+    let dim = meta_get(c, dim).await?.and_then(|d| d.parse().ok());
     Ok(id.zip(dim).map(|(id, dim)| ModelInfo { id, dim }))
+}
+
+pub(crate) async fn put_model(
+    c: &impl GenericClient,
+    (id, dim): ModelKeys,
+    m: &ModelInfo,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    c.execute(
+        "INSERT INTO engram_meta (key, value) VALUES ($1, $2), ($3, $4) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[&id, &m.id, &dim, &m.dim.to_string()],
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The migration in progress, if any.
 pub(crate) async fn state(c: &impl GenericClient) -> Result<Option<ReembedState>> {
-    let Some(to) = model_at(c, "reembed_model", "reembed_dim").await? else {
+    let Some(to) = model_at(c, NEXT).await? else {
         return Ok(None);
     };
-    let from = model_at(c, "embedding_model", "embedding_dim")
+    let from = model_at(c, BOUND)
         .await?
         .ok_or_else(|| Error::internal("a re-embedding is recorded but no model is bound"))?;
     let row = c
@@ -46,45 +68,20 @@ pub(crate) async fn state(c: &impl GenericClient) -> Result<Option<ReembedState>
 const CLEAR: &str =
     "DELETE FROM reembed; DELETE FROM engram_meta WHERE key IN ('reembed_model', 'reembed_dim');";
 
-impl PgStore {
-    pub(crate) async fn reembed_start_impl(&self, to: &ModelInfo) -> Result<ReembedState> {
+#[async_trait]
+impl ReembedStore for PgStore {
+    async fn reembed_start(&self, to: &ModelInfo) -> Result<ReembedState> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::SCHEMA_LOCK])
-            .await
-            .map_err(pg_err)?;
-        let from = model_at(&*tx, "embedding_model", "embedding_dim")
-            .await?
-            .ok_or_else(|| Error::invalid("the store holds no vectors yet: nothing to re-embed"))?;
-        match state(&*tx).await? {
-            Some(s) if s.to == *to => return Ok(s),
-            Some(s) => {
-                return Err(Error::new(
-                    ErrorCode::Conflict,
-                    format!(
-                        "a re-embedding to `{}` is in progress ({} of {} versions); finish it, or cancel it first",
-                        s.to.id, s.done, s.total
-                    ),
-                ));
-            }
-            None if from == *to => {
-                return Err(Error::invalid(format!(
-                    "the store already uses `{}`",
-                    to.id
-                )));
-            }
-            None => {}
+        schema::lock(&*tx, false).await.map_err(pg_err)?;
+        let from = model_at(&*tx, BOUND).await?;
+        if let Some(s) = check_start(from.as_ref(), state(&*tx).await?, to)? {
+            return Ok(s);
         }
         tx.batch_execute("DELETE FROM reembed")
             .await
             .map_err(pg_err)?;
-        tx.execute(
-            "INSERT INTO engram_meta (key, value) VALUES ('reembed_model', $1), ('reembed_dim', $2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&to.id, &to.dim.to_string()],
-        )
-        .await
-        .map_err(pg_err)?;
+        put_model(&*tx, NEXT, to).await.map_err(pg_err)?;
         let s = state(&*tx)
             .await?
             .ok_or_else(|| Error::internal("re-embedding not recorded"))?;
@@ -92,11 +89,12 @@ impl PgStore {
         Ok(s)
     }
 
-    pub(crate) async fn reembed_pending_impl(
-        &self,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<ReembedItem>> {
+    async fn reembed_state(&self) -> Result<Option<ReembedState>> {
+        let client = self.client().await?;
+        state(&**client).await
+    }
+
+    async fn reembed_pending(&self, after: i64, limit: usize) -> Result<Vec<ReembedItem>> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -116,22 +114,13 @@ impl PgStore {
             .collect())
     }
 
-    pub(crate) async fn reembed_put_impl(
-        &self,
-        to: &ModelInfo,
-        vectors: Vec<(i64, Vec<f32>)>,
-    ) -> Result<()> {
+    async fn reembed_put(&self, to: &ModelInfo, vectors: Vec<(i64, Vec<f32>)>) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         // Shared: puts run side by side, but never across a start, cancel
         // or switch (which take it exclusively), so a cancelled run's
         // vectors cannot land in the next migration.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock_shared($1)",
-            &[&schema::SCHEMA_LOCK],
-        )
-        .await
-        .map_err(pg_err)?;
+        schema::lock(&*tx, true).await.map_err(pg_err)?;
         check_reembed(state(&*tx).await?.as_ref(), to, &vectors)?;
         // A version erased or swept since it was read is skipped.
         let stmt = tx
@@ -150,11 +139,7 @@ impl PgStore {
         tx.commit().await.map_err(pg_err)
     }
 
-    pub(crate) async fn reembed_switch_impl(
-        &self,
-        to: &ModelInfo,
-        audit: AuditEvent,
-    ) -> Result<u64> {
+    async fn reembed_switch(&self, to: &ModelInfo, audit: AuditEvent) -> Result<u64> {
         let left = self.retrying(|| self.switch_once(to, &audit)).await?;
         if left > 0 {
             return Ok(left);
@@ -168,6 +153,19 @@ impl PgStore {
         Ok(0)
     }
 
+    async fn reembed_cancel(&self) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // Serialised with a switch (which holds the same lock).
+        schema::lock(&*tx, false).await.map_err(pg_err)?;
+        let had = state(&*tx).await?.is_some();
+        tx.batch_execute(CLEAR).await.map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(had)
+    }
+}
+
+impl PgStore {
     async fn switch_once(
         &self,
         to: &ModelInfo,
@@ -177,8 +175,7 @@ impl PgStore {
         let tx = client.transaction().await?;
         // The UPDATE and retype rewrite the whole table: no statement timeout.
         tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::SCHEMA_LOCK])
-            .await?;
+        schema::lock(&*tx, false).await?;
         // The model row first: batches that read the old model under a
         // shared lock finish before this, later ones wait and are refused.
         tx.execute(
@@ -212,27 +209,9 @@ impl PgStore {
             to.dim
         ))
         .await?;
-        tx.execute(
-            "INSERT INTO engram_meta (key, value) VALUES ('embedding_model', $1), ('embedding_dim', $2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&to.id, &to.dim.to_string()],
-        )
-        .await?;
+        put_model(&*tx, BOUND, to).await?;
         crate::audit::append(&tx, audit).await?;
         tx.commit().await?;
         Ok(0)
-    }
-
-    pub(crate) async fn reembed_cancel_impl(&self) -> Result<bool> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        // Serialised with a switch (which holds the same lock).
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::SCHEMA_LOCK])
-            .await
-            .map_err(pg_err)?;
-        let had = state(&*tx).await?.is_some();
-        tx.batch_execute(CLEAR).await.map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
-        Ok(had)
     }
 }

@@ -4,7 +4,7 @@
 //! Times are milliseconds since the Unix epoch (`bigint`), as in the
 //! embedded store, so both backends order and compare identically.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 /// Each entry moves the schema from version `i` to `i + 1`. Never edit a
 /// released migration; append a new one.
@@ -202,14 +202,26 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// The lock every node takes while migrating or binding the model.
+/// The lock every node takes while migrating or binding the model, and a
+/// re-embedding while it starts, switches or is cancelled.
 pub const SCHEMA_LOCK: i64 = 0x656e_6772_616d; // "engram"
+
+/// Takes [`SCHEMA_LOCK`] until the transaction ends: exclusively, or shared
+/// (a re-embedding's puts, which may run side by side but never across a
+/// start, switch or cancel).
+pub async fn lock(tx: &impl GenericClient, shared: bool) -> Result<(), tokio_postgres::Error> {
+    let sql = if shared {
+        "SELECT pg_advisory_xact_lock_shared($1)"
+    } else {
+        "SELECT pg_advisory_xact_lock($1)"
+    };
+    tx.execute(sql, &[&SCHEMA_LOCK]).await.map(|_| ())
+}
 
 /// Brings the schema up to date; returns how many migrations ran.
 pub async fn migrate(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-        .await?;
+    lock(&tx, false).await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS engram_migrations (
              version    integer PRIMARY KEY,

@@ -13,9 +13,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use engram_core::embed::Embedder;
-use engram_core::reembed::{MAX_BATCH, ReembedReport};
+use engram_core::reembed::{DEFAULT_BATCH, ReembedReport, ReembedState, check_batch};
 use engram_core::service::RequestCtx;
-use engram_core::store::{ModelInfo, ReembedState};
+use engram_core::store::ModelInfo;
 use engram_core::{Error, ErrorCode};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -158,10 +158,8 @@ async fn reembed_start(
 ) -> Result<Response, ApiError> {
     // Permission first: nothing is loaded for a caller who may not do this.
     app.memory.reembed_state(&ctx).await?;
-    let batch = req.batch.unwrap_or(256);
-    if batch == 0 || batch > MAX_BATCH {
-        return Err(Error::invalid(format!("`batch` must be between 1 and {MAX_BATCH}")).into());
-    }
+    let batch = req.batch.unwrap_or(DEFAULT_BATCH);
+    check_batch(batch)?;
     if req.model.trim().is_empty() {
         return Err(Error::invalid("`model` is empty").into());
     }
@@ -185,7 +183,7 @@ async fn reembed_start(
         .await
         .map_err(|e| Error::invalid(format!("cannot load the model: {e}")))?;
     // Refusals (same model, another migration in progress) answer now.
-    let started = app.memory.store().reembed_start(embedder.model()).await?;
+    let started = app.memory.reembed_start(&ctx, embedder.model()).await?;
     let status = Arc::new(Mutex::new(ReembedOut::of("running", &started)));
     let task = tokio::spawn(run(app.clone(), ctx, embedder, batch, status.clone()));
     *reembedder.run() = Some(Run {

@@ -190,6 +190,17 @@ pub fn rekey(dir: &Path, old: Option<&DbKey>, new: Option<&DbKey>) -> Result<u64
     Ok(versions.max(0) as u64)
 }
 
+/// Deletes the saved HNSW graph in `dir`, if any; returns whether there was one.
+fn remove_graph_file(dir: &Path) -> Result<bool> {
+    match std::fs::remove_file(dir.join(GRAPH_FILE)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::store(format!(
+            "cannot remove the graph file {GRAPH_FILE}: {e}"
+        ))),
+    }
+}
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -305,14 +316,8 @@ impl SqliteStore {
         if key.is_some() {
             // Encrypted: no plaintext copy of the vectors may stay beside the
             // database. The graph is rebuilt from the database at start.
-            match std::fs::remove_file(dir.join(GRAPH_FILE)) {
-                Ok(()) => tracing::info!("removed the unencrypted HNSW graph file"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(Error::store(format!(
-                        "cannot remove the unencrypted graph file {GRAPH_FILE}: {e}"
-                    )));
-                }
+            if remove_graph_file(dir)? {
+                tracing::info!("removed the unencrypted HNSW graph file");
             }
         }
         schema::migrate(&mut writer)
@@ -821,31 +826,24 @@ impl Store for SqliteStore {
         let model = model.clone();
         tokio::task::spawn_blocking(move || {
             let conn = lock(&store.inner.writer);
-            let id = meta_get(&conn, "embedding_model")?;
-            let dim = meta_get(&conn, "embedding_dim")?;
-            match (id, dim) {
-                (Some(id), Some(dim)) => {
-                    if id != model.id || dim != model.dim.to_string() {
-                        return Err(Error::new(
-                            ErrorCode::EmbeddingModelMismatch,
-                            format!(
-                                "this data directory ({}) holds vectors from embedding model `{id}` ({dim} dimensions), \
-                                 but the configured model is `{}` ({} dimensions); start Engram with the same model, \
-                                 or use a new data directory",
-                                store.inner.dir.display(),
-                                model.id,
-                                model.dim
-                            ),
-                        ));
-                    }
+            match reembed::model_at(&conn, reembed::BOUND)? {
+                Some(bound) if bound != model => {
+                    return Err(Error::new(
+                        ErrorCode::EmbeddingModelMismatch,
+                        format!(
+                            "this data directory ({}) holds vectors from embedding model `{}` ({} dimensions), \
+                             but the configured model is `{}` ({} dimensions); start Engram with the same model, \
+                             or use a new data directory",
+                            store.inner.dir.display(),
+                            bound.id,
+                            bound.dim,
+                            model.id,
+                            model.dim
+                        ),
+                    ));
                 }
-                _ => {
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('embedding_model', ?1), ('embedding_dim', ?2)",
-                        params![model.id, model.dim.to_string()],
-                    )
-                    .map_err(db_err)?;
-                }
+                Some(_) => {}
+                None => reembed::put_model(&conn, reembed::BOUND, &model)?,
             }
             drop(conn);
             if store.inner.index().is_none() {
@@ -1536,39 +1534,7 @@ impl Store for SqliteStore {
     }
 
     async fn bound_model(&self) -> Result<Option<ModelInfo>> {
-        self.read(|conn, _| reembed::model_at(conn, "embedding_model", "embedding_dim"))
+        self.read(|conn, _| reembed::model_at(conn, reembed::BOUND))
             .await
-    }
-
-    async fn reembed_start(&self, to: &ModelInfo) -> Result<engram_core::store::ReembedState> {
-        self.reembed_start_impl(to).await
-    }
-
-    async fn reembed_state(&self) -> Result<Option<engram_core::store::ReembedState>> {
-        self.reembed_state_impl().await
-    }
-
-    async fn reembed_pending(
-        &self,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<engram_core::store::ReembedItem>> {
-        self.reembed_pending_impl(after, limit).await
-    }
-
-    async fn reembed_put(&self, to: &ModelInfo, vectors: Vec<(i64, Vec<f32>)>) -> Result<()> {
-        self.reembed_put_impl(to, vectors).await
-    }
-
-    async fn reembed_switch(
-        &self,
-        to: &ModelInfo,
-        audit: engram_core::audit::AuditEvent,
-    ) -> Result<u64> {
-        self.reembed_switch_impl(to, audit).await
-    }
-
-    async fn reembed_cancel(&self) -> Result<bool> {
-        self.reembed_cancel_impl().await
     }
 }

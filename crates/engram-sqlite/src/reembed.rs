@@ -3,29 +3,53 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use engram_core::audit::AuditEvent;
-use engram_core::store::{ModelInfo, ReembedItem, ReembedState, check_reembed};
-use engram_core::{Error, ErrorCode, Result};
+use engram_core::reembed::{ReembedItem, ReembedState, ReembedStore, check_reembed, check_start};
+use engram_core::store::ModelInfo;
+use engram_core::{Error, Result};
 use rusqlite::{Connection, params};
 
-use crate::{SqliteStore, db_err, idx_err, load_current, lock, meta_get, vec_to_blob};
+use crate::{
+    SqliteStore, db_err, idx_err, load_current, lock, meta_get, remove_graph_file, vec_to_blob,
+};
 
-pub(crate) fn model_at(
-    conn: &Connection,
-    id_key: &str,
-    dim_key: &str,
-) -> Result<Option<ModelInfo>> {
-    let id = meta_get(conn, id_key)?;
-    let dim = meta_get(conn, dim_key)?.and_then(|d| d.parse().ok());
+/// The `meta` keys naming a model: id, dimension.
+pub(crate) type ModelKeys = (&'static str, &'static str);
+/// The model the vectors come from.
+pub(crate) const BOUND: ModelKeys = ("embedding_model", "embedding_dim");
+/// The model a migration in progress moves to.
+const NEXT: ModelKeys = ("reembed_model", "reembed_dim");
+
+pub(crate) fn model_at(conn: &Connection, (id, dim): ModelKeys) -> Result<Option<ModelInfo>> {
+    let id = meta_get(conn, id)?;
+    let dim = meta_get(conn, dim)?.and_then(|d| d.parse().ok());
     Ok(id.zip(dim).map(|(id, dim)| ModelInfo { id, dim }))
+}
+
+pub(crate) fn put_model(conn: &Connection, (id, dim): ModelKeys, m: &ModelInfo) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2), (?3, ?4)",
+        params![id, m.id, dim, m.dim.to_string()],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Drops a migration's vectors and record.
+fn clear(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "DELETE FROM reembed; DELETE FROM meta WHERE key IN ('reembed_model', 'reembed_dim');",
+    )
+    .map_err(db_err)
 }
 
 /// The migration in progress, read inside the caller's connection.
 pub(crate) fn state(conn: &Connection) -> Result<Option<ReembedState>> {
-    let Some(to) = model_at(conn, "reembed_model", "reembed_dim")? else {
+    let Some(to) = model_at(conn, NEXT)? else {
         return Ok(None);
     };
-    let from = model_at(conn, "embedding_model", "embedding_dim")?
+    let from = model_at(conn, BOUND)?
         .ok_or_else(|| Error::internal("a re-embedding is recorded but no model is bound"))?;
     let count = |sql: &str| -> Result<u64> {
         conn.query_row(sql, [], |r| r.get::<_, i64>(0))
@@ -50,38 +74,17 @@ fn pending_count(conn: &Connection) -> Result<u64> {
     .map_err(db_err)
 }
 
-impl SqliteStore {
-    pub(crate) async fn reembed_start_impl(&self, to: &ModelInfo) -> Result<ReembedState> {
+#[async_trait]
+impl ReembedStore for SqliteStore {
+    async fn reembed_start(&self, to: &ModelInfo) -> Result<ReembedState> {
         let to = to.clone();
         self.write(move |conn| {
             let tx = conn.unchecked_transaction().map_err(db_err)?;
-            let from = model_at(&tx, "embedding_model", "embedding_dim")?
-                .ok_or_else(|| Error::invalid("the store holds no vectors yet: nothing to re-embed"))?;
-            match state(&tx)? {
-                Some(s) if s.to == to => return Ok(s),
-                Some(s) => {
-                    return Err(Error::new(
-                        ErrorCode::Conflict,
-                        format!(
-                            "a re-embedding to `{}` is in progress ({} of {} versions); finish it, or cancel it first",
-                            s.to.id, s.done, s.total
-                        ),
-                    ));
-                }
-                None if from == to => {
-                    return Err(Error::invalid(format!(
-                        "the store already uses `{}`",
-                        to.id
-                    )));
-                }
-                None => {}
+            if let Some(s) = check_start(model_at(&tx, BOUND)?.as_ref(), state(&tx)?, &to)? {
+                return Ok(s);
             }
             tx.execute("DELETE FROM reembed", []).map_err(db_err)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('reembed_model', ?1), ('reembed_dim', ?2)",
-                params![to.id, to.dim.to_string()],
-            )
-            .map_err(db_err)?;
+            put_model(&tx, NEXT, &to)?;
             let s = state(&tx)?.ok_or_else(|| Error::internal("re-embedding not recorded"))?;
             tx.commit().map_err(db_err)?;
             Ok(s)
@@ -89,15 +92,11 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn reembed_state_impl(&self) -> Result<Option<ReembedState>> {
+    async fn reembed_state(&self) -> Result<Option<ReembedState>> {
         self.read(|conn, _| state(conn)).await
     }
 
-    pub(crate) async fn reembed_pending_impl(
-        &self,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<ReembedItem>> {
+    async fn reembed_pending(&self, after: i64, limit: usize) -> Result<Vec<ReembedItem>> {
         self.read(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(
@@ -119,11 +118,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn reembed_put_impl(
-        &self,
-        to: &ModelInfo,
-        vectors: Vec<(i64, Vec<f32>)>,
-    ) -> Result<()> {
+    async fn reembed_put(&self, to: &ModelInfo, vectors: Vec<(i64, Vec<f32>)>) -> Result<()> {
         let to = to.clone();
         self.write(move |conn| {
             let tx = conn.unchecked_transaction().map_err(db_err)?;
@@ -145,11 +140,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn reembed_switch_impl(
-        &self,
-        to: &ModelInfo,
-        audit: AuditEvent,
-    ) -> Result<u64> {
+    async fn reembed_switch(&self, to: &ModelInfo, audit: AuditEvent) -> Result<u64> {
         let store = self.clone();
         let to = to.clone();
         tokio::task::spawn_blocking(move || {
@@ -171,15 +162,8 @@ impl SqliteStore {
                 [&to.id],
             )
             .map_err(db_err)?;
-            tx.execute_batch(
-                "DELETE FROM reembed; DELETE FROM meta WHERE key IN ('reembed_model', 'reembed_dim');",
-            )
-            .map_err(db_err)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('embedding_model', ?1), ('embedding_dim', ?2)",
-                params![to.id, to.dim.to_string()],
-            )
-            .map_err(db_err)?;
+            clear(&tx)?;
+            put_model(&tx, BOUND, &to)?;
             crate::audit::append(&tx, &audit)?;
             // The new index is built before the commit, so a failure leaves
             // the old model in place everywhere.
@@ -189,11 +173,7 @@ impl SqliteStore {
                 .map_err(idx_err)?;
             // The saved graph holds the old vectors: gone before the commit,
             // so a crash in between cannot load it against the new ones.
-            match std::fs::remove_file(store.dir().join(crate::GRAPH_FILE)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::store(format!("cannot remove the old graph file: {e}"))),
-            }
+            remove_graph_file(store.dir())?;
             tx.commit().map_err(db_err)?;
             let index = Arc::new(index);
             *store.inner.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
@@ -206,14 +186,11 @@ impl SqliteStore {
         .map_err(|e| Error::internal(format!("switch task failed: {e}")))?
     }
 
-    pub(crate) async fn reembed_cancel_impl(&self) -> Result<bool> {
+    async fn reembed_cancel(&self) -> Result<bool> {
         self.write(|conn| {
             let tx = conn.unchecked_transaction().map_err(db_err)?;
             let had = state(&tx)?.is_some();
-            tx.execute_batch(
-                "DELETE FROM reembed; DELETE FROM meta WHERE key IN ('reembed_model', 'reembed_dim');",
-            )
-            .map_err(db_err)?;
+            clear(&tx)?;
             tx.commit().map_err(db_err)?;
             Ok(had)
         })

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use engram_core::embed::Embedder;
-use engram_core::store::ReembedState;
+use engram_core::reembed::ReembedState;
 use serde_json::{Value, json};
 
 use crate::cli::{Target, cli_ctx, local, progress, request, send};
@@ -24,7 +24,7 @@ pub struct ReembedArgs {
     #[arg(long)]
     pub to_embed_base_url: Option<String>,
     /// Texts embedded per batch (1–4096).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = engram_core::reembed::DEFAULT_BATCH)]
     pub batch: usize,
     /// Print where a re-embedding stands and exit.
     #[arg(long, conflicts_with_all = ["model", "cancel"])]
@@ -48,18 +48,7 @@ pub async fn load_model(
     api_key: Option<String>,
 ) -> anyhow::Result<Arc<dyn Embedder>> {
     match base_url {
-        Some(url) => {
-            let mut cfg = engram_llm::ClientConfig::new(url.to_owned(), model.to_owned());
-            cfg.api_key = api_key;
-            let e = engram_llm::OpenAiEmbedder::connect(
-                cfg,
-                Arc::new(engram_llm::TokioSleeper),
-                Arc::new(engram_core::service::SystemClock),
-            )
-            .await
-            .with_context(|| format!("connecting to the embeddings endpoint {url}"))?;
-            Ok(Arc::new(e))
-        }
+        Some(url) => crate::runtime::remote_embedder(url, model, api_key).await,
         None => Ok(crate::runtime::load_embedder(model.into()).await?),
     }
 }

@@ -522,21 +522,28 @@ pub async fn load_embedder(dir: PathBuf) -> anyhow::Result<Arc<BertEmbedder>> {
 /// The configured embedder: a remote OpenAI-compatible endpoint, or the local model.
 async fn embedder(args: &StoreArgs) -> anyhow::Result<Arc<dyn engram_core::embed::Embedder>> {
     match &args.embed_base_url {
-        Some(url) => {
-            let mut cfg = engram_llm::ClientConfig::new(url.clone(), args.embed_model.clone());
-            cfg.api_key = args.embed_api_key.clone();
-            let e = engram_llm::OpenAiEmbedder::connect(
-                cfg,
-                Arc::new(engram_llm::TokioSleeper),
-                Arc::new(SystemClock),
-            )
-            .await
-            .with_context(|| format!("connecting to the embeddings endpoint {url}"))?;
-            tracing::info!(model = %e.model_info().id, dim = e.model_info().dim, "remote embeddings");
-            Ok(Arc::new(e))
-        }
+        Some(url) => remote_embedder(url, &args.embed_model, args.embed_api_key.clone()).await,
         None => Ok(load_embedder(args.model_dir()).await?),
     }
+}
+
+/// `model` served by the OpenAI-compatible embeddings endpoint at `url`.
+pub async fn remote_embedder(
+    url: &str,
+    model: &str,
+    api_key: Option<String>,
+) -> anyhow::Result<Arc<dyn engram_core::embed::Embedder>> {
+    let mut cfg = engram_llm::ClientConfig::new(url.to_owned(), model.to_owned());
+    cfg.api_key = api_key;
+    let e = engram_llm::OpenAiEmbedder::connect(
+        cfg,
+        Arc::new(engram_llm::TokioSleeper),
+        Arc::new(SystemClock),
+    )
+    .await
+    .with_context(|| format!("connecting to the embeddings endpoint {url}"))?;
+    tracing::info!(model = %e.model_info().id, dim = e.model_info().dim, "remote embeddings");
+    Ok(Arc::new(e))
 }
 
 /// Opens the store and model and builds the service.
