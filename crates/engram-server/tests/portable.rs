@@ -4,53 +4,24 @@
 //! another model's vectors are recomputed; a bad file changes nothing.
 //! Runs on SQLite, and on Postgres with `ENGRAM_TEST_STORE=postgres`.
 
-use std::sync::Arc;
-
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use engram_core::access::{Principal, Role};
 use engram_core::filter::Filter;
-use engram_core::keys::{KeyService, NewKey};
+use engram_core::keys::NewKey;
 use engram_core::memory::{MemoryKind, Scope};
-use engram_core::service::{
-    AddInput, Content, MemoryService, RequestCtx, SearchInput, SystemClock, UpdateInput,
-};
+use engram_core::service::{AddInput, Content, RequestCtx, SearchInput, UpdateInput};
 use engram_server::auth::AuthMode;
-use engram_server::{AppState, ServerConfig, app};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod common;
 
-struct Node {
-    router: Router,
-    memory: MemoryService,
-    keys: KeyService,
-    _store: common::Opened,
-    _dir: tempfile::TempDir,
-}
+use common::Node;
 
 async fn node(auth: AuthMode) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, memory) = common::open(dir.path()).await;
-    let keys = KeyService::new(store.keys(), Arc::new(SystemClock));
-    let router = app(AppState::new(
-        memory.clone(),
-        keys.clone(),
-        ServerConfig {
-            auth,
-            ..ServerConfig::default()
-        },
-    ));
-    Node {
-        router,
-        memory,
-        keys,
-        _store: store,
-        _dir: dir,
-    }
+    common::node_with(auth, |s| s).await
 }
 
 fn ctx() -> RequestCtx {

@@ -12,12 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use engram_core::access::Role;
 use engram_core::embed::Embedder;
-use engram_core::keys::{KeyService, NewKey};
+use engram_core::keys::NewKey;
 use engram_core::memory::{MemoryKind, Scope};
 use engram_core::service::{
     AddInput, Content, MemoryService, RequestCtx, SearchInput, SystemClock,
@@ -37,13 +36,7 @@ mod common;
 
 /// The default model's files under another directory name: another model id.
 fn next_model_dir(root: &Path) -> PathBuf {
-    let dir = root.join("minilm-next");
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(engram_embed::default_model_dir()).unwrap() {
-        let entry = entry.unwrap();
-        std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
-    dir
+    engram_testkit::model_alias(&engram_embed::default_model_dir(), root, "minilm-next")
 }
 
 /// The next model behind a gate: each batch takes a permit; after
@@ -88,35 +81,14 @@ fn gated(dir: &Path, permits: usize, fail_after: Option<usize>) -> Arc<Gated> {
     })
 }
 
-struct Node {
-    router: Router,
-    memory: MemoryService,
-    keys: KeyService,
-    _store: common::Opened,
-    _dir: tempfile::TempDir,
-}
+use common::Node;
 
-async fn node(dir: tempfile::TempDir, loader: Option<ModelLoader>) -> Node {
-    let (store, memory) = common::open(dir.path()).await;
-    let keys = KeyService::new(store.keys(), Arc::new(SystemClock));
-    let mut state = AppState::new(
-        memory.clone(),
-        keys.clone(),
-        ServerConfig {
-            auth: AuthMode::Keys,
-            ..ServerConfig::default()
-        },
-    );
-    if let Some(loader) = loader {
-        state = state.with_model_loader(loader);
-    }
-    Node {
-        router: app(state),
-        memory,
-        keys,
-        _store: store,
-        _dir: dir,
-    }
+async fn node(loader: Option<ModelLoader>) -> Node {
+    common::node_with(AuthMode::Keys, |state| match loader {
+        Some(loader) => state.with_model_loader(loader),
+        None => state,
+    })
+    .await
 }
 
 fn ctx() -> RequestCtx {
@@ -140,8 +112,9 @@ const FACTS: [&str; 6] = [
     "Ann is allergic to peanuts",
 ];
 
-async fn add(memory: &MemoryService, text: &str) -> uuid::Uuid {
-    let input = AddInput {
+/// A plain semantic memory of ann's.
+fn fact(text: &str) -> AddInput {
+    AddInput {
         content: Content::Text(text.into()),
         scope: ann(),
         metadata: Default::default(),
@@ -150,8 +123,11 @@ async fn add(memory: &MemoryService, text: &str) -> uuid::Uuid {
         expires_at: None,
         ttl: None,
         timestamp: None,
-    };
-    memory.add(&ctx(), input).await.unwrap()[0].id
+    }
+}
+
+async fn add(memory: &MemoryService, text: &str) -> uuid::Uuid {
+    memory.add(&ctx(), fact(text)).await.unwrap()[0].id
 }
 
 async fn search(memory: &MemoryService, query: &str) -> Vec<(uuid::Uuid, f32)> {
@@ -240,7 +216,7 @@ async fn serves_the_old_vectors_until_the_switch() {
             })
         })
     };
-    let n = node(dir, Some(loader)).await;
+    let n = node(Some(loader)).await;
     let old_model = n.memory.embedder().model().clone();
     for f in FACTS {
         add(&n.memory, f).await;
@@ -253,7 +229,7 @@ async fn serves_the_old_vectors_until_the_switch() {
     let model = next_dir.to_str().unwrap();
     // Another node on the same store, which keeps the old model.
     let stale = MemoryService::new(
-        n._store.store.clone(),
+        n.store.store.clone(),
         common::embedder(),
         Default::default(),
         Default::default(),
@@ -370,19 +346,7 @@ async fn serves_the_old_vectors_until_the_switch() {
     let detail = body["checks"]["embedder"]["detail"].as_str().unwrap();
     assert!(detail.contains("restart this node"), "{body}");
     let err = stale
-        .add(
-            &ctx(),
-            AddInput {
-                content: Content::Text("Ann repaints her kitchen".into()),
-                scope: ann(),
-                metadata: Default::default(),
-                categories: Vec::new(),
-                kind: MemoryKind::Semantic,
-                expires_at: None,
-                ttl: None,
-                timestamp: None,
-            },
-        )
+        .add(&ctx(), fact("Ann repaints her kitchen"))
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::ModelSwitched, "{err:?}");
@@ -411,7 +375,7 @@ async fn serves_the_old_vectors_until_the_switch() {
 async fn an_interrupted_run_resumes_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let next_dir = next_model_dir(dir.path());
-    let n = node(dir, None).await;
+    let n = node(None).await;
     for f in FACTS {
         add(&n.memory, f).await;
     }

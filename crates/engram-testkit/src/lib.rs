@@ -6,6 +6,8 @@
 //!   request body it received.
 //! - [`ManualClock`]: a [`Clock`] tests move by hand.
 //! - [`pg`]: a fresh database per test on the throwaway Postgres server.
+//! - [`model_alias`]: a real model under another directory name (another
+//!   model id), for re-embedding.
 
 pub mod pg;
 
@@ -21,6 +23,25 @@ use axum::routing::post;
 use engram_core::service::Clock;
 use jiff::Timestamp;
 use serde_json::{Value, json};
+
+/// The model files of `model_dir` linked into `root/name`: the same real
+/// weights under another directory name, which gives another model id
+/// (what a store records) — a second model for re-embedding tests.
+pub fn model_alias(
+    model_dir: &std::path::Path,
+    root: &std::path::Path,
+    name: &str,
+) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let entries =
+        std::fs::read_dir(model_dir).unwrap_or_else(|e| panic!("{}: {e}", model_dir.display()));
+    for entry in entries.map_while(std::io::Result::ok) {
+        std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name()))
+            .unwrap_or_else(|e| panic!("linking {}: {e}", entry.path().display()));
+    }
+    dir
+}
 
 /// One scripted answer.
 #[derive(Debug, Clone)]

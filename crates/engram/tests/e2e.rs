@@ -562,13 +562,7 @@ fn encrypted_data_directory_through_the_cli() {
 
 /// The default model's files under another directory name: another model id.
 fn next_model_dir(root: &Path) -> std::path::PathBuf {
-    let dir = root.join("minilm-next");
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(engram_embed::default_model_dir()).unwrap() {
-        let entry = entry.unwrap();
-        std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
-    dir
+    engram_testkit::model_alias(&engram_embed::default_model_dir(), root, "minilm-next")
 }
 
 /// `engram reembed` moves a data directory to another model (after which
@@ -645,26 +639,7 @@ async fn reembed_through_the_cli_and_a_server() {
     assert_eq!(v["results"][0]["id"].as_str(), Some(before[0].0.as_str()));
 
     // Back to the default model through a server serving the new one.
-    let out = Command::new(BIN)
-        .args([
-            "keys",
-            "create",
-            "--org",
-            "acme",
-            "--role",
-            "operator",
-            "--data-dir",
-            data_s,
-        ])
-        .env("ENGRAM_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let key = common::create_key_as(&data, "operator", &[]);
     let server = common::Server::start_with(&data, "warn", &["--model-dir", next_s]);
     let (ok, out, err) = cli(&[
         "reembed",

@@ -71,3 +71,41 @@ pub async fn open(dir: &Path) -> (Opened, MemoryService) {
     .unwrap();
     (Opened { store }, memory)
 }
+
+/// A server over a fresh store: its router, service and key service.
+#[allow(dead_code)] // not every test binary asks
+pub struct Node {
+    pub router: axum::Router,
+    pub memory: MemoryService,
+    pub keys: engram_core::keys::KeyService,
+    pub store: Opened,
+    _dir: tempfile::TempDir,
+}
+
+/// A [`Node`] authenticating with `auth`, with `state` applied to its
+/// application state (e.g. a model loader) before the router is built.
+#[allow(dead_code)] // not every test binary asks
+pub async fn node_with(
+    auth: engram_server::auth::AuthMode,
+    state: impl FnOnce(engram_server::AppState) -> engram_server::AppState,
+) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, memory) = open(dir.path()).await;
+    let keys = engram_core::keys::KeyService::new(store.keys(), Arc::new(SystemClock));
+    let config = engram_server::ServerConfig {
+        auth,
+        ..engram_server::ServerConfig::default()
+    };
+    let router = engram_server::app(state(engram_server::AppState::new(
+        memory.clone(),
+        keys.clone(),
+        config,
+    )));
+    Node {
+        router,
+        memory,
+        keys,
+        store,
+        _dir: dir,
+    }
+}

@@ -26,6 +26,11 @@ pub fn create_key(data: &Path) -> String {
 
 /// An admin key for org `acme`, with more `keys create` flags (`--store …`).
 pub fn create_key_with(data: &Path, extra: &[&str]) -> String {
+    create_key_as(data, "admin", extra)
+}
+
+/// A key with `role` for org `acme`, with more `keys create` flags.
+pub fn create_key_as(data: &Path, role: &str, extra: &[&str]) -> String {
     let out = Command::new(BIN)
         .args([
             "keys",
@@ -33,7 +38,7 @@ pub fn create_key_with(data: &Path, extra: &[&str]) -> String {
             "--org",
             "acme",
             "--role",
-            "admin",
+            role,
             "--data-dir",
         ])
         .arg(data)
