@@ -575,6 +575,17 @@ impl From<tokio_postgres::Error> for ApplyError {
     }
 }
 
+/// Memory rows selected with their vector after the memory columns.
+fn with_vectors(rows: &[Row]) -> Result<Vec<(Memory, Vec<f32>)>> {
+    rows.iter()
+        .map(|r| {
+            let (_, m) = row_to_memory(r)?;
+            let v: Vector = get(r, COLUMN_COUNT)?;
+            Ok((m, v.to_vec()))
+        })
+        .collect()
+}
+
 async fn meta_get(client: &impl GenericClient, key: &str) -> Result<Option<String>> {
     Ok(client
         .query_opt("SELECT value FROM engram_meta WHERE key = $1", &[&key])
@@ -878,13 +889,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(pg_err)?;
-        rows.iter()
-            .map(|r| {
-                let (_, m) = row_to_memory(r)?;
-                let v: Vector = get(r, COLUMN_COUNT)?;
-                Ok((m, v.to_vec()))
-            })
-            .collect()
+        with_vectors(&rows)
     }
 
     async fn usage(&self, limit: usize) -> Result<Vec<engram_core::store::UsageRow>> {
@@ -953,13 +958,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(pg_err)?;
-        rows.iter()
-            .map(|r| {
-                let (_, m) = row_to_memory(r)?;
-                let v: Vector = get(r, COLUMN_COUNT)?;
-                Ok((m, v.to_vec()))
-            })
-            .collect()
+        with_vectors(&rows)
     }
 
     async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>> {

@@ -460,6 +460,27 @@ impl SqliteStore {
             .map_err(|e| Error::internal(format!("write task failed: {e}")))?
     }
 
+    /// Runs `f` in an IMMEDIATE transaction of the writer connection, on the
+    /// blocking pool. `f` commits, then brings derived state (catalog,
+    /// vector index) in step while the writer lock is still held; `what`
+    /// names the task in errors.
+    async fn write_tx<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl for<'c> FnOnce(&SqliteStore, rusqlite::Transaction<'c>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&store.inner.writer);
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            f(&store, tx)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("{what} task failed: {e}")))?
+    }
+
     /// Runs `f` with the catalog (and index) on the blocking pool.
     async fn with_catalog<T: Send + 'static>(
         &self,
@@ -857,21 +878,16 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&store.inner.writer);
+        self.write_tx("write", move |store, tx| {
             // Under the writer lock: a re-embedding switches index and model under it too.
             let index = store.index()?;
             // The model first: a write from before a re-embedding switch is
             // `ModelSwitched` (retryable) whatever its vectors' length.
-            let model = meta_get(&conn, "embedding_model")?;
+            let model = meta_get(&tx, reembed::BOUND.0)?;
             if let Some(model) = &model {
                 engram_core::store::check_model(&ops, model)?;
             }
             engram_core::store::check_dimensions(&ops, index.dim())?;
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
             let mut applied = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
@@ -1027,7 +1043,6 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
-        .map_err(|e| Error::internal(format!("write task failed: {e}")))?
     }
 
     async fn get(&self, id: MemoryId, vis: Visibility) -> Result<Option<Memory>> {
@@ -1469,20 +1484,14 @@ impl Store for SqliteStore {
         target: &engram_core::audit::ErasureTarget,
         audit_event: engram_core::audit::AuditEvent,
     ) -> Result<engram_core::audit::ErasureCounts> {
-        let store = self.clone();
         let target = target.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&store.inner.writer);
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        self.write_tx("erase", move |store, tx| {
             let (counts, current) = audit::erase(&tx, &target, audit_event)?;
             tx.commit().map_err(db_err)?;
             store.forget_rows(&current)?;
             Ok(counts)
         })
         .await
-        .map_err(|e| Error::internal(format!("erase task failed: {e}")))?
     }
 
     async fn compact(&self) -> Result<bool> {
@@ -1518,19 +1527,13 @@ impl Store for SqliteStore {
         limit: usize,
         audit_event: engram_core::audit::AuditEvent,
     ) -> Result<engram_core::audit::ErasureCounts> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&store.inner.writer);
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        self.write_tx("sweep", move |store, tx| {
             let (counts, current) = audit::sweep(&tx, now, limit, audit_event)?;
             tx.commit().map_err(db_err)?;
             store.forget_rows(&current)?;
             Ok(counts)
         })
         .await
-        .map_err(|e| Error::internal(format!("sweep task failed: {e}")))?
     }
 
     async fn bound_model(&self) -> Result<Option<ModelInfo>> {

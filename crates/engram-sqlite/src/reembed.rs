@@ -10,9 +10,7 @@ use engram_core::store::ModelInfo;
 use engram_core::{Error, Result};
 use rusqlite::{Connection, params};
 
-use crate::{
-    SqliteStore, db_err, idx_err, load_current, lock, meta_get, remove_graph_file, vec_to_blob,
-};
+use crate::{SqliteStore, db_err, idx_err, load_current, meta_get, remove_graph_file, vec_to_blob};
 
 /// The `meta` keys naming a model: id, dimension.
 pub(crate) type ModelKeys = (&'static str, &'static str);
@@ -78,8 +76,7 @@ fn pending_count(conn: &Connection) -> Result<u64> {
 impl ReembedStore for SqliteStore {
     async fn reembed_start(&self, to: &ModelInfo) -> Result<ReembedState> {
         let to = to.clone();
-        self.write(move |conn| {
-            let tx = conn.unchecked_transaction().map_err(db_err)?;
+        self.write_tx("re-embedding", move |_, tx| {
             if let Some(s) = check_start(model_at(&tx, BOUND)?.as_ref(), state(&tx)?, &to)? {
                 return Ok(s);
             }
@@ -120,8 +117,7 @@ impl ReembedStore for SqliteStore {
 
     async fn reembed_put(&self, to: &ModelInfo, vectors: Vec<(i64, Vec<f32>)>) -> Result<()> {
         let to = to.clone();
-        self.write(move |conn| {
-            let tx = conn.unchecked_transaction().map_err(db_err)?;
+        self.write_tx("re-embedding", move |_, tx| {
             check_reembed(state(&tx)?.as_ref(), &to, &vectors)?;
             {
                 // A version erased or swept since it was read is skipped.
@@ -141,16 +137,11 @@ impl ReembedStore for SqliteStore {
     }
 
     async fn reembed_switch(&self, to: &ModelInfo, audit: AuditEvent) -> Result<u64> {
-        let store = self.clone();
         let to = to.clone();
-        tokio::task::spawn_blocking(move || {
-            // The writer lock is held from the check to the index swap: no
-            // write can land between them, and reads use the old index until
-            // the new one replaces it.
-            let mut conn = lock(&store.inner.writer);
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        // The writer lock is held from the check to the index swap: no write
+        // can land between them, and reads use the old index until the new
+        // one replaces it.
+        self.write_tx("switch", move |store, tx| {
             check_reembed(state(&tx)?.as_ref(), &to, &[])?;
             let left = pending_count(&tx)?;
             if left > 0 {
@@ -183,12 +174,10 @@ impl ReembedStore for SqliteStore {
             Ok(0)
         })
         .await
-        .map_err(|e| Error::internal(format!("switch task failed: {e}")))?
     }
 
     async fn reembed_cancel(&self) -> Result<bool> {
-        self.write(|conn| {
-            let tx = conn.unchecked_transaction().map_err(db_err)?;
+        self.write_tx("re-embedding", |_, tx| {
             let had = state(&tx)?.is_some();
             clear(&tx)?;
             tx.commit().map_err(db_err)?;
