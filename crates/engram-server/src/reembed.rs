@@ -96,14 +96,27 @@ impl From<ModelInfo> for ModelOut {
     }
 }
 
+/// The phase of a re-embedding, as this server sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// None recorded.
+    Idle,
+    /// In this process.
+    Running,
+    /// Recorded in the store, no run here: start it again with the same
+    /// model to resume.
+    Paused,
+    /// Done; the store now uses `to`.
+    Switched,
+    Cancelled,
+    Failed,
+}
+
 /// Where a re-embedding stands.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReembedOut {
-    /// `idle` (none recorded), `running` (in this process), `paused` (recorded
-    /// in the store, no run here: start it again with the same model to
-    /// resume), `switched` (done; the store now uses `to`), `cancelled` or
-    /// `failed`.
-    pub state: String,
+    pub state: RunState,
     /// The model searches use now.
     pub from: ModelOut,
     pub to: Option<ModelOut>,
@@ -117,9 +130,9 @@ pub struct ReembedOut {
 }
 
 impl ReembedOut {
-    fn of(state: &str, s: &ReembedState) -> ReembedOut {
+    fn of(state: RunState, s: &ReembedState) -> ReembedOut {
         ReembedOut {
-            state: state.to_owned(),
+            state,
             from: s.from.clone().into(),
             to: Some(s.to.clone().into()),
             done: s.done,
@@ -131,7 +144,7 @@ impl ReembedOut {
 
     fn switched(r: &ReembedReport) -> ReembedOut {
         ReembedOut {
-            state: "switched".into(),
+            state: RunState::Switched,
             from: r.from.clone().into(),
             to: Some(r.to.clone().into()),
             done: r.versions,
@@ -184,7 +197,7 @@ async fn reembed_start(
         .map_err(|e| Error::invalid(format!("cannot load the model: {e}")))?;
     // Refusals (same model, another migration in progress) answer now.
     let started = app.memory.reembed_start(&ctx, embedder.model()).await?;
-    let status = Arc::new(Mutex::new(ReembedOut::of("running", &started)));
+    let status = Arc::new(Mutex::new(ReembedOut::of(RunState::Running, &started)));
     let task = tokio::spawn(run(app.clone(), ctx, embedder, batch, status.clone()));
     *reembedder.run() = Some(Run {
         status: status.clone(),
@@ -216,10 +229,10 @@ async fn run(
     let mut out = lock(&status);
     match outcome {
         Ok(report) => *out = ReembedOut::switched(&report),
-        Err(_) if out.state == "cancelled" => {}
+        Err(_) if out.state == RunState::Cancelled => {}
         Err(e) => {
             tracing::error!(error = %e, "re-embedding failed");
-            out.state = "failed".into();
+            out.state = RunState::Failed;
             out.error = Some(e.message);
         }
     }
@@ -235,16 +248,16 @@ async fn reembed_get(
     let recorded = app.memory.reembed_state(&ctx).await?;
     let local = app.reembed.run().as_ref().map(|r| lock(&r.status).clone());
     let out = match (local, recorded) {
-        (Some(out), _) if out.state != "running" => out,
+        (Some(out), _) if out.state != RunState::Running => out,
         (Some(mut out), Some(s)) => {
             (out.done, out.total) = (s.done, s.total);
             out
         }
         // The run is past its last batch and switching.
         (Some(out), None) => out,
-        (None, Some(s)) => ReembedOut::of("paused", &s),
+        (None, Some(s)) => ReembedOut::of(RunState::Paused, &s),
         (None, None) => ReembedOut {
-            state: "idle".into(),
+            state: RunState::Idle,
             from: app.memory.embedder().model().clone().into(),
             to: None,
             done: 0,
@@ -275,8 +288,8 @@ async fn reembed_cancel(
     let cancelled = app.memory.reembed_cancel(&ctx).await?;
     if let Some(run) = app.reembed.run().as_ref() {
         let mut out = lock(&run.status);
-        if out.state == "running" {
-            out.state = "cancelled".into();
+        if out.state == RunState::Running {
+            out.state = RunState::Cancelled;
         }
     }
     Ok(ApiJson(CancelOut { cancelled }))
