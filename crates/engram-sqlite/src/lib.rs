@@ -243,6 +243,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Opens a raw connection. A process's first open runs SQLite's global
+/// initialisation, and SQLCipher's part of it (`sqlcipher_extra_init`)
+/// finishes only after SQLite already reports itself initialised: another
+/// thread's connection keyed in that window fails `PRAGMA key` with a bare
+/// "SQL logic error" ("sqlcipher not initialized" on stderr). So one open
+/// runs alone, to completion, before any other of ours.
+fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    static INITIALISED: std::sync::Once = std::sync::Once::new();
+    INITIALISED.call_once(|| {
+        // Only the initialisation matters; an in-memory open cannot fail
+        // for a reason the real open below would not report again.
+        let _ = Connection::open_in_memory();
+    });
+    Connection::open_with_flags(path, flags)
+}
+
 /// Opens a connection, keyed when the store is encrypted, and proves the key
 /// (or its absence) fits by reading the schema before anything is written.
 fn open_conn(path: &Path, read_only: bool, key: Option<&DbKey>) -> Result<Connection> {
@@ -255,7 +271,7 @@ fn open_conn(path: &Path, read_only: bool, key: Option<&DbKey>) -> Result<Connec
     };
     let cannot =
         |e: rusqlite::Error| Error::store(format!("cannot open database {}: {e}", path.display()));
-    let conn = Connection::open_with_flags(path, flags).map_err(cannot)?;
+    let conn = connect(path, flags).map_err(cannot)?;
     if let Some(k) = key {
         k.apply(&conn).map_err(cannot)?;
     }
@@ -1448,7 +1464,7 @@ impl Store for SqliteStore {
         let key = self.inner.options.key.clone();
         tokio::task::spawn_blocking(move || {
             let probe = || -> rusqlite::Result<()> {
-                let conn = Connection::open_with_flags(
+                let conn = connect(
                     &path,
                     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
