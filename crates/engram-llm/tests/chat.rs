@@ -41,7 +41,8 @@ async fn setup(tweak: impl FnOnce(&mut ClientConfig)) -> Setup {
     let server = ScriptedLlm::start().await;
     let mut cfg = ClientConfig::new(server.url(), "test-model");
     cfg.api_key = Some("sk-test".into());
-    cfg.timeout = Duration::from_millis(500);
+    // Generous: a loaded machine must not turn a prompt answer into a timeout.
+    cfg.timeout = Duration::from_secs(10);
     cfg.max_retries = 2;
     cfg.breaker_threshold = 2;
     tweak(&mut cfg);
@@ -197,9 +198,10 @@ async fn a_failed_probe_reopens_the_circuit() {
 
 #[tokio::test]
 async fn timeouts_are_retried() {
-    let s = setup(|c| c.timeout = Duration::from_millis(150)).await;
+    let s = setup(|c| c.timeout = Duration::from_secs(1)).await;
     s.server.push([
-        Reply::chat_json(json!({"facts": ["late"]})).after(Duration::from_millis(600)),
+        // Far past the timeout (the server task ends with the test).
+        Reply::chat_json(json!({"facts": ["late"]})).after(Duration::from_secs(60)),
         Reply::chat_json(json!({"facts": ["on time"]})),
     ]);
     let a = chat_json(&s.chat, request()).await.unwrap();

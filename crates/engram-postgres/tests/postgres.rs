@@ -187,12 +187,19 @@ async fn workers_on_two_nodes_claim_each_job_once() {
     let now = Timestamp::from_second(1_760_000_000).unwrap();
     let lease = Duration::from_secs(60);
     let mut tasks = Vec::new();
+    // Every worker holds a claimed job before any goes on: the claims really
+    // are concurrent, however the workers happen to be scheduled.
+    let all_holding = Arc::new(tokio::sync::Barrier::new(4));
     for w in 0..4 {
         let store = nodes[w % 2].clone();
+        let all_holding = all_holding.clone();
         tasks.push(tokio::spawn(async move {
             let worker = format!("node{}-w{w}", w % 2);
             let mut done = Vec::new();
             while let Some(job) = store.job_claim(&worker, now, lease).await.unwrap() {
+                if done.is_empty() {
+                    all_holding.wait().await;
+                }
                 assert_eq!(job.lease_owner.as_deref(), Some(worker.as_str()));
                 store
                     .apply(vec![WriteOp::FinishJob {

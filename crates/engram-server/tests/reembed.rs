@@ -130,6 +130,8 @@ async fn add(memory: &MemoryService, text: &str) -> uuid::Uuid {
     memory.add(&ctx(), fact(text)).await.unwrap()[0].id
 }
 
+/// The hits' ids and fused scores: the scores before recency decay, which
+/// moves with the real clock between two searches (in the last bit of an f32).
 async fn search(memory: &MemoryService, query: &str) -> Vec<(uuid::Uuid, f32)> {
     let input = SearchInput {
         query: query.into(),
@@ -137,7 +139,7 @@ async fn search(memory: &MemoryService, query: &str) -> Vec<(uuid::Uuid, f32)> {
         top_k: Some(10),
         threshold: None,
         token_budget: Some(0),
-        explain: false,
+        explain: true,
     };
     memory
         .search(&ctx(), input)
@@ -145,7 +147,10 @@ async fn search(memory: &MemoryService, query: &str) -> Vec<(uuid::Uuid, f32)> {
         .unwrap()
         .hits
         .iter()
-        .map(|h| (h.memory.id, h.score))
+        .map(|h| {
+            let why = h.explanation.as_ref().expect("explain: true");
+            (h.memory.id, why.signals.fused)
+        })
         .collect()
 }
 

@@ -16,7 +16,17 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let key = create_key(&data);
-    let mut server = Server::start(&data, "warn,engram_server::request_id=debug");
+    // Generous limits: the slow request must finish however loaded the machine.
+    let mut server = Server::start_with(
+        &data,
+        "warn,engram_server::request_id=debug",
+        &[
+            "--request-timeout-secs",
+            "600",
+            "--shutdown-timeout-secs",
+            "600",
+        ],
+    );
     // A slow request: 100 long turns to embed.
     let messages: Vec<Value> = (0..100)
         .map(|i| {
@@ -83,7 +93,7 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
         .filter(|r| r["event"] == "ADD")
         .count();
     assert!(n >= 10, "{added}");
-    let exit = server.wait(Duration::from_secs(30));
+    let exit = server.wait(Duration::from_secs(60));
     assert!(exit.success(), "exit 0 after draining: {exit:?}");
 
     // What the drained request wrote is there after a restart.
@@ -222,13 +232,34 @@ async fn kill_9_never_loses_an_acknowledged_write() {
     assert!(acked.len() >= rounds * 2, "too few writes to mean anything");
 }
 
+/// Starts a node with workers on `data`, whose queue was filled by a node
+/// without, and kills it (-9) as soon as its first job is done: the kill lands
+/// mid-queue however fast or slow the machine. Returns how many jobs were
+/// still queued just before the kill.
+async fn kill_mid_queue(data: &Path, flags: &[&str], http: &reqwest::Client, key: &str) -> usize {
+    let server = Server::start_with(data, "warn", flags);
+    let jobs = |state: &str| format!("{}/v1/jobs?state={state}&limit=1000", server.url);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = get_json(http, &jobs("done"), key).await;
+        if !done["results"].as_array().unwrap().is_empty() {
+            let queued = get_json(http, &jobs("queued"), key).await;
+            server.signal("-KILL");
+            return queued["results"].as_array().unwrap().len();
+        }
+        assert!(Instant::now() < deadline, "no job finished: {done}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_queue_then_every_job_completes_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let key = create_key(&data);
     let http = reqwest::Client::new();
-    let server = Server::start(&data, "warn");
+    // Queued by a node without workers: nothing runs before the kill is set up.
+    let server = Server::start_with(&data, "warn", &["--workers", "0"]);
     let n = 120u64;
     let mut jobs = Vec::new();
     let started = Instant::now();
@@ -245,21 +276,9 @@ async fn kill_9_mid_queue_then_every_job_completes_exactly_once() {
         jobs.push(v["job_id"].as_str().unwrap().to_owned());
     }
     let accept_ms = started.elapsed().as_secs_f64() * 1e3 / n as f64;
-    // Let the workers get going, then kill the process mid-queue.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let queued = get_json(
-        &http,
-        &format!("{}/v1/jobs?state=queued&limit=1000", server.url),
-        &key,
-    )
-    .await;
-    let left = queued["results"].as_array().unwrap().len();
-    server.signal("-KILL");
-    assert!(
-        left > 0,
-        "the kill must come mid-queue (make the queue longer)"
-    );
     drop(server);
+    let left = kill_mid_queue(&data, &[], &http, &key).await;
+    assert!(left > 0, "the kill must come mid-queue");
     assert_eq!(integrity_check(&data), "ok");
 
     let server = Server::start(&data, "warn");
@@ -298,7 +317,7 @@ async fn kill_9_mid_queue_then_every_job_completes_exactly_once() {
 
 /// The same with the LLM pipeline: a scripted provider (a real socket) answers
 /// every extraction with the message as one fact and every consolidation with
-/// ADD, slowly enough that the kill lands mid-queue. A job that ran twice
+/// ADD, a little slowly. A job that ran twice
 /// would leave two memories for one message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_queue_with_the_llm_then_every_job_completes_exactly_once() {
@@ -330,7 +349,8 @@ async fn kill_9_mid_queue_with_the_llm_then_every_job_completes_exactly_once() {
     let key = create_key(&data);
     let http = reqwest::Client::new();
     let llm_flags = ["--llm-base-url", llm.url(), "--llm-model", "scripted"];
-    let server = Server::start_with(&data, "warn", &llm_flags);
+    let no_workers = [&llm_flags[..], &["--workers", "0"]].concat();
+    let server = Server::start_with(&data, "warn", &no_workers);
     let url = server.url.clone();
     let n = 40u64;
     let mut jobs = Vec::new();
@@ -346,16 +366,8 @@ async fn kill_9_mid_queue_with_the_llm_then_every_job_completes_exactly_once() {
         let v: Value = resp.json().await.unwrap();
         jobs.push(v["job_id"].as_str().unwrap().to_owned());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let queued = get_json(
-        &http,
-        &format!("{url}/v1/jobs?state=queued&limit=1000"),
-        &key,
-    )
-    .await;
-    let left = queued["results"].as_array().unwrap().len();
-    server.signal("-KILL");
     drop(server);
+    let left = kill_mid_queue(&data, &llm_flags, &http, &key).await;
     assert!(left > 0, "the kill must come mid-queue");
     assert_eq!(integrity_check(&data), "ok");
 
