@@ -220,9 +220,13 @@ impl MemoryService {
                     "embedded": report.embedded,
                 });
                 let switching = std::time::Instant::now();
-                let left = store.reembed_switch(&model, audit).await?;
+                let switched = self
+                    .switch_model(&to, async {
+                        Ok(store.reembed_switch(&model, audit).await? == 0)
+                    })
+                    .await?;
                 report.switch_ms += switching.elapsed().as_millis() as u64;
-                if left == 0 {
+                if switched {
                     break;
                 }
                 // Writes landed since this pass began: another pass from the
@@ -248,7 +252,6 @@ impl MemoryService {
             }
             progress(&last);
         }
-        self.set_embedder(to);
         // Switched: a failure to count is not a failure of the run.
         report.versions = match store.stats().await {
             Ok(stats) => stats.versions,

@@ -226,6 +226,35 @@ impl ModelSlot {
     }
 }
 
+/// How long a seen match between the store's model and this node's stands
+/// before a search checks again.
+const MODEL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the store still uses this node's model. Another node may
+/// re-embed a shared store; this one must then stop answering searches
+/// (its queries would be embedded with the old model) rather than rank
+/// old-model queries against new-model vectors.
+#[derive(Default)]
+struct ModelCheck {
+    /// When the store's model last matched this node's.
+    matched: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Held by this node's own re-embedding from the store's switch to the
+    /// embedder swap: a search that sees the store switched waits for the
+    /// swap instead of calling its node stale.
+    switching: futures::lock::Mutex<()>,
+}
+
+impl ModelCheck {
+    fn recent(&self) -> bool {
+        let matched = *self.matched.lock().unwrap_or_else(|e| e.into_inner());
+        matched.is_some_and(|at| at.elapsed() < MODEL_CHECK_EVERY)
+    }
+
+    fn seen(&self) {
+        *self.matched.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+}
+
 /// The memory service. Cheap to clone.
 #[derive(Clone)]
 pub struct MemoryService {
@@ -239,6 +268,7 @@ struct Inner {
     /// re-embedding switches the store to another model. Shared by every
     /// `with_*` copy of the service.
     model: Arc<std::sync::RwLock<Arc<ModelSlot>>>,
+    model_check: Arc<ModelCheck>,
     query_cache: usize,
     retrieval: RetrievalConfig,
     ingest: IngestConfig,
@@ -265,6 +295,7 @@ impl MemoryService {
             inner: Arc::new(Inner {
                 store,
                 model,
+                model_check: Arc::default(),
                 query_cache,
                 retrieval,
                 ingest,
@@ -309,6 +340,53 @@ impl MemoryService {
         self.slot().queries.clone()
     }
 
+    /// The model slot to embed a search's query with, once the store is
+    /// known (within [`MODEL_CHECK_EVERY`]) to still use that model.
+    async fn query_slot(&self) -> Result<Arc<ModelSlot>> {
+        let check = &self.inner.model_check;
+        if check.recent() {
+            return Ok(self.slot());
+        }
+        let bound = self.inner.store.bound_model().await?;
+        let mut slot = self.slot();
+        if let Some(bound) = bound
+            && &bound != slot.embedder.model()
+        {
+            // This node may be re-embedding itself, between the switch and the swap.
+            drop(check.switching.lock().await);
+            slot = self.slot();
+            if &bound != slot.embedder.model() {
+                return Err(Error::new(
+                    ErrorCode::EmbeddingModelMismatch,
+                    format!(
+                        "this node embeds queries with `{}`, but the store's vectors now come from `{}` \
+                         (re-embedded); restart this node with that model",
+                        slot.embedder.model().id,
+                        bound.id
+                    ),
+                ));
+            }
+        }
+        check.seen();
+        Ok(slot)
+    }
+
+    /// Runs `switch` (a re-embedding's switch of the store) and, when it
+    /// reports the store switched, makes `to` this service's model, with
+    /// searches that notice the new model in between waiting for the swap.
+    pub(crate) async fn switch_model(
+        &self,
+        to: &Arc<dyn Embedder>,
+        switch: impl std::future::Future<Output = Result<bool>>,
+    ) -> Result<bool> {
+        let _swapping = self.inner.model_check.switching.lock().await;
+        let switched = switch.await?;
+        if switched {
+            self.set_embedder(to.clone());
+        }
+        Ok(switched)
+    }
+
     fn slot(&self) -> Arc<ModelSlot> {
         // A poisoned lock means a thread panicked while swapping two Arcs;
         // the slot it holds is whole either way.
@@ -321,7 +399,7 @@ impl MemoryService {
 
     /// Makes `embedder` the model for every later call (after a re-embedding
     /// switched the store to it), with a fresh query cache.
-    pub(crate) fn set_embedder(&self, embedder: Arc<dyn Embedder>) {
+    fn set_embedder(&self, embedder: Arc<dyn Embedder>) {
         let slot = Arc::new(ModelSlot::new(embedder, self.inner.query_cache));
         *self.inner.model.write().unwrap_or_else(|e| e.into_inner()) = slot;
     }
@@ -809,7 +887,7 @@ impl MemoryService {
         let started = std::time::Instant::now();
         let vis = self.vis();
         let candidates = cfg.candidates.max(top_k);
-        let (vector, cached) = self.query_cache().embed_query(query).await?;
+        let (vector, cached) = self.query_slot().await?.queries.embed_query(query).await?;
         let embedded = started.elapsed();
         let w = cfg.weights;
         let terms = if w.keyword > 0.0 {
@@ -1398,7 +1476,7 @@ impl MemoryService {
         input.filter = ctx.principal.bind_filter(input.filter)?;
         require_scope(&input.filter)?;
         let (query, top_k) = self.check_search(&input)?;
-        let (vector, cached) = self.query_cache().embed_query(&query).await?;
+        let (vector, cached) = self.query_slot().await?.queries.embed_query(&query).await?;
         let terms: Vec<String> = text::keyword_terms(&query);
         let versions = self.inner.store.versions_at(&input.filter, at).await?;
         let w = cfg.weights;

@@ -130,19 +130,22 @@ async fn add(memory: &MemoryService, text: &str) -> uuid::Uuid {
     memory.add(&ctx(), fact(text)).await.unwrap()[0].id
 }
 
-/// The hits' ids and fused scores: the scores before recency decay, which
-/// moves with the real clock between two searches (in the last bit of an f32).
-async fn search(memory: &MemoryService, query: &str) -> Vec<(uuid::Uuid, f32)> {
-    let input = SearchInput {
+fn search_input(query: &str) -> SearchInput {
+    SearchInput {
         query: query.into(),
         filter: engram_core::filter::Filter::from_scope(&ann()),
         top_k: Some(10),
         threshold: None,
         token_budget: Some(0),
         explain: true,
-    };
+    }
+}
+
+/// The hits' ids and fused scores: the scores before recency decay, which
+/// moves with the real clock between two searches (in the last bit of an f32).
+async fn search(memory: &MemoryService, query: &str) -> Vec<(uuid::Uuid, f32)> {
     memory
-        .search(&ctx(), input)
+        .search(&ctx(), search_input(query))
         .await
         .unwrap()
         .hits
@@ -294,6 +297,7 @@ async fn serves_the_old_vectors_until_the_switch() {
     // Meanwhile: the old model and the old vectors, exactly.
     assert_eq!(n.memory.embedder().model(), &old_model);
     assert_eq!(search(&n.memory, "what milk does Ann like").await, before);
+    assert_eq!(search(&stale, "what milk does Ann like").await, before);
     let late = add(&n.memory, "Ann started learning the cello").await;
 
     // Let it finish: every version, the late one too, then the switch.
@@ -350,6 +354,46 @@ async fn serves_the_old_vectors_until_the_switch() {
         serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
     let detail = body["checks"]["embedder"]["detail"].as_str().unwrap();
     assert!(detail.contains("restart this node"), "{body}");
+    // Nor search: it checks the store's model at most once a second (its last
+    // search saw a match), then refuses rather than rank old-model queries
+    // against new-model vectors.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        match stale
+            .search(&ctx(), search_input("what milk does Ann like"))
+            .await
+        {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the stale node kept searching"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(err.code, ErrorCode::EmbeddingModelMismatch, "{err:?}");
+    assert!(err.message.contains("restart this node"), "{err:?}");
+    let req = Request::post("/v1/memories/search")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {writer}"))
+        .body(Body::from(
+            json!({"query": "what milk does Ann like", "user_id": "ann"}).to_string(),
+        ))
+        .unwrap();
+    let res = stale_app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["code"], "embedding_model_mismatch", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(next.model().id.as_str()),
+        "names the model to restart with: {body}"
+    );
     let err = stale
         .add(&ctx(), fact("Ann repaints her kitchen"))
         .await
