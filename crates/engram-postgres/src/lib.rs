@@ -320,11 +320,13 @@ impl PgStore {
     /// Starts [`build_hnsw_concurrently`](Self::build_hnsw_concurrently) in
     /// the background (`flush` waits for it); until it is ready, vector
     /// searches scan (exact, slower).
-    pub(crate) fn spawn_hnsw_build(&self) {
+    /// With `replace_invalid`, an INVALID index (a concurrent build that
+    /// failed) is dropped first.
+    pub(crate) fn spawn_hnsw_build(&self, replace_invalid: bool) {
         let store = self.clone();
         let build = tokio::spawn(async move {
             let started = std::time::Instant::now();
-            match store.build_hnsw_concurrently().await {
+            match store.build_hnsw_concurrently(replace_invalid).await {
                 Ok(()) => tracing::info!(
                     seconds = started.elapsed().as_secs_f64(),
                     "HNSW index ready"
@@ -332,7 +334,7 @@ impl PgStore {
                 Err(e) => tracing::error!(
                     error = %e,
                     "building the HNSW index failed; searches scan until a node starts \
-                     (it builds the index), or run REINDEX INDEX CONCURRENTLY memories_hnsw"
+                     (it rebuilds the index)"
                 ),
             }
         });
@@ -345,16 +347,29 @@ impl PgStore {
 
     /// Builds the HNSW index, if missing, without blocking reads or writes
     /// and without the statement timeout.
-    pub(crate) async fn build_hnsw_concurrently(&self) -> Result<()> {
+    pub(crate) async fn build_hnsw_concurrently(&self, replace_invalid: bool) -> Result<()> {
         let client = self.client().await?;
         client
             .batch_execute("SET statement_timeout = 0")
             .await
             .map_err(pg_err)?;
-        let out = client
-            .batch_execute(&self.hnsw_sql(true))
-            .await
-            .map_err(pg_err);
+        // Separate statements: neither may run in a (multi-statement, implicit) transaction.
+        let drop = async {
+            if replace_invalid {
+                client
+                    .batch_execute("DROP INDEX CONCURRENTLY IF EXISTS memories_hnsw")
+                    .await
+                    .map_err(pg_err)?;
+            }
+            Ok(())
+        };
+        let out = match drop.await {
+            Ok(()) => client
+                .batch_execute(&self.hnsw_sql(true))
+                .await
+                .map_err(pg_err),
+            Err(e) => Err(e),
+        };
         // The connection goes back to the pool: its timeout with it.
         let reset = client
             .batch_execute("RESET statement_timeout")
@@ -744,7 +759,7 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         schema::lock(&*tx, false).await.map_err(pg_err)?;
-        let mut rebuild = false;
+        let mut rebuild = None;
         match reembed::model_at(&*tx, reembed::BOUND).await? {
             Some(bound) if bound != *model => {
                 return Err(Error::new(
@@ -773,12 +788,31 @@ impl Store for PgStore {
                 match valid {
                     // Built in the background, concurrently (a build here
                     // could deadlock with one a switch started elsewhere).
-                    None => rebuild = true,
+                    None => rebuild = Some(false),
                     Some(true) => {}
-                    Some(false) => tracing::warn!(
-                        "the HNSW index is being built, or its build failed; if searches stay slow, \
-                         run REINDEX INDEX CONCURRENTLY memories_hnsw"
-                    ),
+                    // INVALID: being built concurrently (by a switch or
+                    // another node starting), or such a build failed.
+                    Some(false) => {
+                        let building: bool = tx
+                            .query_one(
+                                "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_create_index \
+                                 WHERE relid = to_regclass('memories'))",
+                                &[],
+                            )
+                            .await
+                            .map_err(pg_err)?
+                            .get(0);
+                        if building {
+                            tracing::info!(
+                                "the HNSW index is being built; searches scan until it is ready"
+                            );
+                        } else {
+                            tracing::warn!(
+                                "the HNSW index is INVALID (its build failed); rebuilding it"
+                            );
+                            rebuild = Some(true);
+                        }
+                    }
                 }
             }
             None => {
@@ -799,8 +833,8 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(pg_err)?;
         self.inner.dim.store(model.dim, Ordering::Release);
-        if rebuild {
-            self.spawn_hnsw_build();
+        if let Some(replace_invalid) = rebuild {
+            self.spawn_hnsw_build(replace_invalid);
         }
         Ok(())
     }

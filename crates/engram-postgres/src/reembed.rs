@@ -149,7 +149,7 @@ impl ReembedStore for PgStore {
             .store(to.dim, std::sync::atomic::Ordering::Release);
         // Built in the background after the commit, blocking neither reads
         // nor writes (nor the caller, whose service swaps its model now).
-        self.spawn_hnsw_build();
+        self.spawn_hnsw_build(false);
         Ok(0)
     }
 

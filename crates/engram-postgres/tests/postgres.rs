@@ -386,3 +386,106 @@ async fn bad_urls_and_unreachable_servers_fail_clearly() {
         e.message
     );
 }
+
+/// A connection of the test's own to `url`, beside the store's pool.
+async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// `(oid, valid)` of the HNSW index, if it exists.
+async fn hnsw(db: &tokio_postgres::Client) -> Option<(u32, bool)> {
+    db.query_opt(
+        "SELECT indexrelid, indisvalid FROM pg_index WHERE indexrelid = to_regclass('memories_hnsw')",
+        &[],
+    )
+    .await
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1)))
+}
+
+/// A failed concurrent HNSW build (a re-embedding switch's, or a starting
+/// node's) leaves an INVALID index behind: the next node to start drops and
+/// rebuilds it in the background (`flush` waits). An index still being built
+/// is left to its builder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_hnsw_index_is_rebuilt_at_start_unless_being_built() {
+    let url = engram_testkit::pg::fresh_database().await;
+    let first = store_on(&url).await;
+    for i in 0..20 {
+        let m = memory(
+            &format!("fact {i}"),
+            engram_store_tests::user("ann"),
+            i as i64,
+        );
+        first
+            .apply(vec![insert(&m, vector(i as usize, 0.0))])
+            .await
+            .unwrap();
+    }
+    let db = raw(&url).await;
+    let (built, _) = hnsw(&db).await.unwrap();
+    // What a failed CREATE INDEX CONCURRENTLY leaves behind.
+    db.batch_execute(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'memories_hnsw'::regclass",
+    )
+    .await
+    .unwrap();
+    let second = store_on(&url).await;
+    second.flush().await.unwrap();
+    let (rebuilt, valid) = hnsw(&db).await.unwrap();
+    assert!(valid, "rebuilt valid");
+    assert_ne!(rebuilt, built, "a new index");
+
+    // A build in progress: CREATE INDEX CONCURRENTLY waits for a transaction
+    // holding an older snapshot, its index INVALID meanwhile.
+    let builder = raw(&url).await;
+    builder
+        .batch_execute("DROP INDEX memories_hnsw")
+        .await
+        .unwrap();
+    let blocker = raw(&url).await;
+    blocker
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM memories;")
+        .await
+        .unwrap();
+    let build = tokio::spawn(async move {
+        builder
+            .batch_execute(
+                "CREATE INDEX CONCURRENTLY memories_hnsw ON memories \
+                 USING hnsw (embedding vector_cosine_ops) WHERE invalid_at IS NULL",
+            )
+            .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let building = loop {
+        if let Some((oid, false)) = hnsw(&db).await {
+            break oid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let third = tokio::time::timeout(Duration::from_secs(60), store_on(&url))
+        .await
+        .expect("a start does not wait for another session's index build");
+    // Nothing to wait for: this node started no build of its own.
+    tokio::time::timeout(Duration::from_secs(30), third.flush())
+        .await
+        .expect("no rebuild started over a build in progress")
+        .unwrap();
+    assert_eq!(
+        hnsw(&db).await,
+        Some((building, false)),
+        "left to its builder"
+    );
+    assert!(!build.is_finished());
+    blocker.batch_execute("COMMIT").await.unwrap();
+    build.await.unwrap().unwrap();
+    assert_eq!(hnsw(&db).await, Some((building, true)));
+}
