@@ -106,6 +106,24 @@ fn history(m: &Memory, event: Event, old: Option<&str>, new: Option<&str>) -> Hi
     }
 }
 
+/// The next version of `prev`: `text`, written at `at`.
+fn revised(prev: &Memory, text: &str, at: Timestamp) -> Memory {
+    let mut next = prev.clone();
+    next.version = prev.version + 1;
+    next.text = text.into();
+    next.updated_at = at;
+    next
+}
+
+/// The update writing `next` over `prev`, with its history row.
+fn update(prev: &Memory, next: &Memory, embedding: Option<Vec<f32>>) -> WriteOp {
+    WriteOp::Update {
+        memory: next.clone(),
+        embedding,
+        history: history(next, Event::Update, Some(&prev.text), Some(&next.text)),
+    }
+}
+
 pub fn insert(m: &Memory, v: Vec<f32>) -> WriteOp {
     WriteOp::Insert {
         memory: m.clone(),
@@ -204,19 +222,15 @@ pub async fn update_versions_and_reindexes(f: Fixture) {
         .apply(vec![insert(&a, vector(0, 0.0))])
         .await
         .unwrap();
-    let mut next = a.clone();
-    next.version = 2;
-    next.text = "Alice joined Stripe".into();
+    let mut next = revised(
+        &a,
+        "Alice joined Stripe",
+        a.updated_at + SignedDuration::from_secs(60),
+    );
     next.hash = text_hash(&next.text);
     next.entities = engram_core::text::tag_entities(&next.text);
-    next.updated_at = a.updated_at + SignedDuration::from_secs(60);
-    let h = history(&next, Event::Update, Some(&a.text), Some(&next.text));
     f.store
-        .apply(vec![WriteOp::Update {
-            memory: next.clone(),
-            embedding: Some(vector(3, 0.0)),
-            history: h,
-        }])
+        .apply(vec![update(&a, &next, Some(vector(3, 0.0)))])
         .await
         .unwrap();
 
@@ -283,20 +297,17 @@ pub async fn update_versions_and_reindexes(f: Fixture) {
     assert_eq!(events, vec![Event::Add, Event::Update]);
 
     // Metadata-only update keeps the vector.
-    let mut third = got.clone();
-    third.version = 3;
+    let mut third = revised(
+        &got,
+        &got.text,
+        next.updated_at + SignedDuration::from_secs(1),
+    );
     third.metadata = json!({"checked": true})
         .as_object()
         .cloned()
         .unwrap_or_default();
-    third.updated_at = next.updated_at + SignedDuration::from_secs(1);
-    let h = history(&third, Event::Update, Some(&third.text), Some(&third.text));
     f.store
-        .apply(vec![WriteOp::Update {
-            memory: third,
-            embedding: None,
-            history: h,
-        }])
+        .apply(vec![update(&got, &third, None)])
         .await
         .unwrap();
     let hits = f
@@ -315,29 +326,17 @@ pub async fn stale_update_is_a_conflict(f: Fixture) {
         .apply(vec![insert(&a, vector(0, 0.0))])
         .await
         .unwrap();
-    let mut v2 = a.clone();
-    v2.version = 2;
-    v2.text = "Ola likes blues".into();
-    v2.updated_at = a.updated_at + SignedDuration::from_secs(1);
-    let h = history(&v2, Event::Update, Some(&a.text), Some(&v2.text));
-    f.store
-        .apply(vec![WriteOp::Update {
-            memory: v2.clone(),
-            embedding: None,
-            history: h.clone(),
-        }])
-        .await
-        .unwrap();
+    let v2 = revised(
+        &a,
+        "Ola likes blues",
+        a.updated_at + SignedDuration::from_secs(1),
+    );
+    f.store.apply(vec![update(&a, &v2, None)]).await.unwrap();
     // A second writer that also read version 1 tries to write version 2 again.
-    let mut stale = v2.clone();
-    stale.text = "Ola likes opera".into();
+    let stale = revised(&a, "Ola likes opera", v2.updated_at);
     let err = f
         .store
-        .apply(vec![WriteOp::Update {
-            memory: stale,
-            embedding: None,
-            history: h,
-        }])
+        .apply(vec![update(&a, &stale, None)])
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict);
@@ -1005,22 +1004,10 @@ pub async fn versions_as_they_stood(f: Fixture) {
         ])
         .await
         .unwrap();
-    let mut v2 = m.clone();
-    v2.text = "Bo lives in Bergen".into();
-    v2.version = 2;
-    v2.updated_at = at(20);
+    let v2 = revised(&m, "Bo lives in Bergen", at(20));
     f.store
         .apply(vec![
-            WriteOp::Update {
-                memory: v2.clone(),
-                embedding: Some(vector(3, 0.0)),
-                history: history(
-                    &v2,
-                    Event::Update,
-                    Some("Bo lives in Oslo"),
-                    Some("Bo lives in Bergen"),
-                ),
-            },
+            update(&m, &v2, Some(vector(3, 0.0))),
             WriteOp::Delete {
                 id: gone.id,
                 at: at(20),
@@ -1306,16 +1293,9 @@ pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
         ])
         .await
         .unwrap();
-    let mut a2 = a.clone();
-    a2.version = 2;
-    a2.text = "Gus is staying at the Hotel Lisboa until Sunday".into();
-    a2.updated_at = at(5);
+    let a2 = revised(&a, "Gus is staying at the Hotel Lisboa until Sunday", at(5));
     f.store
-        .apply(vec![WriteOp::Update {
-            history: history(&a2, Event::Update, Some(&a.text), Some(&a2.text)),
-            memory: a2.clone(),
-            embedding: Some(vector(0, 0.1)),
-        }])
+        .apply(vec![update(&a, &a2, Some(vector(0, 0.1)))])
         .await
         .unwrap();
     let seen = |mins: i64| Visibility { now: at(mins) };
@@ -1581,16 +1561,13 @@ pub async fn erasure_removes_every_trace(f: Fixture) {
         .await
         .unwrap();
     // A superseded version.
-    let mut v2 = a1.clone();
-    v2.version = 2;
-    v2.text = "Erin has severe asthma".into();
-    v2.updated_at = a1.created_at + SignedDuration::from_secs(10);
+    let v2 = revised(
+        &a1,
+        "Erin has severe asthma",
+        a1.created_at + SignedDuration::from_secs(10),
+    );
     f.store
-        .apply(vec![WriteOp::Update {
-            history: history(&v2, Event::Update, Some(&a1.text), Some(&v2.text)),
-            memory: v2.clone(),
-            embedding: Some(vector(0, 0.2)),
-        }])
+        .apply(vec![update(&a1, &v2, Some(vector(0, 0.2)))])
         .await
         .unwrap();
     // A dead job and a queued one about erin, one about frank.
@@ -1819,16 +1796,13 @@ pub async fn reembed_migrates_then_switches(f: Fixture) {
         ])
         .await
         .unwrap();
-    let mut b2 = b.clone();
-    b2.version = 2;
-    b2.text = "Ann plays the viola".into();
-    b2.updated_at = b.created_at + SignedDuration::from_secs(5);
+    let b2 = revised(
+        &b,
+        "Ann plays the viola",
+        b.created_at + SignedDuration::from_secs(5),
+    );
     f.store
-        .apply(vec![WriteOp::Update {
-            memory: b2.clone(),
-            embedding: Some(vector(1, 0.2)),
-            history: history(&b2, Event::Update, Some(&b.text), Some(&b2.text)),
-        }])
+        .apply(vec![update(&b, &b2, Some(vector(1, 0.2)))])
         .await
         .unwrap();
 
@@ -1990,18 +1964,9 @@ pub async fn reembed_migrates_then_switches(f: Fixture) {
     f.store.apply(vec![insert(&fresh, v4(0))]).await.unwrap();
     // An update keeping its vector, prepared before the switch (old label):
     // the store labels the kept vector with its own model.
-    let mut c2 = c.clone();
-    c2.version = 2;
+    let mut c2 = revised(&c, &c.text, c.created_at + SignedDuration::from_secs(30));
     c2.categories = vec!["hobby".into()];
-    c2.updated_at = c.created_at + SignedDuration::from_secs(30);
-    f.store
-        .apply(vec![WriteOp::Update {
-            memory: c2.clone(),
-            embedding: None,
-            history: history(&c2, Event::Update, Some(&c.text), Some(&c.text)),
-        }])
-        .await
-        .unwrap();
+    f.store.apply(vec![update(&c, &c2, None)]).await.unwrap();
     let cv = f.store.memory_versions(&[c.id]).await.unwrap();
     assert_eq!(
         (cv[1].0.embedding_model.as_str(), cv[1].1.clone()),
