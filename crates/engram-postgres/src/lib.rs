@@ -354,22 +354,15 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         // Separate statements: neither may run in a (multi-statement, implicit) transaction.
-        let drop = async {
+        let build = async {
             if replace_invalid {
                 client
                     .batch_execute("DROP INDEX CONCURRENTLY IF EXISTS memories_hnsw")
-                    .await
-                    .map_err(pg_err)?;
+                    .await?;
             }
-            Ok(())
+            client.batch_execute(&self.hnsw_sql(true)).await
         };
-        let out = match drop.await {
-            Ok(()) => client
-                .batch_execute(&self.hnsw_sql(true))
-                .await
-                .map_err(pg_err),
-            Err(e) => Err(e),
-        };
+        let out = build.await.map_err(pg_err);
         // The connection goes back to the pool: its timeout with it.
         let reset = client
             .batch_execute("RESET statement_timeout")
@@ -749,6 +742,44 @@ fn empty_hits(estimated: usize) -> VectorHits {
     }
 }
 
+/// What a starting node does about an HNSW index that is not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HnswRepair {
+    /// Missing: a re-embedding switch stopped before its build finished.
+    Build,
+    /// INVALID and no build in progress: a concurrent build failed.
+    ReplaceInvalid,
+}
+
+/// Whether the HNSW index needs building, read before any CREATE INDEX (one,
+/// even IF NOT EXISTS, would wait on — and stall writes behind — a
+/// concurrent build in progress). Repairs run in the background,
+/// concurrently: a build in the bind transaction could deadlock with one a
+/// switch started elsewhere.
+async fn hnsw_repair(c: &impl GenericClient) -> Result<Option<HnswRepair>> {
+    let row = c
+        .query_one(
+            "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('memories_hnsw')), \
+                    EXISTS (SELECT 1 FROM pg_stat_progress_create_index WHERE relid = to_regclass('memories'))",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    let (valid, building): (Option<bool>, bool) = (get(&row, 0)?, get(&row, 1)?);
+    Ok(match (valid, building) {
+        (None, _) => Some(HnswRepair::Build),
+        (Some(true), _) => None,
+        (Some(false), true) => {
+            tracing::info!("the HNSW index is being built; searches scan until it is ready");
+            None
+        }
+        (Some(false), false) => {
+            tracing::warn!("the HNSW index is INVALID (its build failed); rebuilding it");
+            Some(HnswRepair::ReplaceInvalid)
+        }
+    })
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -759,7 +790,7 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         schema::lock(&*tx, false).await.map_err(pg_err)?;
-        let mut rebuild = None;
+        let mut repair = None;
         match reembed::model_at(&*tx, reembed::BOUND).await? {
             Some(bound) if bound != *model => {
                 return Err(Error::new(
@@ -772,49 +803,7 @@ impl Store for PgStore {
                     ),
                 ));
             }
-            Some(_) => {
-                // Missing only when a re-embedding switch was interrupted
-                // before its index build finished. Checked first: a CREATE
-                // INDEX, even IF NOT EXISTS, would wait on (and stall writes
-                // behind) a concurrent build in progress.
-                let valid: Option<bool> = tx
-                    .query_one(
-                        "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('memories_hnsw'))",
-                        &[],
-                    )
-                    .await
-                    .map_err(pg_err)?
-                    .get(0);
-                match valid {
-                    // Built in the background, concurrently (a build here
-                    // could deadlock with one a switch started elsewhere).
-                    None => rebuild = Some(false),
-                    Some(true) => {}
-                    // INVALID: being built concurrently (by a switch or
-                    // another node starting), or such a build failed.
-                    Some(false) => {
-                        let building: bool = tx
-                            .query_one(
-                                "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_create_index \
-                                 WHERE relid = to_regclass('memories'))",
-                                &[],
-                            )
-                            .await
-                            .map_err(pg_err)?
-                            .get(0);
-                        if building {
-                            tracing::info!(
-                                "the HNSW index is being built; searches scan until it is ready"
-                            );
-                        } else {
-                            tracing::warn!(
-                                "the HNSW index is INVALID (its build failed); rebuilding it"
-                            );
-                            rebuild = Some(true);
-                        }
-                    }
-                }
-            }
+            Some(_) => repair = hnsw_repair(&*tx).await?,
             None => {
                 reembed::put_model(&*tx, reembed::BOUND, model)
                     .await
@@ -833,8 +822,8 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(pg_err)?;
         self.inner.dim.store(model.dim, Ordering::Release);
-        if let Some(replace_invalid) = rebuild {
-            self.spawn_hnsw_build(replace_invalid);
+        if let Some(repair) = repair {
+            self.spawn_hnsw_build(repair == HnswRepair::ReplaceInvalid);
         }
         Ok(())
     }
