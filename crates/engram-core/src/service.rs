@@ -347,28 +347,41 @@ impl MemoryService {
         if check.recent() {
             return Ok(self.slot());
         }
-        let bound = self.inner.store.bound_model().await?;
-        let mut slot = self.slot();
-        if let Some(bound) = bound
-            && &bound != slot.embedder.model()
-        {
-            // This node may be re-embedding itself, between the switch and the swap.
-            drop(check.switching.lock().await);
-            slot = self.slot();
-            if &bound != slot.embedder.model() {
-                return Err(Error::new(
-                    ErrorCode::EmbeddingModelMismatch,
-                    format!(
-                        "this node embeds queries with `{}`, but the store's vectors now come from `{}` \
-                         (re-embedded); restart this node with that model",
-                        slot.embedder.model().id,
-                        bound.id
-                    ),
-                ));
-            }
-        }
+        let slot = self.current_slot().await?;
         check.seen();
         Ok(slot)
+    }
+
+    /// Whether the store still uses this node's model: an
+    /// `EmbeddingModelMismatch` naming the model to restart with when another
+    /// node re-embedded the store (`/readyz` asks; searches ask through a
+    /// once-a-second cache).
+    pub async fn check_store_model(&self) -> Result<()> {
+        self.current_slot().await.map(drop)
+    }
+
+    /// This node's model slot, once the store is known to use its model.
+    async fn current_slot(&self) -> Result<Arc<ModelSlot>> {
+        let bound = self.inner.store.bound_model().await?;
+        let slot = self.slot();
+        let Some(bound) = bound.filter(|b| b != slot.embedder.model()) else {
+            return Ok(slot);
+        };
+        // This node may be re-embedding itself, between the switch and the swap.
+        drop(self.inner.model_check.switching.lock().await);
+        let slot = self.slot();
+        if &bound == slot.embedder.model() {
+            return Ok(slot);
+        }
+        Err(Error::new(
+            ErrorCode::EmbeddingModelMismatch,
+            format!(
+                "this node embeds queries with `{}`, but the store's vectors now come from `{}` \
+                 (re-embedded); restart this node with that model",
+                slot.embedder.model().id,
+                bound.id
+            ),
+        ))
     }
 
     /// Runs `switch` (a re-embedding's switch of the store) and, when it

@@ -29,15 +29,19 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             json!({"status": "fail", "backend": app.memory.store().backend(), "detail": e.message})
         }
     };
-    let model = app.memory.embedder().model().clone();
     // Another node may have re-embedded the shared store: this one's queries
-    // would then be embedded with the wrong model.
-    let embedder = match app.memory.store().bound_model().await {
-        Ok(Some(bound)) if bound != model => json!({
-            "status": "fail", "model": model.id, "dim": model.dim,
-            "detail": format!("the store's vectors now come from `{}` (re-embedded); restart this node with that model", bound.id),
-        }),
-        _ => json!({"status": "ok", "model": model.id, "dim": model.dim}),
+    // would then be embedded with the wrong model. (A store that cannot be
+    // read is the store check's to report.)
+    let stale = match app.memory.check_store_model().await {
+        Err(e) if e.code == engram_core::ErrorCode::EmbeddingModelMismatch => Some(e.message),
+        _ => None,
+    };
+    let model = app.memory.embedder().model().clone();
+    let embedder = match stale {
+        Some(detail) => {
+            json!({"status": "fail", "model": model.id, "dim": model.dim, "detail": detail})
+        }
+        None => json!({"status": "ok", "model": model.id, "dim": model.dim}),
     };
     let reembed = match app.memory.store().reembed_state().await {
         Ok(Some(s)) => json!({"to": s.to.id, "done": s.done, "total": s.total}),
