@@ -141,6 +141,23 @@ pub struct AddInput {
     pub timestamp: Option<Timestamp>,
 }
 
+impl AddInput {
+    /// `content` in `scope`, everything else by default: no metadata or
+    /// categories, a semantic memory, the scope policy's expiry, said now.
+    pub fn new(content: Content, scope: Scope) -> AddInput {
+        AddInput {
+            content,
+            scope,
+            metadata: Metadata::default(),
+            categories: Vec::new(),
+            kind: MemoryKind::default(),
+            expires_at: None,
+            ttl: None,
+            timestamp: None,
+        }
+    }
+}
+
 /// One outcome of an add.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct AddResult {

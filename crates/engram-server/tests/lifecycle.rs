@@ -80,16 +80,7 @@ fn scope(org: &str, user: &str, run: Option<&str>) -> Scope {
 }
 
 fn input(text: &str, scope: Scope) -> AddInput {
-    AddInput {
-        content: Content::Text(text.into()),
-        scope,
-        metadata: Default::default(),
-        categories: Vec::new(),
-        kind: MemoryKind::Semantic,
-        expires_at: None,
-        ttl: None,
-        timestamp: None,
-    }
+    AddInput::new(Content::Text(text.into()), scope)
 }
 
 fn mins(n: u64) -> Duration {

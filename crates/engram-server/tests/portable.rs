@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use engram_core::access::{Principal, Role};
 use engram_core::filter::Filter;
 use engram_core::keys::NewKey;
-use engram_core::memory::{MemoryKind, Scope};
+use engram_core::memory::Scope;
 use engram_core::service::{AddInput, Content, RequestCtx, SearchInput, UpdateInput};
 use engram_server::auth::AuthMode;
 use http_body_util::BodyExt;
@@ -38,17 +38,12 @@ fn user(u: &str) -> Scope {
 
 async fn add(n: &Node, text: &str, scope: Scope) -> uuid::Uuid {
     let input = AddInput {
-        content: Content::Text(text.into()),
-        scope,
         metadata: json!({"source": "chat"})
             .as_object()
             .cloned()
             .unwrap_or_default(),
         categories: vec!["life".into()],
-        kind: MemoryKind::Semantic,
-        expires_at: None,
-        ttl: None,
-        timestamp: None,
+        ..AddInput::new(Content::Text(text.into()), scope)
     };
     n.memory.add(&ctx(), input).await.unwrap()[0].id
 }

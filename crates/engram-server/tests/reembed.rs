@@ -17,10 +17,8 @@ use axum::http::{Request, StatusCode, header};
 use engram_core::access::Role;
 use engram_core::embed::Embedder;
 use engram_core::keys::NewKey;
-use engram_core::memory::{MemoryKind, Scope};
-use engram_core::service::{
-    AddInput, Content, MemoryService, RequestCtx, SearchInput, SystemClock,
-};
+use engram_core::memory::Scope;
+use engram_core::service::{AddInput, Content, MemoryService, RequestCtx, SearchInput};
 use engram_core::store::ModelInfo;
 use engram_core::{Error, ErrorCode};
 use engram_embed::BertEmbedder;
@@ -114,16 +112,7 @@ const FACTS: [&str; 6] = [
 
 /// A plain semantic memory of ann's.
 fn fact(text: &str) -> AddInput {
-    AddInput {
-        content: Content::Text(text.into()),
-        scope: ann(),
-        metadata: Default::default(),
-        categories: Vec::new(),
-        kind: MemoryKind::Semantic,
-        expires_at: None,
-        ttl: None,
-        timestamp: None,
-    }
+    AddInput::new(Content::Text(text.into()), ann())
 }
 
 async fn add(memory: &MemoryService, text: &str) -> uuid::Uuid {
@@ -236,16 +225,7 @@ async fn serves_the_old_vectors_until_the_switch() {
     let writer = key(&n, Role::ReadWrite).await;
     let model = next_dir.to_str().unwrap();
     // Another node on the same store, which keeps the old model.
-    let stale = MemoryService::new(
-        n.store.store.clone(),
-        common::embedder(),
-        Default::default(),
-        Default::default(),
-        100,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let stale = common::service(n.store.store.clone()).await;
     let stale_app = app(AppState::new(
         stale.clone(),
         n.keys.clone(),

@@ -565,18 +565,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (c, chunk) in texts.chunks(64).enumerate() {
         let inputs = chunk
             .iter()
-            .map(|t| AddInput {
-                content: Content::Text(t.clone()),
-                scope: Scope {
+            .map(|t| {
+                let scope = Scope {
                     user_id: Some(format!("ingest-user-{}", c % 20)),
                     ..Default::default()
-                },
-                metadata: Default::default(),
-                categories: Vec::new(),
-                kind: MemoryKind::Semantic,
-                expires_at: None,
-                ttl: None,
-                timestamp: None,
+                };
+                AddInput::new(Content::Text(t.clone()), scope)
             })
             .collect();
         service.add_batch(&ctx, inputs).await?;

@@ -326,14 +326,8 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
     } else {
         let (service, _lock) = local(&args.target).await?;
         let input = AddInput {
-            content: Content::Text(text),
-            scope: args.scope.scope(),
             metadata,
-            categories: Vec::new(),
-            kind: Default::default(),
-            expires_at: None,
-            ttl: None,
-            timestamp: None,
+            ..AddInput::new(Content::Text(text), args.scope.scope())
         };
         let out = service.add(&cli_ctx(), input).await?;
         service.store().flush().await?;

@@ -43,6 +43,21 @@ impl Opened {
     }
 }
 
+/// A memory service with default settings over `store` (another node, when
+/// the store is shared).
+pub async fn service(store: Arc<dyn Store>) -> MemoryService {
+    MemoryService::new(
+        store,
+        embedder(),
+        RetrievalConfig::default(),
+        IngestConfig::default(),
+        1000,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap()
+}
+
 /// A store and the memory service over it, with default settings.
 pub async fn open(dir: &Path) -> (Opened, MemoryService) {
     let store: Arc<dyn Store> = if postgres() {
@@ -59,16 +74,7 @@ pub async fn open(dir: &Path) -> (Opened, MemoryService) {
                 .unwrap(),
         )
     };
-    let memory = MemoryService::new(
-        store.clone(),
-        embedder(),
-        RetrievalConfig::default(),
-        IngestConfig::default(),
-        1000,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let memory = service(store.clone()).await;
     (Opened { store }, memory)
 }
 
