@@ -342,6 +342,14 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Normalises an entity list for the index.
+pub fn entity_keys(entities: &[Entity]) -> Vec<String> {
+    let mut keys: Vec<String> = entities.iter().map(|e| entity_key(&e.name)).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

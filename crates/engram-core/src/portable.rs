@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::memory::{HistoryEvent, Memory, MemoryId};
-use crate::store::ModelInfo;
+use crate::ports::ModelInfo;
 use crate::{Error, Result};
 
 /// `format` of the header line.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::memory::Event;
-use crate::store::VectorPath;
+use crate::ports::{JobCounts, VectorPath};
 
 /// Seconds per search, whole service call (`path`: exact, hnsw, empty).
 pub const SEARCH_SECONDS: &str = "engram_search_duration_seconds";
@@ -35,7 +35,7 @@ pub(crate) fn search(
 }
 
 /// Jobs per state, as gauges (`engram_jobs_queued` / `_running` / `_dead`).
-pub fn job_counts(c: &crate::jobs::JobCounts) {
+pub fn job_counts(c: &JobCounts) {
     metrics::gauge!("engram_jobs_queued").set(c.queued as f64);
     metrics::gauge!("engram_jobs_running").set(c.running as f64);
     metrics::gauge!("engram_jobs_dead").set(c.dead as f64);

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use engram_core::embed::Embedder;
-use engram_core::store::ModelInfo;
+use engram_core::ports::Embedder;
+use engram_core::ports::ModelInfo;
 use engram_core::{Error, ErrorCode};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 

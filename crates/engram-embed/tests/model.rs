@@ -1,6 +1,6 @@
 //! Tests with the real all-MiniLM-L6-v2 model (installed by `make model`).
 
-use engram_core::embed::Embedder;
+use engram_core::ports::Embedder;
 use engram_embed::{BertEmbedder, default_model_dir};
 
 fn model() -> BertEmbedder {

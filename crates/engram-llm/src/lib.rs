@@ -1,6 +1,6 @@
 //! OpenAI-compatible clients for Engram: chat completions ([`OpenAiChat`],
-//! implementing [`engram_core::llm::Llm`]) and embeddings ([`OpenAiEmbedder`],
-//! implementing [`engram_core::embed::Embedder`]). They talk to OpenAI,
+//! implementing [`engram_core::ports::Llm`]) and embeddings ([`OpenAiEmbedder`],
+//! implementing [`engram_core::ports::Embedder`]). They talk to OpenAI,
 //! Ollama, vLLM, llama.cpp's server, LM Studio — anything that serves
 //! `/v1/chat/completions` and `/v1/embeddings`.
 //!
@@ -11,7 +11,7 @@
 //! lets one probe through. Structured output is asked for with
 //! `response_format: json_schema`; a provider that rejects it gets the schema
 //! in the prompt instead (remembered for later calls), and
-//! [`engram_core::llm::chat_json`] parses leniently with one repair round.
+//! [`engram_core::pipeline::chat_json`] parses leniently with one repair round.
 //!
 //! Architecture invariant: this crate knows HTTP and the OpenAI wire format,
 //! nothing about memories; it implements core's ports.
@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use engram_core::embed::Embedder;
-use engram_core::llm::{ChatRequest, ChatResponse, Llm, LlmState, Usage};
-use engram_core::service::Clock;
-use engram_core::store::ModelInfo;
+use engram_core::clock::Clock;
+use engram_core::ports::Embedder;
+use engram_core::ports::ModelInfo;
+use engram_core::ports::{ChatRequest, ChatResponse, Llm, LlmState, Usage};
 use engram_core::{Error, ErrorCode, Result};
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -388,7 +388,7 @@ impl OpenAiChat {
                     m.content.push_str("\n\n");
                     m.content.push_str(&note);
                 }
-                _ => messages.insert(0, engram_core::llm::ChatMessage::system(note)),
+                _ => messages.insert(0, engram_core::ports::ChatMessage::system(note)),
             }
         }
         let mut body = json!({

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use engram_core::ErrorCode;
-use engram_core::embed::Embedder;
-use engram_core::llm::{ChatMessage, ChatRequest, JsonSchema, Llm, LlmState, chat_json};
+use engram_core::pipeline::chat_json;
+use engram_core::ports::Embedder;
+use engram_core::ports::{ChatMessage, ChatRequest, JsonSchema, Llm, LlmState};
 use engram_llm::{ClientConfig, OpenAiChat, OpenAiEmbedder, Sleeper};
 use engram_testkit::{ManualClock, Reply, ScriptedLlm};
 use serde_json::json;

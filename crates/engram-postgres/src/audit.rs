@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use engram_core::Result;
-use engram_core::audit::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
 use engram_core::memory::ScopeField;
+use engram_core::ports::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
 use jiff::Timestamp;
 use tokio_postgres::Transaction;
 

@@ -10,10 +10,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use engram_core::idempotency::{ABANDONED_AFTER_SECS, IdemBegin, IdempotencyStore, StoredResponse};
-use engram_core::jobs::{Job, JobCounts, JobState, JobStore};
 use engram_core::memory::Scope;
-use engram_core::store::UsageRow;
+use engram_core::ports::UsageRow;
+use engram_core::ports::{
+    IDEMPOTENCY_ABANDONED_AFTER_SECS, IdemBegin, IdempotencyStore, StoredResponse,
+};
+use engram_core::ports::{Job, JobCounts, JobState, JobStore};
 use engram_core::{Error, ErrorCode, Result};
 use jiff::Timestamp;
 use tokio_postgres::{GenericClient, Row, Transaction};
@@ -351,7 +353,7 @@ impl IdempotencyStore for PgStore {
                         body: v["body"].as_str().unwrap_or("").as_bytes().to_vec(),
                     })
                 }
-                _ if now_ms - created > ABANDONED_AFTER_SECS * 1000 => {
+                _ if now_ms - created > IDEMPOTENCY_ABANDONED_AFTER_SECS * 1000 => {
                     // Its request never finished (the node died): take it over.
                     tx.execute(
                         "UPDATE idempotency SET created_at = $3 WHERE principal = $1 AND key = $2",

@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use engram_core::audit::{AuditEvent, ErasureCounts, ErasureTarget};
 use engram_core::filter::Filter;
 use engram_core::fusion::Ranked;
 use engram_core::memory::{Event, HistoryEvent, Memory, MemoryId, Scope, ScopeField};
-use engram_core::store::{
+use engram_core::ports::{AuditEvent, ErasureCounts, ErasureTarget};
+use engram_core::ports::{
     Cursor, ModelInfo, ScopeIdStats, Store, StoreStats, VectorHits, VectorPath, Visibility, WriteOp,
 };
 use engram_core::{Error, ErrorCode, Result};
@@ -465,10 +465,10 @@ impl PgStore {
                 .await?;
             model = row.map(|r| r.get(0));
             if let Some(m) = &model {
-                engram_core::store::check_model(ops, m)?;
+                engram_core::ports::check_model(ops, m)?;
             }
         }
-        engram_core::store::check_dimensions(ops, self.dim()?)?;
+        engram_core::ports::check_dimensions(ops, self.dim()?)?;
         for op in ops {
             match op {
                 WriteOp::Insert {
@@ -645,7 +645,7 @@ async fn insert_version(
     // The entity index holds current versions only (the keyword and vector
     // indexes are partial on `invalid_at IS NULL`).
     let keys = match m.invalid_at {
-        None => engram_core::service::entity_keys(&m.entities),
+        None => engram_core::memory::entity_keys(&m.entities),
         Some(_) => Vec::new(),
     };
     if !keys.is_empty() {
@@ -915,7 +915,7 @@ impl Store for PgStore {
         with_vectors(&rows)
     }
 
-    async fn usage(&self, limit: usize) -> Result<Vec<engram_core::store::UsageRow>> {
+    async fn usage(&self, limit: usize) -> Result<Vec<engram_core::ports::UsageRow>> {
         jobs::usage(&**self.client().await?, limit).await
     }
 

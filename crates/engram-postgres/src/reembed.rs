@@ -3,9 +3,9 @@
 //! that every node sees at once.
 
 use async_trait::async_trait;
-use engram_core::audit::AuditEvent;
-use engram_core::reembed::{ReembedItem, ReembedState, ReembedStore, check_reembed, check_start};
-use engram_core::store::ModelInfo;
+use engram_core::ports::AuditEvent;
+use engram_core::ports::ModelInfo;
+use engram_core::ports::{ReembedItem, ReembedState, ReembedStore, check_reembed, check_start};
 use engram_core::{Error, Result};
 use pgvector::Vector;
 use tokio_postgres::GenericClient;

@@ -3,8 +3,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use engram_core::access::Role;
-use engram_core::keys::{ApiKey, NewKey};
 use engram_core::memory::Scope;
+use engram_core::ports::ApiKey;
+use engram_core::service::NewKey;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

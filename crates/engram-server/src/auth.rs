@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use engram_core::ErrorCode;
 use engram_core::access::Principal;
-use engram_core::service::RequestCtx;
+use engram_core::ctx::RequestCtx;
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};

@@ -4,8 +4,9 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use engram_core::audit::{AuditEvent, AuditQuery, ErasureCounts, ErasureReceipt};
 use engram_core::memory::ScopeField;
+use engram_core::ports::{AuditEvent, AuditQuery, ErasureCounts};
+use engram_core::service::ErasureReceipt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -103,7 +104,7 @@ impl From<ErasureReceipt> for ReceiptOut {
 
 async fn erase(
     app: &AppState,
-    ctx: &engram_core::service::RequestCtx,
+    ctx: &engram_core::ctx::RequestCtx,
     field: ScopeField,
     id: String,
     q: EraseQuery,

@@ -52,7 +52,7 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         None => json!({"status": "not_configured"}),
         Some(p) => {
             let state = p.llm().state();
-            json!({"status": if state == engram_core::llm::LlmState::Closed { "ok" } else { "unavailable" },
+            json!({"status": if state == engram_core::ports::LlmState::Closed { "ok" } else { "unavailable" },
                    "circuit": state.as_str(), "model": p.llm().model()})
         }
     };

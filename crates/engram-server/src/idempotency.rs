@@ -11,8 +11,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use engram_core::ErrorCode;
 use engram_core::access::Principal;
-use engram_core::idempotency::{IdemBegin, MAX_KEY_LEN, StoredResponse};
 use engram_core::memory::hex;
+use engram_core::ports::{IdemBegin, MAX_IDEMPOTENCY_KEY_LEN, StoredResponse};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
@@ -30,14 +30,14 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     let key = match key.to_str() {
         Ok(k)
             if !k.is_empty()
-                && k.len() <= MAX_KEY_LEN
+                && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
                 && k.chars().all(|c| c.is_ascii_graphic()) =>
         {
             k.to_owned()
         }
         _ => {
             return ApiError::invalid(format!(
-                "`Idempotency-Key` must be 1 to {MAX_KEY_LEN} printable ASCII characters"
+                "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
             ))
             .into_response();
         }

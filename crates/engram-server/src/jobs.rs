@@ -2,7 +2,8 @@
 //! pool that processes queued jobs on this node.
 
 use axum::extract::State;
-use engram_core::jobs::{Job, JobRunner, JobState};
+use engram_core::ports::{Job, JobState};
+use engram_core::service::JobRunner;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;

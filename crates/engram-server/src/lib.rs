@@ -33,7 +33,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use engram_core::keys::KeyService;
+use engram_core::service::KeyService;
 use engram_core::service::MemoryService;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -58,7 +58,7 @@ pub struct ServerConfig {
     pub mcp: mcp::McpHttpConfig,
     /// Background workers processing queued jobs (0: none on this node).
     pub workers: usize,
-    pub jobs: engram_core::jobs::JobConfig,
+    pub jobs: engram_core::service::JobConfig,
 }
 
 impl Default for ServerConfig {
@@ -71,7 +71,7 @@ impl Default for ServerConfig {
             rate_limit: RateLimitConfig::default(),
             mcp: mcp::McpHttpConfig::default(),
             workers: 2,
-            jobs: engram_core::jobs::JobConfig::default(),
+            jobs: engram_core::service::JobConfig::default(),
         }
     }
 }
@@ -81,7 +81,7 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub memory: MemoryService,
     pub keys: KeyService,
-    pub jobs: engram_core::jobs::JobQueue,
+    pub jobs: engram_core::service::JobQueue,
     /// Wakes idle workers when a job is queued.
     pub job_ready: Arc<tokio::sync::Notify>,
     pub config: ServerConfig,
@@ -95,8 +95,8 @@ pub struct AppState {
 
 impl AppState {
     /// Runs `infer` adds through the LLM pipeline (extraction, consolidation).
-    pub fn with_pipeline(mut self, pipeline: engram_core::consolidate::Pipeline) -> AppState {
-        self.jobs = engram_core::jobs::JobQueue::new(
+    pub fn with_pipeline(mut self, pipeline: engram_core::pipeline::Pipeline) -> AppState {
+        self.jobs = engram_core::service::JobQueue::new(
             self.memory.clone(),
             self.config.jobs.clone(),
             Some(pipeline),
@@ -106,7 +106,7 @@ impl AppState {
 
     pub fn new(memory: MemoryService, keys: KeyService, config: ServerConfig) -> AppState {
         AppState {
-            jobs: engram_core::jobs::JobQueue::new(memory.clone(), config.jobs.clone(), None),
+            jobs: engram_core::service::JobQueue::new(memory.clone(), config.jobs.clone(), None),
             job_ready: Arc::new(tokio::sync::Notify::new()),
             memory,
             keys,

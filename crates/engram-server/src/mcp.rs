@@ -11,12 +11,11 @@
 use std::sync::Arc;
 
 use engram_core::access::Principal;
+use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
 use engram_core::memory::{Memory, Scope, ScopeField};
-use engram_core::service::{
-    AddInput, Content, MemoryService, Message, RequestCtx, SearchInput, UpdateInput,
-};
-use engram_core::store::Cursor;
+use engram_core::ports::Cursor;
+use engram_core::service::{AddInput, Content, MemoryService, Message, SearchInput, UpdateInput};
 use engram_core::{Error, ErrorCode};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{

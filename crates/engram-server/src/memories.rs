@@ -3,10 +3,10 @@
 
 use axum::extract::State;
 use engram_core::filter::Filter;
-use engram_core::jobs::Added;
 use engram_core::memory::Scope;
+use engram_core::ports::Cursor;
+use engram_core::service::Added;
 use engram_core::service::{SearchInput, UpdateInput};
-use engram_core::store::Cursor;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

@@ -6,9 +6,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use engram_core::access::{Principal, Role};
-use engram_core::keys::{KeyService, NewKey};
+use engram_core::clock::SystemClock;
 use engram_core::memory::Scope;
-use engram_core::service::{MemoryService, SystemClock};
+use engram_core::service::MemoryService;
+use engram_core::service::{KeyService, NewKey};
 use engram_server::auth::{AuthMode, RateLimitConfig};
 use engram_server::{AppState, ServerConfig, app};
 use http_body_util::BodyExt;
@@ -1048,7 +1049,7 @@ async fn metrics_count_routes_searches_and_operations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_adds_are_durable_jobs_with_a_dead_letter_queue() {
-    use engram_core::jobs::{JobConfig, JobRunner};
+    use engram_core::service::{JobConfig, JobRunner};
     let t = test_app().await;
     let runner = JobRunner::new(t.memory.clone(), JobConfig::default(), "test-worker");
     let (s, accepted) = t
@@ -1110,10 +1111,10 @@ async fn async_adds_are_durable_jobs_with_a_dead_letter_queue() {
 
     // A job that cannot succeed lands in the dead-letter queue at once (a retry would not help),
     // and can be re-queued by hand.
-    let bad = engram_core::jobs::Job {
+    let bad = engram_core::ports::Job {
         id: uuid::Uuid::now_v7(),
         kind: "add".into(),
-        state: engram_core::jobs::JobState::Queued,
+        state: engram_core::ports::JobState::Queued,
         payload: json!({"not": "an add"}),
         principal: Principal::operator(),
         scope: Scope {

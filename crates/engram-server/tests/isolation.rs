@@ -11,10 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engram_core::access::{Principal, Role};
+use engram_core::clock::SystemClock;
+use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
-use engram_core::keys::{KeyService, NewKey};
 use engram_core::memory::Scope;
-use engram_core::service::{MemoryService, RequestCtx, SystemClock};
+use engram_core::service::MemoryService;
+use engram_core::service::{KeyService, NewKey};
 use engram_server::auth::RateLimitConfig;
 use engram_server::{AppState, ServerConfig};
 use serde_json::{Value, json};

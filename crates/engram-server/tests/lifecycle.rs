@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use engram_core::audit::AuditQuery;
+use engram_core::ErrorCode;
 use engram_core::config::{HalfLives, IngestConfig, RetrievalConfig};
+use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
 use engram_core::lifecycle::{LifecycleConfig, PolicyRules};
 use engram_core::memory::{MemoryKind, Scope};
-use engram_core::service::{AddInput, Content, MemoryService, RequestCtx, SearchInput};
-use engram_core::{ErrorCode, keys::KeyService};
+use engram_core::ports::AuditQuery;
+use engram_core::service::KeyService;
+use engram_core::service::{AddInput, Content, MemoryService, SearchInput};
 use engram_server::auth::AuthMode;
 use engram_server::{AppState, ServerConfig, app};
 use engram_testkit::ManualClock;
@@ -453,6 +455,6 @@ trait Now {
 
 impl Now for ManualClock {
     fn now_for_test(&self) -> Timestamp {
-        engram_core::service::Clock::now(self)
+        engram_core::clock::Clock::now(self)
     }
 }

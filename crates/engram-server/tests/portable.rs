@@ -7,10 +7,11 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use engram_core::access::{Principal, Role};
+use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
-use engram_core::keys::NewKey;
 use engram_core::memory::Scope;
-use engram_core::service::{AddInput, Content, RequestCtx, SearchInput, UpdateInput};
+use engram_core::service::NewKey;
+use engram_core::service::{AddInput, Content, SearchInput, UpdateInput};
 use engram_server::auth::AuthMode;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};

@@ -15,11 +15,12 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use engram_core::access::Role;
-use engram_core::embed::Embedder;
-use engram_core::keys::NewKey;
+use engram_core::ctx::RequestCtx;
 use engram_core::memory::Scope;
-use engram_core::service::{AddInput, Content, MemoryService, RequestCtx, SearchInput};
-use engram_core::store::ModelInfo;
+use engram_core::ports::Embedder;
+use engram_core::ports::ModelInfo;
+use engram_core::service::NewKey;
+use engram_core::service::{AddInput, Content, MemoryService, SearchInput};
 use engram_core::{Error, ErrorCode};
 use engram_embed::BertEmbedder;
 use engram_server::auth::AuthMode;
@@ -460,7 +461,7 @@ async fn an_interrupted_run_resumes_where_it_stopped() {
         .memory
         .audit(
             &ctx(),
-            engram_core::audit::AuditQuery {
+            engram_core::ports::AuditQuery {
                 action: Some("reembed".into()),
                 limit: 10,
                 ..Default::default()

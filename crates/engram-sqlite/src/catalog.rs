@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use engram_core::filter::Filter;
 use engram_core::memory::{Memory, MemoryId, ScopeField};
-use engram_core::store::{Cursor, ScopeIdStats};
+use engram_core::ports::{Cursor, ScopeIdStats};
 use jiff::Timestamp;
 
 /// A posting entry: ordered by time, then row.

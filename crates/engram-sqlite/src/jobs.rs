@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use engram_core::jobs::{Job, JobCounts, JobState, JobStore};
+use engram_core::ports::{Job, JobCounts, JobState, JobStore};
 use engram_core::{Error, ErrorCode, Result};
 use jiff::Timestamp;
 use rusqlite::{Connection, params};
@@ -247,15 +247,15 @@ impl JobStore for SqliteStore {
 }
 
 #[async_trait]
-impl engram_core::idempotency::IdempotencyStore for SqliteStore {
+impl engram_core::ports::IdempotencyStore for SqliteStore {
     async fn idem_begin(
         &self,
         caller: &str,
         key: &str,
         request_hash: &str,
         now: Timestamp,
-    ) -> Result<engram_core::idempotency::IdemBegin> {
-        use engram_core::idempotency::{ABANDONED_AFTER_SECS, IdemBegin, StoredResponse};
+    ) -> Result<engram_core::ports::IdemBegin> {
+        use engram_core::ports::{IDEMPOTENCY_ABANDONED_AFTER_SECS, IdemBegin, StoredResponse};
         use rusqlite::OptionalExtension;
         let (caller, key, hash) = (caller.to_owned(), key.to_owned(), request_hash.to_owned());
         self.write(move |conn| {
@@ -290,7 +290,7 @@ impl engram_core::idempotency::IdempotencyStore for SqliteStore {
                         body: v["body"].as_str().unwrap_or("").as_bytes().to_vec(),
                     }))
                 }
-                Some((_, _, _, created)) if now.as_millisecond() - created > ABANDONED_AFTER_SECS * 1000 => {
+                Some((_, _, _, created)) if now.as_millisecond() - created > IDEMPOTENCY_ABANDONED_AFTER_SECS * 1000 => {
                     reserve(conn)?;
                     Ok(IdemBegin::New)
                 }
@@ -304,7 +304,7 @@ impl engram_core::idempotency::IdempotencyStore for SqliteStore {
         &self,
         caller: &str,
         key: &str,
-        response: &engram_core::idempotency::StoredResponse,
+        response: &engram_core::ports::StoredResponse,
     ) -> Result<()> {
         let (caller, key) = (caller.to_owned(), key.to_owned());
         let stored = serde_json::json!({
@@ -359,7 +359,7 @@ fn opt(s: String) -> Option<String> {
 }
 
 /// Adds a usage row to its tally (same scope, day and model), inside the caller's transaction.
-pub(crate) fn record_usage(conn: &Connection, row: &engram_core::store::UsageRow) -> Result<()> {
+pub(crate) fn record_usage(conn: &Connection, row: &engram_core::ports::UsageRow) -> Result<()> {
     let s = &row.scope;
     let id = |v: &Option<String>| v.clone().unwrap_or_default();
     conn.execute(
@@ -387,7 +387,7 @@ pub(crate) fn record_usage(conn: &Connection, row: &engram_core::store::UsageRow
     Ok(())
 }
 
-pub(crate) fn usage(conn: &Connection, limit: usize) -> Result<Vec<engram_core::store::UsageRow>> {
+pub(crate) fn usage(conn: &Connection, limit: usize) -> Result<Vec<engram_core::ports::UsageRow>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT org_id, app_id, user_id, agent_id, run_id, day, model, runs, prompt_tokens, \
@@ -399,7 +399,7 @@ pub(crate) fn usage(conn: &Connection, limit: usize) -> Result<Vec<engram_core::
     while let Some(r) = rows.next().map_err(db_err)? {
         let g = |i: usize| r.get::<_, String>(i).map_err(db_err);
         let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64).map_err(db_err);
-        out.push(engram_core::store::UsageRow {
+        out.push(engram_core::ports::UsageRow {
             scope: engram_core::memory::Scope {
                 org_id: opt(g(0)?),
                 app_id: opt(g(1)?),

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use engram_core::access::Role;
-use engram_core::audit::AuditEvent;
-use engram_core::keys::{ApiKey, KeyStore};
 use engram_core::memory::Scope;
+use engram_core::ports::AuditEvent;
+use engram_core::ports::{ApiKey, KeyStore};
 use engram_core::{Error, Result};
 use jiff::Timestamp;
 use rusqlite::{Connection, params};

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use engram_core::filter::Filter;
 use engram_core::fusion::Ranked;
 use engram_core::memory::{Event, HistoryEvent, Memory, MemoryId, Scope, ScopeField};
-use engram_core::store::{
+use engram_core::ports::{
     Cursor, ModelInfo, ScopeIdStats, Store, StoreStats, VectorHits, VectorPath, Visibility, WriteOp,
 };
 use engram_core::{Error, ErrorCode, Result};
@@ -742,7 +742,7 @@ fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32])
     tx.prepare_cached("INSERT INTO memories_fts (rowid, text, scope) VALUES (?1, ?2, ?3)")
         .and_then(|mut s| s.execute(params![rowid, m.text, scope_tokens(&m.scope)]))
         .map_err(db_err)?;
-    for key in engram_core::service::entity_keys(&m.entities) {
+    for key in engram_core::memory::entity_keys(&m.entities) {
         tx.prepare_cached("INSERT OR IGNORE INTO entities (key, memory) VALUES (?1, ?2)")
             .and_then(|mut s| s.execute(params![key, rowid]))
             .map_err(db_err)?;
@@ -901,9 +901,9 @@ impl Store for SqliteStore {
             // `ModelSwitched` (retryable) whatever its vectors' length.
             let model = meta_get(&tx, reembed::BOUND.0)?;
             if let Some(model) = &model {
-                engram_core::store::check_model(&ops, model)?;
+                engram_core::ports::check_model(&ops, model)?;
             }
-            engram_core::store::check_dimensions(&ops, index.dim())?;
+            engram_core::ports::check_dimensions(&ops, index.dim())?;
             let mut applied = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
@@ -914,7 +914,7 @@ impl Store for SqliteStore {
                     } => {
                         let rowid = insert_version(&tx, &memory, &embedding)?;
                         insert_history(&tx, &history)?;
-                        audit::append(&tx, &engram_core::audit::AuditEvent::of_history(&history))?;
+                        audit::append(&tx, &engram_core::ports::AuditEvent::of_history(&history))?;
                         applied.push(Applied::Added {
                             rowid,
                             memory: Arc::new(memory),
@@ -935,7 +935,7 @@ impl Store for SqliteStore {
                         let vector = embedding.unwrap_or_else(|| blob_to_vec(&blob));
                         let rowid = insert_version(&tx, &memory, &vector)?;
                         insert_history(&tx, &history)?;
-                        audit::append(&tx, &engram_core::audit::AuditEvent::of_history(&history))?;
+                        audit::append(&tx, &engram_core::ports::AuditEvent::of_history(&history))?;
                         applied.push(Applied::Closed { rowid: old });
                         applied.push(Applied::Added {
                             rowid,
@@ -946,7 +946,7 @@ impl Store for SqliteStore {
                     WriteOp::Delete { id, at, history } => {
                         let (old, _) = close_current(&tx, id, at, None)?;
                         insert_history(&tx, &history)?;
-                        audit::append(&tx, &engram_core::audit::AuditEvent::of_history(&history))?;
+                        audit::append(&tx, &engram_core::ports::AuditEvent::of_history(&history))?;
                         applied.push(Applied::Closed { rowid: old });
                     }
                     WriteOp::Import { versions, history } => {
@@ -1127,7 +1127,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn usage(&self, limit: usize) -> Result<Vec<engram_core::store::UsageRow>> {
+    async fn usage(&self, limit: usize) -> Result<Vec<engram_core::ports::UsageRow>> {
         self.read(move |conn, _| jobs::usage(conn, limit)).await
     }
 
@@ -1497,9 +1497,9 @@ impl Store for SqliteStore {
 
     async fn erase(
         &self,
-        target: &engram_core::audit::ErasureTarget,
-        audit_event: engram_core::audit::AuditEvent,
-    ) -> Result<engram_core::audit::ErasureCounts> {
+        target: &engram_core::ports::ErasureTarget,
+        audit_event: engram_core::ports::AuditEvent,
+    ) -> Result<engram_core::ports::ErasureCounts> {
         let target = target.clone();
         self.write_tx("erase", move |store, tx| {
             let (counts, current) = audit::erase(&tx, &target, audit_event)?;
@@ -1541,8 +1541,8 @@ impl Store for SqliteStore {
         &self,
         now: Timestamp,
         limit: usize,
-        audit_event: engram_core::audit::AuditEvent,
-    ) -> Result<engram_core::audit::ErasureCounts> {
+        audit_event: engram_core::ports::AuditEvent,
+    ) -> Result<engram_core::ports::ErasureCounts> {
         self.write_tx("sweep", move |store, tx| {
             let (counts, current) = audit::sweep(&tx, now, limit, audit_event)?;
             tx.commit().map_err(db_err)?;

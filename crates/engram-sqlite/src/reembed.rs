@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use engram_core::audit::AuditEvent;
-use engram_core::reembed::{ReembedItem, ReembedState, ReembedStore, check_reembed, check_start};
-use engram_core::store::ModelInfo;
+use engram_core::ports::AuditEvent;
+use engram_core::ports::ModelInfo;
+use engram_core::ports::{ReembedItem, ReembedState, ReembedStore, check_reembed, check_start};
 use engram_core::{Error, Result};
 use rusqlite::{Connection, params};
 

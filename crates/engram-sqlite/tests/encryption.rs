@@ -7,7 +7,7 @@ use std::path::Path;
 
 use engram_core::filter::Filter;
 use engram_core::memory::Scope;
-use engram_core::store::{Store, Visibility, WriteOp};
+use engram_core::ports::{Store, Visibility, WriteOp};
 use engram_sqlite::{DbKey, GRAPH_FILE, SqliteOptions, SqliteStore, rekey};
 use engram_store_tests::{insert, memory, model, user, vector};
 

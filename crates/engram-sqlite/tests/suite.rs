@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use engram_core::filter::Filter;
-use engram_core::store::{Store, VectorPath};
+use engram_core::ports::{Store, VectorPath};
 use engram_index::IndexConfig;
 use engram_sqlite::{GRAPH_FILE, SqliteOptions, SqliteStore};
 use engram_store_tests::{Fixture, insert, memory, model, user, vector};
@@ -41,8 +41,8 @@ mod hnsw_path {
     engram_store_tests::store_suite!(super::sqlite_hnsw);
 }
 
-fn vis() -> engram_core::store::Visibility {
-    engram_core::store::Visibility {
+fn vis() -> engram_core::ports::Visibility {
+    engram_core::ports::Visibility {
         now: jiff::Timestamp::from_second(1_760_000_000).unwrap(),
     }
 }
@@ -153,14 +153,14 @@ async fn not_writable_while_another_process_holds_the_write_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_open_beside_a_running_store() {
-    use engram_core::keys::KeyStore;
+    use engram_core::ports::KeyStore;
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default())
         .await
         .unwrap();
     // `engram keys create` against a directory a server has open.
     let cli = engram_sqlite::SqliteKeys::open(dir.path(), None).unwrap();
-    let key = engram_core::keys::ApiKey {
+    let key = engram_core::ports::ApiKey {
         id: "0123456789abcdef".into(),
         name: "ops".into(),
         role: engram_core::access::Role::Admin,
@@ -173,7 +173,7 @@ async fn keys_open_beside_a_running_store() {
         created_by: "cli".into(),
         revoked_at: None,
     };
-    let audit = engram_core::audit::AuditEvent::new(
+    let audit = engram_core::ports::AuditEvent::new(
         key.created_at,
         "cli".into(),
         "key.create",

@@ -17,7 +17,7 @@ use engram_core::filter::Filter;
 use engram_core::memory::{
     Entity, Event, HistoryEvent, Memory, MemoryId, MemoryKind, Scope, text_hash,
 };
-use engram_core::store::{Cursor, ModelInfo, Store, VectorPath, Visibility, WriteOp};
+use engram_core::ports::{Cursor, ModelInfo, Store, VectorPath, Visibility, WriteOp};
 use engram_core::{ErrorCode, filter};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
@@ -827,7 +827,7 @@ pub async fn counts_and_scope_ids(f: Fixture) {
 /// only under the lease, retries, lease expiry, the dead-letter state.
 pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
     use engram_core::access::Principal;
-    use engram_core::jobs::{Job, JobState};
+    use engram_core::ports::{Job, JobState};
     use std::time::Duration;
     bound(&f).await;
     let at = |s: i64| t0() + SignedDuration::from_secs(s);
@@ -1038,7 +1038,7 @@ pub async fn versions_as_they_stood(f: Fixture) {
 
 /// LLM usage rows add up per scope, day and model.
 pub async fn llm_usage_is_tallied(f: Fixture) {
-    use engram_core::store::UsageRow;
+    use engram_core::ports::UsageRow;
     bound(&f).await;
     let row = |who: &str, day: &str, p: u64| UsageRow {
         scope: Scope {
@@ -1084,7 +1084,7 @@ pub async fn llm_usage_is_tallied(f: Fixture) {
 /// API keys: stored with their binding, found by id, listed, revoked once.
 pub async fn keys_round_trip(f: Fixture) {
     use engram_core::access::Role;
-    use engram_core::keys::{ApiKey, KeyStore};
+    use engram_core::ports::{ApiKey, KeyStore};
     let keys: Arc<dyn KeyStore> = f.store.clone();
     let key = |id: &str, org: &str, user: Option<&str>, at: i64| ApiKey {
         id: id.into(),
@@ -1107,7 +1107,7 @@ pub async fn keys_round_trip(f: Fixture) {
         ..key("00000000000000bb", "globex", None, 2)
     };
     let ev = |action: &str, k: &ApiKey| {
-        engram_core::audit::AuditEvent::new(
+        engram_core::ports::AuditEvent::new(
             k.created_at,
             "cli".into(),
             action,
@@ -1156,7 +1156,7 @@ pub async fn keys_round_trip(f: Fixture) {
     // Creations and the one revocation were audited; the refused ones were not.
     let audit = f
         .store
-        .audit_list(&engram_core::audit::AuditQuery {
+        .audit_list(&engram_core::ports::AuditQuery {
             limit: 100,
             ..Default::default()
         })
@@ -1186,7 +1186,7 @@ pub async fn keys_round_trip(f: Fixture) {
 /// memory, request id, no text); explicit events append; listing filters by
 /// org, action and position; the log refuses changes.
 pub async fn audit_records_writes(f: Fixture) {
-    use engram_core::audit::{AuditEvent, AuditQuery};
+    use engram_core::ports::{AuditEvent, AuditQuery};
     bound(&f).await;
     let mut a = memory("Ann's secret: she plays the tuba", user("ann"), 1);
     a.scope.org_id = Some("acme".into());
@@ -1276,7 +1276,7 @@ pub async fn audit_records_writes(f: Fixture) {
 /// entry — in batches of `limit`, audited with counts only when it removed
 /// something.
 pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
-    use engram_core::audit::{AuditEvent, AuditQuery};
+    use engram_core::ports::{AuditEvent, AuditQuery};
     bound(&f).await;
     let at = |mins: i64| t0() + SignedDuration::from_mins(mins);
     let mut a = memory("Gus is staying at the Hotel Lisboa", user("gus"), 0);
@@ -1353,7 +1353,7 @@ pub async fn expiry_moves_and_sweep_removes_everything(f: Fixture) {
     ac.sort();
     assert_eq!(live(121).await, ac, "b expired at minute 120");
 
-    let keys = engram_core::service::entity_keys(&a2.entities);
+    let keys = engram_core::memory::entity_keys(&a2.entities);
     assert!(!keys.is_empty(), "{:?}", a2.entities);
     let found = |hits: Vec<(MemoryId, f32)>| hits.iter().any(|(id, _)| *id == a.id);
     assert!(found(
@@ -1538,9 +1538,9 @@ pub async fn import_writes_a_memory_once(f: Fixture) {
 /// usage, keys bound to them, idempotency records of the org's callers — and
 /// nothing of anyone else; it is audited with counts and without the id.
 pub async fn erasure_removes_every_trace(f: Fixture) {
-    use engram_core::audit::{AuditEvent, AuditQuery, ErasureTarget};
-    use engram_core::idempotency::{IdemBegin, StoredResponse};
     use engram_core::memory::ScopeField;
+    use engram_core::ports::{AuditEvent, AuditQuery, ErasureTarget};
+    use engram_core::ports::{IdemBegin, StoredResponse};
     bound(&f).await;
     let org = |mut s: Scope| {
         s.org_id = Some("acme".into());
@@ -1571,10 +1571,10 @@ pub async fn erasure_removes_every_trace(f: Fixture) {
         .await
         .unwrap();
     // A dead job and a queued one about erin, one about frank.
-    let job = |scope: Scope, text: &str| engram_core::jobs::Job {
+    let job = |scope: Scope, text: &str| engram_core::ports::Job {
         id: uuid::Uuid::now_v7(),
         kind: "add".into(),
-        state: engram_core::jobs::JobState::Queued,
+        state: engram_core::ports::JobState::Queued,
         payload: json!({"content": {"text": text}}),
         principal: engram_core::access::Principal::operator(),
         scope,
@@ -1594,7 +1594,7 @@ pub async fn erasure_removes_every_trace(f: Fixture) {
     f.store.job_insert(&erin_job).await.unwrap();
     f.store.job_insert(&frank_job).await.unwrap();
     // Keys of acme: an admin's, and erin's own app key (which names her).
-    let key = |id: &str, user: Option<&str>| engram_core::keys::ApiKey {
+    let key = |id: &str, user: Option<&str>| engram_core::ports::ApiKey {
         id: id.into(),
         name: "k".into(),
         role: engram_core::access::Role::Admin,
@@ -1852,7 +1852,7 @@ pub async fn reembed_migrates_then_switches(f: Fixture) {
 
     // Not done: the switch refuses and searches still use the old vectors.
     let audit =
-        || engram_core::audit::AuditEvent::new(t0(), "suite".into(), "reembed", None, None, None);
+        || engram_core::ports::AuditEvent::new(t0(), "suite".into(), "reembed", None, None, None);
     assert_eq!(f.store.reembed_switch(&next, audit()).await.unwrap(), 2);
     let scope_a = Filter::from_scope(&user("a"));
     let hits = f
@@ -1929,7 +1929,7 @@ pub async fn reembed_migrates_then_switches(f: Fixture) {
     assert_eq!(err.code, ErrorCode::EmbeddingModelMismatch);
     let audited = f
         .store
-        .audit_list(&engram_core::audit::AuditQuery {
+        .audit_list(&engram_core::ports::AuditQuery {
             action: Some("reembed".into()),
             limit: 10,
             ..Default::default()

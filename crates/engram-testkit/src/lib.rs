@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use engram_core::service::Clock;
+use engram_core::clock::Clock;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 

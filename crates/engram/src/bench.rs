@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use engram_core::embed::Embedder;
+use engram_core::clock::SystemClock;
+use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
 use engram_core::memory::{Event, HistoryEvent, Memory, MemoryKind, Scope, text_hash};
-use engram_core::service::{
-    AddInput, Content, MemoryService, RequestCtx, SearchInput, SystemClock,
-};
-use engram_core::store::{Store, WriteOp};
+use engram_core::ports::Embedder;
+use engram_core::ports::{Store, WriteOp};
+use engram_core::service::{AddInput, Content, MemoryService, SearchInput};
 use engram_core::text::tag_entities;
 use engram_server::{AppState, ServerConfig};
 use engram_sqlite::{SqliteOptions, SqliteStore};
@@ -272,7 +272,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let model_id = embedder.model().id.clone();
     let now = jiff::Timestamp::now();
     let mut to_expire: Vec<uuid::Uuid> = Vec::with_capacity(args.memories / 10 + 1);
-    let far = engram_core::service::to_millis(now + jiff::SignedDuration::from_hours(24 * 365));
+    let far = engram_core::clock::to_millis(now + jiff::SignedDuration::from_hours(24 * 365));
     let t_load = Instant::now();
     let mut batch = Vec::with_capacity(1000);
     for i in 0..args.memories {
@@ -422,7 +422,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 agent_id: Some("assistant".into()),
                 ..Default::default()
             }),
-            engram_core::store::Visibility {
+            engram_core::ports::Visibility {
                 now: jiff::Timestamp::now(),
             },
         )
@@ -452,11 +452,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     // Through authentication, as a client sees it: a key bound to the bench's org.
-    let keys = engram_core::keys::KeyService::new(store.keys(), Arc::new(SystemClock));
+    let keys = engram_core::service::KeyService::new(store.keys(), Arc::new(SystemClock));
     let (_, token) = keys
         .create(
             &engram_core::access::Principal::operator(),
-            engram_core::keys::NewKey {
+            engram_core::service::NewKey {
                 name: "bench".into(),
                 role: None,
                 binding: Scope {

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
 use engram_core::memory::Scope;
-use engram_core::service::{AddInput, Content, MemoryService, RequestCtx, SearchInput};
+use engram_core::service::{AddInput, Content, MemoryService, SearchInput};
 use serde_json::{Value, json};
 
 use crate::runtime::{LogArgs, StoreArgs};
@@ -579,7 +580,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
             .store()
             .count(
                 &filter,
-                engram_core::store::Visibility { now: service.now() },
+                engram_core::ports::Visibility { now: service.now() },
             )
             .await?;
         let bar = progress(total as u64, "{bar:40} {pos}/{len} memories ({eta})");

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use engram_core::clock::Clock;
 use engram_core::config::{RetrievalConfig, SignalWeights};
+use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
 use engram_core::memory::Scope;
-use engram_core::service::{
-    AddInput, Clock, Content, MemoryService, Message, RequestCtx, SearchInput,
-};
+use engram_core::service::{AddInput, Content, MemoryService, Message, SearchInput};
 use engram_sqlite::{SqliteOptions, SqliteStore};
 use jiff::Timestamp;
 use serde::Serialize;

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use engram_core::access::{Principal, Role};
-use engram_core::keys::{ApiKey, KeyService, NewKey};
+use engram_core::clock::SystemClock;
 use engram_core::memory::Scope;
-use engram_core::service::SystemClock;
+use engram_core::ports::ApiKey;
+use engram_core::service::{KeyService, NewKey};
 use serde_json::json;
 
 #[derive(clap::Subcommand, Debug)]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use engram_core::embed::Embedder;
-use engram_core::reembed::ReembedState;
+use engram_core::ports::Embedder;
+use engram_core::ports::ReembedState;
 use serde_json::{Value, json};
 
 use crate::cli::{Target, cli_ctx, local, progress, request, send};
@@ -24,7 +24,7 @@ pub struct ReembedArgs {
     #[arg(long)]
     pub to_embed_base_url: Option<String>,
     /// Texts embedded per batch (1–4096).
-    #[arg(long, default_value_t = engram_core::reembed::DEFAULT_BATCH)]
+    #[arg(long, default_value_t = engram_core::service::DEFAULT_BATCH)]
     pub batch: usize,
     /// Print where a re-embedding stands and exit.
     #[arg(long, conflicts_with_all = ["model", "cancel"])]

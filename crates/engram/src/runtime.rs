@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use engram_core::clock::SystemClock;
 use engram_core::config::{
     FusionMethod, HalfLives, IngestConfig, Normalization, RetrievalConfig, SignalWeights,
 };
-use engram_core::keys::KeyStore;
 use engram_core::lifecycle::{self, LifecycleConfig, PolicyRules, ScopePolicy};
-use engram_core::service::{MemoryService, SystemClock};
-use engram_core::store::Store;
+use engram_core::ports::KeyStore;
+use engram_core::ports::Store;
+use engram_core::service::MemoryService;
 use engram_embed::BertEmbedder;
 use engram_index::IndexConfig;
 use engram_postgres::{PgOptions, PgStore};
@@ -520,7 +521,7 @@ pub async fn load_embedder(dir: PathBuf) -> anyhow::Result<Arc<BertEmbedder>> {
 }
 
 /// The configured embedder: a remote OpenAI-compatible endpoint, or the local model.
-async fn embedder(args: &StoreArgs) -> anyhow::Result<Arc<dyn engram_core::embed::Embedder>> {
+async fn embedder(args: &StoreArgs) -> anyhow::Result<Arc<dyn engram_core::ports::Embedder>> {
     match &args.embed_base_url {
         Some(url) => remote_embedder(url, &args.embed_model, args.embed_api_key.clone()).await,
         None => Ok(load_embedder(args.model_dir()).await?),
@@ -532,7 +533,7 @@ pub async fn remote_embedder(
     url: &str,
     model: &str,
     api_key: Option<String>,
-) -> anyhow::Result<Arc<dyn engram_core::embed::Embedder>> {
+) -> anyhow::Result<Arc<dyn engram_core::ports::Embedder>> {
     let mut cfg = engram_llm::ClientConfig::new(url.to_owned(), model.to_owned());
     cfg.api_key = api_key;
     let e = engram_llm::OpenAiEmbedder::connect(

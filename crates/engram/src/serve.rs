@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use engram_core::keys::KeyService;
-use engram_core::service::SystemClock;
+use engram_core::clock::SystemClock;
+use engram_core::service::KeyService;
 use engram_server::auth::{AuthMode, RateLimitConfig};
 use engram_server::{AppState, ServerConfig};
 
@@ -186,7 +186,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             allowed_origins: args.mcp_allowed_origins.clone(),
         },
         workers: args.workers,
-        jobs: engram_core::jobs::JobConfig {
+        jobs: engram_core::service::JobConfig {
             max_attempts: args.job_max_attempts,
             lease: std::time::Duration::from_secs(args.job_lease_secs),
             ..Default::default()
@@ -218,7 +218,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 std::sync::Arc::new(SystemClock),
             )?;
             tracing::info!(url = %url, model = %args.llm_model, "LLM configured: adds extract and consolidate facts in the background");
-            state = state.with_pipeline(engram_core::consolidate::Pipeline::new(
+            state = state.with_pipeline(engram_core::pipeline::Pipeline::new(
                 service,
                 std::sync::Arc::new(chat),
             ));

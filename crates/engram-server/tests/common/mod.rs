@@ -6,10 +6,11 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use engram_core::clock::SystemClock;
 use engram_core::config::{IngestConfig, RetrievalConfig};
-use engram_core::keys::KeyStore;
-use engram_core::service::{MemoryService, SystemClock};
-use engram_core::store::Store;
+use engram_core::ports::KeyStore;
+use engram_core::ports::Store;
+use engram_core::service::MemoryService;
 use engram_embed::BertEmbedder;
 use engram_sqlite::{SqliteOptions, SqliteStore};
 
@@ -83,7 +84,7 @@ pub async fn open(dir: &Path) -> (Opened, MemoryService) {
 pub struct Node {
     pub router: axum::Router,
     pub memory: MemoryService,
-    pub keys: engram_core::keys::KeyService,
+    pub keys: engram_core::service::KeyService,
     pub store: Opened,
     _dir: tempfile::TempDir,
 }
@@ -97,7 +98,7 @@ pub async fn node_with(
 ) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let (store, memory) = open(dir.path()).await;
-    let keys = engram_core::keys::KeyService::new(store.keys(), Arc::new(SystemClock));
+    let keys = engram_core::service::KeyService::new(store.keys(), Arc::new(SystemClock));
     let config = engram_server::ServerConfig {
         auth,
         ..engram_server::ServerConfig::default()

@@ -10,16 +10,13 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use jiff::Timestamp;
 use lru::LruCache;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::access::{Principal, Role};
-use crate::audit::AuditEvent;
+use crate::clock::{Clock, to_millis};
 use crate::memory::{Scope, hex, validate_scope_id};
-use crate::service::{Clock, to_millis};
+use crate::ports::{ApiKey, AuditEvent, KeyStore};
 use crate::{Error, ErrorCode, Result};
 
 /// Prefix of every key; lets secret scanners recognise leaked keys.
@@ -32,33 +29,6 @@ pub const MAX_RATE_LIMIT: u32 = 1_000_000;
 /// Longest key name accepted.
 pub const MAX_KEY_NAME: usize = 128;
 
-/// A key as stored and listed (never its secret).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ApiKey {
-    pub id: String,
-    pub name: String,
-    pub role: Role,
-    /// The scope ids the key is tied to; `org_id` is always set.
-    pub binding: Scope,
-    /// Requests per minute (`None`: the server default).
-    pub rate_limit: Option<u32>,
-    pub created_at: Timestamp,
-    /// Who created it (`key:<id>` or `cli`).
-    pub created_by: String,
-    pub revoked_at: Option<Timestamp>,
-}
-
-impl ApiKey {
-    pub fn principal(&self) -> Principal {
-        Principal {
-            key_id: Some(self.id.clone()),
-            role: self.role,
-            binding: self.binding.clone(),
-            rate_limit: self.rate_limit,
-        }
-    }
-}
-
 /// What to create.
 #[derive(Debug, Clone, Default)]
 pub struct NewKey {
@@ -66,20 +36,6 @@ pub struct NewKey {
     pub role: Option<Role>,
     pub binding: Scope,
     pub rate_limit: Option<u32>,
-}
-
-/// Where keys live. Implemented by every store backend.
-#[async_trait]
-pub trait KeyStore: Send + Sync + 'static {
-    /// Stores a new key and appends `audit`, in one transaction.
-    async fn key_insert(&self, key: &ApiKey, secret_hash: &str, audit: &AuditEvent) -> Result<()>;
-    /// The key and the SHA-256 (hex) of its secret.
-    async fn key_get(&self, id: &str) -> Result<Option<(ApiKey, String)>>;
-    /// Every key, revoked ones included, oldest first.
-    async fn key_list(&self) -> Result<Vec<ApiKey>>;
-    /// Marks a key revoked and appends `audit`; false (and no audit) when it
-    /// does not exist or already was.
-    async fn key_revoke(&self, id: &str, at: Timestamp, audit: &AuditEvent) -> Result<bool>;
 }
 
 /// SHA-256 of a presented key → the principal it resolved to, and when.

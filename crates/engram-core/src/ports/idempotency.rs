@@ -9,10 +9,10 @@ use jiff::Timestamp;
 use crate::Result;
 
 /// Longest key accepted.
-pub const MAX_KEY_LEN: usize = 255;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// A reservation older than this whose request never finished (its node died)
 /// may be taken over by a retry.
-pub const ABANDONED_AFTER_SECS: i64 = 60;
+pub const IDEMPOTENCY_ABANDONED_AFTER_SECS: i64 = 60;
 
 /// A stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -76,7 +76,7 @@ pub enum WriteOp {
     RecordUsage(UsageRow),
     /// Appends an audit event (memory writes are audited from their history
     /// rows without one).
-    Audit(crate::audit::AuditEvent),
+    Audit(crate::ports::AuditEvent),
 }
 
 impl WriteOp {
@@ -264,11 +264,11 @@ pub fn check_model(ops: &[WriteOp], model: &str) -> Result<()> {
 /// A storage backend: memories, their indexes and history, and API keys.
 #[async_trait]
 pub trait Store:
-    crate::keys::KeyStore
-    + crate::jobs::JobStore
-    + crate::idempotency::IdempotencyStore
-    + crate::audit::AuditStore
-    + crate::reembed::ReembedStore
+    crate::ports::KeyStore
+    + crate::ports::JobStore
+    + crate::ports::IdempotencyStore
+    + crate::ports::AuditStore
+    + crate::ports::ReembedStore
     + Send
     + Sync
     + 'static
@@ -381,9 +381,9 @@ pub trait Store:
     /// detail. Returns the counts.
     async fn erase(
         &self,
-        target: &crate::audit::ErasureTarget,
-        audit: crate::audit::AuditEvent,
-    ) -> Result<crate::audit::ErasureCounts>;
+        target: &crate::ports::ErasureTarget,
+        audit: crate::ports::AuditEvent,
+    ) -> Result<crate::ports::ErasureCounts>;
 
     /// Rewrites the store's files so deleted records' bytes are gone from
     /// disk (checkpoint, index merge, vacuum). Returns whether that is what
@@ -398,6 +398,6 @@ pub trait Store:
         &self,
         now: Timestamp,
         limit: usize,
-        audit: crate::audit::AuditEvent,
-    ) -> Result<crate::audit::ErasureCounts>;
+        audit: crate::ports::AuditEvent,
+    ) -> Result<crate::ports::ErasureCounts>;
 }

@@ -1,27 +1,14 @@
-//! The embedding port and the query-embedding cache.
+//! The query-embedding cache: an LRU of query texts' vectors in front of
+//! an [`Embedder`].
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use lru::LruCache;
 
 use crate::Result;
-use crate::store::ModelInfo;
-
-/// Turns texts into unit-length vectors.
-#[async_trait]
-pub trait Embedder: Send + Sync + 'static {
-    /// The model's id and dimension; recorded by the store.
-    fn model(&self) -> &ModelInfo;
-
-    /// Embeds a batch. Every vector has `model().dim` components and unit L2 norm.
-    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
-
-    /// Counts the tokens of `text` with the model's tokenizer (no special tokens).
-    fn count_tokens(&self, text: &str) -> usize;
-}
+use crate::ports::Embedder;
 
 /// An LRU cache in front of an [`Embedder`] for query texts.
 pub struct QueryCache {
@@ -89,7 +76,10 @@ impl QueryCache {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
+    use async_trait::async_trait;
+
     use super::*;
+    use crate::ports::ModelInfo;
 
     /// Counts calls; returns a one-hot vector per text length.
     struct Counting {

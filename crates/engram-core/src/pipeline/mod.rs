@@ -16,6 +16,10 @@
 //! The result is a batch of [`WriteOp`]s the caller applies in one
 //! transaction (a job appends its own completion to it).
 
+mod json;
+
+pub use json::{JsonAnswer, chat_json, parse_json_lenient};
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -23,13 +27,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::clock::to_millis;
+use crate::ctx::RequestCtx;
 use crate::filter::Filter;
-use crate::llm::{ChatMessage, ChatRequest, JsonSchema, Llm, Usage, chat_json};
 use crate::memory::{Entity, Event, Memory, MemoryKind, Scope, text_hash};
-use crate::service::{
-    AddInput, AddResult, Content, MemoryService, RequestCtx, SearchInput, to_millis,
-};
-use crate::store::{UsageRow, WriteOp};
+use crate::ports::{ChatMessage, ChatRequest, JsonSchema, Llm, Usage};
+use crate::ports::{UsageRow, WriteOp};
+use crate::service::{AddInput, AddResult, Content, MemoryService, SearchInput};
 use crate::{Error, ErrorCode, Result, text};
 
 /// Neighbours shown per fact.

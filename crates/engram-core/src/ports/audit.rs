@@ -19,8 +19,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::Result;
 use crate::memory::{Event, HistoryEvent, ScopeField};
-use crate::{Error, Result};
 
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,26 +147,4 @@ pub struct ErasureCounts {
     pub llm_usage_rows: u64,
     /// API keys bound to the target (they name it).
     pub api_keys: u64,
-}
-
-/// What an erasure returns, and what the audit log keeps (without the id).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ErasureReceipt {
-    pub receipt_id: Uuid,
-    /// `user_id`, `agent_id`, `run_id` or `org_id`.
-    pub field: String,
-    pub id: String,
-    pub org_id: Option<String>,
-    pub erased: ErasureCounts,
-    /// Whether the store's files were compacted afterwards (freed pages
-    /// overwritten), so the erased bytes are gone from disk too.
-    pub compacted: bool,
-    pub started_at: Timestamp,
-    pub finished_at: Timestamp,
-}
-
-/// Checks an id named in an erasure path.
-pub fn validate_target(field: ScopeField, id: &str) -> Result<()> {
-    crate::memory::validate_scope_id(field, id)
-        .map_err(|e| Error::invalid(format!("cannot erase: {}", e.message)))
 }

@@ -1,0 +1,329 @@
+//! The verbatim add (no LLM): validation, splitting into pieces, one
+//! embedding batch, duplicates answered `NOOP`, one store transaction.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use uuid::Uuid;
+
+use super::dot;
+use crate::access::Role;
+use crate::clock::to_millis;
+use crate::ctx::RequestCtx;
+use crate::filter::Filter;
+use crate::memory::{Event, HistoryEvent, Memory, MemoryId, MemoryKind, Scope, text_hash};
+use crate::ports::{Visibility, WriteOp};
+use crate::service::{AddInput, AddResult, Content, MAX_NAME_BYTES, MemoryService};
+use crate::telemetry;
+use crate::text;
+use crate::{Error, ErrorCode, Result};
+
+impl MemoryService {
+    /// Stores messages or a text verbatim (no LLM): one memory per turn,
+    /// long turns split by sentence, exact and near-duplicates in the same
+    /// scope reported as NOOP. Every new memory writes an ADD history event.
+    pub async fn add(&self, ctx: &RequestCtx, input: AddInput) -> Result<Vec<AddResult>> {
+        let mut out = self.add_batch(ctx, vec![input]).await?;
+        out.pop()
+            .ok_or_else(|| Error::internal("add_batch returned no result"))
+    }
+
+    /// [`add`](Self::add) for several inputs at once: one embedding batch and
+    /// one store transaction for all of them (imports, evaluations). Results
+    /// come back per input, in order. Any invalid input fails the whole batch.
+    pub async fn add_batch(
+        &self,
+        ctx: &RequestCtx,
+        inputs: Vec<AddInput>,
+    ) -> Result<Vec<Vec<AddResult>>> {
+        let (ops, all_results) = self.prepare_add(ctx, inputs).await?;
+        if !ops.is_empty() {
+            self.inner.store.apply(ops).await?;
+        }
+        // Saying a known fact again is a use of it.
+        let repeated: Vec<MemoryId> = all_results
+            .iter()
+            .flatten()
+            .filter(|r| r.event == Event::Noop)
+            .map(|r| r.id)
+            .collect();
+        if !repeated.is_empty() {
+            let mut known = self.inner.store.get_many(&repeated, self.vis()).await?;
+            self.touch(known.iter_mut()).await;
+        }
+        for r in all_results.iter().flatten() {
+            telemetry::memory_event(r.event, 1);
+        }
+        Ok(all_results)
+    }
+
+    /// Checks an add without doing it (no embedding, no write): the role, the
+    /// binding, the content's limits. Returns the input with the bound scope,
+    /// ready to queue.
+    pub fn validate_add(&self, ctx: &RequestCtx, mut input: AddInput) -> Result<AddInput> {
+        ctx.principal.require(Role::ReadWrite, "adding memories")?;
+        input.scope = ctx.principal.bind_scope(input.scope)?;
+        self.pieces(&input, self.now())?;
+        Ok(input)
+    }
+
+    /// Everything an add does except the write: the store operations and the
+    /// results they will produce. A job runner appends its own completion to
+    /// the same transaction.
+    pub async fn prepare_add(
+        &self,
+        ctx: &RequestCtx,
+        inputs: Vec<AddInput>,
+    ) -> Result<(Vec<WriteOp>, Vec<Vec<AddResult>>)> {
+        ctx.principal.require(Role::ReadWrite, "adding memories")?;
+        let procedural = |i: &AddInput| i.kind == MemoryKind::Procedural;
+        if !inputs.iter().any(procedural) {
+            let (mut ops, results) = self.prepare_verbatim(ctx, inputs).await?;
+            self.cap_episodic(ctx, &mut ops).await?;
+            return Ok((ops, results));
+        }
+        // Procedural adds maintain one memory per agent; take inputs one at a time.
+        let mut ops = Vec::new();
+        let mut results = Vec::new();
+        for input in inputs {
+            let (o, r) = if procedural(&input) {
+                let (o, r) = self.prepare_procedural(ctx, input, None).await?;
+                (o, vec![r])
+            } else {
+                let (o, mut r) = self.prepare_verbatim(ctx, vec![input]).await?;
+                (o, r.pop().unwrap_or_default())
+            };
+            ops.extend(o);
+            results.push(r);
+        }
+        self.cap_episodic(ctx, &mut ops).await?;
+        Ok((ops, results))
+    }
+
+    /// The verbatim (no-LLM) add: pieces, duplicates as NOOP.
+    pub(super) async fn prepare_verbatim(
+        &self,
+        ctx: &RequestCtx,
+        inputs: Vec<AddInput>,
+    ) -> Result<(Vec<WriteOp>, Vec<Vec<AddResult>>)> {
+        let now = self.now();
+        let mut prepared = Vec::with_capacity(inputs.len());
+        let mut texts: Vec<String> = Vec::new();
+        for mut input in inputs {
+            input.scope = ctx.principal.bind_scope(input.scope)?;
+            let pieces = self.pieces(&input, now)?;
+            texts.extend(pieces.iter().map(|(_, t)| t.clone()));
+            prepared.push((input, pieces));
+        }
+        // One model for the vectors and their label (a re-embedding may switch it meanwhile).
+        let embedder = self.embedder();
+        let mut vectors = Self::embed_with(&*embedder, &texts).await?.into_iter();
+        let vis = Visibility { now };
+        let threshold = self.inner.ingest.dedup_threshold;
+        let mut ops = Vec::new();
+        let mut all_results = Vec::with_capacity(prepared.len());
+        // Memories added earlier in this batch, per scope, for duplicate checks within the batch.
+        let mut batch: Vec<(Scope, MemoryId, String, Vec<f32>)> = Vec::new();
+        for (input, pieces) in prepared {
+            let (expires_at, idle_ttl) = self.expiry_of(&input, now)?;
+            let scope_filter = Filter::exact_scope(&input.scope);
+            let at = input.timestamp.map(to_millis).unwrap_or(now);
+            let mut results = Vec::with_capacity(pieces.len());
+            for (role, piece) in pieces {
+                let vector = vectors
+                    .next()
+                    .ok_or_else(|| Error::internal("vector count changed"))?;
+                let hash = text_hash(&piece);
+                if let Some((_, id, _, _)) = batch.iter().find(|(s, _, h, v)| {
+                    *s == input.scope && (*h == hash || dot(v, &vector) >= threshold)
+                }) {
+                    results.push(AddResult {
+                        id: *id,
+                        memory: piece,
+                        event: Event::Noop,
+                    });
+                    continue;
+                }
+                if let Some(existing) = self
+                    .find_duplicate(&scope_filter, &input.scope, &hash, &vector, threshold, vis)
+                    .await?
+                {
+                    results.push(AddResult {
+                        id: existing,
+                        memory: piece,
+                        event: Event::Noop,
+                    });
+                    continue;
+                }
+                let id = Uuid::now_v7();
+                let memory = Memory {
+                    id,
+                    version: 1,
+                    entities: text::tag_entities(&piece),
+                    tokens: embedder.count_tokens(&piece) as u32,
+                    hash: hash.clone(),
+                    text: piece.clone(),
+                    kind: input.kind,
+                    scope: input.scope.clone(),
+                    metadata: input.metadata.clone(),
+                    categories: input.categories.clone(),
+                    role,
+                    created_at: at,
+                    updated_at: at,
+                    valid_at: input.timestamp.map(to_millis),
+                    invalid_at: None,
+                    expires_at,
+                    idle_ttl,
+                    embedding_model: embedder.model().id.clone(),
+                };
+                let history =
+                    self.history_event(ctx, &memory, Event::Add, None, Some(piece.clone()), now);
+                results.push(AddResult {
+                    id,
+                    memory: piece,
+                    event: Event::Add,
+                });
+                batch.push((input.scope.clone(), id, hash, vector.clone()));
+                ops.push(WriteOp::Insert {
+                    memory,
+                    embedding: vector,
+                    history,
+                });
+            }
+            all_results.push(results);
+        }
+        Ok((ops, all_results))
+    }
+
+    /// Validates an add and splits its content into the texts to store, with their roles.
+    pub(super) fn pieces(
+        &self,
+        input: &AddInput,
+        now: Timestamp,
+    ) -> Result<Vec<(Option<String>, String)>> {
+        input.scope.validate_for_write()?;
+        if let Some(exp) = input.expires_at
+            && exp <= now
+        {
+            return Err(Error::invalid("`expires_at` is in the past"));
+        }
+        self.expiry_of(input, now)?;
+        // (role, speaker name, content) per turn.
+        let turns: Vec<(Option<String>, Option<String>, String)> = match &input.content {
+            Content::Text(t) => {
+                self.check_text(t, "`text`")?;
+                vec![(None, None, t.clone())]
+            }
+            Content::Messages(messages) => {
+                let max = self.inner.ingest.max_messages;
+                if messages.len() > max {
+                    return Err(Error::new(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "{} messages in one add; the maximum is {max}",
+                            messages.len()
+                        ),
+                    ));
+                }
+                let mut turns = Vec::with_capacity(messages.len());
+                for (i, m) in messages.iter().enumerate() {
+                    if !matches!(m.role.as_str(), "user" | "assistant" | "system" | "tool") {
+                        return Err(Error::invalid(format!(
+                            "`messages[{i}].role` is `{}`; expected user, assistant, system or tool",
+                            m.role
+                        )));
+                    }
+                    self.check_text(&m.content, &format!("`messages[{i}].content`"))?;
+                    if m.name
+                        .as_ref()
+                        .is_some_and(|n| n.len() > MAX_NAME_BYTES || n.contains(['\n', '\r']))
+                    {
+                        return Err(Error::invalid(format!(
+                            "`messages[{i}].name` must be one line of at most {MAX_NAME_BYTES} bytes"
+                        )));
+                    }
+                    let name = m
+                        .name
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned);
+                    turns.push((Some(m.role.clone()), name, m.content.clone()));
+                }
+                turns
+            }
+        };
+        if turns.iter().all(|(_, _, t)| t.trim().is_empty()) {
+            return Err(Error::invalid(
+                "nothing to remember: the text or every message content is empty",
+            ));
+        }
+        let embedder = self.embedder();
+        let count = |s: &str| embedder.count_tokens(s);
+        let mut pieces = Vec::new();
+        for (role, name, content) in turns {
+            for chunk in text::chunk(&content, self.inner.ingest.max_chunk_tokens, &count) {
+                // Every chunk of a named turn carries the speaker, so each stands on its own.
+                let piece = match &name {
+                    Some(n) => format!("{n}: {chunk}"),
+                    None => chunk,
+                };
+                pieces.push((role.clone(), piece));
+            }
+        }
+        Ok(pieces)
+    }
+
+    pub(super) async fn find_duplicate(
+        &self,
+        scope_filter: &Filter,
+        scope: &Scope,
+        hash: &str,
+        vector: &[f32],
+        threshold: f32,
+        vis: Visibility,
+    ) -> Result<Option<MemoryId>> {
+        let near = self
+            .inner
+            .store
+            .vector_search(scope_filter, vis, vector, 4)
+            .await?;
+        let candidates: Vec<MemoryId> = near.hits.iter().map(|(id, _)| *id).collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let scores: HashMap<MemoryId, f32> = near.hits.iter().copied().collect();
+        let memories = self.inner.store.get_many(&candidates, vis).await?;
+        Ok(memories
+            .into_iter()
+            .find(|m| {
+                m.scope == *scope
+                    && (m.hash == hash || scores.get(&m.id).is_some_and(|s| *s >= threshold))
+            })
+            .map(|m| m.id))
+    }
+
+    pub(crate) fn history_event(
+        &self,
+        ctx: &RequestCtx,
+        m: &Memory,
+        event: Event,
+        old_text: Option<String>,
+        new_text: Option<String>,
+        at: Timestamp,
+    ) -> HistoryEvent {
+        HistoryEvent {
+            id: Uuid::now_v7(),
+            memory_id: m.id,
+            event,
+            old_text,
+            new_text,
+            version: m.version,
+            actor: Some(ctx.actor()),
+            reason: None,
+            request_id: ctx.request_id.clone(),
+            scope: m.scope.clone(),
+            created_at: at,
+        }
+    }
+}
