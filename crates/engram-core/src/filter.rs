@@ -200,6 +200,17 @@ impl Filter {
         Filter::And(parts)
     }
 
+    /// A read's filter as every transport takes it: the JSON `filters`
+    /// (absent: everything) ANDed with the scope ids the request names at
+    /// its top level (query string, body or tool arguments), each checked.
+    pub fn with_ids(filters: Option<&Value>, ids: &Scope) -> Result<Filter> {
+        let parsed = Filter::parse(filters.unwrap_or(&Value::Null))?;
+        for (field, v) in ids.iter() {
+            crate::memory::validate_scope_id(field, v)?;
+        }
+        Ok(parsed.and(Filter::from_scope(ids)))
+    }
+
     /// Parses a JSON filter. `null` or `{}` match everything.
     pub fn parse(value: &Value) -> Result<Filter> {
         match value {

@@ -7,7 +7,9 @@ use engram_core::ports::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, Eras
 use jiff::Timestamp;
 use tokio_postgres::Transaction;
 
-use crate::{ApplyError, PgStore, get, pg_err, ts};
+use crate::rows::{get, ts};
+use crate::write::ApplyError;
+use crate::{PgStore, pg_err};
 
 /// Appends one event inside the caller's transaction.
 pub(crate) async fn append(

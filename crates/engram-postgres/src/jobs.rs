@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use engram_core::memory::Scope;
 use engram_core::ports::UsageRow;
+use engram_core::ports::write::{from_json, to_json};
 use engram_core::ports::{
     IDEMPOTENCY_ABANDONED_AFTER_SECS, IdemBegin, IdempotencyStore, StoredResponse,
 };
@@ -21,18 +22,12 @@ use jiff::Timestamp;
 use tokio_postgres::{GenericClient, Row, Transaction};
 use uuid::Uuid;
 
-use crate::{ApplyError, PgStore, get, int, pg_err, ts};
+use crate::rows::{get, int, ts};
+use crate::write::ApplyError;
+use crate::{PgStore, pg_err};
 
 const COLUMNS: &str = "id, kind, state, payload, principal, scope, request_id, attempts, max_attempts, \
      last_error, result, created_at, updated_at, run_after, lease_owner, lease_until";
-
-fn json_col<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| Error::store(format!("bad {what} in jobs row: {e}")))
-}
-
-fn to_json(v: &impl serde::Serialize) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
-}
 
 fn row_to_job(row: &Row) -> Result<Job> {
     let state: String = get(row, 2)?;
@@ -46,14 +41,14 @@ fn row_to_job(row: &Row) -> Result<Job> {
         id: get(row, 0)?,
         kind: get(row, 1)?,
         state: JobState::parse(&state).map_err(|e| Error::store(e.message))?,
-        payload: json_col(&payload, "payload")?,
-        principal: json_col(&principal, "principal")?,
-        scope: json_col(&scope, "scope")?,
+        payload: from_json(&payload, "payload")?,
+        principal: from_json(&principal, "principal")?,
+        scope: from_json(&scope, "scope")?,
         request_id: get(row, 6)?,
         attempts: u32::try_from(attempts).unwrap_or_default(),
         max_attempts: u32::try_from(max_attempts).unwrap_or_default(),
         last_error: get(row, 9)?,
-        result: result.map(|r| json_col(&r, "result")).transpose()?,
+        result: result.map(|r| from_json(&r, "result")).transpose()?,
         created_at: ts(get(row, 11)?)?,
         updated_at: ts(get(row, 12)?)?,
         run_after: ts(get(row, 13)?)?,
@@ -343,7 +338,7 @@ impl IdempotencyStore for PgStore {
             match (status, response) {
                 _ if hash != request_hash => IdemBegin::Mismatch,
                 (Some(status), Some(resp)) => {
-                    let v: serde_json::Value = json_col(&resp, "idempotent response")?;
+                    let v: serde_json::Value = from_json(&resp, "idempotent response")?;
                     IdemBegin::Replay(StoredResponse {
                         status: u16::try_from(status).unwrap_or(500),
                         content_type: v["content_type"]

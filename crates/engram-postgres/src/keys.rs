@@ -9,7 +9,8 @@ use engram_core::{Error, Result};
 use jiff::Timestamp;
 use tokio_postgres::Row;
 
-use crate::{PgStore, get, pg_err, ts};
+use crate::rows::{get, ts};
+use crate::{PgStore, pg_err};
 
 const KEY_COLUMNS: &str = "id, name, role, org_id, app_id, user_id, agent_id, rate_limit, created_at, \
      created_by, revoked_at, secret_hash";
@@ -66,7 +67,7 @@ impl KeyStore for PgStore {
         .map_err(pg_err)?;
         crate::audit::append(&tx, audit)
             .await
-            .map_err(crate::apply_err)?;
+            .map_err(crate::write::apply_err)?;
         tx.commit().await.map_err(pg_err)
     }
 
@@ -107,7 +108,7 @@ impl KeyStore for PgStore {
         if n > 0 {
             crate::audit::append(&tx, audit)
                 .await
-                .map_err(crate::apply_err)?;
+                .map_err(crate::write::apply_err)?;
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(n > 0)

@@ -16,11 +16,14 @@
 mod audit;
 mod jobs;
 mod keys;
+mod read;
 mod reembed;
+mod rows;
 mod schema;
+mod search;
 pub mod sql;
+mod write;
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,18 +33,19 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use engram_core::filter::Filter;
 use engram_core::fusion::Ranked;
-use engram_core::memory::{Event, HistoryEvent, Memory, MemoryId, Scope, ScopeField};
+use engram_core::memory::{HistoryEvent, Memory, MemoryId};
 use engram_core::ports::{AuditEvent, ErasureCounts, ErasureTarget};
 use engram_core::ports::{
-    Cursor, ModelInfo, ScopeIdStats, Store, StoreStats, VectorHits, VectorPath, Visibility, WriteOp,
+    Cursor, ModelInfo, ScopeIdStats, Store, StoreStats, VectorHits, Visibility, WriteOp,
 };
 use engram_core::{Error, ErrorCode, Result};
 use jiff::Timestamp;
-use pgvector::Vector;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{GenericClient, NoTls, Row, Transaction};
+use tokio_postgres::{GenericClient, NoTls};
 
+use crate::rows::{get, meta_get, ms};
 use crate::sql::{Params, compile, live};
+use crate::write::ApplyError;
 
 /// Options for [`PgStore::connect`].
 #[derive(Debug, Clone)]
@@ -131,77 +135,6 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
     })
-}
-
-pub(crate) fn ts(ms: i64) -> Result<Timestamp> {
-    Timestamp::from_millisecond(ms)
-        .map_err(|e| Error::store(format!("bad timestamp {ms} in database: {e}")))
-}
-
-fn opt_ts(ms: Option<i64>) -> Result<Option<Timestamp>> {
-    ms.map(ts).transpose()
-}
-
-/// Column list matching [`row_to_memory`].
-const COLUMNS: &str = "rowid, id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, \
-     metadata, categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, \
-     embedding_model, tokens, idle_ttl_ms";
-const COLUMN_COUNT: usize = 23;
-
-fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
-    row.try_get(i)
-        .map_err(|e| Error::store(format!("reading column {i}: {e}")))
-}
-
-fn row_to_memory(row: &Row) -> Result<(i64, Memory)> {
-    let kind: String = get(row, 4)?;
-    let version: i32 = get(row, 2)?;
-    let tokens: i32 = get(row, 21)?;
-    let memory = Memory {
-        id: get(row, 1)?,
-        version: u32::try_from(version).unwrap_or_default(),
-        text: get(row, 3)?,
-        kind: kind.parse()?,
-        hash: get(row, 5)?,
-        scope: Scope {
-            org_id: get(row, 6)?,
-            app_id: get(row, 7)?,
-            user_id: get(row, 8)?,
-            agent_id: get(row, 9)?,
-            run_id: get(row, 10)?,
-        },
-        metadata: match get::<serde_json::Value>(row, 11)? {
-            serde_json::Value::Object(m) => m,
-            _ => Default::default(),
-        },
-        categories: serde_json::from_value(get(row, 12)?)
-            .map_err(|e| Error::store(format!("bad categories: {e}")))?,
-        entities: serde_json::from_value(get(row, 13)?)
-            .map_err(|e| Error::store(format!("bad entities: {e}")))?,
-        role: get(row, 14)?,
-        created_at: ts(get(row, 15)?)?,
-        updated_at: ts(get(row, 16)?)?,
-        valid_at: opt_ts(get(row, 17)?)?,
-        invalid_at: opt_ts(get(row, 18)?)?,
-        expires_at: opt_ts(get(row, 19)?)?,
-        embedding_model: get(row, 20)?,
-        tokens: u32::try_from(tokens).unwrap_or_default(),
-        idle_ttl: get::<Option<i64>>(row, 22)?.map(jiff::SignedDuration::from_millis),
-    };
-    Ok((get(row, 0)?, memory))
-}
-
-fn ms(t: Timestamp) -> i64 {
-    t.as_millisecond()
-}
-
-fn json(v: &impl serde::Serialize) -> serde_json::Value {
-    // Maps, vectors of strings and plain derived structs always serialise.
-    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
-}
-
-fn int(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
 }
 
 impl PgStore {
@@ -442,304 +375,6 @@ impl PgStore {
             }
         }
     }
-
-    /// Runs `ops` in one transaction (one attempt; see [`retrying`](Self::retrying)).
-    async fn apply_once(&self, ops: &[WriteOp]) -> std::result::Result<(), ApplyError> {
-        let mut client = self.client().await.map_err(ApplyError::Other)?;
-        let tx = client.transaction().await.map_err(ApplyError::Pg)?;
-        let mut model: Option<String> = None;
-        if ops.iter().any(|op| {
-            matches!(
-                op,
-                WriteOp::Insert { .. } | WriteOp::Update { .. } | WriteOp::Import { .. }
-            )
-        }) {
-            // A shared lock on the model row: a re-embedding switch (which
-            // updates that row first) waits for this batch, and a batch
-            // queued behind a switch re-reads the new model and is refused.
-            let row = tx
-                .query_opt(
-                    "SELECT value FROM engram_meta WHERE key = 'embedding_model' FOR SHARE",
-                    &[],
-                )
-                .await?;
-            model = row.map(|r| r.get(0));
-            if let Some(m) = &model {
-                engram_core::ports::check_model(ops, m)?;
-            }
-        }
-        engram_core::ports::check_dimensions(ops, self.dim()?)?;
-        for op in ops {
-            match op {
-                WriteOp::Insert {
-                    memory,
-                    embedding,
-                    history,
-                } => {
-                    insert_version(&tx, memory, Vector::from(embedding.clone())).await?;
-                    insert_history(&tx, history).await?;
-                    audit::append(&tx, &AuditEvent::of_history(history)).await?;
-                }
-                WriteOp::Update {
-                    memory,
-                    embedding,
-                    history,
-                } => {
-                    let expect = memory.version.checked_sub(1);
-                    let old = close_current(&tx, memory.id, memory.updated_at, expect).await?;
-                    match (embedding, &model) {
-                        (Some(v), _) => {
-                            insert_version(&tx, memory, Vector::from(v.clone())).await?;
-                        }
-                        // The previous vector is kept: it has the store's model.
-                        (None, Some(m)) if memory.embedding_model != *m => {
-                            let mut relabelled = memory.clone();
-                            relabelled.embedding_model = m.clone();
-                            insert_version(&tx, &relabelled, old).await?;
-                        }
-                        (None, _) => insert_version(&tx, memory, old).await?,
-                    }
-                    insert_history(&tx, history).await?;
-                    audit::append(&tx, &AuditEvent::of_history(history)).await?;
-                }
-                WriteOp::Delete { id, at, history } => {
-                    close_current(&tx, *id, *at, None).await?;
-                    insert_history(&tx, history).await?;
-                    audit::append(&tx, &AuditEvent::of_history(history)).await?;
-                }
-                WriteOp::Import { versions, history } => {
-                    let Some(id) = versions.first().map(|(m, _)| m.id) else {
-                        continue;
-                    };
-                    // Two nodes importing the same file: the second waits here, then skips.
-                    tx.execute(
-                        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
-                        &[&id.to_string()],
-                    )
-                    .await?;
-                    let known = tx
-                        .query_opt("SELECT 1 FROM memories WHERE id = $1 LIMIT 1", &[&id])
-                        .await?
-                        .is_some();
-                    if known {
-                        continue;
-                    }
-                    for (memory, vector) in versions {
-                        insert_version(&tx, memory, Vector::from(vector.clone())).await?;
-                    }
-                    for h in history {
-                        insert_history(&tx, h).await?;
-                    }
-                }
-                WriteOp::SetExpiry {
-                    id,
-                    version,
-                    from,
-                    to,
-                } => {
-                    tx.execute(
-                        "UPDATE memories SET expires_at = $4 WHERE id = $1 AND invalid_at IS NULL \
-                         AND version = $2 AND expires_at IS NOT DISTINCT FROM $3",
-                        &[id, &int(*version), &from.map(ms), &to.map(ms)],
-                    )
-                    .await?;
-                }
-                WriteOp::FinishJob {
-                    id,
-                    worker,
-                    result,
-                    at,
-                } => jobs::finish(&tx, *id, worker, result, *at).await?,
-                WriteOp::RecordUsage(row) => jobs::record_usage(&tx, row).await?,
-                WriteOp::Audit(event) => audit::append(&tx, event).await?,
-            }
-        }
-        tx.commit().await.map_err(ApplyError::Pg)
-    }
-}
-
-/// Why a write batch failed: a driver error may be retryable, ours are final.
-pub(crate) enum ApplyError {
-    Pg(tokio_postgres::Error),
-    Other(Error),
-}
-
-pub(crate) fn apply_err(e: ApplyError) -> Error {
-    match e {
-        ApplyError::Pg(e) => pg_err(e),
-        ApplyError::Other(e) => e,
-    }
-}
-
-impl From<Error> for ApplyError {
-    fn from(e: Error) -> Self {
-        ApplyError::Other(e)
-    }
-}
-
-impl From<tokio_postgres::Error> for ApplyError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        ApplyError::Pg(e)
-    }
-}
-
-/// Memory rows selected with their vector after the memory columns.
-fn with_vectors(rows: &[Row]) -> Result<Vec<(Memory, Vec<f32>)>> {
-    rows.iter()
-        .map(|r| {
-            let (_, m) = row_to_memory(r)?;
-            let v: Vector = get(r, COLUMN_COUNT)?;
-            Ok((m, v.to_vec()))
-        })
-        .collect()
-}
-
-async fn meta_get(client: &impl GenericClient, key: &str) -> Result<Option<String>> {
-    Ok(client
-        .query_opt("SELECT value FROM engram_meta WHERE key = $1", &[&key])
-        .await
-        .map_err(pg_err)?
-        .map(|r| r.get(0)))
-}
-
-async fn insert_version(
-    tx: &Transaction<'_>,
-    m: &Memory,
-    embedding: Vector,
-) -> std::result::Result<(), ApplyError> {
-    let row = tx
-        .query_one(
-            "INSERT INTO memories (id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, \
-             metadata, categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, \
-             embedding_model, tokens, embedding, idle_ttl_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23) RETURNING rowid",
-            &[
-                &m.id,
-                &int(m.version),
-                &m.text,
-                &m.kind.as_str(),
-                &m.hash,
-                &m.scope.org_id,
-                &m.scope.app_id,
-                &m.scope.user_id,
-                &m.scope.agent_id,
-                &m.scope.run_id,
-                &serde_json::Value::Object(m.metadata.clone()),
-                &json(&m.categories),
-                &json(&m.entities),
-                &m.role,
-                &ms(m.created_at),
-                &ms(m.updated_at),
-                &m.valid_at.map(ms),
-                &m.invalid_at.map(ms),
-                &m.expires_at.map(ms),
-                &m.embedding_model,
-                &int(m.tokens),
-                &embedding,
-                &m.idle_ttl.map(|d| d.as_millis() as i64),
-            ],
-        )
-        .await?;
-    let rowid: i64 = row.get(0);
-    // The entity index holds current versions only (the keyword and vector
-    // indexes are partial on `invalid_at IS NULL`).
-    let keys = match m.invalid_at {
-        None => engram_core::memory::entity_keys(&m.entities),
-        Some(_) => Vec::new(),
-    };
-    if !keys.is_empty() {
-        tx.execute(
-            "INSERT INTO entities (key, memory) SELECT k, $2 FROM unnest($1::text[]) AS k \
-             ON CONFLICT DO NOTHING",
-            &[&keys, &rowid],
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Closes the current version of `id` at `at` (locking it first, so concurrent
-/// writers on other nodes queue up); returns its vector.
-async fn close_current(
-    tx: &Transaction<'_>,
-    id: MemoryId,
-    at: Timestamp,
-    expect_version: Option<u32>,
-) -> std::result::Result<Vector, ApplyError> {
-    const LOCK_CURRENT: &str = "SELECT rowid, version, embedding FROM memories \
-                                WHERE id = $1 AND invalid_at IS NULL FOR UPDATE";
-    let mut row = tx.query_opt(LOCK_CURRENT, &[&id]).await?;
-    if row.is_none() {
-        // Under READ COMMITTED, a writer that queued on our lock re-checks the
-        // row it waited for after the holder commits: that row is now closed,
-        // and the holder's new version is outside this statement's snapshot.
-        // A second statement takes a fresh snapshot and sees it (or sees that
-        // the memory is really gone).
-        row = tx.query_opt(LOCK_CURRENT, &[&id]).await?;
-    }
-    let row = row.ok_or_else(|| Error::not_found(format!("memory {id} not found")))?;
-    let rowid: i64 = row.get(0);
-    let version: i32 = row.get(1);
-    if let Some(v) = expect_version
-        && int(v) != version
-    {
-        return Err(Error::new(
-            ErrorCode::Conflict,
-            format!(
-                "memory {id} changed while this request ran (now version {version}); read it again and retry"
-            ),
-        )
-        .into());
-    }
-    tx.execute(
-        "UPDATE memories SET invalid_at = $2 WHERE rowid = $1",
-        &[&rowid, &ms(at)],
-    )
-    .await?;
-    // The entity index holds current versions only (the keyword and vector
-    // indexes are partial on `invalid_at IS NULL`).
-    tx.execute("DELETE FROM entities WHERE memory = $1", &[&rowid])
-        .await?;
-    Ok(row.get(2))
-}
-
-async fn insert_history(
-    tx: &Transaction<'_>,
-    h: &HistoryEvent,
-) -> std::result::Result<(), ApplyError> {
-    tx.execute(
-        "INSERT INTO history (id, memory_id, event, old_text, new_text, version, actor, reason, request_id, \
-         org_id, app_id, user_id, agent_id, run_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        &[
-            &h.id,
-            &h.memory_id,
-            &h.event.as_str(),
-            &h.old_text,
-            &h.new_text,
-            &int(h.version),
-            &h.actor,
-            &h.reason,
-            &h.request_id,
-            &h.scope.org_id,
-            &h.scope.app_id,
-            &h.scope.user_id,
-            &h.scope.agent_id,
-            &h.scope.run_id,
-            &ms(h.created_at),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-fn empty_hits(estimated: usize) -> VectorHits {
-    VectorHits {
-        hits: Vec::new(),
-        path: VectorPath::Empty,
-        estimated,
-    }
 }
 
 /// What a starting node does about an HNSW index that is not ready.
@@ -829,36 +464,15 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
-        self.retrying(|| self.apply_once(&ops)).await
+        write::apply(self, ops).await
     }
 
     async fn get(&self, id: MemoryId, vis: Visibility) -> Result<Option<Memory>> {
-        Ok(self.get_many(&[id], vis).await?.into_iter().next())
+        read::get_one(self, id, vis).await
     }
 
     async fn get_many(&self, ids: &[MemoryId], vis: Visibility) -> Result<Vec<Memory>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let mut p = Params::default();
-        let live = live("", &mut p, ms(vis.now));
-        let ids_p = p.push(ids.to_vec());
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM memories WHERE id = ANY({ids_p}::uuid[]) AND {live}"
-                ),
-                &p.refs(),
-            )
-            .await
-            .map_err(pg_err)?;
-        let mut found: HashMap<MemoryId, Memory> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let (_, m) = row_to_memory(row)?;
-            found.insert(m.id, m);
-        }
-        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+        read::get_many(self, ids, vis).await
     }
 
     async fn list(
@@ -868,158 +482,31 @@ impl Store for PgStore {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<Memory>> {
-        let client = self.client().await?;
-        let mut p = Params::default();
-        let live = live("", &mut p, ms(vis.now));
-        let cond = compile(filter, "", &mut p);
-        let cursor = match after {
-            Some(c) => {
-                let at = p.push(ms(c.created_at));
-                let id = p.push(c.id);
-                format!("AND (created_at, id) < ({at}::bigint, {id}::uuid)")
-            }
-            None => String::new(),
-        };
-        let limit = p.push(limit as i64);
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM memories WHERE {live} AND {cond} {cursor} \
-                     ORDER BY created_at DESC, id DESC LIMIT {limit}::bigint"
-                ),
-                &p.refs(),
-            )
-            .await
-            .map_err(pg_err)?;
-        rows.iter()
-            .map(|r| row_to_memory(r).map(|(_, m)| m))
-            .collect()
+        read::list(self, filter, vis, after, limit).await
     }
 
     async fn versions_at(&self, filter: &Filter, at: Timestamp) -> Result<Vec<(Memory, Vec<f32>)>> {
-        let client = self.client().await?;
-        let mut p = Params::default();
-        let at_p = p.push(ms(at));
-        let cond = compile(filter, "", &mut p);
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS}, embedding FROM memories WHERE updated_at <= {at_p}::bigint \
-                     AND (invalid_at IS NULL OR invalid_at > {at_p}::bigint) \
-                     AND (expires_at IS NULL OR expires_at > {at_p}::bigint) AND {cond}"
-                ),
-                &p.refs(),
-            )
-            .await
-            .map_err(pg_err)?;
-        with_vectors(&rows)
+        read::versions_at(self, filter, at).await
     }
 
     async fn usage(&self, limit: usize) -> Result<Vec<engram_core::ports::UsageRow>> {
-        jobs::usage(&**self.client().await?, limit).await
+        read::usage(self, limit).await
     }
 
     async fn count(&self, filter: &Filter, vis: Visibility) -> Result<usize> {
-        let client = self.client().await?;
-        let mut p = Params::default();
-        let live = live("", &mut p, ms(vis.now));
-        let cond = compile(filter, "", &mut p);
-        let n: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM memories WHERE {live} AND {cond}"),
-                &p.refs(),
-            )
-            .await
-            .map_err(pg_err)?
-            .get(0);
-        Ok(n.max(0) as usize)
+        read::count(self, filter, vis).await
     }
 
     async fn scope_ids(&self, filter: &Filter, vis: Visibility) -> Result<Vec<ScopeIdStats>> {
-        let client = self.client().await?;
-        let mut p = Params::default();
-        let live = live("m.", &mut p, ms(vis.now));
-        let cond = compile(filter, "m.", &mut p);
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT s.f, s.v, count(*), min(m.created_at), max(m.created_at) FROM memories m \
-                     CROSS JOIN LATERAL (VALUES (0, m.org_id), (1, m.app_id), (2, m.user_id), (3, m.agent_id), \
-                     (4, m.run_id)) AS s(f, v) \
-                     WHERE {live} AND {cond} AND s.v IS NOT NULL \
-                     GROUP BY s.f, s.v ORDER BY s.f, s.v COLLATE \"C\""
-                ),
-                &p.refs(),
-            )
-            .await
-            .map_err(pg_err)?;
-        rows.iter()
-            .map(|r| {
-                let f: i32 = get(r, 0)?;
-                let n: i64 = get(r, 2)?;
-                Ok(ScopeIdStats {
-                    field: ScopeField::ALL[f.clamp(0, 4) as usize],
-                    id: get(r, 1)?,
-                    memories: n.max(0) as usize,
-                    first: ts(get(r, 3)?)?,
-                    last: ts(get(r, 4)?)?,
-                })
-            })
-            .collect()
+        read::scope_ids(self, filter, vis).await
     }
 
     async fn memory_versions(&self, ids: &[MemoryId]) -> Result<Vec<(Memory, Vec<f32>)>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS}, embedding FROM memories \
-                     JOIN unnest($1::uuid[]) WITH ORDINALITY AS wanted(wid, pos) ON id = wanted.wid \
-                     ORDER BY wanted.pos, version"
-                ),
-                &[&ids],
-            )
-            .await
-            .map_err(pg_err)?;
-        with_vectors(&rows)
+        read::memory_versions(self, ids).await
     }
 
     async fn history(&self, id: MemoryId) -> Result<Vec<HistoryEvent>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, event, old_text, new_text, version, actor, reason, request_id, org_id, app_id, \
-                 user_id, agent_id, run_id, created_at FROM history WHERE memory_id = $1 ORDER BY seq",
-                &[&id],
-            )
-            .await
-            .map_err(pg_err)?;
-        rows.iter()
-            .map(|r| {
-                let event: String = get(r, 1)?;
-                let version: i32 = get(r, 4)?;
-                Ok(HistoryEvent {
-                    id: get(r, 0)?,
-                    memory_id: id,
-                    event: Event::parse(&event)
-                        .ok_or_else(|| Error::store(format!("bad history event `{event}`")))?,
-                    old_text: get(r, 2)?,
-                    new_text: get(r, 3)?,
-                    version: u32::try_from(version).unwrap_or_default(),
-                    actor: get(r, 5)?,
-                    reason: get(r, 6)?,
-                    request_id: get(r, 7)?,
-                    scope: Scope {
-                        org_id: get(r, 8)?,
-                        app_id: get(r, 9)?,
-                        user_id: get(r, 10)?,
-                        agent_id: get(r, 11)?,
-                        run_id: get(r, 12)?,
-                    },
-                    created_at: ts(get(r, 13)?)?,
-                })
-            })
-            .collect()
+        read::history(self, id).await
     }
 
     async fn vector_search(
@@ -1029,101 +516,11 @@ impl Store for PgStore {
         vector: &[f32],
         k: usize,
     ) -> Result<VectorHits> {
-        if self.dim().is_err() || k == 0 {
-            return Ok(empty_hits(0));
-        }
-        let o = &self.inner.options;
-        let mut client = self.client().await?;
-        // Counted up to the larger of the threshold and k, so a set smaller
-        // than k is known exactly.
-        let cap = o.exact_threshold.max(k);
-        let estimated = self.estimate(&**client, filter, vis, cap).await?;
-        if estimated == 0 {
-            return Ok(empty_hits(0));
-        }
-        let search = |exact: bool| {
-            let mut p = Params::default();
-            let q = p.push(Vector::from(vector.to_vec()));
-            let live = live("", &mut p, ms(vis.now));
-            let cond = compile(filter, "", &mut p);
-            let limit = p.push(k as i64);
-            // `+ 0` keeps the planner off the HNSW index: an exact scan.
-            let order = if exact {
-                format!("(embedding <=> {q}::vector) + 0")
-            } else {
-                format!("embedding <=> {q}::vector")
-            };
-            let sql = format!(
-                "SELECT id, 1 - (embedding <=> {q}::vector) FROM memories WHERE {live} AND {cond} \
-                 ORDER BY {order} LIMIT {limit}::bigint"
-            );
-            (sql, p)
-        };
-        let hits = |rows: Vec<Row>| -> Result<Ranked<MemoryId>> {
-            rows.iter()
-                .map(|r| Ok((get(r, 0)?, get::<f64>(r, 1)? as f32)))
-                .collect()
-        };
-        if estimated < o.exact_threshold {
-            let (sql, p) = search(true);
-            let rows = client.query(&sql, &p.refs()).await.map_err(pg_err)?;
-            return Ok(VectorHits {
-                hits: hits(rows)?,
-                path: VectorPath::Exact,
-                estimated,
-            });
-        }
-        let ef = o.ef_search.max(k * 4).clamp(1, 1000);
-        let rows = {
-            let tx = client.transaction().await.map_err(pg_err)?;
-            // An integer we computed, not input.
-            tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))
-                .await
-                .map_err(pg_err)?;
-            let (sql, p) = search(false);
-            let rows = tx.query(&sql, &p.refs()).await.map_err(pg_err)?;
-            tx.commit().await.map_err(pg_err)?;
-            rows
-        };
-        let needed = if estimated < cap { estimated.min(k) } else { k };
-        if rows.len() >= needed {
-            return Ok(VectorHits {
-                hits: hits(rows)?,
-                path: VectorPath::Hnsw,
-                estimated,
-            });
-        }
-        // The filter removed too many of the graph's candidates: scan exactly.
-        let (sql, p) = search(true);
-        let rows = client.query(&sql, &p.refs()).await.map_err(pg_err)?;
-        Ok(VectorHits {
-            hits: hits(rows)?,
-            path: VectorPath::Exact,
-            estimated,
-        })
+        search::vector_search(self, filter, vis, vector, k).await
     }
 
     async fn vector_scores(&self, ids: &[MemoryId], vector: &[f32]) -> Result<Ranked<MemoryId>> {
-        if ids.is_empty() || self.dim().is_err() {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, 1 - (embedding <=> $1::vector) FROM memories \
-                 WHERE id = ANY($2::uuid[]) AND invalid_at IS NULL",
-                &[&Vector::from(vector.to_vec()), &ids.to_vec()],
-            )
-            .await
-            .map_err(pg_err)?;
-        let mut found: HashMap<MemoryId, f32> = HashMap::with_capacity(rows.len());
-        for r in &rows {
-            found.insert(get(r, 0)?, get::<f64>(r, 1)? as f32);
-        }
-        Ok(ids
-            .iter()
-            .filter_map(|id| found.get(id).map(|s| (*id, *s)))
-            .collect())
+        search::vector_scores(self, ids, vector).await
     }
 
     async fn keyword_search(
@@ -1133,34 +530,7 @@ impl Store for PgStore {
         terms: &[String],
         k: usize,
     ) -> Result<Ranked<MemoryId>> {
-        if terms.is_empty() || k == 0 {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let mut p = Params::default();
-        // Any of the terms, each stemmed the way the column is.
-        let query = terms
-            .iter()
-            .map(|t| format!("plainto_tsquery('english', {}::text)", p.push(t.clone())))
-            .collect::<Vec<_>>()
-            .join(" || ");
-        let live = live("m.", &mut p, ms(vis.now));
-        let cond = compile(filter, "m.", &mut p);
-        let limit = p.push(k as i64);
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT m.id, ts_rank_cd(m.tsv, q.q, 1) AS r FROM memories m, (SELECT {query} AS q) q \
-                     WHERE m.tsv @@ q.q AND {live} AND {cond} \
-                     ORDER BY r DESC, m.rowid DESC LIMIT {limit}::bigint"
-                ),
-                &p.refs(),
-            )
-            .await
-            .map_err(pg_err)?;
-        rows.iter()
-            .map(|r| Ok((get(r, 0)?, get::<f32>(r, 1)?)))
-            .collect()
+        search::keyword_search(self, filter, vis, terms, k).await
     }
 
     async fn entity_search(
@@ -1170,38 +540,7 @@ impl Store for PgStore {
         keys: &[String],
         k: usize,
     ) -> Result<Ranked<MemoryId>> {
-        if keys.is_empty() || k == 0 {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        // The filtered set's size weighs entity rarity (an index-only count).
-        let n = self.count(filter, vis).await?;
-        let mut p = Params::default();
-        let keys_p = p.push(keys.to_vec());
-        let live = live("m.", &mut p, ms(vis.now));
-        let cond = compile(filter, "m.", &mut p);
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT e.key, m.rowid, m.id FROM entities e JOIN memories m ON m.rowid = e.memory \
-                     WHERE e.key = ANY({keys_p}::text[]) AND {live} AND {cond} \
-                     ORDER BY m.rowid DESC LIMIT 50000"
-                ),
-                &p.refs(),
-            )
-            .await
-            .map_err(pg_err)?;
-        let mut ids: HashMap<i64, MemoryId> = HashMap::with_capacity(rows.len());
-        let mut pairs = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let rowid: i64 = get(r, 1)?;
-            ids.insert(rowid, get(r, 2)?);
-            pairs.push((get::<String>(r, 0)?, rowid));
-        }
-        Ok(engram_core::fusion::score_entities(keys, &pairs, n, k)
-            .into_iter()
-            .filter_map(|(rowid, s)| ids.get(&rowid).map(|id| (*id, s)))
-            .collect())
+        search::entity_search(self, filter, vis, keys, k).await
     }
 
     async fn neighbors(
@@ -1211,80 +550,11 @@ impl Store for PgStore {
         max_gap_ms: i64,
         vis: Visibility,
     ) -> Result<Vec<(MemoryId, Vec<MemoryId>)>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let mut p = Params::default();
-        let ids_p = p.push(ids.to_vec());
-        let gap = p.push(max_gap_ms);
-        let live = live("n.", &mut p, ms(vis.now));
-        let cond = compile(filter, "n.", &mut p);
-        // A neighbour is a live turn of exactly the same scope, the closest
-        // one said before and the closest after, within the gap.
-        let same = "n.org_id IS NOT DISTINCT FROM a.org_id AND n.app_id IS NOT DISTINCT FROM a.app_id \
-             AND n.user_id IS NOT DISTINCT FROM a.user_id AND n.agent_id IS NOT DISTINCT FROM a.agent_id \
-             AND n.run_id IS NOT DISTINCT FROM a.run_id";
-        let side = |before: bool| {
-            let (cmp, order, bound) = if before {
-                (
-                    "<",
-                    "DESC",
-                    format!("n.created_at >= a.created_at - {gap}::bigint"),
-                )
-            } else {
-                (
-                    ">",
-                    "ASC",
-                    format!("n.created_at <= a.created_at + {gap}::bigint"),
-                )
-            };
-            format!(
-                "(SELECT n.id, {tag} AS side FROM memories n WHERE {same} AND {live} AND {cond} AND {bound} \
-                 AND (n.created_at, n.rowid) {cmp} (a.created_at, a.rowid) \
-                 ORDER BY n.created_at {order}, n.rowid {order} LIMIT 1)",
-                tag = if before { 0 } else { 1 },
-            )
-        };
-        let sql = format!(
-            "SELECT a.id, x.id FROM memories a CROSS JOIN LATERAL ({} UNION ALL {}) x \
-             WHERE a.id = ANY({ids_p}::uuid[]) AND a.invalid_at IS NULL \
-             AND num_nonnulls(a.org_id, a.app_id, a.user_id, a.agent_id, a.run_id) > 0 \
-             ORDER BY a.id, x.side",
-            side(true),
-            side(false)
-        );
-        let rows = client.query(&sql, &p.refs()).await.map_err(pg_err)?;
-        let mut found: HashMap<MemoryId, Vec<MemoryId>> = HashMap::new();
-        for r in &rows {
-            found.entry(get(r, 0)?).or_default().push(get(r, 1)?);
-        }
-        Ok(ids
-            .iter()
-            .map(|id| (*id, found.remove(id).unwrap_or_default()))
-            .collect())
+        search::neighbors(self, ids, filter, max_gap_ms, vis).await
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM memories WHERE invalid_at IS NULL), \
-                 (SELECT count(*) FROM memories), (SELECT count(*) FROM history), \
-                 pg_database_size(current_database())",
-                &[],
-            )
-            .await
-            .map_err(pg_err)?;
-        let n = |i: usize| -> Result<u64> { Ok(get::<i64>(&row, i)?.max(0) as u64) };
-        Ok(StoreStats {
-            memories: n(0)?,
-            versions: n(1)?,
-            history_events: n(2)?,
-            bytes: n(3)?,
-            // The HNSW index covers every current version.
-            indexed_vectors: n(0)?,
-        })
+        read::stats(self).await
     }
 
     async fn check_writable(&self) -> Result<()> {

@@ -10,7 +10,9 @@ use engram_core::{Error, Result};
 use pgvector::Vector;
 use tokio_postgres::GenericClient;
 
-use crate::{ApplyError, PgStore, meta_get, pg_err, schema};
+use crate::rows::meta_get;
+use crate::write::ApplyError;
+use crate::{PgStore, pg_err, schema};
 
 /// The `engram_meta` keys naming a model: id, dimension.
 pub(crate) type ModelKeys = (&'static str, &'static str);

@@ -11,6 +11,11 @@
 //! ```
 //!
 //! A 5xx says only "internal error"; the cause goes to the log with the request id.
+//!
+//! The same table serves every transport: the Mem0 routes answer with its
+//! status and code in Mem0's JSON shape ([`crate::mem0`]), and an MCP tool
+//! reports a failure whose status is a 4xx with its message and anything
+//! else as an internal error ([`ApiError::public_detail`]).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -47,7 +52,8 @@ pub enum HttpCode {
 }
 
 impl HttpCode {
-    fn as_str(self) -> &'static str {
+    /// The stable snake_case code clients see.
+    pub fn as_str(self) -> &'static str {
         match self {
             HttpCode::Core(c) => c.as_str(),
             HttpCode::MalformedJson => "malformed_json",
@@ -113,6 +119,26 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         status_of(self.code)
     }
+
+    /// Whether the caller caused it (a 4xx): its detail is then theirs to read.
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    /// What a client may be told: the detail of a 4xx; for anything else a
+    /// generic text, with the real cause logged under the request's id.
+    pub fn public_detail(self) -> String {
+        if self.is_client_error() {
+            return self.detail;
+        }
+        tracing::error!(code = self.code.as_str(), detail = %self.detail, "internal error");
+        "internal error; the server log has details under this request's id".to_owned()
+    }
+
+    /// Seconds after which the same request may succeed (`Retry-After`).
+    pub fn retry_after(&self) -> Option<&'static str> {
+        (self.code == HttpCode::Core(ErrorCode::ModelSwitched)).then_some("1")
+    }
 }
 
 impl From<Error> for ApiError {
@@ -131,19 +157,14 @@ fn title(status: StatusCode) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let detail = if status.is_server_error() {
-            // The real cause is logged; the client gets no internals.
-            tracing::error!(code = self.code.as_str(), detail = %self.detail, "internal error");
-            "internal error; the server log has details under this request's id".to_owned()
-        } else {
-            self.detail
-        };
+        let code = self.code;
+        let retry_after = self.retry_after();
         let body = Problem {
-            kind: format!("urn:engram:problem:{}", self.code.as_str()),
+            kind: format!("urn:engram:problem:{}", code.as_str()),
             title: title(status),
             status: status.as_u16(),
-            detail,
-            code: self.code.as_str().to_owned(),
+            detail: self.public_detail(),
+            code: code.as_str().to_owned(),
             request_id: crate::request_id::current(),
         };
         let mut resp = (status, axum::Json(body)).into_response();
@@ -151,10 +172,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if self.code == HttpCode::Core(ErrorCode::ModelSwitched) {
+        if let Some(secs) = retry_after {
             // Transient: the same request succeeds when sent again.
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
         }
         resp
     }

@@ -15,37 +15,25 @@ pub async fn healthz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         Json(json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
-            "store": app.memory.store().backend(),
+            "store": app.memory.backend(),
         })),
     )
 }
 
 /// Readiness: 200 when every check passes, 503 naming the failing one otherwise.
 pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
-    let store = match app.memory.store().check_writable().await {
-        Ok(()) => json!({"status": "ok", "backend": app.memory.store().backend()}),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness: store not writable");
-            json!({"status": "fail", "backend": app.memory.store().backend(), "detail": e.message})
-        }
+    let r = app.memory.readiness().await;
+    let check = |problem: &Option<String>| match problem {
+        None => json!("ok"),
+        Some(_) => json!("fail"),
     };
-    // Another node may have re-embedded the shared store: this one's queries
-    // would then be embedded with the wrong model. (A store that cannot be
-    // read is the store check's to report.)
-    let stale = match app.memory.check_store_model().await {
-        Err(e) if e.code == engram_core::ErrorCode::EmbeddingModelMismatch => Some(e.message),
-        _ => None,
-    };
-    let model = app.memory.embedder().model().clone();
-    let embedder = match stale {
-        Some(detail) => {
-            json!({"status": "fail", "model": model.id, "dim": model.dim, "detail": detail})
-        }
-        None => json!({"status": "ok", "model": model.id, "dim": model.dim}),
-    };
-    let reembed = match app.memory.store().reembed_state().await {
-        Ok(Some(s)) => json!({"to": s.to.id, "done": s.done, "total": s.total}),
-        _ => serde_json::Value::Null,
+    let store =
+        json!({"status": check(&r.store_problem), "backend": r.backend, "detail": r.store_problem});
+    let embedder = json!({"status": check(&r.stale_model), "model": r.model.id, "dim": r.model.dim,
+        "detail": r.stale_model});
+    let reembed = match &r.reembedding {
+        Some(s) => json!({"to": s.to.id, "done": s.done, "total": s.total}),
+        None => Value::Null,
     };
     // The LLM is reported, not required: adds queue while it is down and search never needs it.
     let llm = match app.jobs.pipeline() {
@@ -56,7 +44,7 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
                    "circuit": state.as_str(), "model": p.llm().model()})
         }
     };
-    let ready = store["status"] == "ok" && embedder["status"] == "ok";
+    let ready = r.ready();
     let status = if ready {
         StatusCode::OK
     } else {

@@ -64,7 +64,7 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     h.update(b"\n");
     h.update(&bytes);
     let hash = hex(&h.finalize());
-    let store = app.memory.store();
+    let store = app.memory.idempotency();
     match store
         .idem_begin(&caller, &key, &hash, app.memory.now())
         .await

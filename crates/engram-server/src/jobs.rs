@@ -178,7 +178,6 @@ async fn jobs_retry(
     MemoryIdPath(id): MemoryIdPath,
 ) -> Result<ApiJson<JobOut>, ApiError> {
     let job = app.jobs.retry(&ctx, id).await?;
-    app.job_ready.notify_waiters();
     Ok(ApiJson(job.into()))
 }
 

@@ -16,6 +16,8 @@ mod governance;
 mod health;
 pub mod idempotency;
 mod jobs;
+
+pub use jobs::{spawn_sweeper, spawn_workers};
 pub mod mcp;
 pub mod mem0;
 mod memories;
@@ -96,18 +98,17 @@ pub struct AppState {
 impl AppState {
     /// Runs `infer` adds through the LLM pipeline (extraction, consolidation).
     pub fn with_pipeline(mut self, pipeline: engram_core::pipeline::Pipeline) -> AppState {
-        self.jobs = engram_core::service::JobQueue::new(
-            self.memory.clone(),
-            self.config.jobs.clone(),
-            Some(pipeline),
-        );
+        self.jobs = self.jobs.with_pipeline(Some(pipeline));
         self
     }
 
     pub fn new(memory: MemoryService, keys: KeyService, config: ServerConfig) -> AppState {
+        let job_ready = Arc::new(tokio::sync::Notify::new());
+        let wake = job_ready.clone();
         AppState {
-            jobs: engram_core::service::JobQueue::new(memory.clone(), config.jobs.clone(), None),
-            job_ready: Arc::new(tokio::sync::Notify::new()),
+            jobs: engram_core::service::JobQueue::new(memory.clone(), config.jobs.clone(), None)
+                .with_waker(Arc::new(move || wake.notify_one())),
+            job_ready,
             memory,
             keys,
             limits: Arc::new(RateLimits::new(config.rate_limit)),
@@ -183,7 +184,7 @@ pub fn app(state: AppState) -> Router {
     let doc = std::sync::Arc::new(doc);
     let timeout = state.config.request_timeout;
     let mcp = mcp::http_service(
-        state.memory.clone(),
+        state.jobs.clone(),
         state.config.mcp.clone(),
         state.shutdown.clone(),
     );

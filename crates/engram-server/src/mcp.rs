@@ -15,7 +15,10 @@ use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
 use engram_core::memory::{Memory, Scope, ScopeField};
 use engram_core::ports::Cursor;
-use engram_core::service::{AddInput, Content, MemoryService, Message, SearchInput, UpdateInput};
+use engram_core::service::{
+    AddInput, Added, Content, DEFAULT_PAGE, JobQueue, MemoryService, Message, SearchInput,
+    UpdateInput,
+};
 use engram_core::{Error, ErrorCode};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -30,6 +33,8 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler,
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, HttpCode};
 
 /// Scope ids a tool call may give to narrow the server's scope.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -77,7 +82,7 @@ pub struct SearchArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ListArgs {
-    /// Page size (1-100, default 20).
+    /// Page size (1-1000, default 100).
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
@@ -153,7 +158,20 @@ pub struct AddedView {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct AddOutput {
+    /// What was stored; empty when the add was queued (see `job`).
     pub results: Vec<AddedView>,
+    /// The background job that will extract and store the memories, when
+    /// the server runs adds asynchronously (an LLM is configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobView>,
+}
+
+/// A queued add, as `GET /v1/jobs/{id}` reports it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct JobView {
+    pub id: String,
+    /// `queued`.
+    pub status: String,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -185,6 +203,8 @@ pub struct DeleteAllOutput {
 #[derive(Clone)]
 pub struct MemoryMcp {
     memory: MemoryService,
+    /// Where adds go in (the same decision as every transport's).
+    jobs: JobQueue,
     /// The principal of every call when the transport carries none (stdio).
     local: Option<Principal>,
     /// Who the audit log names as the caller.
@@ -203,13 +223,12 @@ fn ok<T: Serialize>(value: &T) -> Result<CallToolResult, McpError> {
 }
 
 /// A failed call as a tool result the model can read (`isError: true`), never a protocol error.
+/// The message and code come from the server's one error table
+/// ([`crate::error`]): a 4xx says what went wrong, anything else is internal.
 fn fail(e: Error) -> Result<CallToolResult, McpError> {
-    let message = if e.code.is_user_error() {
-        format!("{}: {}", e.code, e.message)
-    } else {
-        tracing::error!(code = %e.code, detail = %e.message, "mcp tool failed");
-        format!("{}: internal error; the server log has details", e.code)
-    };
+    let e = ApiError::from(e);
+    let code = e.code.as_str();
+    let message = format!("{code}: {}", e.public_detail());
     Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
 }
 
@@ -226,13 +245,10 @@ macro_rules! try_tool {
 impl MemoryMcp {
     /// A handler whose calls all run as `local` (stdio), or, with `None`, as
     /// the principal the HTTP layer attached to each request.
-    pub fn new(
-        memory: MemoryService,
-        local: Option<Principal>,
-        caller: impl Into<Arc<str>>,
-    ) -> MemoryMcp {
+    pub fn new(jobs: JobQueue, local: Option<Principal>, caller: impl Into<Arc<str>>) -> MemoryMcp {
         MemoryMcp {
-            memory,
+            memory: jobs.memory().clone(),
+            jobs,
             local,
             caller: caller.into(),
         }
@@ -308,7 +324,8 @@ impl MemoryMcp {
 lasting fact about themselves, a preference, a decision, or an instruction for you (e.g. 'I'm vegetarian', 'call me \
 Sam', 'we moved the launch to May'). Pass one short, self-contained sentence in `text` (or the raw turns in \
 `messages`). Exact and near-duplicates are detected and not stored twice. Returns each stored memory's id and \
-whether it was added (ADD) or was already known (NOOP).",
+whether it was added (ADD) or was already known (NOOP); when the server extracts facts with an LLM, the add is \
+queued instead and the result names the background `job`.",
         output_schema = rmcp::handler::server::common::schema_for_output::<AddOutput>(),
         annotations(title = "Add memory", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
@@ -323,23 +340,16 @@ whether it was added (ADD) or was already known (NOOP).",
         let result = async {
             let ctx = try_tool!(self.ctx(&ext, TOOL));
             let scope = try_tool!(self.scope(args.scope));
-            let content = match (args.text, args.messages) {
-                (Some(t), None) => Content::Text(t),
-                (None, Some(m)) if !m.is_empty() => Content::Messages(
-                    m.into_iter()
-                        .map(|m| Message {
-                            role: m.role,
-                            content: m.content,
-                            name: None,
-                        })
-                        .collect(),
-                ),
-                _ => {
-                    return fail(Error::invalid(
-                        "give exactly one of `text` or a non-empty `messages`",
-                    ));
-                }
-            };
+            let messages = args.messages.map(|m| {
+                m.into_iter()
+                    .map(|m| Message {
+                        role: m.role,
+                        content: m.content,
+                        name: None,
+                    })
+                    .collect()
+            });
+            let content = try_tool!(Content::new(messages, args.text));
             let input = AddInput {
                 content,
                 scope,
@@ -350,17 +360,27 @@ whether it was added (ADD) or was already known (NOOP).",
                 ttl: None,
                 timestamp: None,
             };
-            let out = try_tool!(self.memory.add(&ctx, input).await);
-            ok(&AddOutput {
-                results: out
-                    .into_iter()
-                    .map(|r| AddedView {
-                        id: r.id.to_string(),
-                        memory: r.memory,
-                        event: r.event.as_str().to_owned(),
-                    })
-                    .collect(),
-            })
+            let out = match try_tool!(self.jobs.add(&ctx, input, None, None).await) {
+                Added::Done(results) => AddOutput {
+                    results: results
+                        .into_iter()
+                        .map(|r| AddedView {
+                            id: r.id.to_string(),
+                            memory: r.memory,
+                            event: r.event.as_str().to_owned(),
+                        })
+                        .collect(),
+                    job: None,
+                },
+                Added::Queued(job) => AddOutput {
+                    results: Vec::new(),
+                    job: Some(JobView {
+                        id: job.id.to_string(),
+                        status: job.state.as_str().to_owned(),
+                    }),
+                },
+            };
+            ok(&out)
         }
         .await;
         self.audit(&ext, "add_memory", &detail, &result);
@@ -392,7 +412,7 @@ means nothing relevant is stored.",
                         SearchInput {
                             query: args.query,
                             filter: Filter::from_scope(&scope),
-                            top_k: Some(args.top_k.unwrap_or(10) as usize),
+                            top_k: args.top_k.map(|k| k as usize),
                             threshold: None,
                             token_budget: Some(0),
                             explain: false,
@@ -434,7 +454,7 @@ Returns the memories and a `next_cursor` when more remain.",
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let limit = args.limit.unwrap_or(20).min(100) as usize;
+            let limit = args.limit.map_or(DEFAULT_PAGE, |l| l as usize);
             let page = try_tool!(
                 self.memory
                     .list(&ctx, &Filter::from_scope(&scope), after, limit)
@@ -573,12 +593,13 @@ memories were deleted.",
 }
 
 fn resource_error(e: Error) -> McpError {
-    if e.code == ErrorCode::NotFound {
-        McpError::resource_not_found(e.message, None)
-    } else if e.code.is_user_error() {
-        McpError::invalid_params(e.message, None)
+    let e = ApiError::from(e);
+    if e.code == HttpCode::Core(ErrorCode::NotFound) {
+        McpError::resource_not_found(e.detail, None)
+    } else if e.is_client_error() {
+        McpError::invalid_params(e.detail, None)
     } else {
-        McpError::internal_error("internal error", None)
+        McpError::internal_error(e.public_detail(), None)
     }
 }
 
@@ -705,7 +726,7 @@ pub struct McpHttpConfig {
 /// the server's (every request reaches a tool with its API key's principal);
 /// `shutdown` ends every session.
 pub fn http_service(
-    memory: MemoryService,
+    jobs: JobQueue,
     config: McpHttpConfig,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> axum::Router {
@@ -718,7 +739,7 @@ pub fn http_service(
     http_config.allowed_hosts = Vec::new();
     http_config.cancellation_token = shutdown;
     let service = StreamableHttpService::new(
-        move || Ok(MemoryMcp::new(memory.clone(), None, "http")),
+        move || Ok(MemoryMcp::new(jobs.clone(), None, "http")),
         LocalSessionManager::default().into(),
         http_config,
     );

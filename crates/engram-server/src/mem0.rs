@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::{ApiError, HttpCode, status_of};
+use crate::error::{ApiError, HttpCode};
 use crate::wire::time_field;
 
 pub fn router() -> Router<AppState> {
@@ -85,29 +85,30 @@ impl From<engram_core::Error> for Mem0Error {
 
 impl IntoResponse for Mem0Error {
     fn into_response(self) -> Response {
-        let status = status_of(self.0.code);
-        let detail = if status.is_server_error() {
-            tracing::error!(detail = %self.0.detail, "internal error");
-            "internal error; the server log has details under this request's id".to_owned()
-        } else if self.0.code == HttpCode::Core(ErrorCode::NotFound) {
+        let status = self.0.status();
+        let code = self.0.code;
+        let retry_after = self.0.retry_after();
+        let detail = if code == HttpCode::Core(ErrorCode::NotFound) {
             "Memory not found!".to_owned()
         } else {
-            self.0.detail
-        };
-        let code = match self.0.code {
-            HttpCode::Core(c) => c.as_str(),
-            _ => "invalid_request",
+            self.0.public_detail()
         };
         let mut resp = (
             status,
-            axum::Json(json!({"detail": detail, "error": detail, "code": code,
-                "request_id": crate::request_id::current()})),
+            axum::Json(
+                json!({"detail": detail, "error": detail, "code": code.as_str(),
+                "request_id": crate::request_id::current()}),
+            ),
         )
             .into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
         resp
     }
 }
@@ -198,12 +199,7 @@ fn add_scope(b: &Map<String, Value>) -> Mem0Result<Scope> {
 
 /// `filters` AND the top-level ids; `"*"` means "has this id".
 fn read_filter(filters: Option<&Value>, ids: &Scope) -> Mem0Result<Filter> {
-    let mut f = Filter::parse(filters.unwrap_or(&Value::Null))?;
-    for (field, v) in ids.iter() {
-        let cond = Filter::parse(&json!({ field.as_str(): v }))?;
-        f = f.and(cond);
-    }
-    Ok(f)
+    Ok(Filter::with_ids(filters, ids)?)
 }
 
 /// Mem0's messages: a string, one message object, or a list of them.
@@ -315,11 +311,8 @@ async fn ping(Caller(ctx): Caller) -> axum::Json<Value> {
 }
 
 async fn add_with(app: &AppState, ctx: &RequestCtx, b: &Map<String, Value>) -> Mem0Result {
-    let content = match (field(b, "messages"), field(b, "text")) {
-        (Some(m), _) => Content::Messages(messages(m)?),
-        (None, Some(Value::String(t))) => Content::Text(t.clone()),
-        _ => return Err(invalid("`messages` is required")),
-    };
+    let messages = field(b, "messages").map(messages).transpose()?;
+    let content = Content::new(messages, string(b, "text")?)?;
     let input = AddInput {
         content,
         scope: add_scope(b)?,
@@ -357,7 +350,6 @@ async fn search(State(app): State<AppState>, Caller(ctx): Caller, Body(b): Body)
                 .ok_or_else(|| invalid("`top_k` must be a positive integer"))? as usize,
         ),
     };
-    let max = app.memory.retrieval_config().max_top_k;
     let threshold = match field(&b, "threshold") {
         None => None,
         Some(v) => Some(
@@ -372,8 +364,7 @@ async fn search(State(app): State<AppState>, Caller(ctx): Caller, Body(b): Body)
             SearchInput {
                 query,
                 filter,
-                // Mem0 allows up to 1000; Engram returns at most its own maximum.
-                top_k: top_k.map(|k| k.min(max)),
+                top_k,
                 threshold,
                 token_budget: Some(0),
                 explain: false,
@@ -613,15 +604,7 @@ async fn server_list(
 ) -> Mem0Result {
     let filter = read_filter(None, &top_level_ids(&q)?)?;
     let limit = positive(q.get("top_k").and_then(Value::as_str), "top_k", 100)?;
-    let page = app
-        .memory
-        .list(
-            &ctx,
-            &filter,
-            None,
-            limit.min(engram_core::service::MAX_PAGE),
-        )
-        .await?;
+    let page = app.memory.list(&ctx, &filter, None, limit).await?;
     let results: Vec<Value> = page
         .memories
         .into_iter()

@@ -6,7 +6,7 @@ use engram_core::filter::Filter;
 use engram_core::memory::Scope;
 use engram_core::ports::Cursor;
 use engram_core::service::Added;
-use engram_core::service::{SearchInput, UpdateInput};
+use engram_core::service::{DEFAULT_PAGE, SearchInput, UpdateInput};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -48,7 +48,6 @@ async fn memories_add(
     {
         Added::Done(results) => results,
         Added::Queued(job) => {
-            app.job_ready.notify_one();
             let body = JobAccepted {
                 job_id: job.id,
                 status: job.state.as_str().to_owned(),
@@ -140,7 +139,7 @@ async fn memories_list(
     let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
     let page = app
         .memory
-        .list(&ctx, &filter, after, q.limit.unwrap_or(100))
+        .list(&ctx, &filter, after, q.limit.unwrap_or(DEFAULT_PAGE))
         .await?;
     Ok(ApiJson(ListResponse {
         results: page.memories.into_iter().map(Into::into).collect(),

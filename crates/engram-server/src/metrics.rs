@@ -77,7 +77,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
 
 /// `GET /metrics`: Prometheus text format, store gauges refreshed on each scrape.
 pub async fn metrics_get(State(app): State<AppState>) -> Response {
-    match app.memory.store().stats().await {
+    match app.memory.store_stats().await {
         Ok(stats) => {
             metrics::gauge!("engram_memories").set(stats.memories as f64);
             metrics::gauge!("engram_memory_versions").set(stats.versions as f64);

@@ -85,19 +85,10 @@ impl AddRequest {
     /// The domain input: exactly one of `messages` (non-empty) or `text`, times parsed.
     /// Shared by the REST handler and `engram import`.
     pub fn into_input(self) -> Result<AddInput, ApiError> {
-        let content = match (self.messages, self.text) {
-            (Some(m), None) if !m.is_empty() => {
-                Content::Messages(m.into_iter().map(Into::into).collect())
-            }
-            (None, Some(t)) => Content::Text(t),
-            (Some(_), None) => return Err(ApiError::invalid("`messages` must not be empty")),
-            (Some(_), Some(_)) => {
-                return Err(ApiError::invalid(
-                    "give either `messages` or `text`, not both",
-                ));
-            }
-            (None, None) => return Err(ApiError::invalid("give `messages` or `text`")),
-        };
+        let messages = self
+            .messages
+            .map(|m| m.into_iter().map(Into::into).collect());
+        let content = Content::new(messages, self.text)?;
         Ok(AddInput {
             content,
             scope: Scope {
@@ -367,13 +358,9 @@ pub fn time_field(v: Option<&Value>, name: &str) -> Result<Option<Timestamp>, Ap
     }
 }
 
-/// `filters` ANDed with the top-level scope ids.
+/// `filters` ANDed with the top-level scope ids ([`Filter::with_ids`]).
 pub fn search_filter(filters: Option<&Value>, ids: Scope) -> Result<Filter, ApiError> {
-    let parsed = Filter::parse(filters.unwrap_or(&Value::Null))?;
-    for (field, v) in ids.iter() {
-        engram_core::memory::validate_scope_id(field, v)?;
-    }
-    Ok(parsed.and(Filter::from_scope(&ids)))
+    Ok(Filter::with_ids(filters, &ids)?)
 }
 
 impl From<MessageIn> for Message {

@@ -4,6 +4,7 @@
 use engram_core::access::Principal;
 use engram_core::memory::Scope;
 use engram_core::service::MemoryService;
+use engram_core::service::{JobConfig, JobQueue};
 use engram_server::mcp::MemoryMcp;
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
@@ -33,10 +34,14 @@ async fn tools_scope_and_errors() {
         ..Default::default()
     };
     let server = tokio::spawn(async move {
-        let running = MemoryMcp::new(svc, Some(Principal::operator_bound(bound)), "test")
-            .serve(server_io)
-            .await
-            .unwrap();
+        let running = MemoryMcp::new(
+            JobQueue::new(svc, JobConfig::default(), None),
+            Some(Principal::operator_bound(bound)),
+            "test",
+        )
+        .serve(server_io)
+        .await
+        .unwrap();
         let _ = running.waiting().await;
     });
     let client = ().serve(client_io).await.unwrap();

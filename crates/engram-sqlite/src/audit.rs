@@ -7,7 +7,8 @@ use engram_core::ports::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, Eras
 use jiff::Timestamp;
 use rusqlite::{Connection, params};
 
-use crate::{SqliteStore, db_err, ts};
+use crate::rows::ts;
+use crate::{SqliteStore, db_err};
 
 /// Appends one event inside the caller's transaction.
 pub(crate) fn append(conn: &Connection, e: &AuditEvent) -> Result<()> {

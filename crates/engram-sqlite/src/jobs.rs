@@ -5,20 +5,18 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use engram_core::ports::write::{from_json, to_json};
 use engram_core::ports::{Job, JobCounts, JobState, JobStore};
 use engram_core::{Error, ErrorCode, Result};
 use jiff::Timestamp;
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
-use crate::{SqliteStore, db_err, ts};
+use crate::rows::ts;
+use crate::{SqliteStore, db_err};
 
 const COLUMNS: &str = "id, kind, state, payload, principal, scope, request_id, attempts, max_attempts, \
      last_error, result, created_at, updated_at, run_after, lease_owner, lease_until";
-
-fn json_col<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| Error::store(format!("bad {what} in jobs row: {e}")))
-}
 
 fn row_to_job(row: &rusqlite::Row<'_>) -> Result<Job> {
     let g = |e: rusqlite::Error| Error::store(format!("reading jobs row: {e}"));
@@ -35,24 +33,20 @@ fn row_to_job(row: &rusqlite::Row<'_>) -> Result<Job> {
             .map_err(|e| Error::store(format!("bad job id {id}: {e}")))?,
         kind: row.get(1).map_err(g)?,
         state: JobState::parse(&state).map_err(|e| Error::store(e.message))?,
-        payload: json_col(&payload, "payload")?,
-        principal: json_col(&principal, "principal")?,
-        scope: json_col(&scope, "scope")?,
+        payload: from_json(&payload, "payload")?,
+        principal: from_json(&principal, "principal")?,
+        scope: from_json(&scope, "scope")?,
         request_id: row.get(6).map_err(g)?,
         attempts: row.get(7).map_err(g)?,
         max_attempts: row.get(8).map_err(g)?,
         last_error: row.get(9).map_err(g)?,
-        result: result.map(|r| json_col(&r, "result")).transpose()?,
+        result: result.map(|r| from_json(&r, "result")).transpose()?,
         created_at: ts(row.get(11).map_err(g)?)?,
         updated_at: ts(row.get(12).map_err(g)?)?,
         run_after: ts(row.get(13).map_err(g)?)?,
         lease_owner: row.get(14).map_err(g)?,
         lease_until: lease_until.map(ts).transpose()?,
     })
-}
-
-fn to_json(v: &impl serde::Serialize) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
 /// Marks a job done inside the caller's transaction, if `worker` still holds it.
@@ -283,7 +277,7 @@ impl engram_core::ports::IdempotencyStore for SqliteStore {
                 }
                 Some((h, _, _, _)) if h != hash => Ok(IdemBegin::Mismatch),
                 Some((_, Some(status), Some(resp), _)) => {
-                    let v: serde_json::Value = json_col(&resp, "idempotent response")?;
+                    let v: serde_json::Value = from_json(&resp, "idempotent response")?;
                     Ok(IdemBegin::Replay(StoredResponse {
                         status: u16::try_from(status).unwrap_or(500),
                         content_type: v["content_type"].as_str().unwrap_or("application/json").to_owned(),

@@ -14,7 +14,9 @@ use engram_core::{Error, Result};
 use jiff::Timestamp;
 use rusqlite::{Connection, params};
 
-use crate::{DB_FILE, SqliteStore, db_err, lock, open_conn, ts};
+use crate::connect::open_conn;
+use crate::rows::ts;
+use crate::{DB_FILE, SqliteStore, db_err, lock};
 
 const KEY_COLUMNS: &str = "id, name, role, org_id, app_id, user_id, agent_id, rate_limit, created_at, created_by, revoked_at, secret_hash";
 

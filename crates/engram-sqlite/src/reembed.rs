@@ -10,7 +10,9 @@ use engram_core::ports::{ReembedItem, ReembedState, ReembedStore, check_reembed,
 use engram_core::{Error, Result};
 use rusqlite::{Connection, params};
 
-use crate::{SqliteStore, db_err, idx_err, load_current, meta_get, remove_graph_file, vec_to_blob};
+use crate::read::load_current;
+use crate::rows::{meta_get, vec_to_blob};
+use crate::{SqliteStore, db_err, idx_err, remove_graph_file};
 
 /// The `meta` keys naming a model: id, dimension.
 pub(crate) type ModelKeys = (&'static str, &'static str);

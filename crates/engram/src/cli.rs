@@ -8,10 +8,13 @@ use clap::{Parser, Subcommand};
 use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
 use engram_core::memory::Scope;
-use engram_core::service::{AddInput, Content, MemoryService, SearchInput};
+use engram_core::ports::JobState;
+use engram_core::service::{
+    AddInput, Added, Content, JobConfig, JobQueue, JobRunner, MemoryService, SearchInput,
+};
 use serde_json::{Value, json};
 
-use crate::runtime::{LogArgs, StoreArgs};
+use crate::runtime::{LlmArgs, LogArgs, StoreArgs};
 
 /// Engram: long-term memory for AI agents.
 #[derive(Parser, Debug)]
@@ -129,6 +132,11 @@ pub struct AddArgs {
     /// Metadata as a JSON object.
     #[arg(long)]
     pub metadata: Option<String>,
+    /// Wait for a queued add (an LLM is configured) to finish and print what it stored.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub llm: LlmArgs,
     #[command(flatten)]
     pub target: Target,
 }
@@ -313,26 +321,90 @@ fn open_with_progress(
     Ok((file, size, bar))
 }
 
+/// Runs the local queue in this process until job `id` is finished; its results.
+async fn wait_local(queue: &JobQueue, id: uuid::Uuid) -> anyhow::Result<Value> {
+    let runner = JobRunner::new(queue.memory().clone(), queue.config().clone(), "cli")
+        .with_pipeline(queue.pipeline().cloned());
+    loop {
+        let job = queue.get(&cli_ctx(), id).await?;
+        match job.state {
+            JobState::Done => return Ok(job.result.unwrap_or(Value::Null)["results"].clone()),
+            JobState::Dead => bail!(
+                "job {id} failed: {}",
+                job.last_error.as_deref().unwrap_or("no error recorded")
+            ),
+            JobState::Queued | JobState::Running => {
+                if !runner.run_once().await? {
+                    // Not due yet (a retry's backoff), or another process holds it.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Polls the `--url` server until job `id` is finished; its results.
+async fn wait_remote(client: &ClientArgs, id: &str) -> anyhow::Result<Value> {
+    loop {
+        let req = request(client, reqwest::Method::GET, &format!("/v1/jobs/{id}"));
+        let job: Value = send(client, req).await?.json().await?;
+        match job["status"].as_str() {
+            Some("done") => return Ok(job["result"]["results"].clone()),
+            Some("dead") => bail!(
+                "job {id} failed: {}",
+                job["last_error"].as_str().unwrap_or("no error recorded")
+            ),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
 async fn add(args: AddArgs) -> anyhow::Result<()> {
     let text = args.text.join(" ");
     let metadata: serde_json::Map<String, Value> = match &args.metadata {
         Some(m) => serde_json::from_str(m).context("--metadata must be a JSON object")?,
         None => Default::default(),
     };
-    let results = if args.target.client.url.is_some() {
+    let results = if let Some(url) = &args.target.client.url {
         let mut body = args.scope.json();
         body.insert("text".into(), json!(text));
         body.insert("metadata".into(), Value::Object(metadata));
-        post(&args.target.client, "/v1/memories", &Value::Object(body)).await?["results"].clone()
+        let out = post(&args.target.client, "/v1/memories", &Value::Object(body)).await?;
+        match out["job_id"].as_str() {
+            None => out["results"].clone(),
+            Some(job) if args.wait => wait_remote(&args.target.client, job).await?,
+            Some(job) => {
+                println!("QUEUED job {job} (GET {url}/v1/jobs/{job} for its outcome)");
+                return Ok(());
+            }
+        }
     } else {
         let (service, _lock) = local(&args.target).await?;
         let input = AddInput {
             metadata,
             ..AddInput::new(Content::Text(text), args.scope.scope())
         };
-        let out = service.add(&cli_ctx(), input).await?;
-        service.store().flush().await?;
-        serde_json::to_value(out)?
+        // The same door as every transport: with an LLM the add is a job.
+        let queue = JobQueue::new(
+            service.clone(),
+            JobConfig::default(),
+            args.llm.pipeline(&service)?,
+        );
+        let results = match queue.add(&cli_ctx(), input, None, None).await? {
+            Added::Done(results) => serde_json::to_value(results)?,
+            Added::Queued(job) if args.wait => wait_local(&queue, job.id).await?,
+            Added::Queued(job) => {
+                service.flush().await?;
+                println!(
+                    "QUEUED job {} (it runs when `engram serve` or `engram mcp` next starts on this store; \
+                     `--wait` runs it now)",
+                    job.id
+                );
+                return Ok(());
+            }
+        };
+        service.flush().await?;
+        results
     };
     for r in results.as_array().into_iter().flatten() {
         println!(
@@ -576,13 +648,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         let (service, _lock) = local(&args.target).await?;
         let filter = engram_core::filter::Filter::from_scope(&scope);
         let ctx = cli_ctx();
-        let total = service
-            .store()
-            .count(
-                &filter,
-                engram_core::ports::Visibility { now: service.now() },
-            )
-            .await?;
+        let total = service.count(&ctx, &filter).await?;
         let bar = progress(total as u64, "{bar:40} {pos}/{len} memories ({eta})");
         let header = engram_core::portable::ExportHeader::new(
             service.now(),
@@ -710,7 +776,7 @@ async fn import_export(args: &ImportArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     if let Some((service, _)) = &local {
-        service.store().flush().await?;
+        service.flush().await?;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -802,7 +868,9 @@ async fn import(mut args: ImportArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|(n, l)| import_line(l, *n))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let out = service.add_batch(&cli_ctx(), inputs).await?;
+            let out = JobQueue::new(service.clone(), JobConfig::default(), None)
+                .add_verbatim_batch(&cli_ctx(), inputs)
+                .await?;
             out.into_iter()
                 .flatten()
                 .map(|r| r.event.as_str().to_owned())
@@ -816,7 +884,7 @@ async fn import(mut args: ImportArgs) -> anyhow::Result<()> {
     }
     bar.finish();
     if let Some((service, _)) = &local {
-        service.store().flush().await?;
+        service.flush().await?;
     }
     println!(
         "imported {}: {added} memories added, {noops} duplicates skipped",

@@ -1,11 +1,16 @@
 //! `engram mcp`: MCP over stdio for Claude Desktop, Cursor, VS Code and other hosts.
 //! stdout carries the protocol; logs go to stderr.
 
+use std::sync::Arc;
+
+use engram_core::clock::SystemClock;
 use engram_core::memory::Scope;
+use engram_core::service::KeyService;
 use engram_server::mcp::MemoryMcp;
+use engram_server::{AppState, ServerConfig};
 use rmcp::ServiceExt;
 
-use crate::runtime::{StoreArgs, open_service};
+use crate::runtime::{LlmArgs, StoreArgs, open_service};
 
 #[derive(clap::Args, Debug)]
 pub struct McpArgs {
@@ -26,6 +31,12 @@ pub struct McpArgs {
     /// Bind every call to this application.
     #[arg(long, env = "ENGRAM_APP_ID")]
     pub app_id: Option<String>,
+    #[command(flatten)]
+    pub llm: LlmArgs,
+    /// Background workers processing queued adds in this process (0: none;
+    /// the queue then waits for `engram serve`).
+    #[arg(long, env = "ENGRAM_WORKERS", default_value_t = 2)]
+    pub workers: usize,
 }
 
 pub async fn run(args: McpArgs) -> anyhow::Result<()> {
@@ -51,10 +62,27 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     } else {
         engram_core::access::Principal::operator_bound(scope.clone())
     };
-    let running = MemoryMcp::new(service, Some(principal), "stdio")
+    // Adds take the same door as over HTTP: with an LLM they are queued as
+    // jobs, which this process's workers run.
+    let keys = KeyService::new(store.keys(), Arc::new(SystemClock));
+    let config = ServerConfig {
+        workers: args.workers,
+        ..ServerConfig::default()
+    };
+    let mut state = AppState::new(service.clone(), keys, config);
+    if let Some(pipeline) = args.llm.pipeline(&service)? {
+        state = state.with_pipeline(pipeline);
+    }
+    let workers = engram_server::spawn_workers(&state);
+    let running = MemoryMcp::new(state.jobs.clone(), Some(principal), "stdio")
         .serve(rmcp::transport::stdio())
         .await?;
     running.waiting().await?;
+    // A job a worker has started is finished; queued ones wait for the next start.
+    state.shutdown.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
     store.flush().await?;
     Ok(())
 }

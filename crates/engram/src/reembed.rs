@@ -102,7 +102,7 @@ pub async fn run(args: ReembedArgs) -> anyhow::Result<()> {
     };
     let report = service.reembed(&ctx, to, args.batch, &show).await?;
     bar.finish_and_clear();
-    service.store().flush().await?;
+    service.flush().await?;
     println!(
         "switched from `{}` to `{}`: {} versions, {} embedded by this run ({} done before) in {:.1} s \
          ({:.0} versions/s; the switch took {:.1} s)",

@@ -165,6 +165,58 @@ pub struct StoreArgs {
     pub lifecycle: LifecycleArgs,
 }
 
+/// The LLM that extracts and consolidates facts (any OpenAI-compatible
+/// chat endpoint); without one, adds store messages verbatim.
+#[derive(Args, Debug, Clone)]
+pub struct LlmArgs {
+    /// OpenAI-compatible chat endpoint for fact extraction and consolidation
+    /// (e.g. `https://api.openai.com/v1`, `http://127.0.0.1:11434/v1` for Ollama). Unset: no LLM.
+    #[arg(long, env = "ENGRAM_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    /// The chat model (with --llm-base-url).
+    #[arg(long, env = "ENGRAM_LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+    /// API key for --llm-base-url.
+    #[arg(long, env = "ENGRAM_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// Seconds per LLM call before it is abandoned (and retried).
+    #[arg(long, env = "ENGRAM_LLM_TIMEOUT_SECS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub llm_timeout_secs: u64,
+    /// Retries of a failed LLM call (backoff with jitter, Retry-After honoured).
+    #[arg(long, env = "ENGRAM_LLM_MAX_RETRIES", default_value_t = 3)]
+    pub llm_max_retries: u32,
+}
+
+impl LlmArgs {
+    /// The LLM pipeline over `service`, when an endpoint is configured.
+    pub fn pipeline(
+        &self,
+        service: &MemoryService,
+    ) -> anyhow::Result<Option<engram_core::pipeline::Pipeline>> {
+        let Some(url) = &self.llm_base_url else {
+            tracing::info!(
+                "no LLM configured (--llm-base-url): adds store messages verbatim, split per turn and sentence"
+            );
+            return Ok(None);
+        };
+        let mut cfg = engram_llm::ClientConfig::new(url.clone(), self.llm_model.clone());
+        cfg.api_key = self.llm_api_key.clone();
+        cfg.timeout = std::time::Duration::from_secs(self.llm_timeout_secs);
+        cfg.max_retries = self.llm_max_retries;
+        let chat = engram_llm::OpenAiChat::new(
+            cfg,
+            Arc::new(engram_llm::TokioSleeper),
+            Arc::new(SystemClock),
+        )?;
+        tracing::info!(url = %url, model = %self.llm_model, "LLM configured: adds extract and consolidate facts in the background");
+        Ok(Some(engram_core::pipeline::Pipeline::new(
+            service.clone(),
+            Arc::new(chat),
+        )))
+    }
+}
+
 /// Encryption at rest of the SQLite store (docs/operations.md, "Encryption at rest").
 #[derive(Args, Clone, Default)]
 pub struct EncryptionArgs {

@@ -11,7 +11,7 @@ use engram_core::service::KeyService;
 use engram_server::auth::{AuthMode, RateLimitConfig};
 use engram_server::{AppState, ServerConfig};
 
-use crate::runtime::{Backend, StoreArgs, open_service};
+use crate::runtime::{Backend, LlmArgs, StoreArgs, open_service};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -50,23 +50,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ENGRAM_JOB_MAX_ATTEMPTS", default_value_t = 5,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub job_max_attempts: u32,
-    /// OpenAI-compatible chat endpoint for fact extraction and consolidation
-    /// (e.g. `https://api.openai.com/v1`, `http://127.0.0.1:11434/v1` for Ollama). Unset: no LLM.
-    #[arg(long, env = "ENGRAM_LLM_BASE_URL")]
-    pub llm_base_url: Option<String>,
-    /// The chat model (with --llm-base-url).
-    #[arg(long, env = "ENGRAM_LLM_MODEL", default_value = "gpt-4o-mini")]
-    pub llm_model: String,
-    /// API key for --llm-base-url.
-    #[arg(long, env = "ENGRAM_LLM_API_KEY", hide_env_values = true)]
-    pub llm_api_key: Option<String>,
-    /// Seconds per LLM call before it is abandoned (and retried).
-    #[arg(long, env = "ENGRAM_LLM_TIMEOUT_SECS", default_value_t = 60,
-        value_parser = clap::value_parser!(u64).range(1..))]
-    pub llm_timeout_secs: u64,
-    /// Retries of a failed LLM call (backoff with jitter, Retry-After honoured).
-    #[arg(long, env = "ENGRAM_LLM_MAX_RETRIES", default_value_t = 3)]
-    pub llm_max_retries: u32,
+    #[command(flatten)]
+    pub llm: LlmArgs,
     /// Seconds a worker holds a job; after that another worker may take it over.
     #[arg(long, env = "ENGRAM_JOB_LEASE_SECS", default_value_t = 120,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -206,26 +191,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let mut state = AppState::new(service.clone(), keys, config);
-    match &args.llm_base_url {
-        Some(url) => {
-            let mut cfg = engram_llm::ClientConfig::new(url.clone(), args.llm_model.clone());
-            cfg.api_key = args.llm_api_key.clone();
-            cfg.timeout = std::time::Duration::from_secs(args.llm_timeout_secs);
-            cfg.max_retries = args.llm_max_retries;
-            let chat = engram_llm::OpenAiChat::new(
-                cfg,
-                std::sync::Arc::new(engram_llm::TokioSleeper),
-                std::sync::Arc::new(SystemClock),
-            )?;
-            tracing::info!(url = %url, model = %args.llm_model, "LLM configured: adds extract and consolidate facts in the background");
-            state = state.with_pipeline(engram_core::pipeline::Pipeline::new(
-                service,
-                std::sync::Arc::new(chat),
-            ));
-        }
-        None => tracing::info!(
-            "no LLM configured (--llm-base-url): adds store messages verbatim, split per turn and sentence"
-        ),
+    if let Some(pipeline) = args.llm.pipeline(&service)? {
+        state = state.with_pipeline(pipeline);
     }
     let api_key = args.store.embed_api_key.clone();
     state = state.with_model_loader(std::sync::Arc::new(move |req| {
@@ -236,7 +203,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .map_err(|e| format!("{e:#}"))
         })
     }));
-    if let Some(s) = state.memory.store().reembed_state().await? {
+    if let Some(s) = store.store().reembed_state().await? {
         tracing::warn!(
             to = %s.to.id, done = s.done, total = s.total,
             "a re-embedding is paused: resume it with `engram reembed --url … --model …` (same model), or cancel it"

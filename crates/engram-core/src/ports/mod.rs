@@ -14,6 +14,7 @@ mod keys;
 mod llm;
 mod reembed;
 mod store;
+pub mod write;
 
 pub use audit::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
 pub use embed::Embedder;

@@ -66,12 +66,18 @@ pub enum Added {
     Queued(Box<Job>),
 }
 
-/// Queueing and inspecting jobs, for every transport.
+/// Wakes a pool of idle workers.
+pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// The one door adds come in by, for every transport (REST, Mem0, MCP,
+/// CLI), and queueing and inspecting jobs. Transports never call
+/// [`MemoryService::add`] themselves (`tests/layering.rs` checks).
 #[derive(Clone)]
 pub struct JobQueue {
     memory: MemoryService,
     config: JobConfig,
     pipeline: Option<Pipeline>,
+    wake: Option<Waker>,
 }
 
 impl JobQueue {
@@ -80,6 +86,31 @@ impl JobQueue {
             memory,
             config,
             pipeline,
+            wake: None,
+        }
+    }
+
+    /// Calls `wake` whenever a job becomes due (queued or retried), so idle
+    /// workers start at once instead of at their next poll.
+    pub fn with_waker(mut self, wake: Waker) -> JobQueue {
+        self.wake = Some(wake);
+        self
+    }
+
+    /// The same queue running `infer` adds through `pipeline` (`None`: verbatim only).
+    pub fn with_pipeline(mut self, pipeline: Option<Pipeline>) -> JobQueue {
+        self.pipeline = pipeline;
+        self
+    }
+
+    /// The service adds are written through.
+    pub fn memory(&self) -> &MemoryService {
+        &self.memory
+    }
+
+    fn wake(&self) {
+        if let Some(wake) = &self.wake {
+            wake();
         }
     }
 
@@ -121,6 +152,17 @@ impl JobQueue {
         } else {
             self.memory.add(ctx, input).await
         }
+    }
+
+    /// Bulk verbatim adds (`engram import`, evaluations): one embedding
+    /// batch and one transaction for all of them; never the LLM, whatever
+    /// is configured. Results come back per input, in order.
+    pub async fn add_verbatim_batch(
+        &self,
+        ctx: &RequestCtx,
+        inputs: Vec<AddInput>,
+    ) -> Result<Vec<Vec<AddResult>>> {
+        self.memory.add_batch(ctx, inputs).await
     }
 
     /// An add through the LLM pipeline, now (the synchronous path).
@@ -170,6 +212,7 @@ impl JobQueue {
         };
         self.memory.store().job_insert(&job).await?;
         metrics::counter!("engram_jobs_enqueued_total", "kind" => "add").increment(1);
+        self.wake();
         Ok(job)
     }
 
@@ -236,6 +279,7 @@ impl JobQueue {
             .store()
             .apply(vec![WriteOp::Audit(audit)])
             .await?;
+        self.wake();
         self.get(ctx, id).await
     }
 

@@ -32,6 +32,13 @@ impl MemoryService {
 
     /// Memories matching `filter` (which must name a scope id) inside the
     /// caller's binding, newest first.
+    /// How many visible memories match `filter` inside the caller's binding.
+    pub async fn count(&self, ctx: &RequestCtx, filter: &Filter) -> Result<usize> {
+        let filter = &ctx.principal.bind_filter(filter.clone())?;
+        require_scope(filter)?;
+        self.inner.store.count(filter, self.vis()).await
+    }
+
     pub async fn list(
         &self,
         ctx: &RequestCtx,

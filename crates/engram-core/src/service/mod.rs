@@ -25,6 +25,7 @@ use crate::ports::{Embedder, Store, Visibility};
 use crate::{Error, ErrorCode, Result};
 
 mod governance;
+mod health;
 mod ingest;
 mod jobs;
 mod keys;
@@ -39,6 +40,7 @@ mod search;
 mod types;
 
 pub use governance::{ErasureReceipt, validate_target};
+pub use health::Readiness;
 pub use jobs::{Added, JobConfig, JobQueue, JobRunner};
 pub use keys::{
     CACHE_TTL, KEY_PREFIX, KeyService, MAX_KEY_NAME, MAX_RATE_LIMIT, NewKey, hash_secret,
@@ -46,8 +48,8 @@ pub use keys::{
 pub use query_cache::QueryCache;
 pub use reembed::{DEFAULT_BATCH, MAX_BATCH, ReembedReport, check_batch};
 pub use types::{
-    AddInput, AddResult, Content, Explanation, MAX_NAME_BYTES, MAX_PAGE, MAX_QUERY_BYTES, Message,
-    Page, SearchHit, SearchInput, SearchOutput, SweepReport, UpdateInput,
+    AddInput, AddResult, Content, DEFAULT_PAGE, Explanation, MAX_NAME_BYTES, MAX_PAGE,
+    MAX_QUERY_BYTES, Message, Page, SearchHit, SearchInput, SearchOutput, SweepReport, UpdateInput,
 };
 
 use model::{ModelCheck, ModelSlot};
@@ -124,6 +126,18 @@ impl MemoryService {
         &self.inner.lifecycle
     }
 
+    /// Persists derived state (the vector graph) so the next start is fast.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.store.flush().await
+    }
+
+    /// The store's short name for logs and `/healthz`: `sqlite`, `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.store.backend()
+    }
+
+    /// The store itself, for the process that built it and for tests;
+    /// transports go through the service (`tests/layering.rs` checks).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }

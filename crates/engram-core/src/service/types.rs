@@ -7,6 +7,7 @@ use crate::filter::Filter;
 use crate::fusion::SignalScores;
 use crate::memory::{Event, Memory, MemoryId, MemoryKind, Metadata, Scope};
 use crate::ports::{Cursor, VectorPath};
+use crate::{Error, Result};
 
 /// A chat message.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -23,6 +24,20 @@ pub struct Message {
 pub enum Content {
     Text(String),
     Messages(Vec<Message>),
+}
+
+impl Content {
+    /// What an add carries, the one rule for every transport: exactly one
+    /// of `messages` (not empty) or `text`.
+    pub fn new(messages: Option<Vec<Message>>, text: Option<String>) -> Result<Content> {
+        match (messages, text) {
+            (Some(m), None) if !m.is_empty() => Ok(Content::Messages(m)),
+            (None, Some(t)) => Ok(Content::Text(t)),
+            (Some(_), None) => Err(Error::invalid("`messages` must not be empty")),
+            (Some(_), Some(_)) => Err(Error::invalid("give either `messages` or `text`, not both")),
+            (None, None) => Err(Error::invalid("give `messages` or `text`")),
+        }
+    }
 }
 
 /// Input of [`MemoryService::add`].
@@ -133,6 +148,8 @@ pub const MAX_NAME_BYTES: usize = 128;
 
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 1000;
+/// A listing's page when the caller names no size.
+pub const DEFAULT_PAGE: usize = 100;
 
 /// What one [`MemoryService::sweep`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
