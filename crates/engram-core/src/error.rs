@@ -4,6 +4,8 @@
 //! representation (HTTP status + problem+json type, MCP tool error) through
 //! one table, so a new variant can never silently become a 500.
 
+#![deny(clippy::wildcard_enum_match_arm)]
+
 use std::fmt;
 
 /// Result alias used throughout the core.

@@ -814,4 +814,39 @@ mod tests {
             &["https://app.example".to_owned()]
         ));
     }
+
+    fn text(r: Result<CallToolResult, McpError>) -> String {
+        let r = r.unwrap();
+        assert_eq!(r.is_error, Some(true));
+        serde_json::to_value(&r.content[0]).unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Tool errors come from the server's one table: what REST answers with
+    /// a 4xx (a `ModelSwitched` is a 409 there) is the caller's to read over
+    /// MCP too; a 5xx says only "internal error".
+    #[test]
+    fn tool_errors_follow_the_http_table() {
+        let switched = Error::new(
+            ErrorCode::ModelSwitched,
+            "this write was embedded with `a`, but the store switched to `b` meanwhile; retry it",
+        );
+        assert_eq!(
+            text(fail(switched)),
+            "model_switched: this write was embedded with `a`, but the store switched to `b` meanwhile; retry it"
+        );
+        let store = Error::store("disk I/O error at /var/lib/engram/engram.db");
+        let shown = text(fail(store));
+        assert!(
+            shown.starts_with("store_failure: internal error"),
+            "{shown}"
+        );
+        assert!(!shown.contains("/var/lib"), "{shown}");
+        assert_eq!(
+            text(fail(Error::invalid("`query` must not be empty"))),
+            "invalid_request: `query` must not be empty"
+        );
+    }
 }
