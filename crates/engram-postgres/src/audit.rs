@@ -7,8 +7,8 @@ use engram_core::ports::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, Eras
 use jiff::Timestamp;
 use tokio_postgres::Transaction;
 
+use crate::error::ApplyError;
 use crate::rows::{get, ts};
-use crate::write::ApplyError;
 use crate::{PgStore, pg_err};
 
 /// Appends one event inside the caller's transaction.

@@ -22,8 +22,8 @@ use jiff::Timestamp;
 use tokio_postgres::{GenericClient, Row, Transaction};
 use uuid::Uuid;
 
+use crate::error::ApplyError;
 use crate::rows::{get, int, ts};
-use crate::write::ApplyError;
 use crate::{PgStore, pg_err};
 
 const COLUMNS: &str = "id, kind, state, payload, principal, scope, request_id, attempts, max_attempts, \

@@ -67,7 +67,7 @@ impl KeyStore for PgStore {
         .map_err(pg_err)?;
         crate::audit::append(&tx, audit)
             .await
-            .map_err(crate::write::apply_err)?;
+            .map_err(crate::error::apply_err)?;
         tx.commit().await.map_err(pg_err)
     }
 
@@ -108,7 +108,7 @@ impl KeyStore for PgStore {
         if n > 0 {
             crate::audit::append(&tx, audit)
                 .await
-                .map_err(crate::write::apply_err)?;
+                .map_err(crate::error::apply_err)?;
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(n > 0)

@@ -14,6 +14,7 @@
 //! the exact scan when the filter leaves fewer than `k` hits.
 
 mod audit;
+mod error;
 mod jobs;
 mod keys;
 mod read;
@@ -40,12 +41,12 @@ use engram_core::ports::{
 };
 use engram_core::{Error, ErrorCode, Result};
 use jiff::Timestamp;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, NoTls};
 
+pub(crate) use crate::error::pg_err;
+use crate::error::{ApplyError, pool_err, retryable};
 use crate::rows::{get, meta_get, ms};
 use crate::sql::{Params, compile, live};
-use crate::write::ApplyError;
 
 /// Options for [`PgStore::connect`].
 #[derive(Debug, Clone)]
@@ -98,43 +99,6 @@ struct Inner {
     target: String,
     /// The HNSW rebuild a re-embedding switch started here (awaited by `flush`).
     index_build: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// Converts a driver error, keeping the server's message and SQLSTATE.
-pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
-    match e.as_db_error() {
-        Some(db) if *db.code() == SqlState::QUERY_CANCELED => Error::store(format!(
-            "postgres: statement timed out or was cancelled: {}",
-            db.message()
-        )),
-        Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION => Error::new(
-            ErrorCode::Conflict,
-            format!(
-                "a concurrent write touched the same record ({}); retry",
-                db.message()
-            ),
-        ),
-        Some(db) => Error::store(format!(
-            "postgres: {} (SQLSTATE {})",
-            db.message(),
-            db.code().code()
-        )),
-        None => Error::store(format!("postgres: {e}")),
-    }
-}
-
-fn pool_err(e: deadpool_postgres::PoolError) -> Error {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => pg_err(e),
-        other => Error::store(format!("postgres connection pool: {other}")),
-    }
-}
-
-/// Whether a failed transaction may simply be run again.
-fn retryable(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| {
-        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
-    })
 }
 
 impl PgStore {

@@ -10,8 +10,8 @@ use engram_core::{Error, Result};
 use pgvector::Vector;
 use tokio_postgres::GenericClient;
 
+use crate::error::ApplyError;
 use crate::rows::meta_get;
-use crate::write::ApplyError;
 use crate::{PgStore, pg_err, schema};
 
 /// The `engram_meta` keys naming a model: id, dimension.

@@ -2,17 +2,18 @@
 //! composed by core's `apply_batch`), one transaction per batch, retried
 //! on serialization failures and deadlocks.
 
+use engram_core::Result;
 use engram_core::memory::{HistoryEvent, Memory, MemoryId};
 use engram_core::ports::write::{Current, WriteTx, apply_batch};
 use engram_core::ports::{AuditEvent, UsageRow, WriteOp};
-use engram_core::{Error, Result};
 use jiff::Timestamp;
 use pgvector::Vector;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
+use crate::error::ApplyError;
 use crate::rows::{int, json, ms};
-use crate::{PgStore, audit, jobs, pg_err};
+use crate::{PgStore, audit, jobs};
 
 /// Applies a batch in one transaction (again after a serialization failure
 /// or a deadlock).
@@ -163,31 +164,6 @@ impl WriteTx for PgTx<'_, '_> {
 
     async fn record_usage(&mut self, row: &UsageRow) -> std::result::Result<(), ApplyError> {
         jobs::record_usage(self.0, row).await
-    }
-}
-
-/// Why a write batch failed: a driver error may be retryable, ours are final.
-pub(crate) enum ApplyError {
-    Pg(tokio_postgres::Error),
-    Other(Error),
-}
-
-pub(crate) fn apply_err(e: ApplyError) -> Error {
-    match e {
-        ApplyError::Pg(e) => pg_err(e),
-        ApplyError::Other(e) => e,
-    }
-}
-
-impl From<Error> for ApplyError {
-    fn from(e: Error) -> Self {
-        ApplyError::Other(e)
-    }
-}
-
-impl From<tokio_postgres::Error> for ApplyError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        ApplyError::Pg(e)
     }
 }
 

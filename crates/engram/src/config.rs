@@ -36,7 +36,7 @@ pub struct PrintArgs {
     #[command(flatten)]
     pub serve: crate::serve::ServeArgs,
     #[command(flatten)]
-    pub client: crate::cli::ClientArgs,
+    pub client: crate::target::ClientArgs,
 }
 
 /// The config file named by `--config <path>` / `--config=<path>` or `ENGRAM_CONFIG`.

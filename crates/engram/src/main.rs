@@ -10,6 +10,8 @@ mod mcp;
 mod reembed;
 mod runtime;
 mod serve;
+mod target;
+mod transfer;
 
 use clap::{CommandFactory, FromArgMatches};
 

@@ -2,15 +2,13 @@
 //! on the data directory / Postgres store directly, or through a running
 //! server (`--url`, which does the work in its background while it serves).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use engram_core::ports::Embedder;
 use engram_core::ports::ReembedState;
 use serde_json::{Value, json};
 
-use crate::cli::{Target, cli_ctx, local, progress, request, send};
+use crate::target::{Target, cli_ctx, local, progress, request, send};
 
 #[derive(clap::Args, Debug)]
 pub struct ReembedArgs {
@@ -39,18 +37,6 @@ pub struct ReembedArgs {
     pub detach: bool,
     #[command(flatten)]
     pub target: Target,
-}
-
-/// Loads the model a re-embedding moves to.
-pub async fn load_model(
-    model: &str,
-    base_url: Option<&str>,
-    api_key: Option<String>,
-) -> anyhow::Result<Arc<dyn Embedder>> {
-    match base_url {
-        Some(url) => crate::runtime::remote_embedder(url, model, api_key).await,
-        None => Ok(crate::runtime::load_embedder(model.into()).await?),
-    }
 }
 
 pub async fn run(args: ReembedArgs) -> anyhow::Result<()> {
@@ -85,7 +71,7 @@ pub async fn run(args: ReembedArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let model = args.model.as_deref().unwrap_or_default();
-    let to = load_model(
+    let to = crate::runtime::load_model(
         model,
         args.to_embed_base_url.as_deref(),
         args.target.store.embed_api_key.clone(),

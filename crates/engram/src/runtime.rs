@@ -10,8 +10,8 @@ use engram_core::config::{
     FusionMethod, HalfLives, IngestConfig, Normalization, RetrievalConfig, SignalWeights,
 };
 use engram_core::lifecycle::{self, LifecycleConfig, PolicyRules, ScopePolicy};
-use engram_core::ports::KeyStore;
 use engram_core::ports::Store;
+use engram_core::ports::{Embedder, KeyStore};
 use engram_core::service::MemoryService;
 use engram_embed::BertEmbedder;
 use engram_index::IndexConfig;
@@ -597,6 +597,18 @@ pub async fn remote_embedder(
     .with_context(|| format!("connecting to the embeddings endpoint {url}"))?;
     tracing::info!(model = %e.model_info().id, dim = e.model_info().dim, "remote embeddings");
     Ok(Arc::new(e))
+}
+
+/// Loads the model a re-embedding moves to.
+pub async fn load_model(
+    model: &str,
+    base_url: Option<&str>,
+    api_key: Option<String>,
+) -> anyhow::Result<Arc<dyn Embedder>> {
+    match base_url {
+        Some(url) => remote_embedder(url, model, api_key).await,
+        None => Ok(load_embedder(model.into()).await?),
+    }
 }
 
 /// Opens the store and model and builds the service.

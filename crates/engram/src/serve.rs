@@ -198,7 +198,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     state = state.with_model_loader(std::sync::Arc::new(move |req| {
         let api_key = api_key.clone();
         Box::pin(async move {
-            crate::reembed::load_model(&req.model, req.embed_base_url.as_deref(), api_key)
+            crate::runtime::load_model(&req.model, req.embed_base_url.as_deref(), api_key)
                 .await
                 .map_err(|e| format!("{e:#}"))
         })
