@@ -202,13 +202,20 @@ impl Filter {
 
     /// A read's filter as every transport takes it: the JSON `filters`
     /// (absent: everything) ANDed with the scope ids the request names at
-    /// its top level (query string, body or tool arguments), each checked.
+    /// its top level (query string, body or tool arguments), each checked;
+    /// `"*"` means "has this id", as in the filter language.
     pub fn with_ids(filters: Option<&Value>, ids: &Scope) -> Result<Filter> {
-        let parsed = Filter::parse(filters.unwrap_or(&Value::Null))?;
+        let mut filter = Filter::parse(filters.unwrap_or(&Value::Null))?;
         for (field, v) in ids.iter() {
-            crate::memory::validate_scope_id(field, v)?;
+            let op = if v == "*" {
+                StrOp::Exists
+            } else {
+                crate::memory::validate_scope_id(field, v)?;
+                StrOp::In(vec![v.to_owned()])
+            };
+            filter = filter.and(Filter::Cond(Cond::Scope { field, op }));
         }
-        Ok(parsed.and(Filter::from_scope(ids)))
+        Ok(filter)
     }
 
     /// Parses a JSON filter. `null` or `{}` match everything.
@@ -968,6 +975,19 @@ mod tests {
         assert!(parse(json!({"AND": [{"user_id": "a"}, {"metadata": {"x": 1}}]})).names_scope());
         assert!(parse(json!({"OR": [{"user_id": "a"}, {"agent_id": "b"}]})).names_scope());
         assert!(!parse(json!({"OR": [{"user_id": "a"}, {"metadata": {"x": 1}}]})).names_scope());
+        let ids = Scope {
+            user_id: Some("*".into()),
+            agent_id: Some("x".into()),
+            ..Default::default()
+        };
+        let f = Filter::with_ids(None, &ids).unwrap();
+        assert!(f.matches(&mem("alice", Some("x"))));
+        assert!(!f.matches(&mem("alice", Some("y"))));
+        let bad = Scope {
+            user_id: Some("a\nb".into()),
+            ..Default::default()
+        };
+        assert!(Filter::with_ids(None, &bad).is_err());
         assert!(!parse(json!({"user_id": "*"})).names_scope());
         assert!(!parse(json!({"user_id": {"ne": "a"}})).names_scope());
         assert!(!parse(json!({"NOT": {"user_id": "a"}})).names_scope());

@@ -16,7 +16,7 @@ use engram_core::filter::Filter;
 use engram_core::memory::{Memory, Scope, ScopeField};
 use engram_core::ports::Cursor;
 use engram_core::service::{
-    AddInput, Added, Content, DEFAULT_PAGE, JobQueue, MemoryService, Message, SearchInput,
+    AddInput, Added, Content, DEFAULT_AGENT_PAGE, JobQueue, MemoryService, Message, SearchInput,
     UpdateInput,
 };
 use engram_core::{Error, ErrorCode};
@@ -82,7 +82,7 @@ pub struct SearchArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ListArgs {
-    /// Page size (1-1000, default 100).
+    /// Page size (1-1000, default 20).
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
@@ -454,7 +454,7 @@ Returns the memories and a `next_cursor` when more remain.",
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let limit = args.limit.map_or(DEFAULT_PAGE, |l| l as usize);
+            let limit = args.limit.map_or(DEFAULT_AGENT_PAGE, |l| l as usize);
             let page = try_tool!(
                 self.memory
                     .list(&ctx, &Filter::from_scope(&scope), after, limit)

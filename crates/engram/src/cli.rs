@@ -6,10 +6,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use engram_core::filter::Filter;
 use engram_core::ports::JobState;
-use engram_core::service::{AddInput, Added, Content, JobConfig, JobQueue, JobRunner, SearchInput};
+use engram_core::service::{AddInput, Added, Content, JobQueue, JobRunner, SearchInput};
 use serde_json::{Value, json};
 
-use crate::runtime::{LlmArgs, LogArgs};
+use crate::runtime::{JobArgs, LlmArgs, LogArgs};
 use crate::target::{ClientArgs, ScopeArgs, Target, cli_ctx, local, post, request, send};
 use crate::transfer::{ExportArgs, ImportArgs, export, import};
 
@@ -74,11 +74,17 @@ pub struct AddArgs {
     /// Metadata as a JSON object.
     #[arg(long)]
     pub metadata: Option<String>,
-    /// Wait for a queued add (an LLM is configured) to finish and print what it stored.
+    /// Wait for a queued add (an LLM is configured) to finish and print what
+    /// it stored: locally this process runs the queue meanwhile.
     #[arg(long)]
     pub wait: bool,
+    /// Longest wait with --wait, in seconds.
+    #[arg(long, default_value_t = 600, requires = "wait")]
+    pub wait_secs: u64,
     #[command(flatten)]
     pub llm: LlmArgs,
+    #[command(flatten)]
+    pub jobs: JobArgs,
     #[command(flatten)]
     pub target: Target,
 }
@@ -142,11 +148,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the local queue in this process until job `id` is finished; its results.
-async fn wait_local(queue: &JobQueue, id: uuid::Uuid) -> anyhow::Result<Value> {
-    let runner = JobRunner::new(queue.memory().clone(), queue.config().clone(), "cli")
+/// Runs the local queue in this process until job `id` is finished; its
+/// results. The queue is first come, first served: jobs queued before it
+/// run first.
+async fn wait_local(
+    queue: &JobQueue,
+    id: uuid::Uuid,
+    deadline: std::time::Instant,
+) -> anyhow::Result<Value> {
+    let worker = format!("cli-{}", uuid::Uuid::now_v7().simple());
+    let runner = JobRunner::new(queue.memory().clone(), queue.config().clone(), worker)
         .with_pipeline(queue.pipeline().cloned());
     loop {
+        if std::time::Instant::now() > deadline {
+            bail!("job {id} is not finished yet; it stays queued (see --wait-secs)");
+        }
         let job = queue.get(&cli_ctx(), id).await?;
         match job.state {
             JobState::Done => return Ok(job.result.unwrap_or(Value::Null)["results"].clone()),
@@ -165,8 +181,15 @@ async fn wait_local(queue: &JobQueue, id: uuid::Uuid) -> anyhow::Result<Value> {
 }
 
 /// Polls the `--url` server until job `id` is finished; its results.
-async fn wait_remote(client: &ClientArgs, id: &str) -> anyhow::Result<Value> {
+async fn wait_remote(
+    client: &ClientArgs,
+    id: &str,
+    deadline: std::time::Instant,
+) -> anyhow::Result<Value> {
     loop {
+        if std::time::Instant::now() > deadline {
+            bail!("job {id} is not finished yet; it stays queued on the server (see --wait-secs)");
+        }
         let req = request(client, reqwest::Method::GET, &format!("/v1/jobs/{id}"));
         let job: Value = send(client, req).await?.json().await?;
         match job["status"].as_str() {
@@ -181,6 +204,7 @@ async fn wait_remote(client: &ClientArgs, id: &str) -> anyhow::Result<Value> {
 }
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.wait_secs);
     let text = args.text.join(" ");
     let metadata: serde_json::Map<String, Value> = match &args.metadata {
         Some(m) => serde_json::from_str(m).context("--metadata must be a JSON object")?,
@@ -193,7 +217,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         let out = post(&args.target.client, "/v1/memories", &Value::Object(body)).await?;
         match out["job_id"].as_str() {
             None => out["results"].clone(),
-            Some(job) if args.wait => wait_remote(&args.target.client, job).await?,
+            Some(job) if args.wait => wait_remote(&args.target.client, job, deadline).await?,
             Some(job) => {
                 println!("QUEUED job {job} (GET {url}/v1/jobs/{job} for its outcome)");
                 return Ok(());
@@ -208,12 +232,12 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         // The same door as every transport: with an LLM the add is a job.
         let queue = JobQueue::new(
             service.clone(),
-            JobConfig::default(),
+            args.jobs.config(),
             args.llm.pipeline(&service)?,
         );
         let results = match queue.add(&cli_ctx(), input, None, None).await? {
             Added::Done(results) => serde_json::to_value(results)?,
-            Added::Queued(job) if args.wait => wait_local(&queue, job.id).await?,
+            Added::Queued(job) if args.wait => wait_local(&queue, job.id, deadline).await?,
             Added::Queued(job) => {
                 service.flush().await?;
                 println!(

@@ -10,7 +10,7 @@ use engram_server::mcp::MemoryMcp;
 use engram_server::{AppState, ServerConfig};
 use rmcp::ServiceExt;
 
-use crate::runtime::{LlmArgs, StoreArgs, open_service};
+use crate::runtime::{JobArgs, LlmArgs, StoreArgs, open_service};
 
 #[derive(clap::Args, Debug)]
 pub struct McpArgs {
@@ -33,10 +33,12 @@ pub struct McpArgs {
     pub app_id: Option<String>,
     #[command(flatten)]
     pub llm: LlmArgs,
-    /// Background workers processing queued adds in this process (0: none;
-    /// the queue then waits for `engram serve`).
-    #[arg(long, env = "ENGRAM_WORKERS", default_value_t = 2)]
-    pub workers: usize,
+    #[command(flatten)]
+    pub jobs: JobArgs,
+    /// Background workers running queued adds in this process [default: 2
+    /// with an LLM, else 0: a queue of LLM adds waits for a process that has one].
+    #[arg(long, env = "ENGRAM_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 pub async fn run(args: McpArgs) -> anyhow::Result<()> {
@@ -65,12 +67,16 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     // Adds take the same door as over HTTP: with an LLM they are queued as
     // jobs, which this process's workers run.
     let keys = KeyService::new(store.keys(), Arc::new(SystemClock));
+    let pipeline = args.llm.pipeline(&service)?;
     let config = ServerConfig {
-        workers: args.workers,
+        workers: args
+            .workers
+            .unwrap_or(if pipeline.is_some() { 2 } else { 0 }),
+        jobs: args.jobs.config(),
         ..ServerConfig::default()
     };
     let mut state = AppState::new(service.clone(), keys, config);
-    if let Some(pipeline) = args.llm.pipeline(&service)? {
+    if let Some(pipeline) = pipeline {
         state = state.with_pipeline(pipeline);
     }
     let workers = engram_server::spawn_workers(&state);

@@ -165,6 +165,29 @@ pub struct StoreArgs {
     pub lifecycle: LifecycleArgs,
 }
 
+/// How queued jobs are retried and leased (every process that runs workers).
+#[derive(Args, Debug, Clone)]
+pub struct JobArgs {
+    /// Attempts before a job is moved to the dead-letter queue.
+    #[arg(long, env = "ENGRAM_JOB_MAX_ATTEMPTS", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub job_max_attempts: u32,
+    /// Seconds a worker holds a job; after that another worker may take it over.
+    #[arg(long, env = "ENGRAM_JOB_LEASE_SECS", default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub job_lease_secs: u64,
+}
+
+impl JobArgs {
+    pub fn config(&self) -> engram_core::service::JobConfig {
+        engram_core::service::JobConfig {
+            max_attempts: self.job_max_attempts,
+            lease: std::time::Duration::from_secs(self.job_lease_secs),
+            ..Default::default()
+        }
+    }
+}
+
 /// The LLM that extracts and consolidates facts (any OpenAI-compatible
 /// chat endpoint); without one, adds store messages verbatim.
 #[derive(Args, Debug, Clone)]

@@ -11,7 +11,7 @@ use engram_core::service::KeyService;
 use engram_server::auth::{AuthMode, RateLimitConfig};
 use engram_server::{AppState, ServerConfig};
 
-use crate::runtime::{Backend, LlmArgs, StoreArgs, open_service};
+use crate::runtime::{Backend, JobArgs, LlmArgs, StoreArgs, open_service};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -46,16 +46,10 @@ pub struct ServeArgs {
     /// Background workers processing queued jobs on this node (0: none).
     #[arg(long, env = "ENGRAM_WORKERS", default_value_t = 2)]
     pub workers: usize,
-    /// Attempts before a job is moved to the dead-letter queue.
-    #[arg(long, env = "ENGRAM_JOB_MAX_ATTEMPTS", default_value_t = 5,
-        value_parser = clap::value_parser!(u32).range(1..))]
-    pub job_max_attempts: u32,
+    #[command(flatten)]
+    pub jobs: JobArgs,
     #[command(flatten)]
     pub llm: LlmArgs,
-    /// Seconds a worker holds a job; after that another worker may take it over.
-    #[arg(long, env = "ENGRAM_JOB_LEASE_SECS", default_value_t = 120,
-        value_parser = clap::value_parser!(u64).range(1..))]
-    pub job_lease_secs: u64,
 }
 
 impl ServeArgs {
@@ -171,11 +165,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             allowed_origins: args.mcp_allowed_origins.clone(),
         },
         workers: args.workers,
-        jobs: engram_core::service::JobConfig {
-            max_attempts: args.job_max_attempts,
-            lease: std::time::Duration::from_secs(args.job_lease_secs),
-            ..Default::default()
-        },
+        jobs: args.jobs.config(),
     };
     // This process holds the data directory: jobs left running were orphaned
     // by a crash. (With Postgres other nodes may hold live leases: a dead

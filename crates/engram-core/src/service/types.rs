@@ -150,6 +150,9 @@ pub const MAX_NAME_BYTES: usize = 128;
 pub const MAX_PAGE: usize = 1000;
 /// A listing's page when the caller names no size.
 pub const DEFAULT_PAGE: usize = 100;
+/// A listing's page for an agent (MCP tools), whose context every memory
+/// costs, when it names no size.
+pub const DEFAULT_AGENT_PAGE: usize = 20;
 
 /// What one [`MemoryService::sweep`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
