@@ -19,7 +19,7 @@ pub mod write;
 pub use audit::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
 pub use embed::Embedder;
 pub use idempotency::{
-    IDEMPOTENCY_ABANDONED_AFTER_SECS, IdemBegin, IdempotencyStore, MAX_IDEMPOTENCY_KEY_LEN,
+    IDEMPOTENCY_ABANDONED_AFTER_SECS, IDEMPOTENCY_MAX_PER_CALLER, IdemBegin, IdempotencyStore, MAX_IDEMPOTENCY_KEY_LEN,
     StoredResponse,
 };
 pub use jobs::{Job, JobCounts, JobState, JobStore};
