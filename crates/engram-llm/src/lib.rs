@@ -257,8 +257,7 @@ impl Transport {
             return serde_json::from_str(&text)
                 .map_err(|e| Attempt::Fatal(format!("the provider answered invalid JSON: {e}")));
         }
-        let shown: String = text.chars().take(300).collect();
-        let message = format!("{status}: {shown}");
+        let message = format!("{status}{}", redacted(&text));
         if status.as_u16() == 429 || status.is_server_error() {
             let honoured = if matches!(status.as_u16(), 429 | 503) {
                 after
@@ -579,6 +578,38 @@ impl Embedder for OpenAiEmbedder {
     /// Remote tokenizers are unknown: about four characters per token.
     fn count_tokens(&self, text: &str) -> usize {
         text.chars().count().div_ceil(4)
+    }
+}
+
+/// What of a provider's error body may be logged and stored (a job's
+/// `last_error` outlives requests, and erasure cannot reach logs): the
+/// OpenAI-style `error.type` and `error.code` when they are short
+/// identifiers — never `error.message` or free text, which can quote the
+/// prompt, and so the user's words.
+fn redacted(body: &str) -> String {
+    let v: serde_json::Value = match serde_json::from_str(body) {
+        Ok(v) => v,
+        Err(_) => return " (the provider's answer is not shown: it may quote the request)".into(),
+    };
+    let ident = |f: &str| {
+        v["error"][f]
+            .as_str()
+            .filter(|s| {
+                !s.is_empty()
+                    && s.len() <= 64
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            })
+            .map(|s| format!("{f} {s}"))
+    };
+    let parts: Vec<String> = ["type", "code"].into_iter().filter_map(ident).collect();
+    if parts.is_empty() {
+        " (the provider's message is not shown: it may quote the request)".into()
+    } else {
+        format!(
+            " ({}; the provider's message is not shown)",
+            parts.join(", ")
+        )
     }
 }
 

@@ -216,9 +216,42 @@ async fn client_errors_are_not_retried() {
     s.server.push([Reply::error(401, "bad key")]);
     let e = s.chat.chat(request()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::LlmFailure);
-    assert!(e.message.contains("bad key"), "{}", e.message);
+    assert!(e.message.contains("401"), "{}", e.message);
+    assert!(e.message.contains("type scripted"), "{}", e.message);
     assert_eq!(s.server.received_count(), 1);
     assert_eq!(s.chat.state(), LlmState::Closed, "the provider answered");
+}
+
+/// A provider's error text can quote the prompt (the user's words), and the
+/// error is logged and kept as a job's `last_error`, out of erasure's
+/// reach: only the status and the error's type and code are kept.
+#[tokio::test]
+async fn provider_error_text_is_never_kept() {
+    let s = setup(|c| c.max_retries = 0).await;
+    let quoted = "Invalid prompt: 'my HIV test came back positive' violates policy";
+    s.server.push([Reply::error(400, quoted)]);
+    let e = s.chat.chat(request()).await.unwrap_err();
+    assert!(!e.message.contains("HIV"), "{}", e.message);
+    assert!(
+        e.message.contains("400") && e.message.contains("type scripted"),
+        "{}",
+        e.message
+    );
+    s.server
+        .push([Reply::json(500, json!({"detail": "echo: my HIV test"}))]);
+    let e = s.chat.chat(request()).await.unwrap_err();
+    assert!(!e.message.contains("HIV"), "{}", e.message);
+    s.server.push([Reply::json(
+        429,
+        json!({"error": {"type": "a b c my HIV test", "code": "rate_limit_exceeded"}}),
+    )]);
+    let e = s.chat.chat(request()).await.unwrap_err();
+    assert!(!e.message.contains("HIV"), "{}", e.message);
+    assert!(
+        e.message.contains("code rate_limit_exceeded"),
+        "{}",
+        e.message
+    );
 }
 
 #[tokio::test]

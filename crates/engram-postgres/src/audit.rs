@@ -40,57 +40,81 @@ pub(crate) async fn erase(
     target: &ErasureTarget,
     mut audit: AuditEvent,
 ) -> std::result::Result<ErasureCounts, ApplyError> {
-    // Column names come from a fixed list; the ids are parameters.
-    let col = target.field.as_str();
-    let cond = format!("{col} = $1 AND ($2::text IS NULL OR org_id = $2::text)");
-    let (id, org) = (&target.id, &target.org_id);
+    // Column names come from a fixed list; the ids are parameters. Every id
+    // of the target and of the caller's binding must match.
+    let conds = target.conditions();
+    let values: Vec<&str> = conds.iter().map(|(_, v)| *v).collect();
+    let args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let matching = |column: &dyn Fn(&str) -> String| -> String {
+        conds
+            .iter()
+            .enumerate()
+            .map(|(i, (f, _))| format!("{} = ${}::text", column(f.as_str()), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let cond = matching(&|c| c.to_owned());
     mark_table(tx).await?;
     tx.execute(
         &format!(
             "INSERT INTO erased SELECT rowid, id, invalid_at IS NULL FROM memories WHERE {cond}"
         ),
-        &[id, org],
+        &args,
     )
     .await?;
     let mut c = remove_marked(
         tx,
         &format!("({cond}) OR memory_id IN (SELECT id FROM erased)"),
-        &[id, org],
+        &args,
     )
     .await?;
+    // Jobs about the target, whatever their state (payloads hold the text).
     c.jobs = tx
         .execute(
             &format!(
-                "DELETE FROM jobs WHERE scope::jsonb ->> '{col}' = $1 \
-                 AND ($2::text IS NULL OR scope::jsonb ->> 'org_id' = $2::text)"
+                "DELETE FROM jobs WHERE {}",
+                matching(&|c| format!("scope::jsonb ->> '{c}'"))
             ),
-            &[id, org],
+            &args,
         )
         .await?;
     c.llm_usage_rows = tx
-        .execute(
-            &format!(
-                "DELETE FROM llm_usage WHERE {col} = $1 AND ($2::text IS NULL OR org_id = $2::text)"
-            ),
-            &[id, org],
-        )
+        .execute(&format!("DELETE FROM llm_usage WHERE {cond}"), &args)
         .await?;
-    // Stored responses may quote the erased memories: the org's callers lose
-    // their replay records (the operator's too); other orgs' keep theirs.
+    // Stored responses may quote the erased memories: the callers whose
+    // binding lies within the erased scope lose their replay records (the
+    // operator's too); others keep theirs.
+    let within: Vec<(ScopeField, &str)> = target.within.iter().collect();
+    let within_values: Vec<&str> = within.iter().map(|(_, v)| *v).collect();
+    let within_args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = within_values
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let keys_within = match within
+        .iter()
+        .enumerate()
+        .map(|(i, (f, _))| format!("{} = ${}::text", f.as_str(), i + 1))
+        .collect::<Vec<_>>()
+    {
+        w if w.is_empty() => "true".to_owned(),
+        w => w.join(" AND "),
+    };
     c.idempotency_records = tx
         .execute(
-            "DELETE FROM idempotency WHERE $1::text IS NULL OR principal NOT LIKE 'key:%' \
-             OR substr(principal, 5) IN (SELECT id FROM api_keys WHERE org_id = $1::text)",
-            &[org],
+            &format!(
+                "DELETE FROM idempotency WHERE principal NOT LIKE 'key:%' \
+                 OR substr(principal, 5) IN (SELECT id FROM api_keys WHERE {keys_within})"
+            ),
+            &within_args,
         )
         .await?;
     // Keys bound to the target name it (runs cannot be bound).
     if target.field != ScopeField::Run {
         c.api_keys = tx
-            .execute(
-                &format!("DELETE FROM api_keys WHERE {col} = $1 AND ($2::text IS NULL OR org_id = $2::text)"),
-                &[id, org],
-            )
+            .execute(&format!("DELETE FROM api_keys WHERE {cond}"), &args)
             .await?;
     }
     audit.add_counts(&c, false);

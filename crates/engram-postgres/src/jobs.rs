@@ -309,6 +309,7 @@ impl IdempotencyStore for PgStore {
         key: &str,
         request_hash: &str,
         now: Timestamp,
+        max_per_caller: usize,
     ) -> Result<IdemBegin> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
@@ -323,6 +324,14 @@ impl IdempotencyStore for PgStore {
             .await
             .map_err(pg_err)?;
         let outcome = if reserved == 1 {
+            // At most the cap per caller: the oldest go first.
+            tx.execute(
+                "DELETE FROM idempotency WHERE principal = $1 AND key IN (SELECT key FROM idempotency \
+                 WHERE principal = $1 ORDER BY created_at DESC OFFSET $2)",
+                &[&caller, &(max_per_caller.max(1) as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
             IdemBegin::New
         } else {
             let row = tx
@@ -389,6 +398,18 @@ impl IdempotencyStore for PgStore {
             .await
             .map_err(pg_err)?;
         Ok(())
+    }
+
+    async fn idem_purge(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency \
+                 WHERE created_at < $1 LIMIT $2)",
+                &[&before.as_millisecond(), &(limit as i64)],
+            )
+            .await
+            .map_err(pg_err)
     }
 
     async fn idem_abort(&self, caller: &str, key: &str) -> Result<()> {

@@ -200,6 +200,12 @@ const MIGRATIONS: &[&str] = &[
         embedding vector NOT NULL
     );
     "#,
+    // 5: idempotency records expire (a time to live, purged by the sweeper)
+    // and are capped per caller, oldest first.
+    r#"
+    CREATE INDEX idempotency_age ON idempotency (created_at);
+    CREATE INDEX idempotency_caller_age ON idempotency (principal, created_at);
+    "#,
 ];
 
 /// The lock every node takes while migrating or binding the model, and a

@@ -1,5 +1,6 @@
 //! `/v1/keys`: create, list and revoke API keys (admin keys, within their own binding).
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use engram_core::access::Role;
@@ -16,6 +17,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, KeyIdPath};
+use crate::idempotency::CarriesSecret;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -102,7 +104,14 @@ async fn keys_create(
     State(app): State<AppState>,
     Caller(ctx): Caller,
     ApiJson(req): ApiJson<CreateKeyRequest>,
-) -> Result<(StatusCode, ApiJson<CreateKeyResponse>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        Extension<CarriesSecret>,
+        ApiJson<CreateKeyResponse>,
+    ),
+    ApiError,
+> {
     let role = req.role.as_deref().map(Role::parse).transpose()?;
     let new = NewKey {
         name: req.name,
@@ -120,6 +129,8 @@ async fn keys_create(
     tracing::info!(target: "engram::audit", actor = %ctx.actor(), key_id = %key.id, role = %key.role, "api key created");
     Ok((
         StatusCode::CREATED,
+        // The secret is shown once: never kept for an idempotent replay.
+        Extension(CarriesSecret),
         ApiJson(CreateKeyResponse {
             key: token,
             info: key.into(),

@@ -51,6 +51,10 @@ pub enum HttpCode {
     MethodNotAllowed,
     Timeout,
     RateLimited,
+    /// The `Host` header names a host this server does not answer to.
+    HostNotAllowed,
+    /// A web page's origin that may not call this server.
+    OriginNotAllowed,
 }
 
 impl HttpCode {
@@ -65,6 +69,8 @@ impl HttpCode {
             HttpCode::MethodNotAllowed => "method_not_allowed",
             HttpCode::Timeout => "timeout",
             HttpCode::RateLimited => "rate_limited",
+            HttpCode::HostNotAllowed => "host_not_allowed",
+            HttpCode::OriginNotAllowed => "origin_not_allowed",
         }
     }
 }
@@ -96,6 +102,8 @@ pub fn status_of(code: HttpCode) -> StatusCode {
         HttpCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         HttpCode::Timeout => StatusCode::REQUEST_TIMEOUT,
         HttpCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        HttpCode::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
+        HttpCode::OriginNotAllowed => StatusCode::FORBIDDEN,
     }
 }
 

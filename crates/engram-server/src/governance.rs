@@ -77,6 +77,9 @@ pub struct ReceiptOut {
     pub field: String,
     pub id: String,
     pub org_id: Option<String>,
+    /// Exactly what was erased: the target id within the caller's binding
+    /// (an app-bound admin erasing a user erases that user in its app only).
+    pub scope: ErasedScope,
     pub erased: ErasedOut,
     /// Whether the store's files were rewritten so the bytes are gone from disk
     /// (SQLite: yes; Postgres: no — its WAL, replicas and backups keep old pages).
@@ -87,6 +90,16 @@ pub struct ReceiptOut {
     pub finished_at: jiff::Timestamp,
 }
 
+/// The scope ids an erasure matched (unset: any).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasedScope {
+    pub org_id: Option<String>,
+    pub app_id: Option<String>,
+    pub user_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub run_id: Option<String>,
+}
+
 impl From<ErasureReceipt> for ReceiptOut {
     fn from(r: ErasureReceipt) -> Self {
         ReceiptOut {
@@ -94,6 +107,13 @@ impl From<ErasureReceipt> for ReceiptOut {
             field: r.field,
             id: r.id,
             org_id: r.org_id,
+            scope: ErasedScope {
+                org_id: r.scope.org_id,
+                app_id: r.scope.app_id,
+                user_id: r.scope.user_id,
+                agent_id: r.scope.agent_id,
+                run_id: r.scope.run_id,
+            },
             erased: r.erased.into(),
             compacted: r.compacted,
             started_at: r.started_at,
@@ -113,6 +133,12 @@ async fn erase(
         .memory
         .erase(ctx, field, &id, q.compact.unwrap_or(true))
         .await?;
+    // Keys bound to the erased id are gone from the store: this node stops
+    // trusting them now, not when its key cache expires (other nodes: within
+    // that cache period, `service::CACHE_TTL`).
+    if receipt.erased.api_keys > 0 {
+        app.keys.forget_verified();
+    }
     Ok(ApiJson(receipt.into()))
 }
 

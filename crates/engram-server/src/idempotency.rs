@@ -1,8 +1,17 @@
-//! `Idempotency-Key` on any POST (outside `/mcp`): the same key with the same
-//! request replays the first response (marked `Idempotent-Replayed: true`);
-//! the same key with a different request is `409 conflict`; while the first
-//! is still running, a repeat is `409` too. Keys are per caller (API key).
-//! 5xx answers are not kept, so a retry runs again.
+//! `Idempotency-Key` on any POST that writes (outside `/mcp`): the same key
+//! with the same request replays the first response (marked
+//! `Idempotent-Replayed: true`); the same key with a different request is
+//! `409 conflict`; while the first is still running, a repeat is `409` too.
+//! Keys are per caller (API key). As at Stripe, a record lives for a time to
+//! live (24 h by default; the sweeper purges older ones) and each caller
+//! keeps at most `IDEMPOTENCY_MAX_PER_CALLER`, oldest dropped first.
+//!
+//! Not kept: 5xx answers and answers asking to be retried (a retry runs
+//! again), and any answer that carries a secret ([`CarriesSecret`]: a new
+//! API key). Such a request is recorded as done without its body, and a
+//! replay answers `409` saying so: a secret is never written to disk.
+//! POSTs that only read (searches, Mem0's page listing) skip all of this
+//! and never take the store's writer.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -12,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use engram_core::ErrorCode;
 use engram_core::access::Principal;
 use engram_core::memory::hex;
-use engram_core::ports::{IdemBegin, MAX_IDEMPOTENCY_KEY_LEN, StoredResponse};
+use engram_core::ports::{
+    IDEMPOTENCY_MAX_PER_CALLER, IdemBegin, MAX_IDEMPOTENCY_KEY_LEN, StoredResponse,
+};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
@@ -20,8 +31,27 @@ use crate::error::{ApiError, HttpCode};
 
 pub const HEADER: &str = "idempotency-key";
 
+/// A response extension: this answer carries a secret (an API key, a
+/// signing secret) and must never be stored.
+#[derive(Debug, Clone, Copy)]
+pub struct CarriesSecret;
+
+/// The stored "content type" of an answer that was not kept.
+const WITHHELD: &str = "application/x-engram-withheld";
+
+/// POST routes that only read: no record, no write.
+const READ_ONLY: &[&str] = &[
+    "/v1/memories/search",
+    "/v3/memories/search/",
+    "/v2/memories/search/",
+    "/search",
+    "/v3/memories/",
+    "/v2/memories/",
+];
+
 pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    if req.method() != Method::POST || req.uri().path().starts_with("/mcp") {
+    let path = req.uri().path();
+    if req.method() != Method::POST || path.starts_with("/mcp") || READ_ONLY.contains(&path) {
         return next.run(req).await;
     }
     let Some(key) = req.headers().get(HEADER).cloned() else {
@@ -66,7 +96,13 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     let hash = hex(&h.finalize());
     let store = app.memory.idempotency();
     match store
-        .idem_begin(&caller, &key, &hash, app.memory.now())
+        .idem_begin(
+            &caller,
+            &key,
+            &hash,
+            app.memory.now(),
+            IDEMPOTENCY_MAX_PER_CALLER,
+        )
         .await
     {
         Err(e) => return ApiError::from(e).into_response(),
@@ -81,6 +117,14 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
             return ApiError::new(
                 HttpCode::Core(ErrorCode::Conflict),
                 "a request with this Idempotency-Key is still running; retry later",
+            )
+            .into_response();
+        }
+        Ok(IdemBegin::Replay(stored)) if stored.content_type == WITHHELD => {
+            return ApiError::new(
+                HttpCode::Core(ErrorCode::Conflict),
+                "the first answer to this Idempotency-Key carried a secret, which is never stored, \
+                 so it cannot be replayed; the request did succeed (GET /v1/keys lists the key it made)",
             )
             .into_response();
         }
@@ -110,6 +154,17 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     if status.is_server_error() || resp.headers().contains_key(header::RETRY_AFTER) {
         if let Err(e) = store.idem_abort(&caller, &key).await {
             tracing::error!(error = %e, "dropping an idempotency reservation");
+        }
+        return resp;
+    }
+    if resp.extensions().get::<CarriesSecret>().is_some() {
+        let withheld = StoredResponse {
+            status: status.as_u16(),
+            content_type: WITHHELD.to_owned(),
+            body: Vec::new(),
+        };
+        if let Err(e) = store.idem_complete(&caller, &key, &withheld).await {
+            tracing::error!(error = %e, "recording an idempotent request");
         }
         return resp;
     }

@@ -228,6 +228,7 @@ pub fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
 pub fn spawn_sweeper(state: &AppState) -> tokio::task::JoinHandle<()> {
     let memory = state.memory.clone();
     let stop = state.shutdown.clone();
+    let idempotency_ttl = state.config.idempotency_ttl;
     let every = memory
         .lifecycle_config()
         .sweep_interval
@@ -249,6 +250,13 @@ pub fn spawn_sweeper(state: &AppState) -> tokio::task::JoinHandle<()> {
                 ),
                 Ok(_) => tracing::debug!("sweep: nothing expired"),
                 Err(e) => tracing::error!(error = %e, "sweep failed; trying again next interval"),
+            }
+            match memory.purge_idempotency(idempotency_ttl).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, "sweep: expired idempotency records removed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "idempotency purge failed; trying again next interval")
+                }
             }
         }
     })

@@ -13,12 +13,14 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod governance;
+pub mod guard;
 mod health;
 pub mod idempotency;
 mod jobs;
 
 pub use jobs::{spawn_sweeper, spawn_workers};
 pub mod mcp;
+mod mcp_http;
 pub mod mem0;
 mod memories;
 pub mod metrics;
@@ -57,10 +59,13 @@ pub struct ServerConfig {
     pub auth: AuthMode,
     pub rate_limit: RateLimitConfig,
     /// MCP over streamable HTTP at `/mcp`.
-    pub mcp: mcp::McpHttpConfig,
+    /// Host, Origin and body-type checks for every route.
+    pub guard: guard::GuardConfig,
     /// Background workers processing queued jobs (0: none on this node).
     pub workers: usize,
     pub jobs: engram_core::service::JobConfig,
+    /// How long an `Idempotency-Key` record is kept (then purged by the sweeper).
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -71,9 +76,10 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             auth: AuthMode::Keys,
             rate_limit: RateLimitConfig::default(),
-            mcp: mcp::McpHttpConfig::default(),
+            guard: guard::GuardConfig::default(),
             workers: 2,
             jobs: engram_core::service::JobConfig::default(),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -183,11 +189,8 @@ pub fn app(state: AppState) -> Router {
     let (api, doc) = api_router().split_for_parts();
     let doc = std::sync::Arc::new(doc);
     let timeout = state.config.request_timeout;
-    let mcp = mcp::http_service(
-        state.jobs.clone(),
-        state.config.mcp.clone(),
-        state.shutdown.clone(),
-    );
+    let mcp = mcp_http::http_service(state.jobs.clone(), state.shutdown.clone());
+    let guard = std::sync::Arc::new(state.config.guard.clone());
     let router = api
         .merge(mem0::router())
         .route(
@@ -203,10 +206,17 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(move |req, next| {
             with_timeout(timeout, req, next)
         }));
-    // MCP sessions stream (SSE), so they sit outside the per-request timeout.
+    // MCP sessions stream (SSE), so they sit outside the per-request timeout;
+    // their bodies get the same size limit as every other route.
+    let limit = state.config.max_body_bytes;
+    let mcp = mcp
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            body_limit(limit, req, next)
+        }));
     let router = router.nest_service("/mcp", mcp);
-    // Layers run outside in: request id → metrics → auth and rate limit →
-    // idempotency → timeout → route.
+    // Layers run outside in: request id → guard (Host, Origin, body type) →
+    // metrics → auth and rate limit → idempotency → timeout → route.
     router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -217,8 +227,33 @@ pub fn app(state: AppState) -> Router {
             auth::layer,
         ))
         .layer(axum::middleware::from_fn(crate::metrics::layer))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            guard::layer(guard.clone(), req, next)
+        }))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
+}
+
+/// A body announced larger than `limit` is refused before it is read (a
+/// streamed one is cut at `limit` by `RequestBodyLimitLayer`).
+async fn body_limit(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return ApiError::new(
+            HttpCode::PayloadTooLarge,
+            format!("request body is larger than the server's limit ({limit} bytes)"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn with_timeout(

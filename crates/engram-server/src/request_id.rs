@@ -19,11 +19,21 @@ pub fn current() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
-/// Accepts a client id if it is short and printable; otherwise makes one.
+/// Longest client request id kept.
+const MAX_LEN: usize = 64;
+
+/// Accepts a client id made of id characters (letters, digits, `-_.:`), at
+/// most [`MAX_LEN`] long; otherwise makes one. Request ids land in
+/// append-only audit rows, which erasure cannot touch: free text may not.
 fn accept(value: Option<&HeaderValue>) -> String {
     value
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_LEN
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
 }
@@ -52,4 +62,21 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         resp.headers_mut().insert(HEADER, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_id_shaped_request_ids_are_kept() {
+        let keep = |v: &str| accept(Some(&HeaderValue::from_str(v).unwrap())) == v;
+        assert!(keep("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"));
+        assert!(keep("req_42.retry:1"));
+        // Free text could carry a person's words into append-only audit rows.
+        assert!(!keep("alice@example.com"));
+        assert!(!keep(&"x".repeat(MAX_LEN + 1)));
+        assert!(!keep("a b"));
+        assert_eq!(accept(None).len(), 32);
+    }
 }

@@ -1,7 +1,9 @@
-//! Tenant isolation, as a property: many keys bound to different orgs, users
-//! and agents issue thousands of random operations over real HTTP — the
-//! native REST API and MCP (JSON-RPC over streamable HTTP) — and no operation
-//! may return, change or delete a memory outside its key's binding.
+//! Tenant isolation, as a property: many keys bound to different orgs, apps,
+//! users and agents issue thousands of random operations over real HTTP —
+//! the native REST API and MCP (JSON-RPC over streamable HTTP) — and no
+//! operation may return, change, delete or erase a memory outside its key's
+//! binding. Erasure, audit reads and MCP sessions (another key's session id)
+//! are among the operations, with app- and user-bound admins among the keys.
 //!
 //! Ground truth comes from the service itself as the operator, in process.
 //! `ENGRAM_ISOLATION_OPS` sets the number of operations (default 2000);
@@ -14,7 +16,7 @@ use engram_core::access::{Principal, Role};
 use engram_core::clock::SystemClock;
 use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
-use engram_core::memory::Scope;
+use engram_core::memory::{Scope, ScopeField};
 use engram_core::service::MemoryService;
 use engram_core::service::{KeyService, NewKey};
 use engram_server::auth::RateLimitConfig;
@@ -24,6 +26,7 @@ use serde_json::{Value, json};
 mod common;
 
 const ORGS: [&str; 3] = ["acme", "globex", "initech"];
+const APPS: [&str; 2] = ["a1", "a2"];
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 const AGENTS: [&str; 2] = ["planner", "coder"];
 const TEXTS: [&str; 8] = [
@@ -95,8 +98,12 @@ struct World {
     /// MCP session id per key.
     sessions: Vec<Option<String>>,
     ids: Vec<String>,
+    /// The scope each memory was written with (erased ones keep no history).
+    scopes: std::collections::HashMap<String, Scope>,
     rest_ops: usize,
     mcp_ops: usize,
+    erasures: usize,
+    hijacks: usize,
 }
 
 impl World {
@@ -199,6 +206,13 @@ fn random_scope(rng: &mut Rng, key: &Key) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
     // Mostly stay inside the binding (realistic), sometimes reach outside it.
     let b = &key.principal.binding;
+    if b.app_id.is_some() || rng.chance(40) {
+        let app = match (&b.app_id, rng.chance(80)) {
+            (Some(a), true) => a.as_str(),
+            _ => rng.pick(&APPS),
+        };
+        m.insert("app_id".into(), json!(app));
+    }
     let org = if rng.chance(80) {
         b.org_id.as_deref()
     } else {
@@ -239,6 +253,7 @@ fn names_outside(key: &Key, scope: &serde_json::Map<String, Value>) -> bool {
     let b = &key.principal.binding;
     [
         ("org_id", &b.org_id),
+        ("app_id", &b.app_id),
         ("user_id", &b.user_id),
         ("agent_id", &b.agent_id),
     ]
@@ -283,22 +298,34 @@ async fn no_operation_crosses_a_key_binding() {
     let dir = tempfile::tempdir().unwrap();
     let (store, memory) = common::open(dir.path()).await;
     let keys = KeyService::new(store.keys(), Arc::new(SystemClock));
-    let bindings: [(&str, Option<&str>, Option<&str>, Role); 7] = [
-        ("acme", None, None, Role::Admin),
-        ("acme", Some("alice"), None, Role::ReadWrite),
-        ("acme", Some("bob"), None, Role::ReadWrite),
-        ("acme", Some("alice"), None, Role::ReadOnly),
-        ("globex", Some("alice"), None, Role::ReadWrite),
-        ("globex", None, None, Role::Admin),
-        ("initech", None, Some("planner"), Role::ReadWrite),
+    // (org, app, user, agent, role)
+    type Binding<'a> = (
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Role,
+    );
+    let bindings: [Binding; 10] = [
+        ("acme", None, None, None, Role::Admin),
+        ("acme", None, Some("alice"), None, Role::ReadWrite),
+        ("acme", None, Some("bob"), None, Role::ReadWrite),
+        ("acme", None, Some("alice"), None, Role::ReadOnly),
+        ("acme", Some("a1"), None, None, Role::Admin),
+        ("acme", None, Some("carol"), None, Role::Admin),
+        ("acme", Some("a2"), Some("bob"), None, Role::ReadWrite),
+        ("globex", None, Some("alice"), None, Role::ReadWrite),
+        ("globex", None, None, None, Role::Admin),
+        ("initech", None, None, Some("planner"), Role::ReadWrite),
     ];
     let mut all_keys = Vec::new();
-    for (org, user, agent, role) in bindings {
+    for (org, app, user, agent, role) in bindings {
         let new = NewKey {
             name: "isolation".into(),
             role: Some(role),
             binding: Scope {
                 org_id: Some(org.into()),
+                app_id: app.map(Into::into),
                 user_id: user.map(Into::into),
                 agent_id: agent.map(Into::into),
                 ..Default::default()
@@ -333,20 +360,29 @@ async fn no_operation_crosses_a_key_binding() {
         operator: RequestCtx::operator("test"),
         sessions: (0..all_keys.len()).map(|_| None).collect(),
         ids: Vec::new(),
+        scopes: std::collections::HashMap::new(),
         rest_ops: 0,
         mcp_ops: 0,
+        erasures: 0,
+        hijacks: 0,
     };
     let mut refused = 0usize;
+    // Keys an erasure removed with the scope they were bound to.
+    let mut dead = vec![false; all_keys.len()];
     for n in 0..ops {
         let k = rng.below(all_keys.len());
+        if dead[k] {
+            // Erased with the scope it was bound to (checked when it happened).
+            continue;
+        }
         let key = &all_keys[k];
         let mcp = rng.chance(40);
         let scope = random_scope(&mut rng, key);
         let outside = names_outside(key, &scope);
         let writes = key.principal.role >= Role::ReadWrite;
-        let op = rng.below(100);
-        // Reads (search, list) cannot change anything; the rest is checked.
-        let mutating = !(30..70).contains(&op);
+        let op = rng.below(105);
+        // Reads (search, list, audit) cannot change anything; the rest is checked.
+        let mutating = !(30..70).contains(&op) && !(101..103).contains(&op);
         let before = if mutating {
             w.snapshot().await
         } else {
@@ -367,7 +403,7 @@ async fn no_operation_crosses_a_key_binding() {
             args.insert("text".into(), json!(text));
             let ids: Vec<String> = if mcp {
                 let r = w.mcp_tool(k, key, "add_memory", Value::Object(args)).await;
-                ok = r["isError"] != json!(true);
+                ok = r.is_object() && r["isError"] != json!(true);
                 r["structuredContent"]["results"].memory_ids()
             } else {
                 let (s, r) = w
@@ -383,6 +419,7 @@ async fn no_operation_crosses_a_key_binding() {
                     "{what}: wrote {id} outside the binding: {scope:?}"
                 );
                 w.ids.push(id.clone());
+                w.scopes.insert(id.clone(), scope);
             }
             if outside || !writes {
                 assert!(
@@ -399,7 +436,7 @@ async fn no_operation_crosses_a_key_binding() {
                 let r = w
                     .mcp_tool(k, key, "search_memory", Value::Object(args))
                     .await;
-                ok = r["isError"] != json!(true);
+                ok = r.is_object() && r["isError"] != json!(true);
                 returned = r["structuredContent"]["results"].memory_ids();
             } else {
                 let (s, r) = w
@@ -425,7 +462,7 @@ async fn no_operation_crosses_a_key_binding() {
                 let r = w
                     .mcp_tool(k, key, "list_memories", Value::Object(scope.clone()))
                     .await;
-                ok = r["isError"] != json!(true);
+                ok = r.is_object() && r["isError"] != json!(true);
                 returned = r["structuredContent"]["results"].memory_ids();
             } else {
                 let (s, r) = w
@@ -448,7 +485,7 @@ async fn no_operation_crosses_a_key_binding() {
         } else if op < 98 && !w.ids.is_empty() {
             // get / update / delete / history of any memory ever written, anyone's
             let id = w.ids[rng.below(w.ids.len())].clone();
-            let target = scope_of(&w, &id).await.expect("known memory");
+            let target = w.scopes[&id].clone();
             let inside = key.principal.covers(&target);
             let kind = rng.below(4);
             if mcp {
@@ -461,7 +498,7 @@ async fn no_operation_crosses_a_key_binding() {
                     _ => ("delete_memory", json!({"id": id})),
                 };
                 let r = w.mcp_tool(k, key, tool, args).await;
-                ok = r["isError"] != json!(true);
+                ok = r.is_object() && r["isError"] != json!(true);
                 if ok && tool == "get_memory" {
                     returned.push(
                         r["structuredContent"]["id"]
@@ -493,6 +530,114 @@ async fn no_operation_crosses_a_key_binding() {
             if !inside {
                 assert!(!ok, "{what}: touched {id} outside the binding ({target:?})");
             }
+        } else if op == 100 {
+            // erasure of a user, agent or org (a rare, sweeping operation)
+            let (field, path, id) = match rng.below(10) {
+                0 => (ScopeField::Org, "orgs", rng.pick(&ORGS)),
+                1 => (ScopeField::Agent, "agents", rng.pick(&AGENTS)),
+                _ => (ScopeField::User, "users", rng.pick(&USERS)),
+            };
+            let (s, r) = w
+                .rest(
+                    key,
+                    "DELETE",
+                    &format!("/v1/{path}/{id}?compact=false"),
+                    None,
+                )
+                .await;
+            ok = s == 200;
+            w.erasures += usize::from(ok);
+            let b = &key.principal.binding;
+            let bound_elsewhere = b.get(field).is_some_and(|v| v != id);
+            let own = b.get(field) == Some(id) && field != ScopeField::Org;
+            let narrow_org = field == ScopeField::Org
+                && (b.app_id.is_some() || b.user_id.is_some() || b.agent_id.is_some());
+            if bound_elsewhere
+                || narrow_org
+                || key.principal.role < Role::ReadWrite
+                || (!own && key.principal.role < Role::Admin)
+            {
+                assert!(
+                    !ok,
+                    "{what}: erasure of {field:?}={id} should be refused: {r}"
+                );
+            }
+            if ok {
+                // The receipt names the binding it stayed in.
+                for (f, v) in b.iter() {
+                    assert_eq!(r["scope"][f.as_str()], json!(v), "{what}: {r}");
+                }
+                // Keys bound to the erased id inside that binding went with it.
+                for (j, other) in all_keys.iter().enumerate() {
+                    let ob = &other.principal.binding;
+                    let named = ob.get(field) == Some(id);
+                    let within = b.iter().all(|(f, v)| ob.get(f) == Some(v));
+                    if named && within {
+                        dead[j] = true;
+                        let (s, _) = w.rest(other, "GET", "/v1/jobs?limit=1", None).await;
+                        assert_eq!(s, 401, "{what}: key {j} bound to the erased id still works");
+                    }
+                }
+            }
+        } else if (101..103).contains(&op) {
+            // the audit log
+            let (s, r) = w.rest(key, "GET", "/v1/audit?limit=1000", None).await;
+            ok = s == 200;
+            let b = &key.principal.binding;
+            let whole_org = b.app_id.is_none() && b.user_id.is_none() && b.agent_id.is_none();
+            assert_eq!(
+                ok,
+                key.principal.role >= Role::Admin && whole_org,
+                "{what}: audit read answered {s}: {r}"
+            );
+            for e in r["results"].as_array().into_iter().flatten() {
+                assert_eq!(
+                    e["org_id"],
+                    json!(b.org_id),
+                    "{what}: audit event of another org"
+                );
+            }
+        } else if op >= 103 {
+            // another key's MCP session, with this key's credentials
+            let other = rng.below(all_keys.len());
+            let victim = w.sessions[other].clone();
+            match victim {
+                Some(session) if other != k => {
+                    let resp = w
+                        .http
+                        .post(format!("{}/mcp", w.base))
+                        .bearer_auth(&key.token)
+                        .header("accept", "application/json, text/event-stream")
+                        .header("mcp-session-id", &session)
+                        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                            "params": {"name": "list_memories", "arguments": {}}}))
+                        .send()
+                        .await
+                        .unwrap();
+                    ok = resp.status().is_success();
+                    let same_caller = all_keys[other].principal.key_id == key.principal.key_id;
+                    assert!(
+                        !ok || same_caller,
+                        "{what}: used key {other}'s MCP session ({})",
+                        resp.status()
+                    );
+                    w.hijacks += 1;
+                    // Deleting it is refused too.
+                    let resp = w
+                        .http
+                        .delete(format!("{}/mcp", w.base))
+                        .bearer_auth(&key.token)
+                        .header("mcp-session-id", &session)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(
+                        !resp.status().is_success(),
+                        "{what}: deleted key {other}'s MCP session"
+                    );
+                }
+                _ => ok = true,
+            }
         } else {
             // delete all (of the scope the request names, within the binding)
             let mut args = scope.clone();
@@ -501,7 +646,7 @@ async fn no_operation_crosses_a_key_binding() {
                 let r = w
                     .mcp_tool(k, key, "delete_all_memories", Value::Object(args))
                     .await;
-                ok = r["isError"] != json!(true);
+                ok = r.is_object() && r["isError"] != json!(true);
             } else {
                 let (s, _) = w
                     .rest(
@@ -554,11 +699,14 @@ async fn no_operation_crosses_a_key_binding() {
     server.await.unwrap().unwrap();
     let live = w.snapshot().await.len();
     eprintln!(
-        "isolation: {ops} operations ({} REST, {} MCP over HTTP) by {} keys; {refused} refused; {} memories written, {live} live at the end; 0 crossed a binding",
+        "isolation: {} operations ({} REST, {} MCP over HTTP) by {} keys; {refused} refused; {} memories written, {live} live at the end; {} erasures, {} session hijacks refused; 0 crossed a binding",
+        w.rest_ops + w.mcp_ops,
         w.rest_ops,
         w.mcp_ops,
         all_keys.len(),
-        w.ids.len()
+        w.ids.len(),
+        w.erasures,
+        w.hijacks
     );
     assert!(
         w.ids.len() > ops / 20,

@@ -39,11 +39,22 @@ pub(crate) fn erase(
     target: &ErasureTarget,
     mut audit: AuditEvent,
 ) -> Result<(ErasureCounts, Vec<i64>)> {
-    // Column names come from a fixed list; the ids are parameters.
-    let col = target.field.as_str();
-    let cond = format!("{col} = ?1 AND (?2 IS NULL OR org_id = ?2)");
-    let args = params![target.id, target.org_id];
-    let exec = |sql: &str| -> Result<u64> { Ok(tx.execute(sql, args).map_err(db_err)? as u64) };
+    // Column names come from a fixed list; the ids are parameters. Every id
+    // of the target and of the caller's binding must match.
+    let conds = target.conditions();
+    let args: Vec<&str> = conds.iter().map(|(_, v)| *v).collect();
+    let args = rusqlite::params_from_iter(args);
+    let matching = |column: &dyn Fn(&str) -> String| -> String {
+        conds
+            .iter()
+            .enumerate()
+            .map(|(i, (f, _))| format!("{} = ?{}", column(f.as_str()), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let cond = matching(&|c| c.to_owned());
+    let exec =
+        |sql: &str| -> Result<u64> { Ok(tx.execute(sql, args.clone()).map_err(db_err)? as u64) };
     mark_table(tx)?;
     exec(&format!(
         "INSERT INTO temp.erased SELECT rowid, id, invalid_at IS NULL FROM memories WHERE {cond}"
@@ -51,30 +62,40 @@ pub(crate) fn erase(
     let (mut c, current) = remove_marked(
         tx,
         &format!("({cond}) OR memory_id IN (SELECT id FROM temp.erased)"),
-        args,
+        args.clone(),
     )?;
     // Jobs about the target, whatever their state (payloads hold the text).
     c.jobs = exec(&format!(
-        "DELETE FROM jobs WHERE json_extract(scope, '$.{col}') = ?1 \
-         AND (?2 IS NULL OR json_extract(scope, '$.org_id') = ?2)"
+        "DELETE FROM jobs WHERE {}",
+        matching(&|c| format!("json_extract(scope, '$.{c}')"))
     ))?;
-    c.llm_usage_rows = exec(&format!(
-        "DELETE FROM llm_usage WHERE {col} = ?1 AND (?2 IS NULL OR org_id = ?2)"
-    ))?;
-    // Stored responses may quote the erased memories: the org's callers lose
-    // their replay records (the operator's too); other orgs' keep theirs.
+    c.llm_usage_rows = exec(&format!("DELETE FROM llm_usage WHERE {cond}"))?;
+    // Stored responses may quote the erased memories: the callers whose
+    // binding lies within the erased scope lose their replay records (the
+    // operator's too); others keep theirs.
+    let within: Vec<(engram_core::memory::ScopeField, &str)> = target.within.iter().collect();
+    let keys_within = within
+        .iter()
+        .enumerate()
+        .map(|(i, (f, _))| format!("{} = ?{}", f.as_str(), i + 1))
+        .collect::<Vec<_>>();
+    let keys_within = if keys_within.is_empty() {
+        "1".to_owned()
+    } else {
+        keys_within.join(" AND ")
+    };
     c.idempotency_records = tx
         .execute(
-            "DELETE FROM idempotency WHERE ?1 IS NULL OR principal NOT LIKE 'key:%' \
-             OR substr(principal, 5) IN (SELECT id FROM api_keys WHERE org_id = ?1)",
-            params![target.org_id],
+            &format!(
+                "DELETE FROM idempotency WHERE principal NOT LIKE 'key:%' \
+                 OR substr(principal, 5) IN (SELECT id FROM api_keys WHERE {keys_within})"
+            ),
+            rusqlite::params_from_iter(within.iter().map(|(_, v)| *v)),
         )
         .map_err(db_err)? as u64;
     // Keys bound to the target name it (runs cannot be bound).
     if target.field != ScopeField::Run {
-        c.api_keys = exec(&format!(
-            "DELETE FROM api_keys WHERE {col} = ?1 AND (?2 IS NULL OR org_id = ?2)"
-        ))?;
+        c.api_keys = exec(&format!("DELETE FROM api_keys WHERE {cond}"))?;
     }
     tx.execute_batch("DROP TABLE temp.erased;")
         .map_err(db_err)?;

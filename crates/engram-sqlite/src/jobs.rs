@@ -248,6 +248,7 @@ impl engram_core::ports::IdempotencyStore for SqliteStore {
         key: &str,
         request_hash: &str,
         now: Timestamp,
+        max_per_caller: usize,
     ) -> Result<engram_core::ports::IdemBegin> {
         use engram_core::ports::{IDEMPOTENCY_ABANDONED_AFTER_SECS, IdemBegin, StoredResponse};
         use rusqlite::OptionalExtension;
@@ -272,6 +273,13 @@ impl engram_core::ports::IdempotencyStore for SqliteStore {
             };
             match found {
                 None => {
+                    // At most the cap per caller: the oldest go first.
+                    conn.execute(
+                        "DELETE FROM idempotency WHERE principal = ?1 AND key IN (SELECT key FROM idempotency \
+                         WHERE principal = ?1 ORDER BY created_at DESC LIMIT -1 OFFSET ?2)",
+                        params![caller, max_per_caller.max(1) as i64 - 1],
+                    )
+                    .map_err(db_err)?;
                     reserve(conn)?;
                     Ok(IdemBegin::New)
                 }
@@ -326,6 +334,20 @@ impl engram_core::ports::IdempotencyStore for SqliteStore {
             )
             .map_err(db_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn idem_purge(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency \
+                     WHERE created_at < ?1 LIMIT ?2)",
+                    params![before.as_millisecond(), limit as i64],
+                )
+                .map_err(db_err)?;
+            Ok(n as u64)
         })
         .await
     }

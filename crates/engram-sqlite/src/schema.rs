@@ -188,6 +188,12 @@ const MIGRATIONS: &[&str] = &[
         embedding BLOB NOT NULL
     );
     "#,
+    // 8: idempotency records expire (a time to live, purged by the sweeper)
+    // and are capped per caller, oldest first.
+    r#"
+    CREATE INDEX idempotency_age ON idempotency (created_at);
+    CREATE INDEX idempotency_caller_age ON idempotency (principal, created_at);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -96,6 +96,150 @@ pub async fn audit_records_writes(f: Fixture) {
     assert_eq!(page2.len(), 2, "after a position");
 }
 
+/// An erasure stays within the caller's binding: erasing user erin as a
+/// key bound to app `a1` removes her data in `a1` only — not in app `a2`,
+/// not what she said outside any app, not another org's erin — together
+/// with what names her in `a1` (jobs, usage, keys bound to her in `a1`).
+pub async fn erasure_stays_within_the_binding(f: Fixture) {
+    use engram_core::access::{Principal, Role};
+    use engram_core::memory::ScopeField;
+    use engram_core::ports::{ApiKey, AuditEvent, ErasureTarget, Job, JobState, UsageRow};
+    bound(&f).await;
+    let scope = |org: &str, app: Option<&str>| Scope {
+        org_id: Some(org.into()),
+        app_id: app.map(Into::into),
+        user_id: Some("erin".into()),
+        ..Default::default()
+    };
+    let in_a1 = memory("Erin's a1 secret", scope("acme", Some("a1")), 1);
+    let in_a2 = memory("Erin's a2 note", scope("acme", Some("a2")), 2);
+    let no_app = memory("Erin said this outside any app", scope("acme", None), 3);
+    let globex = memory("Another erin, in globex a1", scope("globex", Some("a1")), 4);
+    f.store
+        .apply(vec![
+            insert(&in_a1, vector(0, 0.0)),
+            insert(&in_a2, vector(1, 0.0)),
+            insert(&no_app, vector(2, 0.0)),
+            insert(&globex, vector(3, 0.0)),
+        ])
+        .await
+        .unwrap();
+    for (i, s) in [scope("acme", Some("a1")), scope("acme", Some("a2"))]
+        .into_iter()
+        .enumerate()
+    {
+        let job = Job {
+            id: uuid::Uuid::now_v7(),
+            kind: "add".into(),
+            state: JobState::Queued,
+            payload: json!({"content": {"text": format!("queued {i}")}}),
+            principal: Principal::operator(),
+            scope: s.clone(),
+            request_id: None,
+            attempts: 0,
+            max_attempts: 3,
+            last_error: None,
+            result: None,
+            created_at: t0(),
+            updated_at: t0(),
+            run_after: t0(),
+            lease_owner: None,
+            lease_until: None,
+        };
+        f.store.job_insert(&job).await.unwrap();
+        let usage = UsageRow {
+            scope: s,
+            day: "2026-11-01".into(),
+            model: "m".into(),
+            runs: 1,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            cost_microdollars: 1,
+        };
+        f.store
+            .apply(vec![WriteOp::RecordUsage(usage)])
+            .await
+            .unwrap();
+    }
+    let key = |id: &str, app: Option<&str>| ApiKey {
+        id: id.into(),
+        name: "k".into(),
+        role: Role::ReadWrite,
+        binding: Scope {
+            org_id: Some("acme".into()),
+            app_id: app.map(Into::into),
+            user_id: Some("erin".into()),
+            ..Default::default()
+        },
+        rate_limit: None,
+        created_at: t0(),
+        created_by: "cli".into(),
+        revoked_at: None,
+    };
+    for k in [
+        key("00000000000000a1", Some("a1")),
+        key("00000000000000b0", None),
+    ] {
+        let ev = AuditEvent::new(
+            t0(),
+            "cli".into(),
+            "key.create",
+            Some("acme".into()),
+            None,
+            None,
+        );
+        f.store.key_insert(&k, "h", &ev).await.unwrap();
+    }
+
+    let target = ErasureTarget {
+        field: ScopeField::User,
+        id: "erin".into(),
+        within: Scope {
+            org_id: Some("acme".into()),
+            app_id: Some("a1".into()),
+            ..Default::default()
+        },
+    };
+    let audit = AuditEvent::new(
+        t0(),
+        "key:admin-a1".into(),
+        "erasure",
+        Some("acme".into()),
+        None,
+        None,
+    );
+    let c = f.store.erase(&target, audit).await.unwrap();
+    assert_eq!(
+        (c.memories, c.jobs, c.llm_usage_rows, c.api_keys),
+        (1, 1, 1, 1),
+        "{c:?}"
+    );
+    let left = f
+        .store
+        .get_many(&[in_a1.id, in_a2.id, no_app.id, globex.id], vis())
+        .await
+        .unwrap();
+    let left: Vec<MemoryId> = left.iter().map(|m| m.id).collect();
+    assert_eq!(left, vec![in_a2.id, no_app.id, globex.id]);
+    assert!(f.store.history(in_a1.id).await.unwrap().is_empty());
+    assert_eq!(f.store.history(in_a2.id).await.unwrap().len(), 1);
+    let jobs = f.store.job_list(None, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].scope.app_id.as_deref(), Some("a2"));
+    let usage = f.store.usage(10).await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].scope.app_id.as_deref(), Some("a2"));
+    let keys: Vec<String> = f
+        .store
+        .key_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(keys, vec!["00000000000000b0".to_owned()]);
+}
+
 /// Erasure removes every record of one user — every version, history, jobs,
 /// usage, keys bound to them, idempotency records of the org's callers — and
 /// nothing of anyone else; it is audited with counts and without the id.
@@ -187,7 +331,7 @@ pub async fn erasure_removes_every_trace(f: Fixture) {
     // An idempotency record of an acme key, quoting erin's memory.
     assert_eq!(
         f.store
-            .idem_begin("key:00000000000000aa", "k1", "h", t0())
+            .idem_begin("key:00000000000000aa", "k1", "h", t0(), 100)
             .await
             .unwrap(),
         IdemBegin::New
@@ -208,7 +352,10 @@ pub async fn erasure_removes_every_trace(f: Fixture) {
     let target = ErasureTarget {
         field: ScopeField::User,
         id: "erin".into(),
-        org_id: Some("acme".into()),
+        within: Scope {
+            org_id: Some("acme".into()),
+            ..Default::default()
+        },
     };
     let audit = AuditEvent::new(
         t0(),
@@ -284,7 +431,7 @@ pub async fn erasure_removes_every_trace(f: Fixture) {
     assert!(f.store.job_get(frank_job.id).await.unwrap().is_some());
     assert_eq!(
         f.store
-            .idem_begin("key:00000000000000aa", "k1", "h", t0())
+            .idem_begin("key:00000000000000aa", "k1", "h", t0(), 100)
             .await
             .unwrap(),
         IdemBegin::New,

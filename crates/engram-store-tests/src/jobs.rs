@@ -320,3 +320,66 @@ pub async fn keys_round_trip(f: Fixture) {
         None
     );
 }
+
+/// `Idempotency-Key` records: a caller keeps at most its cap (the oldest
+/// go first, nobody else's), and a purge removes those past their time.
+pub async fn idempotency_records_expire_and_are_capped(f: Fixture) {
+    use engram_core::ports::{IdemBegin, StoredResponse};
+    let at = |s: i64| t0() + SignedDuration::from_secs(s);
+    let done = StoredResponse {
+        status: 200,
+        content_type: "application/json".into(),
+        body: b"{}".to_vec(),
+    };
+    for (i, key) in ["k1", "k2", "k3", "k4"].into_iter().enumerate() {
+        let began = f
+            .store
+            .idem_begin("key:a", key, "h", at(i as i64 + 1), 3)
+            .await
+            .unwrap();
+        assert_eq!(began, IdemBegin::New, "{key}");
+        f.store.idem_complete("key:a", key, &done).await.unwrap();
+    }
+    assert_eq!(
+        f.store
+            .idem_begin("key:b", "k1", "h", at(1), 3)
+            .await
+            .unwrap(),
+        IdemBegin::New
+    );
+    for key in ["k2", "k3", "k4"] {
+        assert_eq!(
+            f.store
+                .idem_begin("key:a", key, "h", at(9), 3)
+                .await
+                .unwrap(),
+            IdemBegin::Replay(done.clone()),
+            "{key} is among the newest three"
+        );
+    }
+    // Before at(3): key:a's k2 (at 2) and key:b's k1 (at 1).
+    assert_eq!(f.store.idem_purge(at(3), 100).await.unwrap(), 2);
+    assert_eq!(
+        f.store
+            .idem_begin("key:a", "k2", "h", at(9), 3)
+            .await
+            .unwrap(),
+        IdemBegin::New,
+        "purged"
+    );
+    assert_eq!(
+        f.store
+            .idem_begin("key:a", "k3", "h", at(9), 3)
+            .await
+            .unwrap(),
+        IdemBegin::Replay(done)
+    );
+    assert_eq!(
+        f.store
+            .idem_begin("key:a", "k1", "h", at(9), 3)
+            .await
+            .unwrap(),
+        IdemBegin::New,
+        "the oldest was dropped when k4 came"
+    );
+}

@@ -11,7 +11,7 @@
 //! listen = "0.0.0.0:8420"
 //! data_dir = "/var/lib/engram"
 //! rate_limit_per_minute = 600
-//! mcp_allowed_origins = ["https://app.example"]
+//! cors_origins = ["https://app.example"]
 //! ```
 
 use std::collections::BTreeSet;
@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn file_values_are_defaults_that_flags_override() {
         let cli = parse(
-            "listen = \"127.0.0.1:9999\"\nrate_limit_per_minute = 60\nmcp_allowed_origins = [\"https://a.example\", \"https://b.example\"]\n",
+            "listen = \"127.0.0.1:9999\"\nrate_limit_per_minute = 60\ncors_origins = [\"https://a.example\", \"https://b.example\"]\n",
             &["engram", "serve", "--rate-limit-per-minute", "30"],
         )
         .unwrap();
@@ -251,7 +251,7 @@ mod tests {
         };
         assert_eq!(s.listen.port(), 9999);
         assert_eq!(s.rate_limit_per_minute, 30, "the flag wins over the file");
-        assert_eq!(s.mcp_allowed_origins.len(), 2);
+        assert_eq!(s.cors_origins.len(), 2);
     }
 
     #[test]

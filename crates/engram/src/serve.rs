@@ -40,9 +40,25 @@ pub struct ServeArgs {
     /// For development on localhost only; refused on a non-loopback address.
     #[arg(long, env = "ENGRAM_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
-    /// Browser origins allowed to call /mcp besides loopback (comma-separated).
-    #[arg(long, env = "ENGRAM_MCP_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub mcp_allowed_origins: Vec<String>,
+    /// Browser origins allowed to call the server, besides pages it serves
+    /// itself (comma-separated, e.g. `https://app.example`); others get 403.
+    #[arg(
+        long = "cors-origin",
+        alias = "mcp-allowed-origins",
+        env = "ENGRAM_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Host names the server answers to besides loopback names and the listen
+    /// address (comma-separated; a reverse proxy's name). On a loopback address
+    /// any other `Host` is refused (DNS rebinding); elsewhere, listing names turns
+    /// the check on.
+    #[arg(
+        long = "allowed-host",
+        env = "ENGRAM_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
     /// Background workers processing queued jobs on this node (0: none).
     #[arg(long, env = "ENGRAM_WORKERS", default_value_t = 2)]
     pub workers: usize,
@@ -50,6 +66,10 @@ pub struct ServeArgs {
     pub jobs: JobArgs,
     #[command(flatten)]
     pub llm: LlmArgs,
+    /// Hours an `Idempotency-Key` record is kept (its replay window).
+    #[arg(long, env = "ENGRAM_IDEMPOTENCY_TTL_HOURS", default_value_t = 24,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_ttl_hours: u64,
 }
 
 impl ServeArgs {
@@ -161,8 +181,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             per_minute: args.rate_limit_per_minute,
             burst: args.rate_limit_burst,
         },
-        mcp: engram_server::mcp::McpHttpConfig {
-            allowed_origins: args.mcp_allowed_origins.clone(),
+        idempotency_ttl: std::time::Duration::from_secs(args.idempotency_ttl_hours * 3600),
+        guard: engram_server::guard::GuardConfig {
+            listen: Some(addr),
+            cors_origins: args.cors_origins.clone(),
+            allowed_hosts: args.allowed_hosts.clone(),
         },
         workers: args.workers,
         jobs: args.jobs.config(),

@@ -260,7 +260,7 @@ fn config_comes_from_flags_env_and_file_and_prints_masked() {
     let file = dir.path().join("engram.toml");
     std::fs::write(
         &file,
-        "rate_limit_per_minute = 60\nlisten = \"127.0.0.1:9000\"\nmcp_allowed_origins = [\"https://a.example\"]\n",
+        "rate_limit_per_minute = 60\nlisten = \"127.0.0.1:9000\"\ncors_origins = [\"https://a.example\"]\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -288,7 +288,7 @@ fn config_comes_from_flags_env_and_file_and_prints_masked() {
         "rate_limit_per_minute = 60  # file",
         "rate_limit_burst = 7  # flag",
         "listen = \"127.0.0.1:9001\"  # env",
-        "mcp_allowed_origins = \"https://a.example\"  # file",
+        "cors_origins = \"https://a.example\"  # file",
         "max_body_bytes = 1048576  # default",
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::Result;
-use crate::memory::{Event, HistoryEvent, ScopeField};
+use crate::memory::{Event, HistoryEvent, Scope, ScopeField};
 
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,13 +121,31 @@ pub trait AuditStore: Send + Sync + 'static {
     async fn audit_list(&self, query: &AuditQuery) -> Result<Vec<(i64, AuditEvent)>>;
 }
 
-/// What an erasure removes: every record carrying `field = id` within `org_id`.
+/// What an erasure removes: every record carrying `field = id` and every
+/// id set in `within`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ErasureTarget {
     pub field: ScopeField,
     pub id: String,
-    /// The caller's org; `None` only for the operator (every org).
-    pub org_id: Option<String>,
+    /// The ids every erased record must also carry: the caller's binding
+    /// (its org, and its app, user or agent when it is bound to one), so a
+    /// key erases only what it can read. Empty for the operator (every org).
+    pub within: Scope,
+}
+
+impl ErasureTarget {
+    /// The org the erasure stays in (`None`: every org, the operator's).
+    pub fn org_id(&self) -> Option<&str> {
+        self.within.org_id.as_deref()
+    }
+
+    /// The ids an erased record carries, `(field, value)` for each set one
+    /// — the target's, then `within`'s — for stores to match on.
+    pub fn conditions(&self) -> Vec<(ScopeField, &str)> {
+        std::iter::once((self.field, self.id.as_str()))
+            .chain(self.within.iter().filter(|(f, _)| *f != self.field))
+            .collect()
+    }
 }
 
 /// Records removed, per kind.

@@ -19,8 +19,8 @@ pub mod write;
 pub use audit::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
 pub use embed::Embedder;
 pub use idempotency::{
-    IDEMPOTENCY_ABANDONED_AFTER_SECS, IdemBegin, IdempotencyStore, MAX_IDEMPOTENCY_KEY_LEN,
-    StoredResponse,
+    IDEMPOTENCY_ABANDONED_AFTER_SECS, IDEMPOTENCY_MAX_PER_CALLER, IdemBegin, IdempotencyStore,
+    MAX_IDEMPOTENCY_KEY_LEN, StoredResponse,
 };
 pub use jobs::{Job, JobCounts, JobState, JobStore};
 pub use keys::{ApiKey, KeyStore};

@@ -5,10 +5,10 @@ use jiff::Timestamp;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::access::Role;
+use crate::access::{Principal, Role};
 use crate::ctx::RequestCtx;
 use crate::filter::Filter;
-use crate::memory::ScopeField;
+use crate::memory::{Scope, ScopeField};
 use crate::ports::{AuditEvent, AuditQuery, ErasureCounts, ErasureTarget, ScopeIdStats};
 use crate::service::{MAX_PAGE, MemoryService};
 use crate::{Error, ErrorCode, Result};
@@ -21,6 +21,10 @@ pub struct ErasureReceipt {
     pub field: String,
     pub id: String,
     pub org_id: Option<String>,
+    /// Exactly what was erased: the target id and the caller's binding it
+    /// stayed within (an app-bound admin erasing a user erases that user's
+    /// data in its app only).
+    pub scope: Scope,
     pub erased: ErasureCounts,
     /// Whether the store's files were compacted afterwards (freed pages
     /// overwritten), so the erased bytes are gone from disk too.
@@ -72,38 +76,14 @@ impl MemoryService {
         compact: bool,
     ) -> Result<ErasureReceipt> {
         validate_target(field, id)?;
-        let p = &ctx.principal;
-        let own = p.binding.get(field) == Some(id) && field != ScopeField::Org;
-        if !own {
-            p.require(Role::Admin, "erasing another scope's data")?;
-        } else {
-            p.require(Role::ReadWrite, "erasing data")?;
-        }
-        let org_id = p.binding.org_id.clone();
-        if field == ScopeField::Org && org_id.as_deref().is_some_and(|o| o != id) {
-            return Err(Error::new(
-                ErrorCode::Forbidden,
-                "an admin key can erase only its own org",
-            ));
-        }
-        // Below the org, a bound key's other ids narrow nothing: erasure of
-        // `user_id = X` in its org covers every agent and app that user spoke to.
-        let target = ErasureTarget {
-            field,
-            id: id.to_owned(),
-            org_id: if field == ScopeField::Org {
-                Some(id.to_owned())
-            } else {
-                org_id.clone()
-            },
-        };
+        let target = erasure_target(&ctx.principal, field, id)?;
         let started_at = self.now();
         let receipt_id = Uuid::now_v7();
         let mut audit = AuditEvent::new(
             started_at,
             ctx.actor(),
             "erasure",
-            target.org_id.clone(),
+            target.org_id().map(str::to_owned),
             Some(receipt_id.to_string()),
             ctx.request_id.clone(),
         );
@@ -118,11 +98,14 @@ impl MemoryService {
             false
         };
         tracing::info!(receipt = %receipt_id, field = field.as_str(), versions = erased.versions, "erasure done");
+        let mut scope = target.within.clone();
+        scope.set(field, Some(id.to_owned()));
         Ok(ErasureReceipt {
             receipt_id,
             field: field.as_str().to_owned(),
             id: id.to_owned(),
-            org_id: target.org_id,
+            org_id: target.within.org_id,
+            scope,
             erased,
             compacted,
             started_at,
@@ -138,6 +121,16 @@ impl MemoryService {
     ) -> Result<Vec<(i64, AuditEvent)>> {
         ctx.principal
             .require(Role::Admin, "reading the audit log")?;
+        // Audit events name orgs, never the ids below them: a key bound to
+        // one app or user cannot be shown only its part, so it sees none.
+        if let Some(narrow) = narrower_than_org(&ctx.principal) {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "reading the audit log needs an admin key bound to the whole org; this key is bound to {narrow}"
+                ),
+            ));
+        }
         if query.limit == 0 || query.limit > MAX_PAGE {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,
@@ -155,4 +148,56 @@ impl MemoryService {
         }
         self.inner.store.audit_list(&query).await
     }
+}
+
+/// The binding field below the org a principal is tied to, if any
+/// (`app_id acme-app`), for messages.
+fn narrower_than_org(p: &Principal) -> Option<String> {
+    p.binding
+        .iter()
+        .find(|(f, _)| *f != ScopeField::Org)
+        .map(|(f, v)| format!("{} `{v}`", f.as_str()))
+}
+
+/// What `p` may erase when it names `field = id`: exactly what it can read.
+/// A key erasing its own user or agent needs read-write; any other erasure
+/// needs an admin. The erasure stays within the key's binding (its org, and
+/// its app, user or agent); an org is erased only by an admin bound to that
+/// whole org, or by the operator.
+fn erasure_target(p: &Principal, field: ScopeField, id: &str) -> Result<ErasureTarget> {
+    let own = p.binding.get(field) == Some(id) && field != ScopeField::Org;
+    if own {
+        p.require(Role::ReadWrite, "erasing data")?;
+    } else {
+        p.require(Role::Admin, "erasing another scope's data")?;
+    }
+    if p.binding.get(field).is_some_and(|b| b != id) {
+        return Err(Error::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this key is bound to {} `{}`; it cannot erase another",
+                field.as_str(),
+                p.binding.get(field).unwrap_or_default()
+            ),
+        ));
+    }
+    if field == ScopeField::Org
+        && let Some(narrow) = narrower_than_org(p)
+    {
+        return Err(Error::new(
+            ErrorCode::Forbidden,
+            format!(
+                "erasing an org needs an admin key bound to the whole org; this key is bound to {narrow}"
+            ),
+        ));
+    }
+    let mut within = p.binding.clone();
+    if field == ScopeField::Org {
+        within.org_id = Some(id.to_owned());
+    }
+    Ok(ErasureTarget {
+        field,
+        id: id.to_owned(),
+        within,
+    })
 }

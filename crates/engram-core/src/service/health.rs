@@ -59,6 +59,22 @@ impl MemoryService {
         self.store().stats().await
     }
 
+    /// Removes `Idempotency-Key` records older than `ttl`, in batches;
+    /// returns how many went.
+    pub async fn purge_idempotency(&self, ttl: std::time::Duration) -> Result<u64> {
+        const BATCH: usize = 10_000;
+        let ttl = jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::MAX);
+        let before = self.now().checked_sub(ttl).unwrap_or(jiff::Timestamp::MIN);
+        let mut total = 0;
+        loop {
+            let n = self.store().idem_purge(before, BATCH).await?;
+            total += n;
+            if n < BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Where the HTTP layer keeps `Idempotency-Key` records.
     pub fn idempotency(&self) -> &dyn IdempotencyStore {
         &**self.store()

@@ -207,6 +207,12 @@ impl KeyService {
     }
 
     /// Whether no key exists yet (first start).
+    /// Forgets every verified key on this node, so each is checked against
+    /// the store again at its next use (after an erasure removed keys).
+    pub fn forget_verified(&self) {
+        self.cache().clear();
+    }
+
     pub async fn none_yet(&self) -> Result<bool> {
         Ok(self.store.key_list().await?.is_empty())
     }
