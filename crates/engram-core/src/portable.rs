@@ -101,6 +101,19 @@ impl ExportedMemory {
     /// least one version, all with this id and one scope, numbered 1, 2, …,
     /// only the last one current, vectors of `dim` dimensions, history of
     /// this memory only.
+    /// Gives the memory another id (its versions' and history's too), and
+    /// each history event the id `event_id` derives from its old one.
+    pub fn rename(&mut self, id: MemoryId, event_id: impl Fn(uuid::Uuid) -> uuid::Uuid) {
+        self.id = id;
+        for v in &mut self.versions {
+            v.memory.id = id;
+        }
+        for h in &mut self.history {
+            h.memory_id = id;
+            h.id = event_id(h.id);
+        }
+    }
+
     pub fn validate(&self, dim: usize) -> Result<()> {
         let id = self.id;
         let bad = |what: String| Err(Error::invalid(format!("memory {id}: {what}")));

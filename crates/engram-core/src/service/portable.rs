@@ -90,22 +90,29 @@ impl MemoryService {
             v.memory.hash = text_hash(&v.memory.text);
             v.memory.tokens = embedder.count_tokens(&v.memory.text) as u32;
         }
-        let ids: Vec<MemoryId> = memories.iter().map(|m| m.id).collect();
-        let mut existing: HashMap<MemoryId, Scope> = HashMap::new();
-        for (m, _) in self.inner.store.memory_versions(&ids).await? {
-            existing.insert(m.id, m.scope);
+        // A kept vector is the file's: make it unit length, as the model's
+        // are (a huge-norm vector would outrank every memory of its scope).
+        for v in memories.iter_mut().flat_map(|m| m.versions.iter_mut()) {
+            normalise(&mut v.embedding);
         }
-        // An id held under another scope is not "already imported".
-        for m in &memories {
-            if let Some(scope) = existing.get(&m.id)
-                && *scope != m.versions[0].memory.scope
-            {
-                return Err(Error::new(
-                    ErrorCode::Conflict,
-                    format!("memory {} already exists with another scope", m.id),
-                ));
+        let existing = self.scopes_of(&memories).await?;
+        // An id held under another scope is not "already imported", and the
+        // answer must not tell that it exists: the memory is imported under
+        // an id derived from it and its scope (the same on every import of
+        // the file, so importing again still changes nothing).
+        let mut renamed = false;
+        for m in &mut memories {
+            let scope = m.versions[0].memory.scope.clone();
+            if existing.get(&m.id).is_some_and(|s| *s != scope) {
+                m.rename(scoped_id(m.id, &scope), |h| scoped_id(h, &scope));
+                renamed = true;
             }
         }
+        let existing = if renamed {
+            self.scopes_of(&memories).await?
+        } else {
+            existing
+        };
         let mut report = ImportReport::default();
         let mut fresh: Vec<ExportedMemory> = Vec::with_capacity(memories.len());
         let mut seen = std::collections::HashSet::new();
@@ -163,4 +170,45 @@ impl MemoryService {
         self.inner.store.apply(ops).await?;
         Ok(report)
     }
+}
+
+impl MemoryService {
+    /// The scope of each of `memories`' ids the store already holds.
+    async fn scopes_of(&self, memories: &[ExportedMemory]) -> Result<HashMap<MemoryId, Scope>> {
+        let ids: Vec<MemoryId> = memories.iter().map(|m| m.id).collect();
+        Ok(self
+            .inner
+            .store
+            .memory_versions(&ids)
+            .await?
+            .into_iter()
+            .map(|(m, _)| (m.id, m.scope))
+            .collect())
+    }
+}
+
+/// Scales `v` to unit length (a zero vector is refused before this).
+fn normalise(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// The id a memory is imported under when its own id is taken in another
+/// scope: derived from both, so every import of the same file agrees.
+fn scoped_id(id: MemoryId, scope: &Scope) -> MemoryId {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(id.as_bytes());
+    for (f, v) in scope.iter() {
+        h.update(f.as_str().as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
