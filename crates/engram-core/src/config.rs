@@ -69,6 +69,9 @@ pub struct RetrievalConfig {
     pub max_top_k: usize,
     /// Token budget when a request gives none; 0 means unlimited.
     pub default_token_budget: usize,
+    /// Most versions an `as_of` search scores (it scans the scope as it
+    /// stood); a larger scope is refused with a hint to narrow it.
+    pub max_as_of_versions: usize,
 }
 
 impl Default for RetrievalConfig {
@@ -87,6 +90,7 @@ impl Default for RetrievalConfig {
             default_top_k: 10,
             max_top_k: 100,
             default_token_budget: 200,
+            max_as_of_versions: 20_000,
         }
     }
 }

@@ -45,6 +45,8 @@ pub enum ErrorCode {
     LlmFailure,
     /// A bug: an invariant was violated.
     Internal,
+    /// The caller's share of the background queue is full; retry later.
+    QueueFull,
 }
 
 impl ErrorCode {
@@ -66,6 +68,7 @@ impl ErrorCode {
             ErrorCode::LlmUnavailable => "llm_unavailable",
             ErrorCode::LlmFailure => "llm_failure",
             ErrorCode::Internal => "internal",
+            ErrorCode::QueueFull => "queue_full",
         }
     }
 
@@ -81,7 +84,8 @@ impl ErrorCode {
             | ErrorCode::Unauthorized
             | ErrorCode::Forbidden
             | ErrorCode::EmbeddingModelMismatch
-            | ErrorCode::LimitExceeded => true,
+            | ErrorCode::LimitExceeded
+            | ErrorCode::QueueFull => true,
             // Transient: a retry (e.g. of a job) prepares the write anew.
             ErrorCode::ModelSwitched
             | ErrorCode::StoreFailure

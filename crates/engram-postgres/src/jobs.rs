@@ -202,16 +202,21 @@ impl JobStore for PgStore {
         let now_ms = now.as_millisecond();
         let until = now_ms.saturating_add(ms(lease));
         // Due jobs, and jobs whose lease ran out (their worker died); a row
-        // another claim holds is skipped, never waited for.
+        // another claim holds is skipped, never waited for. Fair across
+        // tenants: the org with the fewest jobs running now goes first.
         let row = client
             .query_opt(
                 &format!(
                     "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, \
                      attempts = attempts + 1, updated_at = $3 \
-                     WHERE id = (SELECT id FROM jobs \
-                                 WHERE (state = 'queued' AND run_after <= $3) \
-                                    OR (state = 'running' AND lease_until <= $3) \
-                                 ORDER BY run_after, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     WHERE id = (SELECT j.id FROM jobs j \
+                                 WHERE (j.state = 'queued' AND j.run_after <= $3) \
+                                    OR (j.state = 'running' AND j.lease_until <= $3) \
+                                 ORDER BY (SELECT count(*) FROM jobs r WHERE r.state = 'running' \
+                                           AND r.lease_until > $3 AND (r.scope::jsonb ->> 'org_id') \
+                                           IS NOT DISTINCT FROM (j.scope::jsonb ->> 'org_id')), \
+                                          j.run_after, j.created_at \
+                                 LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
                      RETURNING {COLUMNS}"
                 ),
                 &[&worker, &until, &now_ms],
@@ -284,6 +289,20 @@ impl JobStore for PgStore {
             .await
             .map_err(pg_err)?;
         Ok(n > 0)
+    }
+
+    async fn job_pending(&self, org_id: Option<&str>) -> Result<u64> {
+        let client = self.client().await?;
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') \
+                 AND (scope::jsonb ->> 'org_id') IS NOT DISTINCT FROM $1::text",
+                &[&org_id],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        Ok(n.max(0) as u64)
     }
 
     async fn job_counts(&self) -> Result<JobCounts> {

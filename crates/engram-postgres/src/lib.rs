@@ -449,8 +449,13 @@ impl Store for PgStore {
         read::list(self, filter, vis, after, limit).await
     }
 
-    async fn versions_at(&self, filter: &Filter, at: Timestamp) -> Result<Vec<(Memory, Vec<f32>)>> {
-        read::versions_at(self, filter, at).await
+    async fn versions_at(
+        &self,
+        filter: &Filter,
+        at: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Memory, Vec<f32>)>> {
+        read::versions_at(self, filter, at, limit).await
     }
 
     async fn usage(&self, limit: usize) -> Result<Vec<engram_core::ports::UsageRow>> {

@@ -86,17 +86,19 @@ pub(crate) async fn versions_at(
     store: &PgStore,
     filter: &Filter,
     at: Timestamp,
+    limit: usize,
 ) -> Result<Vec<(Memory, Vec<f32>)>> {
     let client = store.client().await?;
     let mut p = Params::default();
     let at_p = p.push(ms(at));
     let cond = compile(filter, "", &mut p);
+    let limit_p = p.push(i64::try_from(limit).unwrap_or(i64::MAX));
     let rows = client
         .query(
             &format!(
                 "SELECT {COLUMNS}, embedding FROM memories WHERE updated_at <= {at_p}::bigint \
                  AND (invalid_at IS NULL OR invalid_at > {at_p}::bigint) \
-                 AND (expires_at IS NULL OR expires_at > {at_p}::bigint) AND {cond}"
+                 AND (expires_at IS NULL OR expires_at > {at_p}::bigint) AND {cond} LIMIT {limit_p}::bigint"
             ),
             &p.refs(),
         )

@@ -89,6 +89,7 @@ pub fn status_of(code: HttpCode) -> StatusCode {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::EmbeddingModelMismatch | ErrorCode::ModelSwitched => StatusCode::CONFLICT,
             ErrorCode::LimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::StoreFailure | ErrorCode::EmbedderFailure | ErrorCode::Internal => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -147,7 +148,13 @@ impl ApiError {
 
     /// Seconds after which the same request may succeed (`Retry-After`).
     pub fn retry_after(&self) -> Option<&'static str> {
-        (self.code == HttpCode::Core(ErrorCode::ModelSwitched)).then_some("1")
+        if self.code == HttpCode::Core(ErrorCode::ModelSwitched) {
+            Some("1")
+        } else if self.code == HttpCode::Core(ErrorCode::QueueFull) {
+            Some("10")
+        } else {
+            None
+        }
     }
 }
 

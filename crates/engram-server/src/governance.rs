@@ -26,6 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(erase_org))
         .routes(routes!(audit_list))
         .routes(routes!(audit_export))
+        .routes(routes!(compact))
 }
 
 #[derive(Debug, Deserialize, ToSchema, utoipa::IntoParams)]
@@ -33,8 +34,30 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct EraseQuery {
     /// Rewrite the store's files afterwards so the erased bytes are gone from
-    /// disk too (default true; on a large SQLite store this takes seconds).
-    pub compact: Option<bool>,
+    /// disk too: `true` (default) schedules it on the node's background
+    /// compactor (coalesced with other erasures; a graceful shutdown finishes
+    /// it); `wait` waits for it and reports `compacted`; `false` skips it.
+    pub compact: Option<String>,
+}
+
+/// What an erasure does about the store's files.
+enum Compaction {
+    Background,
+    Wait,
+    Skip,
+}
+
+impl Compaction {
+    fn parse(v: Option<&str>) -> Result<Compaction, ApiError> {
+        match v {
+            None | Some("true") | Some("background") => Ok(Compaction::Background),
+            Some("wait") => Ok(Compaction::Wait),
+            Some("false") | Some("none") => Ok(Compaction::Skip),
+            Some(other) => Err(ApiError::invalid(format!(
+                "`compact` is `{other}`; use true (in the background), wait, or false"
+            ))),
+        }
+    }
 }
 
 /// Records removed, per kind.
@@ -84,6 +107,10 @@ pub struct ReceiptOut {
     /// Whether the store's files were rewritten so the bytes are gone from disk
     /// (SQLite: yes; Postgres: no — its WAL, replicas and backups keep old pages).
     pub compacted: bool,
+    /// `scheduled` (the node's background compactor runs it soon; a graceful
+    /// shutdown finishes it), `done`, `unavailable` (the backend cannot
+    /// promise it) or `none` (not asked for).
+    pub compaction: String,
     #[schema(value_type = String, format = DateTime)]
     pub started_at: jiff::Timestamp,
     #[schema(value_type = String, format = DateTime)]
@@ -116,6 +143,7 @@ impl From<ErasureReceipt> for ReceiptOut {
             },
             erased: r.erased.into(),
             compacted: r.compacted,
+            compaction: String::new(),
             started_at: r.started_at,
             finished_at: r.finished_at,
         }
@@ -129,17 +157,51 @@ async fn erase(
     id: String,
     q: EraseQuery,
 ) -> Result<ApiJson<ReceiptOut>, ApiError> {
-    let receipt = app
-        .memory
-        .erase(ctx, field, &id, q.compact.unwrap_or(true))
-        .await?;
+    let compaction = Compaction::parse(q.compact.as_deref())?;
+    let mut receipt = app.memory.erase(ctx, field, &id, false).await?;
     // Keys bound to the erased id are gone from the store: this node stops
     // trusting them now, not when its key cache expires (other nodes: within
     // that cache period, `service::CACHE_TTL`).
     if receipt.erased.api_keys > 0 {
         app.keys.forget_verified();
     }
-    Ok(ApiJson(receipt.into()))
+    // Never inline for everyone: the compaction is the node's background job.
+    let state = match compaction {
+        Compaction::Skip => "none",
+        Compaction::Background => {
+            app.compactor.request();
+            "scheduled"
+        }
+        Compaction::Wait => {
+            receipt.compacted = app.compactor.run_now().await?;
+            if receipt.compacted { "done" } else { "unavailable" }
+        }
+    };
+    let mut out = ReceiptOut::from(receipt);
+    out.compaction = state.to_owned();
+    Ok(ApiJson(out))
+}
+
+/// Compact the store now (operator only): checkpoint, index merge, VACUUM
+/// and graph rebuild, so erased records' bytes leave the files. Waits for it.
+#[utoipa::path(post, path = "/v1/admin/compact", tag = "admin",
+    responses((status = 200, body = CompactOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn compact(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+) -> Result<ApiJson<CompactOut>, ApiError> {
+    ctx.principal
+        .require(engram_core::access::Role::Operator, "compacting the store")?;
+    let compacted = app.compactor.run_now().await?;
+    Ok(ApiJson(CompactOut { compacted }))
+}
+
+/// The answer of `POST /v1/admin/compact`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompactOut {
+    /// Whether the store's files were rewritten (Postgres: no — its WAL,
+    /// replicas and backups keep old pages; the tables were vacuumed).
+    pub compacted: bool,
 }
 
 /// Erase every trace of a user (in the caller's org): every version of every

@@ -6,6 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use engram_core::service::Readiness;
+
 use crate::AppState;
 
 /// Liveness: answers while the process runs.
@@ -20,9 +22,34 @@ pub async fn healthz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     )
 }
 
+/// How long one readiness probe of the store answers for: `/readyz` costs
+/// the store at most one probe per this, however often it is called.
+pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last readiness probe and when it ran.
+#[derive(Default)]
+pub struct ProbeCache(tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>);
+
+impl ProbeCache {
+    /// The readiness of at most [`PROBE_EVERY`] ago; concurrent callers wait
+    /// for one probe rather than each running their own.
+    async fn get(&self, app: &AppState) -> Readiness {
+        let mut last = self.0.lock().await;
+        if let Some((at, r)) = last.as_ref()
+            && at.elapsed() < PROBE_EVERY
+        {
+            return r.clone();
+        }
+        metrics::counter!("engram_readiness_probes_total").increment(1);
+        let r = app.memory.readiness().await;
+        *last = Some((std::time::Instant::now(), r.clone()));
+        r
+    }
+}
+
 /// Readiness: 200 when every check passes, 503 naming the failing one otherwise.
 pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
-    let r = app.memory.readiness().await;
+    let r = app.readiness.get(&app).await;
     let check = |problem: &Option<String>| match problem {
         None => json!("ok"),
         Some(_) => json!("fail"),

@@ -9,6 +9,7 @@
 //! backend and no model.
 
 mod api_keys;
+pub mod compactor;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub jobs: engram_core::service::JobConfig,
     /// How long an `Idempotency-Key` record is kept (then purged by the sweeper).
     pub idempotency_ttl: Duration,
+    /// When set, `/metrics` answers only scrapers that send it as a bearer token.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +83,7 @@ impl Default for ServerConfig {
             workers: 2,
             jobs: engram_core::service::JobConfig::default(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            metrics_token: None,
         }
     }
 }
@@ -99,6 +103,12 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// This process's re-embedding run (`/v1/admin/reembed`).
     pub reembed: Arc<reembed::Reembedder>,
+    /// When `/metrics` last refreshed the store's gauges.
+    gauges: Arc<crate::metrics::GaugeClock>,
+    /// The last readiness probe of the store, reused for a moment.
+    readiness: Arc<health::ProbeCache>,
+    /// The store's compaction, one background job per node.
+    pub compactor: Arc<compactor::Compactor>,
 }
 
 impl AppState {
@@ -111,6 +121,7 @@ impl AppState {
     pub fn new(memory: MemoryService, keys: KeyService, config: ServerConfig) -> AppState {
         let job_ready = Arc::new(tokio::sync::Notify::new());
         let wake = job_ready.clone();
+        let compactor = Arc::new(compactor::Compactor::new(memory.clone()));
         AppState {
             jobs: engram_core::service::JobQueue::new(memory.clone(), config.jobs.clone(), None)
                 .with_waker(Arc::new(move || wake.notify_one())),
@@ -122,6 +133,9 @@ impl AppState {
             metrics: crate::metrics::install(),
             shutdown: CancellationToken::new(),
             reembed: Arc::new(reembed::Reembedder::default()),
+            gauges: Arc::default(),
+            readiness: Arc::default(),
+            compactor,
         }
     }
 
@@ -298,6 +312,8 @@ pub async fn serve(
     let signalled = token.clone();
     let mut workers = jobs::spawn_workers(&state);
     workers.push(jobs::spawn_sweeper(&state));
+    workers.push(state.compactor.spawn(token.clone()));
+    let compactor = state.compactor.clone();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutdown: no new connections; draining in-flight requests");
@@ -314,6 +330,8 @@ pub async fn serve(
         for w in workers {
             let _ = w.await;
         }
+        // Erasures answered before the stop get their bytes out of the files.
+        compactor.finish().await;
         served
     };
     tokio::select! {

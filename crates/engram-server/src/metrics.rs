@@ -52,6 +52,43 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// A method as a label: the standard ones by name, any other string a
+/// client sends as `other` (a label value per string would be an
+/// unbounded number of series).
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// How often the store's gauges (counts over whole tables) are refreshed,
+/// however often `/metrics` is scraped.
+pub const GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When the store gauges were last refreshed (per server).
+#[derive(Default)]
+pub struct GaugeClock(std::sync::Mutex<Option<Instant>>);
+
+impl GaugeClock {
+    /// Whether a refresh is due now; if so, it counts as done.
+    fn due(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < GAUGES_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
 /// Middleware: count and time every request by its route template (never the raw path).
 pub async fn layer(req: Request, next: Next) -> Response {
     let route = req
@@ -65,7 +102,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
                 "unmatched".to_owned()
             }
         });
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method()).to_owned();
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
@@ -75,8 +112,40 @@ pub async fn layer(req: Request, next: Next) -> Response {
     resp
 }
 
-/// `GET /metrics`: Prometheus text format, store gauges refreshed on each scrape.
-pub async fn metrics_get(State(app): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus text format. The store's gauges are refreshed
+/// at most every [`GAUGES_EVERY`]. With `--metrics-token` the scraper must
+/// send it (`Authorization: Bearer <token>`).
+pub async fn metrics_get(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &app.config.metrics_token {
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Digests compared, so the time taken says nothing of the token.
+        use sha2::{Digest, Sha256};
+        if Sha256::digest(sent.as_bytes()) != Sha256::digest(token.as_bytes()) {
+            return ApiError::new(
+                crate::error::HttpCode::Core(engram_core::ErrorCode::Unauthorized),
+                "/metrics needs the metrics token (`Authorization: Bearer <token>`)",
+            )
+            .into_response();
+        }
+    }
+    if app.gauges.due() {
+        refresh_gauges(&app).await;
+    }
+    let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// The gauges that count whole tables: memories, versions, jobs.
+async fn refresh_gauges(app: &AppState) {
     match app.memory.store_stats().await {
         Ok(stats) => {
             metrics::gauge!("engram_memories").set(stats.memories as f64);
@@ -85,7 +154,7 @@ pub async fn metrics_get(State(app): State<AppState>) -> Response {
             metrics::gauge!("engram_store_bytes").set(stats.bytes as f64);
             metrics::gauge!("engram_indexed_vectors").set(stats.indexed_vectors as f64);
         }
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => tracing::warn!(error = %e, "metrics: store gauges not refreshed"),
     }
     metrics::gauge!("engram_llm_configured").set(if app.jobs.pipeline().is_some() {
         1.0
@@ -95,11 +164,4 @@ pub async fn metrics_get(State(app): State<AppState>) -> Response {
     if let Ok(c) = app.jobs.counts().await {
         engram_core::telemetry::job_counts(&c);
     }
-    let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-    let mut resp = body.into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    resp
 }

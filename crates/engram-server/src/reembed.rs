@@ -33,12 +33,11 @@ use crate::extract::ApiJson;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReembedRequest {
-    /// A sentence-transformers BERT directory on the server's machine, or,
-    /// with `embed_base_url`, the model name at that endpoint.
+    /// One of the models the operator allowed this server to load
+    /// (`--reembed-model`): a model directory, its name, or a remote model's
+    /// name. Endpoints and directories come from the operator, never from a
+    /// request.
     pub model: String,
-    /// An OpenAI-compatible embeddings endpoint (`…/v1`); the server's
-    /// configured embeddings API key is sent to it.
-    pub embed_base_url: Option<String>,
     /// Texts embedded per batch (default 256, at most 4096).
     #[schema(minimum = 1, maximum = 4096)]
     pub batch: Option<usize>,
@@ -195,7 +194,7 @@ async fn reembed_start(
     })?;
     let embedder = loader(req)
         .await
-        .map_err(|e| Error::invalid(format!("cannot load the model: {e}")))?;
+        .map_err(Error::invalid)?;
     // Refusals (same model, another migration in progress) answer now.
     let started = app.memory.reembed_start(&ctx, embedder.model()).await?;
     let status = Arc::new(Mutex::new(ReembedOut::of(RunState::Running, &started)));

@@ -726,3 +726,167 @@ async fn import_normalises_vectors_and_tells_nothing_of_other_scopes() {
     let norm: f32 = versions[0].1.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
 }
+
+/// The value of an unlabelled counter in a Prometheus text body (0 if absent).
+fn counter(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+// 4. /metrics and /readyz needed no key and cost too much: every method
+// string a client invented became a label value, every scrape counted whole
+// tables, every /readyz probed the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_stay_cheap_and_bounded() {
+    let w = world(ServerConfig {
+        auth: AuthMode::InsecureNoAuth,
+        ..ServerConfig::default()
+    })
+    .await;
+    let metrics = || async {
+        let (s, _, _) = w.send(raw("GET", "/metrics", &[], "")).await;
+        assert_eq!(s, StatusCode::OK);
+        let resp = w
+            .router
+            .clone()
+            .oneshot(raw("GET", "/metrics", &[], ""))
+            .await
+            .unwrap();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    for n in 0..300 {
+        let method = format!("M{n}X");
+        let _ = w.send(raw(&method, "/v1/memories", &[], "")).await;
+    }
+    let body = metrics().await;
+    let methods: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("engram_http_requests_total{"))
+        .filter_map(|l| l.split("method=\"").nth(1))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert!(methods.contains("other"), "{methods:?}");
+    assert!(
+        methods.iter().all(|m| !m.starts_with('M')),
+        "a client-chosen method became a label: {methods:?}"
+    );
+
+    let before = counter(&body, "engram_readiness_probes_total");
+    for _ in 0..50 {
+        let (s, _, _) = w.send(raw("GET", "/readyz", &[], "")).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let probes = counter(&metrics().await, "engram_readiness_probes_total") - before;
+    assert!(
+        (1.0..=2.0).contains(&probes),
+        "50 calls within a second probed the store {probes} times"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_closed_with_a_token() {
+    let w = world(ServerConfig {
+        metrics_token: Some("scrape-me".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let (s, _, body) = w.send(raw("GET", "/metrics", &[], "")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    let (s, _, _) = w
+        .send(raw(
+            "GET",
+            "/metrics",
+            &[("authorization", "Bearer wrong")],
+            "",
+        ))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = w
+        .send(raw(
+            "GET",
+            "/metrics",
+            &[("authorization", "Bearer scrape-me")],
+            "",
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+// 5. Any tenant admin's erasure ran VACUUM and a full graph rebuild inline,
+// under the writer lock, even when it erased nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_is_a_background_job_the_operator_can_run() {
+    let w = world(ServerConfig::default()).await;
+    let admin = w.key(scope("acme", None, None), Role::Admin).await;
+    w.remember("erin's note", scope("acme", None, Some("erin")))
+        .await;
+    let (s, receipt) = w
+        .call(Some(&admin), "DELETE", "/v1/users/nobody", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["compaction"], "scheduled", "{receipt}");
+    assert_eq!(receipt["compacted"], false);
+    let (s, receipt) = w
+        .call(Some(&admin), "DELETE", "/v1/users/erin?compact=wait", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{receipt}");
+    let expected = if common::postgres() { "unavailable" } else { "done" };
+    assert_eq!(receipt["compaction"], expected, "{receipt}");
+    let (s, _) = w
+        .call(Some(&admin), "DELETE", "/v1/users/x?compact=later", None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // The whole store's compaction is the operator's, not a tenant admin's.
+    let (s, body) = w
+        .call(Some(&admin), "POST", "/v1/admin/compact", None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let operator = w.key(scope("acme", None, None), Role::Operator).await;
+    let (s, body) = w
+        .call(Some(&operator), "POST", "/v1/admin/compact", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["compacted"], !common::postgres());
+}
+
+// 9. One tenant could starve the others: queuing an add cost nothing and
+// the queue was one FIFO (fair claiming is in the store suite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orgs_share_of_the_queue_is_bounded() {
+    let w = world(ServerConfig {
+        workers: 0,
+        jobs: engram_core::service::JobConfig {
+            max_pending_per_org: 2,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let acme = w.key(scope("acme", None, None), Role::Admin).await;
+    let globex = w.key(scope("globex", None, None), Role::Admin).await;
+    let add = |n: u32| json!({"text": format!("note {n}"), "user_id": "u", "async": true});
+    for n in 0..2 {
+        let (s, body) = w
+            .call(Some(&acme), "POST", "/v1/memories", Some(add(n)))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    }
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/memories")
+        .header(header::AUTHORIZATION, format!("Bearer {acme}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(add(3).to_string()))
+        .unwrap();
+    let (s, h, body) = w.send(req).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "queue_full");
+    assert_eq!(h["retry-after"], "10");
+    // Another org is not held up by acme's backlog.
+    let (s, body) = w
+        .call(Some(&globex), "POST", "/v1/memories", Some(add(4)))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+}

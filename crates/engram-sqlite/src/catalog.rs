@@ -252,19 +252,63 @@ impl Catalog {
         limit: usize,
     ) -> Vec<Memory> {
         let key = |m: &Memory| (m.created_at, m.id);
-        let mut hits: Vec<&Arc<Memory>> = self
-            .candidates(filter)
-            .into_iter()
-            .filter_map(|r| self.rows.get(&r))
-            .filter(|m| m.is_live(now) && filter.matches(m.as_ref()))
-            .filter(|m| after.is_none_or(|c| key(m) < (c.created_at, c.id)))
-            .collect();
+        let before_cursor = |m: &Memory| after.is_none_or(|c| key(m) < (c.created_at, c.id));
+        let keep = |m: &&Arc<Memory>| m.is_live(now) && filter.matches(m.as_ref()) && before_cursor(m);
         let by_newest = |a: &&Arc<Memory>, b: &&Arc<Memory>| key(b).cmp(&key(a));
-        if hits.len() > limit {
-            hits.select_nth_unstable_by(limit, by_newest);
-            hits.truncate(limit);
+        let Some(plan) = filter.scope_plan() else {
+            // No scope to walk: every row is a candidate.
+            let mut hits: Vec<&Arc<Memory>> = self.rows.values().filter(keep).collect();
+            if hits.len() > limit {
+                hits.select_nth_unstable_by(limit, by_newest);
+                hits.truncate(limit);
+            }
+            hits.sort_unstable_by(by_newest);
+            return hits.into_iter().map(|m| (**m).clone()).collect();
+        };
+        // Walk the narrowest postings newest first, from the cursor on, and
+        // stop once `limit` rows match (and the rows of the same millisecond
+        // as the last are in): a page costs about a page, not the scope.
+        let plan = plan.narrowest(&|f, v| self.count(f, v));
+        let upper = match after {
+            Some(c) => std::ops::Bound::Included((c.created_at.as_millisecond(), i64::MAX)),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut lists: Vec<std::iter::Peekable<_>> = plan
+            .postings()
+            .iter()
+            .filter_map(|(f, v)| self.postings[f.index()].get(*v))
+            .map(|set| set.range((std::ops::Bound::Unbounded, upper)).rev().peekable())
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut hits: Vec<&Arc<Memory>> = Vec::new();
+        let mut cut: Option<i64> = None;
+        loop {
+            // The newest entry left in any list.
+            let Some(next) = lists
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, l)| l.peek().map(|e| (**e, i)))
+                .max()
+            else {
+                break;
+            };
+            let ((ms, rowid), i) = next;
+            if cut.is_some_and(|c| ms < c) {
+                break;
+            }
+            lists[i].next();
+            if !seen.insert(rowid) {
+                continue;
+            }
+            if let Some(m) = self.rows.get(&rowid).filter(keep) {
+                hits.push(m);
+                if hits.len() == limit {
+                    cut = Some(ms);
+                }
+            }
         }
         hits.sort_unstable_by(by_newest);
+        hits.truncate(limit);
         hits.into_iter().map(|m| (**m).clone()).collect()
     }
 }

@@ -19,6 +19,11 @@ pub struct SqliteOptions {
     /// Encrypt the database with SQLCipher under this key. The HNSW graph is
     /// then never written to disk: it is rebuilt from the database at start.
     pub key: Option<DbKey>,
+    /// Sync every commit to disk (`synchronous=FULL`): acknowledged writes
+    /// survive a power loss, at the cost of an fsync per write. Otherwise
+    /// (`NORMAL`, WAL) they survive a crash of the process, and a power loss
+    /// can undo the last ones (erasures are always synced).
+    pub durable: bool,
 }
 
 impl Default for SqliteOptions {
@@ -28,6 +33,7 @@ impl Default for SqliteOptions {
             readers: 4,
             build_threads: 2,
             key: None,
+            durable: false,
         }
     }
 }

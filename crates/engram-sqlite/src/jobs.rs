@@ -132,15 +132,21 @@ impl JobStore for SqliteStore {
         lease: Duration,
     ) -> Result<Option<Job>> {
         let worker = worker.to_owned();
+        // Fair across tenants: among due jobs (and jobs whose lease ran out),
+        // the org with the fewest jobs running now goes first, then the oldest.
         self.write(move |conn| {
             let now_ms = now.as_millisecond();
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_until = ?2, \
                      attempts = attempts + 1, updated_at = ?3 \
-                     WHERE id = (SELECT id FROM jobs WHERE (state = 'queued' AND run_after <= ?3) \
-                                 OR (state = 'running' AND lease_until <= ?3) \
-                                 ORDER BY run_after, created_at LIMIT 1) \
+                     WHERE id = (SELECT j.id FROM jobs j \
+                                 WHERE (j.state = 'queued' AND j.run_after <= ?3) \
+                                    OR (j.state = 'running' AND j.lease_until <= ?3) \
+                                 ORDER BY (SELECT count(*) FROM jobs r WHERE r.state = 'running' \
+                                           AND r.lease_until > ?3 AND json_extract(r.scope, '$.org_id') \
+                                           IS json_extract(j.scope, '$.org_id')), \
+                                          j.run_after, j.created_at LIMIT 1) \
                      RETURNING {COLUMNS}"
                 ))
                 .map_err(db_err)?;
@@ -219,6 +225,21 @@ impl JobStore for SqliteStore {
                 )
                 .map_err(db_err)?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn job_pending(&self, org_id: Option<&str>) -> Result<u64> {
+        let org = org_id.map(str::to_owned);
+        self.read(move |conn, _| {
+            conn.query_row(
+                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') \
+                 AND json_extract(scope, '$.org_id') IS ?1",
+                params![org],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(db_err)
         })
         .await
     }

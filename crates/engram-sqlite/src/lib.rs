@@ -122,6 +122,12 @@ impl SqliteStore {
         let db_path = dir.join(DB_FILE);
         let key = options.key.as_ref();
         let mut writer = open_conn(&db_path, false, key)?;
+        if options.durable {
+            // Every commit synced: nothing acknowledged is lost at a power loss.
+            writer
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(db_err)?;
+        }
         if key.is_some() {
             // Encrypted: no plaintext copy of the vectors may stay beside the
             // database. The graph is rebuilt from the database at start.
@@ -278,13 +284,35 @@ impl SqliteStore {
         what: &'static str,
         f: impl for<'c> FnOnce(&SqliteStore, rusqlite::Transaction<'c>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.write_tx_as(what, false, f).await
+    }
+
+    /// [`write_tx`](Self::write_tx), with `durable`: the commit is synced to
+    /// disk before it returns whatever `--durability` says (an erasure whose
+    /// receipt was handed out must not roll back at a power loss).
+    async fn write_tx_as<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        durable: bool,
+        f: impl for<'c> FnOnce(&SqliteStore, rusqlite::Transaction<'c>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = lock(&store.inner.writer);
-            let tx = conn
+            let raise = durable && !store.inner.options.durable;
+            if raise {
+                conn.pragma_update(None, "synchronous", "FULL")
+                    .map_err(db_err)?;
+            }
+            let out = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            f(&store, tx)
+                .map_err(db_err)
+                .and_then(|tx| f(&store, tx));
+            if raise {
+                conn.pragma_update(None, "synchronous", "NORMAL")
+                    .map_err(db_err)?;
+            }
+            out
         })
         .await
         .map_err(|e| Error::internal(format!("{what} task failed: {e}")))?
@@ -419,8 +447,13 @@ impl Store for SqliteStore {
         read::list(self, filter, vis, after, limit).await
     }
 
-    async fn versions_at(&self, filter: &Filter, at: Timestamp) -> Result<Vec<(Memory, Vec<f32>)>> {
-        read::versions_at(self, filter, at).await
+    async fn versions_at(
+        &self,
+        filter: &Filter,
+        at: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Memory, Vec<f32>)>> {
+        read::versions_at(self, filter, at, limit).await
     }
 
     async fn usage(&self, limit: usize) -> Result<Vec<engram_core::ports::UsageRow>> {
@@ -535,7 +568,8 @@ impl Store for SqliteStore {
         audit_event: engram_core::ports::AuditEvent,
     ) -> Result<engram_core::ports::ErasureCounts> {
         let target = target.clone();
-        self.write_tx("erase", move |store, tx| {
+        // Durable whatever the setting: the caller gets a receipt.
+        self.write_tx_as("erase", true, move |store, tx| {
             let (counts, current) = audit::erase(&tx, &target, audit_event)?;
             tx.commit().map_err(db_err)?;
             store.forget_rows(&current)?;

@@ -65,6 +65,7 @@ pub(crate) async fn versions_at(
     store: &SqliteStore,
     filter: &Filter,
     at: Timestamp,
+    limit: usize,
 ) -> Result<Vec<(Memory, Vec<f32>)>> {
     let filter = filter.clone();
     store.read(move |conn, _| {
@@ -85,7 +86,9 @@ pub(crate) async fn versions_at(
             .query(rusqlite::params_from_iter(values))
             .map_err(db_err)?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(db_err)? {
+        while out.len() < limit
+            && let Some(row) = rows.next().map_err(db_err)?
+        {
             let (_, m) = row_to_memory(row)?;
             if filter.matches(&m) {
                 let blob: Vec<u8> = row.get(COLUMN_COUNT).map_err(db_err)?;

@@ -397,7 +397,7 @@ pub async fn erasure_removes_every_trace(f: Fixture) {
     assert_eq!(f.store.count(&erin, v).await.unwrap(), 0);
     assert!(
         f.store
-            .versions_at(&erin, v2.updated_at)
+            .versions_at(&erin, v2.updated_at, 100)
             .await
             .unwrap()
             .is_empty(),

@@ -383,3 +383,53 @@ pub async fn idempotency_records_expire_and_are_capped(f: Fixture) {
         "the oldest was dropped when k4 came"
     );
 }
+
+/// Claims are fair across tenants: the org with the fewest jobs running
+/// goes first, then the oldest job; and each org's pending jobs are counted.
+pub async fn job_claims_take_turns_across_orgs(f: Fixture) {
+    use engram_core::access::Principal;
+    use engram_core::ports::{Job, JobState};
+    let at = |s: i64| t0() + SignedDuration::from_secs(s);
+    let job = |org: &str, s: i64| Job {
+        id: uuid::Uuid::now_v7(),
+        kind: "add".into(),
+        state: JobState::Queued,
+        payload: json!({}),
+        principal: Principal::operator(),
+        scope: Scope {
+            org_id: Some(org.into()),
+            user_id: Some("u".into()),
+            ..Default::default()
+        },
+        request_id: None,
+        attempts: 0,
+        max_attempts: 3,
+        last_error: None,
+        result: None,
+        created_at: at(s),
+        updated_at: at(s),
+        run_after: at(s),
+        lease_owner: None,
+        lease_until: None,
+    };
+    // A busy tenant queued three jobs before a quiet one queued its first.
+    let busy: Vec<Job> = (0..3).map(|i| job("busy", i)).collect();
+    let quiet = job("quiet", 10);
+    for j in busy.iter().chain([&quiet]) {
+        f.store.job_insert(j).await.unwrap();
+    }
+    assert_eq!(f.store.job_pending(Some("busy")).await.unwrap(), 3);
+    assert_eq!(f.store.job_pending(Some("quiet")).await.unwrap(), 1);
+    assert_eq!(f.store.job_pending(None).await.unwrap(), 0);
+    let lease = std::time::Duration::from_secs(60);
+    let first = f.store.job_claim("w1", at(20), lease).await.unwrap().unwrap();
+    assert_eq!(first.id, busy[0].id, "the oldest first");
+    let second = f.store.job_claim("w2", at(20), lease).await.unwrap().unwrap();
+    assert_eq!(
+        second.id, quiet.id,
+        "the quiet org's job before the busy org's second"
+    );
+    let third = f.store.job_claim("w3", at(20), lease).await.unwrap().unwrap();
+    assert_eq!(third.id, busy[1].id);
+    assert_eq!(f.store.job_pending(Some("busy")).await.unwrap(), 3, "running counts");
+}

@@ -42,6 +42,7 @@ macro_rules! store_suite {
             stale_update_is_a_conflict,
             keys_round_trip,
             idempotency_records_expire_and_are_capped,
+            job_claims_take_turns_across_orgs,
             writable_probe,
             counts_and_scope_ids,
             jobs_lease_finish_retry_and_dead_letter,

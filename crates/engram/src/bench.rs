@@ -232,6 +232,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => {
             let options = SqliteOptions {
                 index: args.retrieval.index(),
+                durable: args.backend.durability == crate::runtime::Durability::Full,
                 ..SqliteOptions::default()
             };
             crate::runtime::Backend::Sqlite(SqliteStore::open_async(dir.clone(), options).await?)
@@ -435,6 +436,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "search (server-side, embedding cached): user scope {user_lat}, agent scope {agent_lat}"
     ));
 
+    // Listing the big scope page by page with a cursor: a page should cost
+    // about a page, wherever it is.
+    let mut list_ms = Vec::new();
+    let agent = Filter::from_scope(&Scope {
+        agent_id: Some("assistant".into()),
+        ..Default::default()
+    });
+    let lister = RequestCtx::operator("bench");
+    let mut after = None;
+    for _ in 0..50 {
+        let t = Instant::now();
+        let page = service.list(&lister, &agent, after, 100).await?;
+        list_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        match page.next {
+            Some(c) => after = Some(c),
+            None => after = None,
+        }
+    }
+    let list_lat = summary(list_ms);
+    say(format!("list, agent scope, cursor pages of 100: {list_lat}"));
+
     // Embedding alone (fresh texts, one at a time, as a query would be).
     let mut embed_ms = Vec::new();
     for i in 0..50.min(args.queries) {
@@ -577,6 +599,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let ingest_secs = t_ingest.elapsed().as_secs_f64();
 
+    // Single adds, one text and one transaction each (what `--durability`
+    // changes): latency of the whole add, embedding included.
+    let mut single = Vec::with_capacity(200);
+    for (i, t) in texts.iter().take(200).enumerate() {
+        let scope = Scope {
+            user_id: Some(format!("single-user-{}", i % 20)),
+            ..Default::default()
+        };
+        let input = AddInput::new(Content::Text(format!("{t} (single {i})")), scope);
+        let t0 = Instant::now();
+        service.add(&ctx, input).await?;
+        single.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+
     store_dyn.flush().await?;
     let stats = store_dyn.stats().await?;
     let (rss, peak) = rss_mib();
@@ -615,6 +651,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "query_warmup_seconds": (warm_secs * 100.0).round() / 100.0,
         "http_search_end_to_end": {"embedding_cached": http_cached, "embedding_uncached": http_uncached,
             "qps_8_clients_embedding_cached": qps.round()},
+        "add_single": summary(single),
+        "list_page_agent_scope": list_lat,
         "ingest_pipeline": {"memories": args.ingest, "memories_per_second": (args.ingest as f64 / ingest_secs).round(),
             "embedding_share": ((embed_only / ingest_secs) * 1000.0).round() / 1000.0},
         "store": {"bytes_on_disk": stats.bytes, "versions": stats.versions, "indexed_vectors": stats.indexed_vectors},

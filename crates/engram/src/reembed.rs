@@ -123,9 +123,14 @@ async fn remote(args: ReembedArgs) -> anyhow::Result<()> {
         println!("{}", resp.json::<Value>().await?);
         return Ok(());
     }
+    if args.to_embed_base_url.is_some() {
+        bail!(
+            "a server loads only the models its operator listed (--reembed-model on `engram serve`); \
+             name one with --model, without --to-embed-base-url"
+        );
+    }
     let body = json!({
         "model": args.model,
-        "embed_base_url": args.to_embed_base_url,
         "batch": args.batch,
     });
     let resp = send(

@@ -176,6 +176,11 @@ pub struct JobArgs {
     #[arg(long, env = "ENGRAM_JOB_LEASE_SECS", default_value_t = 120,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub job_lease_secs: u64,
+    /// Jobs one org may have queued or running at once; more asynchronous
+    /// adds get 429 `queue_full` (with Retry-After) until some finish.
+    #[arg(long, env = "ENGRAM_MAX_PENDING_JOBS_PER_ORG", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_jobs_per_org: u64,
 }
 
 impl JobArgs {
@@ -183,6 +188,7 @@ impl JobArgs {
         engram_core::service::JobConfig {
             max_attempts: self.job_max_attempts,
             lease: std::time::Duration::from_secs(self.job_lease_secs),
+            max_pending_per_org: self.max_pending_jobs_per_org,
             ..Default::default()
         }
     }
@@ -363,6 +369,19 @@ pub struct BackendArgs {
     /// Server-side timeout of any one Postgres statement, seconds.
     #[arg(long, env = "ENGRAM_PG_STATEMENT_TIMEOUT_SECS", default_value_t = PgOptions::default().statement_timeout.as_secs())]
     pub pg_statement_timeout_secs: u64,
+    /// SQLite: `full` syncs every commit to disk (acknowledged writes survive a
+    /// power loss; an fsync per write); `normal` survives a crash of the
+    /// process, and a power loss may undo the last writes. Erasures are
+    /// always synced. (Postgres follows its own `synchronous_commit`.)
+    #[arg(long, env = "ENGRAM_DURABILITY", value_enum, default_value_t = Durability::Normal)]
+    pub durability: Durability,
+}
+
+/// How hard a SQLite commit is pushed to disk.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Normal,
+    Full,
 }
 
 fn parse_store_url(s: &str) -> Result<String, String> {
@@ -622,6 +641,22 @@ pub async fn remote_embedder(
     Ok(Arc::new(e))
 }
 
+/// The model `requested` names among the operator's `--reembed-model`
+/// entries: `(directory or remote model name, remote endpoint)`. A
+/// directory entry answers to its path and to its last component; a
+/// `NAME=URL` entry to NAME.
+pub fn allowed_model(allowed: &[String], requested: &str) -> Option<(String, Option<String>)> {
+    allowed.iter().find_map(|spec| match spec.split_once('=') {
+        Some((name, url)) if name == requested => Some((name.to_owned(), Some(url.to_owned()))),
+        Some(_) => None,
+        None => {
+            let dir = std::path::Path::new(spec);
+            let name = dir.file_name().and_then(|n| n.to_str());
+            (spec == requested || name == Some(requested)).then(|| (spec.clone(), None))
+        }
+    })
+}
+
 /// Loads the model a re-embedding moves to.
 pub async fn load_model(
     model: &str,
@@ -651,6 +686,7 @@ pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, Ba
             let options = SqliteOptions {
                 index: args.retrieval.index(),
                 key,
+                durable: args.backend.durability == Durability::Full,
                 ..SqliteOptions::default()
             };
             Backend::Sqlite(

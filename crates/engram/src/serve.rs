@@ -66,6 +66,16 @@ pub struct ServeArgs {
     pub jobs: JobArgs,
     #[command(flatten)]
     pub llm: LlmArgs,
+    /// Models `/v1/admin/reembed` may load (comma-separated): a model
+    /// directory (asked for by its path or its name), or `NAME=URL` for model
+    /// NAME at an OpenAI-compatible endpoint (sent --embed-api-key). Nothing
+    /// else is ever loaded or called on a request's word.
+    #[arg(long = "reembed-model", env = "ENGRAM_REEMBED_MODELS", value_delimiter = ',')]
+    pub reembed_models: Vec<String>,
+    /// A token Prometheus must send to read /metrics (`Authorization: Bearer
+    /// <token>`); unset: /metrics is open, like /healthz.
+    #[arg(long, env = "ENGRAM_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Hours an `Idempotency-Key` record is kept (its replay window).
     #[arg(long, env = "ENGRAM_IDEMPOTENCY_TTL_HOURS", default_value_t = 24,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -182,6 +192,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             burst: args.rate_limit_burst,
         },
         idempotency_ttl: std::time::Duration::from_secs(args.idempotency_ttl_hours * 3600),
+        metrics_token: args.metrics_token.clone(),
         guard: engram_server::guard::GuardConfig {
             listen: Some(addr),
             cors_origins: args.cors_origins.clone(),
@@ -208,12 +219,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state = state.with_pipeline(pipeline);
     }
     let api_key = args.store.embed_api_key.clone();
+    let allowed = std::sync::Arc::new(args.reembed_models.clone());
     state = state.with_model_loader(std::sync::Arc::new(move |req| {
         let api_key = api_key.clone();
+        let allowed = allowed.clone();
         Box::pin(async move {
-            crate::runtime::load_model(&req.model, req.embed_base_url.as_deref(), api_key)
+            let (model, url) = crate::runtime::allowed_model(&allowed, &req.model).ok_or_else(|| {
+                format!(
+                    "`{}` is not one of the models this server may load; its operator lists them with --reembed-model",
+                    req.model
+                )
+            })?;
+            crate::runtime::load_model(&model, url.as_deref(), api_key)
                 .await
-                .map_err(|e| format!("{e:#}"))
+                .map_err(|e| {
+                    tracing::warn!(error = %format!("{e:#}"), "re-embedding: loading the model failed");
+                    format!("cannot load the model `{}`; the server log says why", req.model)
+                })
         })
     }));
     if let Some(s) = store.store().reembed_state().await? {

@@ -640,7 +640,41 @@ async fn reembed_through_the_cli_and_a_server() {
 
     // Back to the default model through a server serving the new one.
     let key = common::create_key_as(&data, "operator", &[]);
-    let server = common::Server::start_with(&data, "warn", &["--model-dir", next_s]);
+    let server = common::Server::start_with(
+        &data,
+        "warn",
+        &[
+            "--model-dir",
+            next_s,
+            "--reembed-model",
+            default_dir.to_str().unwrap(),
+        ],
+    );
+    // The server loads only what its operator listed: never a directory or
+    // an endpoint (which would receive the server's API key) a request names.
+    let http = reqwest::Client::new();
+    for (body, needle) in [
+        (json!({"model": "/etc"}), "not one of the models"),
+        (json!({"model": "minilm-next"}), "not one of the models"),
+        (
+            json!({"model": "text-embedding-3-small", "embed_base_url": "http://169.254.169.254/v1"}),
+            "embed_base_url",
+        ),
+    ] {
+        let resp = http
+            .post(format!("{}/v1/admin/reembed", server.url))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let problem: Value = resp.json().await.unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains(needle),
+            "{problem}"
+        );
+    }
     let (ok, out, err) = cli(&[
         "reembed",
         "--url",

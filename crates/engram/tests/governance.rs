@@ -182,7 +182,10 @@ async fn erasure_leaves_no_byte_behind_and_the_audit_keeps_no_name() {
         erased["idempotency_records"].as_u64().unwrap() >= 1,
         "{receipt}"
     );
-    assert_eq!(receipt["compacted"], true);
+    // The compaction is the node's background job (never inline in the
+    // request); the server is stopped right after, and a graceful stop
+    // finishes it: the byte scan below proves it.
+    assert_eq!(receipt["compaction"], "scheduled", "{receipt}");
     assert_eq!(
         (receipt["field"].as_str(), receipt["id"].as_str()),
         (Some("user_id"), Some("erin"))

@@ -122,4 +122,6 @@ pub trait JobStore: Send + Sync + 'static {
     /// `dead` → `queued` with its attempts reset. False unless it was dead.
     async fn job_requeue(&self, id: Uuid, now: Timestamp) -> Result<bool>;
     async fn job_counts(&self) -> Result<JobCounts>;
+    /// Jobs queued or running for `org_id` (`None`: the operator's, without an org).
+    async fn job_pending(&self, org_id: Option<&str>) -> Result<u64>;
 }

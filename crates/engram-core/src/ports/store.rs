@@ -303,8 +303,14 @@ pub trait Store:
     ) -> Result<Vec<Memory>>;
 
     /// The versions that were current (and unexpired) at `at` and match
-    /// `filter`, with their vectors: the memory as it stood then (`as_of`).
-    async fn versions_at(&self, filter: &Filter, at: Timestamp) -> Result<Vec<(Memory, Vec<f32>)>>;
+    /// `filter`, with their vectors: the memory as it stood then (`as_of`);
+    /// at most `limit` of them.
+    async fn versions_at(
+        &self,
+        filter: &Filter,
+        at: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Memory, Vec<f32>)>>;
 
     /// LLM usage tallies, newest day first; the caller filters by binding.
     async fn usage(&self, limit: usize) -> Result<Vec<UsageRow>>;

@@ -93,7 +93,7 @@ impl MemoryService {
         // Query embeddings may hold the person's words.
         self.query_cache().clear();
         let compacted = if compact {
-            self.inner.store.compact().await?
+            self.compact_store().await?
         } else {
             false
         };
@@ -111,6 +111,23 @@ impl MemoryService {
             started_at,
             finished_at: self.now(),
         })
+    }
+
+    /// Rewrites the store's files so erased records' bytes are gone from disk
+    /// (the operator only: it costs the whole store, and every tenant waits).
+    pub async fn compact(&self, ctx: &RequestCtx) -> Result<bool> {
+        ctx.principal.require(Role::Operator, "compacting the store")?;
+        self.compact_store().await
+    }
+
+    /// [`compact`](Self::compact) for the node's own background compactor.
+    pub async fn compact_store(&self) -> Result<bool> {
+        let started = std::time::Instant::now();
+        let done = self.inner.store.compact().await?;
+        metrics::counter!("engram_compactions_total").increment(1);
+        metrics::histogram!("engram_compaction_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(done)
     }
 
     /// Audit events (admins: their org's; the operator: all), oldest first.

@@ -37,6 +37,10 @@ pub struct JobConfig {
     /// First retry delay; doubles per attempt up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Jobs one org may have queued or running at once; more adds are
+    /// refused (`queue_full`, retry later) so no tenant can fill the queue
+    /// for the others.
+    pub max_pending_per_org: u64,
 }
 
 impl Default for JobConfig {
@@ -46,6 +50,7 @@ impl Default for JobConfig {
             lease: Duration::from_secs(120),
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
+            max_pending_per_org: 10_000,
         }
     }
 }
@@ -188,6 +193,18 @@ impl JobQueue {
     /// queues it. Returns the job.
     pub async fn enqueue_add(&self, ctx: &RequestCtx, input: AddInput, infer: bool) -> Result<Job> {
         let input = self.memory.validate_add(ctx, input)?;
+        let org = input.scope.org_id.as_deref();
+        let pending = self.memory.store().job_pending(org).await?;
+        if pending >= self.config.max_pending_per_org {
+            metrics::counter!("engram_jobs_refused_total", "reason" => "queue_full").increment(1);
+            return Err(Error::new(
+                ErrorCode::QueueFull,
+                format!(
+                    "{pending} adds of this org are already queued or running (at most {}); retry later",
+                    self.config.max_pending_per_org
+                ),
+            ));
+        }
         let now = self.memory.now();
         let mut payload = serde_json::to_value(&input)
             .map_err(|e| Error::internal(format!("job payload: {e}")))?;

@@ -11,7 +11,7 @@ use crate::ctx::RequestCtx;
 use crate::filter::Filter;
 use crate::memory::{Event, HistoryEvent, Memory, MemoryId, text_hash};
 use crate::ports::{Cursor, WriteOp};
-use crate::service::{MAX_PAGE, MemoryService, Page, UpdateInput};
+use crate::service::{MAX_PAGE, MAX_PAGE_OFFSET, MemoryService, Page, UpdateInput};
 use crate::telemetry;
 use crate::text;
 use crate::{Error, ErrorCode, Result};
@@ -89,10 +89,23 @@ impl MemoryService {
                 format!("`page_size` must be between 1 and {MAX_PAGE}"),
             ));
         }
+        // A page number costs every row before it: they are bounded.
+        let end = page
+            .checked_mul(page_size)
+            .filter(|end| *end <= MAX_PAGE_OFFSET)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "pages reach at most memory {MAX_PAGE_OFFSET} (page × page_size); \
+                         list further with a cursor (GET /v1/memories?cursor=…)"
+                    ),
+                )
+            })?;
         let vis = self.vis();
         let total = self.inner.store.count(&filter, vis).await?;
-        let end = page.saturating_mul(page_size).min(total);
-        let start = (page - 1).saturating_mul(page_size);
+        let end = end.min(total);
+        let start = (page - 1) * page_size;
         if start >= end {
             return Ok((total, Vec::new()));
         }

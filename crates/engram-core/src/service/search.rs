@@ -246,7 +246,21 @@ impl MemoryService {
         let (query, top_k) = self.check_search(&input)?;
         let (vector, cached) = self.embed_query(&query).await?;
         let terms: Vec<String> = text::keyword_terms(&query);
-        let versions = self.inner.store.versions_at(&input.filter, at).await?;
+        let max = cfg.max_as_of_versions;
+        let versions = self
+            .inner
+            .store
+            .versions_at(&input.filter, at, max.saturating_add(1))
+            .await?;
+        if versions.len() > max {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "an `as_of` search scores at most {max} versions, and this scope held more then; \
+                     narrow it (a user, agent or run id, or a filter)"
+                ),
+            ));
+        }
         let w = cfg.weights;
         let scored = versions
             .into_iter()

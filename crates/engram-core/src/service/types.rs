@@ -148,6 +148,9 @@ pub const MAX_NAME_BYTES: usize = 128;
 
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 1000;
+/// The deepest a page-numbered listing reaches (`page × page_size`); a
+/// cursor listing goes on from anywhere at the cost of one page.
+pub const MAX_PAGE_OFFSET: usize = 10_000;
 /// A listing's page when the caller names no size.
 pub const DEFAULT_PAGE: usize = 100;
 /// A listing's page for an agent (MCP tools), whose context every memory
