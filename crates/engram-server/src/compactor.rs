@@ -74,7 +74,9 @@ impl Compactor {
                 if me.pending.load(Ordering::Acquire) {
                     match me.run_now().await {
                         Ok(_) => tracing::info!("compaction done"),
-                        Err(e) => tracing::error!(error = %e, "compaction failed; the next erasure asks again"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "compaction failed; the next erasure asks again")
+                        }
                     }
                 }
             }

@@ -174,7 +174,11 @@ async fn erase(
         }
         Compaction::Wait => {
             receipt.compacted = app.compactor.run_now().await?;
-            if receipt.compacted { "done" } else { "unavailable" }
+            if receipt.compacted {
+                "done"
+            } else {
+                "unavailable"
+            }
         }
     };
     let mut out = ReceiptOut::from(receipt);

@@ -9,8 +9,8 @@
 //! backend and no model.
 
 mod api_keys;
-pub mod compactor;
 pub mod auth;
+pub mod compactor;
 pub mod error;
 pub mod extract;
 mod governance;

@@ -832,7 +832,11 @@ async fn compaction_is_a_background_job_the_operator_can_run() {
         .call(Some(&admin), "DELETE", "/v1/users/erin?compact=wait", None)
         .await;
     assert_eq!(s, StatusCode::OK, "{receipt}");
-    let expected = if common::postgres() { "unavailable" } else { "done" };
+    let expected = if common::postgres() {
+        "unavailable"
+    } else {
+        "done"
+    };
     assert_eq!(receipt["compaction"], expected, "{receipt}");
     let (s, _) = w
         .call(Some(&admin), "DELETE", "/v1/users/x?compact=later", None)
@@ -889,4 +893,68 @@ async fn an_orgs_share_of_the_queue_is_bounded() {
         .call(Some(&globex), "POST", "/v1/memories", Some(add(4)))
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+}
+
+// 6. Unbounded work per request: an `as_of` search loaded a whole scope,
+// a page number materialised `page × page_size` rows (unchecked product).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_work_is_bounded() {
+    use engram_core::config::RetrievalConfig;
+    use engram_core::service::SearchInput;
+    let w = world(ServerConfig::default()).await;
+    let admin = w.key(scope("acme", None, None), Role::Admin).await;
+    for n in 0..3 {
+        w.remember(&format!("note {n}"), scope("acme", None, Some("u")))
+            .await;
+    }
+    let small = w.memory.with_retrieval(RetrievalConfig {
+        max_as_of_versions: 2,
+        ..RetrievalConfig::default()
+    });
+    let input = SearchInput {
+        query: "note".into(),
+        filter: Filter::parse(&json!({"user_id": "u"})).unwrap(),
+        top_k: None,
+        threshold: None,
+        token_budget: None,
+        explain: false,
+    };
+    let at = w.memory.now();
+    let e = small
+        .search_as_of(&RequestCtx::operator("test"), input.clone(), at)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, engram_core::ErrorCode::LimitExceeded, "{e}");
+    let out = w
+        .memory
+        .search_as_of(&RequestCtx::operator("test"), input, at)
+        .await
+        .unwrap();
+    assert_eq!(out.hits.len(), 3);
+    // Mem0's page numbers: bounded, and an overflowing product is a 422, not a panic.
+    for q in [
+        "page=11&page_size=1000",
+        "page=18446744073709551615&page_size=1000",
+    ] {
+        let (s, body) = w
+            .call(
+                Some(&admin),
+                "POST",
+                &format!("/v3/memories/?{q}"),
+                Some(json!({"filters": {"user_id": "u"}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{q}: {body}");
+        assert_eq!(body["code"], "limit_exceeded");
+    }
+    let (s, body) = w
+        .call(
+            Some(&admin),
+            "POST",
+            "/v3/memories/?page=1&page_size=2",
+            Some(json!({"filters": {"user_id": "u"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["count"], 3);
 }

@@ -253,7 +253,8 @@ impl Catalog {
     ) -> Vec<Memory> {
         let key = |m: &Memory| (m.created_at, m.id);
         let before_cursor = |m: &Memory| after.is_none_or(|c| key(m) < (c.created_at, c.id));
-        let keep = |m: &&Arc<Memory>| m.is_live(now) && filter.matches(m.as_ref()) && before_cursor(m);
+        let keep =
+            |m: &&Arc<Memory>| m.is_live(now) && filter.matches(m.as_ref()) && before_cursor(m);
         let by_newest = |a: &&Arc<Memory>, b: &&Arc<Memory>| key(b).cmp(&key(a));
         let Some(plan) = filter.scope_plan() else {
             // No scope to walk: every row is a candidate.
@@ -277,22 +278,22 @@ impl Catalog {
             .postings()
             .iter()
             .filter_map(|(f, v)| self.postings[f.index()].get(*v))
-            .map(|set| set.range((std::ops::Bound::Unbounded, upper)).rev().peekable())
+            .map(|set| {
+                set.range((std::ops::Bound::Unbounded, upper))
+                    .rev()
+                    .peekable()
+            })
             .collect();
         let mut seen = std::collections::HashSet::new();
         let mut hits: Vec<&Arc<Memory>> = Vec::new();
         let mut cut: Option<i64> = None;
-        loop {
-            // The newest entry left in any list.
-            let Some(next) = lists
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, l)| l.peek().map(|e| (**e, i)))
-                .max()
-            else {
-                break;
-            };
-            let ((ms, rowid), i) = next;
+        // The newest entry left in any list, until none is left.
+        while let Some(((ms, rowid), i)) = lists
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, l)| l.peek().map(|e| (**e, i)))
+            .max()
+        {
             if cut.is_some_and(|c| ms < c) {
                 break;
             }

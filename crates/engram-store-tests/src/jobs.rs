@@ -422,14 +422,33 @@ pub async fn job_claims_take_turns_across_orgs(f: Fixture) {
     assert_eq!(f.store.job_pending(Some("quiet")).await.unwrap(), 1);
     assert_eq!(f.store.job_pending(None).await.unwrap(), 0);
     let lease = std::time::Duration::from_secs(60);
-    let first = f.store.job_claim("w1", at(20), lease).await.unwrap().unwrap();
+    let first = f
+        .store
+        .job_claim("w1", at(20), lease)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.id, busy[0].id, "the oldest first");
-    let second = f.store.job_claim("w2", at(20), lease).await.unwrap().unwrap();
+    let second = f
+        .store
+        .job_claim("w2", at(20), lease)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         second.id, quiet.id,
         "the quiet org's job before the busy org's second"
     );
-    let third = f.store.job_claim("w3", at(20), lease).await.unwrap().unwrap();
+    let third = f
+        .store
+        .job_claim("w3", at(20), lease)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(third.id, busy[1].id);
-    assert_eq!(f.store.job_pending(Some("busy")).await.unwrap(), 3, "running counts");
+    assert_eq!(
+        f.store.job_pending(Some("busy")).await.unwrap(),
+        3,
+        "running counts"
+    );
 }

@@ -359,7 +359,13 @@ pub async fn versions_as_they_stood(f: Fixture) {
         texts(f.store.versions_at(&bo, at(25), 100).await.unwrap()),
         vec![("Bo lives in Bergen".to_owned(), vector(3, 0.0))]
     );
-    assert!(f.store.versions_at(&bo, at(5), 100).await.unwrap().is_empty());
+    assert!(
+        f.store
+            .versions_at(&bo, at(5), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // At most `limit`: an `as_of` search never loads a whole scope.
     assert_eq!(f.store.versions_at(&bo, at(15), 1).await.unwrap().len(), 1);
 }

@@ -455,7 +455,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let list_lat = summary(list_ms);
-    say(format!("list, agent scope, cursor pages of 100: {list_lat}"));
+    say(format!(
+        "list, agent scope, cursor pages of 100: {list_lat}"
+    ));
 
     // Embedding alone (fresh texts, one at a time, as a query would be).
     let mut embed_ms = Vec::new();

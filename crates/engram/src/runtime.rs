@@ -378,8 +378,9 @@ pub struct BackendArgs {
 }
 
 /// How hard a SQLite commit is pushed to disk.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
+    #[default]
     Normal,
     Full,
 }

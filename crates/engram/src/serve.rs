@@ -70,7 +70,11 @@ pub struct ServeArgs {
     /// directory (asked for by its path or its name), or `NAME=URL` for model
     /// NAME at an OpenAI-compatible endpoint (sent --embed-api-key). Nothing
     /// else is ever loaded or called on a request's word.
-    #[arg(long = "reembed-model", env = "ENGRAM_REEMBED_MODELS", value_delimiter = ',')]
+    #[arg(
+        long = "reembed-model",
+        env = "ENGRAM_REEMBED_MODELS",
+        value_delimiter = ','
+    )]
     pub reembed_models: Vec<String>,
     /// A token Prometheus must send to read /metrics (`Authorization: Bearer
     /// <token>`); unset: /metrics is open, like /healthz.

@@ -116,7 +116,8 @@ impl MemoryService {
     /// Rewrites the store's files so erased records' bytes are gone from disk
     /// (the operator only: it costs the whole store, and every tenant waits).
     pub async fn compact(&self, ctx: &RequestCtx) -> Result<bool> {
-        ctx.principal.require(Role::Operator, "compacting the store")?;
+        ctx.principal
+            .require(Role::Operator, "compacting the store")?;
         self.compact_store().await
     }
 

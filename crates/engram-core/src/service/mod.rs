@@ -49,8 +49,8 @@ pub use query_cache::QueryCache;
 pub use reembed::{DEFAULT_BATCH, MAX_BATCH, ReembedReport, check_batch};
 pub use types::{
     AddInput, AddResult, Content, DEFAULT_AGENT_PAGE, DEFAULT_PAGE, Explanation, MAX_NAME_BYTES,
-    MAX_PAGE, MAX_PAGE_OFFSET, MAX_QUERY_BYTES, Message, Page, SearchHit, SearchInput, SearchOutput, SweepReport,
-    UpdateInput,
+    MAX_PAGE, MAX_PAGE_OFFSET, MAX_QUERY_BYTES, Message, Page, SearchHit, SearchInput,
+    SearchOutput, SweepReport, UpdateInput,
 };
 
 use model::{ModelCheck, ModelSlot};
