@@ -192,7 +192,9 @@ async fn reembed_start(
     let loader = reembedder.loader.clone().ok_or_else(|| {
         Error::invalid("this server cannot load embedding models (started without a model loader)")
     })?;
-    let embedder = loader(req).await.map_err(Error::invalid)?;
+    let embedder = loader(req)
+        .await
+        .map_err(|e| Error::invalid(format!("cannot load the model: {e}")))?;
     // Refusals (same model, another migration in progress) answer now.
     let started = app.memory.reembed_start(&ctx, embedder.model()).await?;
     let status = Arc::new(Mutex::new(ReembedOut::of(RunState::Running, &started)));

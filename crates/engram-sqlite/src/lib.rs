@@ -625,3 +625,49 @@ impl Store for SqliteStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `synchronous` as the writer sees it inside a write transaction.
+    async fn synchronous_in_tx(store: &SqliteStore, durable: bool) -> i64 {
+        store
+            .write_tx_as("probe", durable, |_, tx| {
+                tx.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                    .map_err(db_err)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// 14. A receipt's erasure is synced to disk whatever `--durability`
+    /// says (`erase` runs through `write_tx_as(…, true, …)`), and
+    /// `--durability full` syncs every commit.
+    #[tokio::test]
+    async fn durable_writes_sync_every_commit() {
+        const NORMAL: i64 = 1;
+        const FULL: i64 = 2;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_async(dir.path().to_owned(), SqliteOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(synchronous_in_tx(&store, false).await, NORMAL);
+        assert_eq!(synchronous_in_tx(&store, true).await, FULL);
+        assert_eq!(
+            synchronous_in_tx(&store, false).await,
+            NORMAL,
+            "restored after"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            durable: true,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open_async(dir.path().to_owned(), options)
+            .await
+            .unwrap();
+        assert_eq!(synchronous_in_tx(&store, false).await, FULL);
+        assert_eq!(synchronous_in_tx(&store, true).await, FULL);
+    }
+}

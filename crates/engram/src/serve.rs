@@ -238,7 +238,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| {
                     tracing::warn!(error = %format!("{e:#}"), "re-embedding: loading the model failed");
-                    format!("cannot load the model `{}`; the server log says why", req.model)
+                    format!("`{}` failed to load; the server log says why", req.model)
                 })
         })
     }));
