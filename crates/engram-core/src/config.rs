@@ -155,6 +155,10 @@ impl KindWeights {
 pub struct IngestConfig {
     /// A new memory whose cosine similarity to an existing one in the same scope is at least this is a NOOP.
     pub dedup_threshold: f32,
+    /// A new memory at least this similar to one in the same scope that
+    /// restates it with only a number, date, name or negation changed
+    /// supersedes it (a new version) — no LLM needed (`correction.rs`).
+    pub correction_threshold: f32,
     /// Turns longer than this many tokens are split into sentence chunks.
     pub max_chunk_tokens: usize,
     /// Longest memory text accepted, in bytes.
@@ -167,6 +171,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             dedup_threshold: 0.95,
+            correction_threshold: 0.8,
             max_chunk_tokens: 128,
             max_text_bytes: 16 * 1024,
             max_messages: 100,

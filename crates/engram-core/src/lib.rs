@@ -17,6 +17,7 @@ pub mod access;
 pub mod budget;
 pub mod clock;
 pub mod config;
+pub mod correction;
 pub mod ctx;
 pub mod error;
 pub mod filter;

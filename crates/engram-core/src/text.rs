@@ -530,6 +530,26 @@ fn is_iso_date(word: &str) -> bool {
             .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
 }
 
+/// Removes `<memories>…</memories>` blocks (memories retrieved and injected
+/// into the prompt by the caller); an unclosed block runs to the end. Both
+/// the LLM pipeline and the verbatim add drop them: they are memories
+/// already stored, not something the user just said.
+pub fn strip_injected(text: &str) -> String {
+    const OPEN: &str = "<memories>";
+    const CLOSE: &str = "</memories>";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        match rest[start..].find(CLOSE) {
+            Some(end) => rest = &rest[start + end + CLOSE.len()..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

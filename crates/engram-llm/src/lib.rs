@@ -16,7 +16,7 @@
 //! Architecture invariant: this crate knows HTTP and the OpenAI wire format,
 //! nothing about memories; it implements core's ports.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,10 +24,12 @@ use async_trait::async_trait;
 use engram_core::clock::Clock;
 use engram_core::ports::Embedder;
 use engram_core::ports::ModelInfo;
-use engram_core::ports::{ChatRequest, ChatResponse, Llm, LlmState, Usage};
+use engram_core::ports::{ChatMessage, ChatRequest, ChatResponse, Llm, LlmQueue, LlmState, Usage};
 use engram_core::{Error, ErrorCode, Result};
 use jiff::Timestamp;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 /// Where and how to call a provider.
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct ClientConfig {
     /// USD per 1,000 prompt / completion tokens, for cost accounting (0: not counted).
     pub price_prompt_per_1k: f64,
     pub price_completion_per_1k: f64,
+    /// Chat calls in flight at once towards this provider; more wait their turn.
+    pub concurrency: usize,
 }
 
 impl ClientConfig {
@@ -58,7 +62,8 @@ impl ClientConfig {
             base_url: base_url.into(),
             model: model.into(),
             api_key: None,
-            timeout: Duration::from_secs(60),
+            // A CPU-local model (llama.cpp, Ollama) takes tens of seconds per call on a busy machine.
+            timeout: Duration::from_secs(180),
             max_retries: 3,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
@@ -67,6 +72,7 @@ impl ClientConfig {
             breaker_cooldown: Duration::from_secs(30),
             price_prompt_per_1k: 0.0,
             price_completion_per_1k: 0.0,
+            concurrency: 2,
         }
     }
 }
@@ -156,6 +162,48 @@ enum Attempt {
     NoStructuredOutput,
 }
 
+/// A request body, serialised once (a schema inside keeps its property order).
+struct Body {
+    json: String,
+    /// It asks for `response_format: json_schema`.
+    structured: bool,
+}
+
+impl Body {
+    fn of(value: &impl serde::Serialize, structured: bool) -> Result<Body> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| Error::internal(format!("serialising a request: {e}")))?;
+        Ok(Body { json, structured })
+    }
+}
+
+/// `/v1/chat/completions`'s request.
+#[derive(serde::Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    temperature: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<ResponseFormat<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct ResponseFormat<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    json_schema: SchemaFormat<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct SchemaFormat<'a> {
+    name: &'a str,
+    strict: bool,
+    /// The schema's own text: serde_json would sort a `Value`'s keys.
+    schema: &'a RawValue,
+}
+
 /// The HTTP side both clients share: one POST with timeout, retries and the breaker.
 struct Transport {
     http: reqwest::Client,
@@ -228,9 +276,14 @@ impl Transport {
         metrics::gauge!("engram_llm_circuit_state", "client" => self.kind).set(v);
     }
 
-    async fn once(&self, path: &str, body: &Value) -> std::result::Result<Value, Attempt> {
+    async fn once(&self, path: &str, body: &Body) -> std::result::Result<Value, Attempt> {
         let url = format!("{}/{path}", self.cfg.base_url.trim_end_matches('/'));
-        let mut req = self.http.post(&url).timeout(self.cfg.timeout).json(body);
+        let mut req = self
+            .http
+            .post(&url)
+            .timeout(self.cfg.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.json.clone());
         if let Some(key) = &self.cfg.api_key {
             req = req.bearer_auth(key);
         }
@@ -267,7 +320,7 @@ impl Transport {
             return Err(Attempt::Retry(message, honoured));
         }
         if status.as_u16() == 400
-            && body.get("response_format").is_some()
+            && body.structured
             && (text.contains("response_format") || text.contains("json_schema"))
         {
             return Err(Attempt::NoStructuredOutput);
@@ -276,7 +329,7 @@ impl Transport {
     }
 
     /// POSTs with retries; maps the outcome to core errors and the breaker.
-    async fn post(&self, path: &str, body: &Value) -> std::result::Result<Value, Attempt> {
+    async fn post(&self, path: &str, body: &Body) -> std::result::Result<Value, Attempt> {
         self.lock()
             .admit(self.clock.now(), self.cfg.breaker_cooldown)
             .map_err(|e| Attempt::Fatal(format!("rejected:{}", e.message)))?;
@@ -358,6 +411,12 @@ pub struct OpenAiChat {
     t: Transport,
     /// Cleared when the provider rejects `response_format: json_schema`.
     structured: AtomicBool,
+    /// One permit per call the provider may hold at once (`--llm-concurrency`):
+    /// a CPU-local server with one slot answers one call at a time, and
+    /// more calls only queue there, each eating its own timeout.
+    slots: Semaphore,
+    limit: usize,
+    waiting: AtomicUsize,
 }
 
 impl OpenAiChat {
@@ -366,43 +425,117 @@ impl OpenAiChat {
         sleeper: Arc<dyn Sleeper>,
         clock: Arc<dyn Clock>,
     ) -> Result<OpenAiChat> {
+        let limit = cfg.concurrency.max(1);
         let chat = OpenAiChat {
             t: Transport::new(cfg, sleeper, clock, "chat")?,
             structured: AtomicBool::new(true),
+            slots: Semaphore::new(limit),
+            limit,
+            waiting: AtomicUsize::new(0),
         };
         chat.t.publish_state();
+        chat.publish_queue();
         Ok(chat)
     }
 
-    fn body(&self, req: &ChatRequest, structured: bool) -> Value {
+    fn body(&self, req: &ChatRequest, structured: bool) -> Result<Body> {
         let mut messages = req.messages.clone();
         if let (Some(schema), false) = (&req.schema, structured) {
             // No structured output: the schema travels in the prompt.
             let note = format!(
                 "Answer with a single JSON value that matches this JSON Schema, and nothing else:\n{}",
-                schema.schema
+                schema.text()
             );
             match messages.first_mut() {
                 Some(m) if m.role == "system" => {
                     m.content.push_str("\n\n");
                     m.content.push_str(&note);
                 }
-                _ => messages.insert(0, engram_core::ports::ChatMessage::system(note)),
+                _ => messages.insert(0, ChatMessage::system(note)),
             }
         }
-        let mut body = json!({
-            "model": self.t.cfg.model,
-            "messages": messages,
-            "temperature": req.temperature,
-        });
-        if let Some(max) = req.max_tokens {
-            body["max_tokens"] = json!(max);
+        let raw = match (&req.schema, structured) {
+            (Some(schema), true) => Some(
+                RawValue::from_string(schema.text().to_owned())
+                    .map_err(|e| Error::internal(format!("a JSON schema is not JSON: {e}")))?,
+            ),
+            _ => None,
+        };
+        let body = ChatBody {
+            model: &self.t.cfg.model,
+            messages: &messages,
+            temperature: req.temperature,
+            max_tokens: req.max_tokens,
+            response_format: match (&req.schema, &raw) {
+                (Some(schema), Some(raw)) => Some(ResponseFormat {
+                    kind: "json_schema",
+                    json_schema: SchemaFormat {
+                        name: schema.name(),
+                        strict: true,
+                        schema: raw,
+                    },
+                }),
+                _ => None,
+            },
+        };
+        Body::of(&body, raw.is_some())
+    }
+
+    fn queue_now(&self) -> LlmQueue {
+        let free = self.slots.available_permits();
+        LlmQueue {
+            in_flight: self.limit.saturating_sub(free),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            limit: self.limit,
         }
-        if let (Some(schema), true) = (&req.schema, structured) {
-            body["response_format"] = json!({"type": "json_schema", "json_schema": {
-                "name": schema.name, "schema": schema.schema, "strict": true}});
+    }
+
+    fn publish_queue(&self) {
+        let q = self.queue_now();
+        metrics::gauge!("engram_llm_in_flight").set(q.in_flight as f64);
+        metrics::gauge!("engram_llm_waiting").set(q.waiting as f64);
+        metrics::gauge!("engram_llm_concurrency").set(q.limit as f64);
+    }
+
+    /// One call, holding a slot.
+    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse> {
+        let structured = request.schema.is_some() && self.structured.load(Ordering::Relaxed);
+        let answer = match self.t.post("chat/completions", &self.body(request, structured)?).await {
+            Err(Attempt::NoStructuredOutput) => {
+                tracing::info!(model = %self.t.cfg.model, "provider rejects json_schema output; sending the schema in the prompt from now on");
+                self.structured.store(false, Ordering::Relaxed);
+                self.t
+                    .post("chat/completions", &self.body(request, false)?)
+                    .await
+            }
+            other => other,
         }
-        body
+        .map_err(to_error)?;
+        let choice = &answer["choices"][0];
+        let content = choice["message"]["content"]
+            .as_str()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::LlmFailure,
+                    "the provider's answer has no choices[0].message.content",
+                )
+            })?
+            .to_owned();
+        let usage = Usage {
+            prompt_tokens: answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+            completion_tokens: answer["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+        };
+        self.account(usage);
+        let truncated = choice["finish_reason"].as_str() == Some("length");
+        if truncated {
+            metrics::counter!("engram_llm_truncated_total").increment(1);
+            tracing::warn!(model = %self.t.cfg.model, max_tokens = ?request.max_tokens, completion_tokens = usage.completion_tokens, "the model's answer was cut off at max_tokens");
+        }
+        Ok(ChatResponse {
+            content,
+            usage,
+            truncated,
+        })
     }
 
     fn account(&self, usage: Usage) {
@@ -428,31 +561,21 @@ impl Llm for OpenAiChat {
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse> {
-        let structured = request.schema.is_some() && self.structured.load(Ordering::Relaxed);
-        let answer = match self.t.post("chat/completions", &self.body(&request, structured)).await {
-            Err(Attempt::NoStructuredOutput) => {
-                tracing::info!(model = %self.t.cfg.model, "provider rejects json_schema output; sending the schema in the prompt from now on");
-                self.structured.store(false, Ordering::Relaxed);
-                self.t.post("chat/completions", &self.body(&request, false)).await
-            }
-            other => other,
-        }
-        .map_err(to_error)?;
-        let content = answer["choices"][0]["message"]["content"]
-            .as_str()
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::LlmFailure,
-                    "the provider's answer has no choices[0].message.content",
-                )
-            })?
-            .to_owned();
-        let usage = Usage {
-            prompt_tokens: answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-            completion_tokens: answer["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-        };
-        self.account(usage);
-        Ok(ChatResponse { content, usage })
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.publish_queue();
+        let permit = self.slots.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        // The semaphore is never closed, so the permit is always granted.
+        let _permit = permit.map_err(|_| Error::internal("the LLM slots were closed"))?;
+        self.publish_queue();
+        let answer = self.call(&request).await;
+        drop(_permit);
+        self.publish_queue();
+        answer
+    }
+
+    fn queue(&self) -> Option<LlmQueue> {
+        Some(self.queue_now())
     }
 
     fn state(&self) -> LlmState {
@@ -505,7 +628,7 @@ impl OpenAiEmbedder {
     }
 
     async fn call(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let body = json!({"model": self.t.cfg.model, "input": texts});
+        let body = Body::of(&json!({"model": self.t.cfg.model, "input": texts}), false)?;
         let answer = self.t.post("embeddings", &body).await.map_err(|a| {
             let e = to_error(a);
             Error::embedder(e.message)

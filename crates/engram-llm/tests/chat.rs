@@ -64,11 +64,14 @@ fn request() -> ChatRequest {
             ChatMessage::system("Extract facts."),
             ChatMessage::user("I moved to Lisbon."),
         ],
-        schema: Some(JsonSchema {
-            name: "facts".into(),
-            schema: json!({"type": "object", "properties": {"facts": {"type": "array", "items": {"type": "string"}}},
-                           "required": ["facts"], "additionalProperties": false}),
-        }),
+        schema: Some(
+            JsonSchema::new(
+                "facts",
+                r#"{"type": "object", "properties": {"facts": {"type": "array", "items": {"type": "string"}}},
+                    "required": ["facts"], "additionalProperties": false}"#,
+            )
+            .unwrap(),
+        ),
         temperature: 0.0,
         max_tokens: Some(500),
     }
@@ -307,4 +310,74 @@ async fn embeddings_learn_the_dimension_and_refuse_a_change() {
     server.push([Reply::embeddings(&[vec![1.0, 0.0]])]);
     let err = e.embed(&["c".into()]).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::EmbeddingModelMismatch);
+}
+
+/// The schema travels as written: a grammar-constrained decoder emits
+/// properties in the schema's order, so `text` must stay before `entities`.
+#[tokio::test]
+async fn the_schema_keeps_its_property_order_on_the_wire() {
+    let s = setup(|_| {}).await;
+    s.server.push([Reply::chat_json(json!({"facts": []}))]);
+    let mut req = request();
+    req.schema = Some(
+        JsonSchema::new(
+            "facts",
+            r#"{"type": "object", "properties": {"text": {"type": "string"}, "entities": {"type": "array"}, "kind": {"type": "string"}}}"#,
+        )
+        .unwrap(),
+    );
+    s.chat.chat(req).await.unwrap();
+    let raw = &s.server.received_raw()[0];
+    let at = |k: &str| {
+        raw.find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} in {raw}"))
+    };
+    assert!(
+        at("text") < at("entities") && at("entities") < at("kind"),
+        "{raw}"
+    );
+    assert!(JsonSchema::new("bad", "{not json").is_err());
+}
+
+/// `finish_reason: "length"` is reported as a cut-off answer, and
+/// `chat_json` hands back what could be salvaged instead of a repair round.
+#[tokio::test]
+async fn a_cut_off_answer_is_reported_not_repaired() {
+    let s = setup(|_| {}).await;
+    s.server.push([Reply::truncated(
+        r#"{"facts": ["Lives in Lisbon", "Lives in Lis"#,
+    )]);
+    let answer = chat_json(&s.chat, request()).await.unwrap();
+    assert!(answer.truncated);
+    assert_eq!(s.server.received_count(), 1, "no repair round");
+    s.server.push([Reply::chat_json(json!({"facts": []}))]);
+    let plain = s.chat.chat(request()).await.unwrap();
+    assert!(!plain.truncated);
+}
+
+/// At most `concurrency` calls reach the provider at once; the rest wait
+/// their turn (and the queue says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_towards_the_provider_is_bounded() {
+    let s = setup(|c| c.concurrency = 1).await;
+    s.server.respond_with(|_, _| {
+        Reply::chat_json(json!({"facts": []})).after(Duration::from_millis(200))
+    });
+    let chat = Arc::new(s.chat);
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let chat = chat.clone();
+            tokio::spawn(async move { chat.chat(request()).await.unwrap() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let q = chat.queue().unwrap();
+    assert_eq!((q.in_flight, q.waiting, q.limit), (1, 2, 1), "{q:?}");
+    assert_eq!(s.server.received_count(), 1, "one call at the provider");
+    for c in calls {
+        c.await.unwrap();
+    }
+    assert_eq!(s.server.received_count(), 3);
+    let q = chat.queue().unwrap();
+    assert_eq!((q.in_flight, q.waiting), (0, 0));
 }

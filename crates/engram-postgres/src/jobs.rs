@@ -226,6 +226,19 @@ impl JobStore for PgStore {
         row.as_ref().map(row_to_job).transpose()
     }
 
+    async fn job_renew(&self, id: Uuid, worker: &str, until: Timestamp) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE jobs SET lease_until = $3 \
+                 WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+                &[&id, &worker, &until.as_millisecond()],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n > 0)
+    }
+
     async fn job_fail(
         &self,
         id: Uuid,

@@ -68,7 +68,9 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         Some(p) => {
             let state = p.llm().state();
             json!({"status": if state == engram_core::ports::LlmState::Closed { "ok" } else { "unavailable" },
-                   "circuit": state.as_str(), "model": p.llm().model()})
+                   "circuit": state.as_str(), "model": p.llm().model(),
+                   // Calls holding and waiting for the endpoint's slots (--llm-concurrency).
+                   "queue": p.llm().queue()})
         }
     };
     let ready = r.ready();

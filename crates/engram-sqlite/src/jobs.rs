@@ -161,6 +161,21 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn job_renew(&self, id: Uuid, worker: &str, until: Timestamp) -> Result<bool> {
+        let worker = worker.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE jobs SET lease_until = ?3 \
+                     WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+                    params![id.to_string(), worker, until.as_millisecond()],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn job_fail(
         &self,
         id: Uuid,

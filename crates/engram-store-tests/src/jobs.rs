@@ -59,6 +59,21 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
             .is_none(),
         "leased to w1"
     );
+    // The heartbeat: only the holder renews, and a renewed lease outlives the first one.
+    assert!(!f.store.job_renew(j1.id, "w2", at(500)).await.unwrap());
+    assert!(f.store.job_renew(j1.id, "w1", at(500)).await.unwrap());
+    assert!(
+        f.store
+            .job_claim("w2", at(100), lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "past the first lease, the renewed one holds"
+    );
+    assert_eq!(
+        f.store.job_get(j1.id).await.unwrap().unwrap().lease_until,
+        Some(at(500))
+    );
 
     // A worker without the lease cannot finish it, and nothing of its batch lands.
     let m = memory("Ann owns a kayak", user("ann"), 5);

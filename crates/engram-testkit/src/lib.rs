@@ -67,6 +67,20 @@ impl Reply {
         )
     }
 
+    /// A chat completion cut off at `max_tokens` (`finish_reason: "length"`),
+    /// as a model that loops produces.
+    pub fn truncated(content: &str) -> Reply {
+        Reply::json(
+            200,
+            json!({
+                "id": "chatcmpl-test", "object": "chat.completion", "model": "scripted",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 256, "total_tokens": 356},
+            }),
+        )
+    }
+
     /// A chat completion whose content is `value` serialised.
     pub fn chat_json(value: Value) -> Reply {
         Reply::chat(&value.to_string())
@@ -122,6 +136,8 @@ struct Script {
     responder: Option<Responder>,
     /// (path, body) of every request, in order.
     received: Vec<(String, Value)>,
+    /// Every request body as sent (key order kept), in order.
+    received_raw: Vec<String>,
 }
 
 /// The scripted server. Dropping it stops the server.
@@ -146,11 +162,12 @@ async fn answer(
     uri: axum::http::Uri,
     body: String,
 ) -> Response {
-    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
     let path = uri.path().to_owned();
     let reply = {
         let mut s = lock(&script);
         s.received.push((path.clone(), value.clone()));
+        s.received_raw.push(body);
         match s.queue.pop_front() {
             Some(r) => r,
             None => match &s.responder {
@@ -219,6 +236,11 @@ impl ScriptedLlm {
             .iter()
             .map(|(_, b)| b.clone())
             .collect()
+    }
+
+    /// The bodies received so far, as sent: a `Value` would sort their keys.
+    pub fn received_raw(&self) -> Vec<String> {
+        lock(&self.script).received_raw.clone()
     }
 
     pub fn received_count(&self) -> usize {

@@ -28,6 +28,9 @@ use crate::runtime::{RetrievalArgs, load_embedder};
 pub enum EvalCommand {
     /// LoCoMo (Maharana et al., ACL 2024): evidence recall of each question's turns.
     Locomo(LocomoArgs),
+    /// Memory correctness: conversations replayed, then checks of what is
+    /// remembered (docs/scenarios.md). No LLM, `--replay`, or a live model.
+    Scenarios(crate::scenarios::ScenarioArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -228,7 +231,10 @@ fn turns(conv: &Value) -> anyhow::Result<Vec<Turn>> {
 }
 
 pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
-    let EvalCommand::Locomo(args) = cmd;
+    let args = match cmd {
+        EvalCommand::Locomo(args) => args,
+        EvalCommand::Scenarios(args) => return crate::scenarios::run(args).await,
+    };
     let raw = std::fs::read_to_string(&args.path).with_context(|| {
         format!("cannot read {} (LoCoMo data: data/locomo10.json in the snap-research/LoCoMo repository)", args.path.display())
     })?;
@@ -274,6 +280,7 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let ctx = RequestCtx::operator("eval");
     let mut memories = 0usize;
+    let mut corrected = Vec::new();
     for (sample, turns) in samples.iter().zip(&all_turns) {
         let user = sample["sample_id"]
             .as_str()
@@ -309,9 +316,34 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 .flatten()
                 .filter(|r| r.event.as_str() == "ADD")
                 .count();
+            corrected.extend(
+                out.iter()
+                    .flatten()
+                    .filter(|r| r.event.as_str() == "UPDATE")
+                    .map(|r| r.id),
+            );
         }
     }
     let ingest_secs = started.elapsed().as_secs_f64();
+    // Corrections the no-LLM duplicate rule made (a new version of a turn).
+    let mut supersessions = Vec::new();
+    for id in &corrected {
+        for h in service.history(&ctx, *id).await? {
+            if h.event.as_str() == "UPDATE" {
+                supersessions
+                    .push(json!({"old": h.old_text, "new": h.new_text, "reason": h.reason}));
+            }
+        }
+    }
+    if !args.json {
+        eprintln!(
+            "{} supersessions by the correction rule",
+            supersessions.len()
+        );
+        for s in supersessions.iter().take(20) {
+            eprintln!("  {}", s);
+        }
+    }
     let n_turns: usize = all_turns.iter().map(Vec::len).sum();
     if !args.json {
         eprintln!(
@@ -463,6 +495,8 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             report.insert(
                 "run".into(),
                 json!({"conversations": samples.len(), "turns": n_turns, "memories": memories,
+                       "supersessions": supersessions.len(),
+                       "supersession_samples": supersessions.iter().take(20).collect::<Vec<_>>(),
                        "ingest_seconds": round(ingest_secs), "search_seconds": round(search_secs),
                        "questions_per_second": round(scored.len() as f64 / search_secs.max(1e-9))}),
             );

@@ -9,6 +9,7 @@ mod keys;
 mod mcp;
 mod reembed;
 mod runtime;
+mod scenarios;
 mod serve;
 mod target;
 mod transfer;

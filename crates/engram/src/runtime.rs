@@ -172,10 +172,17 @@ pub struct JobArgs {
     #[arg(long, env = "ENGRAM_JOB_MAX_ATTEMPTS", default_value_t = 5,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub job_max_attempts: u32,
-    /// Seconds a worker holds a job; after that another worker may take it over.
+    /// Seconds a worker's lease on a job lasts; the worker renews it every
+    /// quarter lease while it works, so another worker takes the job over
+    /// only when this one died.
     #[arg(long, env = "ENGRAM_JOB_LEASE_SECS", default_value_t = 120,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub job_lease_secs: u64,
+    /// One attempt at a job may run this many leases (its LLM time budget);
+    /// past it the attempt is abandoned and retried later.
+    #[arg(long, env = "ENGRAM_JOB_ATTEMPT_LEASES", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub job_attempt_leases: u32,
     /// Jobs one org may have queued or running at once; more asynchronous
     /// adds get 429 `queue_full` (with Retry-After) until some finish.
     #[arg(long, env = "ENGRAM_MAX_PENDING_JOBS_PER_ORG", default_value_t = 10_000,
@@ -188,6 +195,7 @@ impl JobArgs {
         engram_core::service::JobConfig {
             max_attempts: self.job_max_attempts,
             lease: std::time::Duration::from_secs(self.job_lease_secs),
+            attempt_leases: self.job_attempt_leases,
             max_pending_per_org: self.max_pending_jobs_per_org,
             ..Default::default()
         }
@@ -208,13 +216,19 @@ pub struct LlmArgs {
     /// API key for --llm-base-url.
     #[arg(long, env = "ENGRAM_LLM_API_KEY", hide_env_values = true)]
     pub llm_api_key: Option<String>,
-    /// Seconds per LLM call before it is abandoned (and retried).
-    #[arg(long, env = "ENGRAM_LLM_TIMEOUT_SECS", default_value_t = 60,
+    /// Seconds per LLM call before it is abandoned (and retried). The
+    /// default suits a small model on a CPU (llama.cpp, Ollama) on a busy machine.
+    #[arg(long, env = "ENGRAM_LLM_TIMEOUT_SECS", default_value_t = 180,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub llm_timeout_secs: u64,
     /// Retries of a failed LLM call (backoff with jitter, Retry-After honoured).
     #[arg(long, env = "ENGRAM_LLM_MAX_RETRIES", default_value_t = 3)]
     pub llm_max_retries: u32,
+    /// LLM calls in flight at once towards the endpoint; more wait their
+    /// turn (a local server with one slot answers one call at a time).
+    #[arg(long, env = "ENGRAM_LLM_CONCURRENCY", default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub llm_concurrency: u64,
 }
 
 impl LlmArgs {
@@ -233,6 +247,7 @@ impl LlmArgs {
         cfg.api_key = self.llm_api_key.clone();
         cfg.timeout = std::time::Duration::from_secs(self.llm_timeout_secs);
         cfg.max_retries = self.llm_max_retries;
+        cfg.concurrency = self.llm_concurrency as usize;
         let chat = engram_llm::OpenAiChat::new(
             cfg,
             Arc::new(engram_llm::TokioSleeper),
@@ -510,6 +525,11 @@ pub struct RetrievalArgs {
     /// Cosine similarity at or above which a new memory duplicates one in the same scope.
     #[arg(long, env = "ENGRAM_DEDUP_THRESHOLD", default_value_t = IngestConfig::default().dedup_threshold)]
     pub dedup_threshold: f32,
+    /// Cosine similarity at or above which a new memory that restates one in
+    /// the same scope with only a number, date, name or negation changed
+    /// supersedes it (a new version, no LLM needed).
+    #[arg(long, env = "ENGRAM_CORRECTION_THRESHOLD", default_value_t = IngestConfig::default().correction_threshold)]
+    pub correction_threshold: f32,
     /// Turns longer than this many tokens are split by sentence.
     #[arg(long, env = "ENGRAM_MAX_CHUNK_TOKENS", default_value_t = IngestConfig::default().max_chunk_tokens)]
     pub max_chunk_tokens: usize,
@@ -588,6 +608,7 @@ impl RetrievalArgs {
     pub fn ingest(&self) -> IngestConfig {
         IngestConfig {
             dedup_threshold: self.dedup_threshold,
+            correction_threshold: self.correction_threshold,
             max_chunk_tokens: self.max_chunk_tokens,
             ..IngestConfig::default()
         }

@@ -17,8 +17,12 @@
 //! transaction (a job appends its own completion to it).
 
 mod json;
+mod validate;
 
-pub use json::{JsonAnswer, chat_json, parse_json_lenient};
+pub use json::{JsonAnswer, chat_json, parse_json_lenient, repeats, salvage_truncated};
+pub use validate::{
+    FactChecks, check_facts, consolidation_budget, cut_loop, extraction_budget, mentions_time,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -62,6 +66,55 @@ pub struct Outcome {
     pub usage: Usage,
     /// Operations naming an alias that was not shown (dropped).
     pub rejected: usize,
+    /// What the fact checks caught ([`check_facts`]).
+    pub checks: FactChecks,
+    /// Answers cut off at `max_tokens` (their complete part was used).
+    pub truncated: usize,
+}
+
+/// One extraction: checked facts and what it took.
+#[derive(Debug, Clone, Default)]
+pub struct Extracted {
+    pub facts: Vec<Fact>,
+    pub usage: Usage,
+    pub checks: FactChecks,
+    /// Answers cut off at `max_tokens`.
+    pub truncated: usize,
+}
+
+/// The facts of an extraction answer. Items of a cut-off answer that do not
+/// make a fact (a bare `text` is enough) are skipped, not fatal.
+fn facts_of(value: &Value, truncated: bool) -> Result<Vec<Fact>> {
+    let items = match &value["facts"] {
+        Value::Array(items) => items,
+        Value::Null if truncated => return Ok(Vec::new()),
+        other => {
+            return Err(Error::new(
+                ErrorCode::LlmFailure,
+                format!(
+                    "the extraction answer does not match its schema: `facts` is {}",
+                    match other {
+                        Value::Null => "missing",
+                        _ => "not a list",
+                    }
+                ),
+            ));
+        }
+    };
+    let mut facts = Vec::with_capacity(items.len());
+    for item in items {
+        match serde_json::from_value::<Fact>(item.clone()) {
+            Ok(f) => facts.push(f),
+            Err(_) if truncated => {}
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorCode::LlmFailure,
+                    format!("the extraction answer does not match its schema: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(facts)
 }
 
 const EXTRACT_PROMPT: &str = "You extract durable memories from a conversation between a user and an AI assistant.\n\
@@ -71,9 +124,11 @@ Return atomic facts: each one short, self-contained and true on its own, in the 
 - kind: \"semantic\" for a lasting fact or preference, \"episodic\" for an event (put its date in valid_at when known), \
 \"procedural\" for an instruction about how the assistant should behave.\n\
 - entities: the people, places, organisations and things the fact names, with a short type.\n\
+- valid_at: when the fact became true, as a date (YYYY-MM-DD), only when the messages say when; resolve words like \
+\"yesterday\" or \"next Friday\" against the CONVERSATION DATE; otherwise null.\n\
 - Ignore small talk, questions, and anything inside <memories>...</memories>: those are memories already stored.\n\
 - Extract facts only from the NEW messages; the earlier ones are context.\n\
-Return {\"facts\": []} when there is nothing worth remembering.";
+- State each fact once. When there is nothing worth remembering, the list of facts is empty.";
 
 const CONSOLIDATE_PROMPT: &str = "You keep a user's memory consistent. You get EXISTING memories (ids m1, m2, ...) and NEW facts \
 (ids f1, f2, ...). For every new fact answer exactly one operation:\n\
@@ -87,44 +142,45 @@ const PROCEDURAL_PROMPT: &str = "You maintain an AI agent's standing instruction
 You get the CURRENT text (possibly empty) and NEW instructions. Merge them: keep what still holds, let newer instructions \
 replace the ones they contradict, drop repeats, keep the user's language. Answer {\"summary\": \"...\"}.";
 
-fn extract_schema() -> JsonSchema {
-    JsonSchema {
-        name: "facts".into(),
-        schema: json!({
-            "type": "object", "additionalProperties": false, "required": ["facts"],
-            "properties": {"facts": {"type": "array", "items": {
-                "type": "object", "additionalProperties": false,
-                "required": ["text", "kind", "entities", "valid_at", "speaker"],
-                "properties": {
-                    "text": {"type": "string"},
-                    "kind": {"type": "string", "enum": ["semantic", "episodic", "procedural"]},
-                    "entities": {"type": "array", "items": {"type": "object", "additionalProperties": false,
-                        "required": ["name", "type"],
-                        "properties": {"name": {"type": "string"}, "type": {"type": "string"}}}},
-                    "valid_at": {"type": ["string", "null"]},
-                    "speaker": {"type": "string", "enum": ["user", "assistant"]}
-                }}}}
-        }),
-    }
-}
+/// The extraction answer's schema. Property order is part of the prompt for
+/// grammar-constrained decoders: `text` first, so the model states the fact
+/// before its details.
+const EXTRACT_SCHEMA: &str = r#"{
+  "type": "object", "additionalProperties": false, "required": ["facts"],
+  "properties": {"facts": {"type": "array", "items": {
+    "type": "object", "additionalProperties": false,
+    "required": ["text", "speaker", "kind", "entities", "valid_at"],
+    "properties": {
+      "text": {"type": "string"},
+      "speaker": {"type": "string", "enum": ["user", "assistant"]},
+      "kind": {"type": "string", "enum": ["semantic", "episodic", "procedural"]},
+      "entities": {"type": "array", "items": {"type": "object", "additionalProperties": false,
+        "required": ["name", "type"],
+        "properties": {"name": {"type": "string"}, "type": {"type": "string"}}}},
+      "valid_at": {"type": ["string", "null"]}
+    }}}}
+}"#;
 
-fn consolidate_schema() -> JsonSchema {
-    JsonSchema {
-        name: "operations".into(),
-        schema: json!({
-            "type": "object", "additionalProperties": false, "required": ["operations"],
-            "properties": {"operations": {"type": "array", "items": {
-                "type": "object", "additionalProperties": false,
-                "required": ["fact", "event", "target", "text", "reason"],
-                "properties": {
-                    "fact": {"type": "string"},
-                    "event": {"type": "string", "enum": ["ADD", "UPDATE", "DELETE", "NOOP"]},
-                    "target": {"type": ["string", "null"]},
-                    "text": {"type": ["string", "null"]},
-                    "reason": {"type": "string"}
-                }}}}
-        }),
-    }
+/// The consolidation answer's schema: which fact, what to do, then the details.
+const CONSOLIDATE_SCHEMA: &str = r#"{
+  "type": "object", "additionalProperties": false, "required": ["operations"],
+  "properties": {"operations": {"type": "array", "items": {
+    "type": "object", "additionalProperties": false,
+    "required": ["fact", "event", "target", "text", "reason"],
+    "properties": {
+      "fact": {"type": "string"},
+      "event": {"type": "string", "enum": ["ADD", "UPDATE", "DELETE", "NOOP"]},
+      "target": {"type": ["string", "null"]},
+      "text": {"type": ["string", "null"]},
+      "reason": {"type": "string"}
+    }}}}
+}"#;
+
+const SUMMARY_SCHEMA: &str = r#"{"type": "object", "additionalProperties": false, "required": ["summary"],
+  "properties": {"summary": {"type": "string"}}}"#;
+
+fn schema(name: &str, text: &str) -> Result<JsonSchema> {
+    JsonSchema::new(name, text)
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,23 +195,7 @@ struct Operation {
     reason: Option<String>,
 }
 
-/// Removes `<memories>…</memories>` blocks (memories retrieved and injected
-/// into the prompt by the caller); an unclosed block runs to the end.
-pub fn strip_injected(text: &str) -> String {
-    const OPEN: &str = "<memories>";
-    const CLOSE: &str = "</memories>";
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find(OPEN) {
-        out.push_str(&rest[..start]);
-        match rest[start..].find(CLOSE) {
-            Some(end) => rest = &rest[start + end + CLOSE.len()..],
-            None => return out,
-        }
-    }
-    out.push_str(rest);
-    out
-}
+pub use crate::text::strip_injected;
 
 fn kind_of(f: &Fact) -> MemoryKind {
     match f.kind.as_deref() {
@@ -181,13 +221,18 @@ impl Pipeline {
         &self.llm
     }
 
-    /// Facts from the new messages (earlier ones are context only).
+    /// Facts from the new messages (earlier ones are context only), checked
+    /// ([`check_facts`]). `date` is the conversation's date line. The output
+    /// budget follows the input; an answer cut off at it keeps its complete
+    /// facts, and when none survived the call is made once more with a
+    /// note saying why, never replayed as it was.
     pub async fn extract(
         &self,
         context: &[ChatMessage],
         new: &[ChatMessage],
-    ) -> Result<(Vec<Fact>, Usage)> {
-        let mut convo = String::new();
+        date: &str,
+    ) -> Result<Extracted> {
+        let mut convo = format!("CONVERSATION DATE: {date}\n\n");
         if !context.is_empty() {
             convo.push_str("EARLIER MESSAGES (context only):\n");
             for m in context {
@@ -199,35 +244,57 @@ impl Pipeline {
         for m in new {
             convo.push_str(&format!("{}: {}\n", m.role, m.content));
         }
-        let answer = chat_json(
-            self.llm.as_ref(),
-            ChatRequest {
-                messages: vec![
-                    ChatMessage::system(EXTRACT_PROMPT),
-                    ChatMessage::user(convo),
-                ],
-                schema: Some(extract_schema()),
-                temperature: 0.0,
-                max_tokens: Some(2000),
-            },
-        )
-        .await?;
-        let facts: Vec<Fact> =
-            serde_json::from_value(answer.value["facts"].clone()).map_err(|e| {
-                Error::new(
-                    ErrorCode::LlmFailure,
-                    format!("the extraction answer does not match its schema: {e}"),
-                )
-            })?;
-        let facts = facts
-            .into_iter()
-            .map(|mut f| {
-                f.text = f.text.trim().to_owned();
-                f
-            })
-            .filter(|f| !f.text.is_empty())
-            .collect();
-        Ok((facts, answer.usage))
+        let budget = extraction_budget(convo.len());
+        let mut request = ChatRequest {
+            messages: vec![
+                ChatMessage::system(EXTRACT_PROMPT),
+                ChatMessage::user(convo),
+            ],
+            schema: Some(schema("facts", EXTRACT_SCHEMA)?),
+            temperature: 0.0,
+            max_tokens: Some(budget),
+        };
+        let mut out = Extracted::default();
+        for round in 0..2 {
+            let answer = chat_json(self.llm.as_ref(), request.clone()).await?;
+            out.usage.add(answer.usage);
+            let facts = facts_of(&answer.value, answer.truncated)?;
+            if !answer.truncated {
+                let (facts, checks) = check_facts(facts, new, context);
+                out.checks.add(checks);
+                out.facts = facts;
+                return Ok(out);
+            }
+            out.truncated += 1;
+            let (facts, checks) = check_facts(facts, new, context);
+            out.checks.add(checks);
+            if !facts.is_empty() {
+                tracing::warn!(
+                    kept = facts.len(),
+                    max_tokens = budget,
+                    "the extraction answer was cut off; keeping its complete facts"
+                );
+                out.facts = facts;
+                return Ok(out);
+            }
+            if round == 0 {
+                tracing::warn!(
+                    max_tokens = budget,
+                    "the extraction answer was cut off with no complete fact; asking again"
+                );
+                request.messages.push(ChatMessage::user(format!(
+                    "Your previous answer was cut off after {budget} tokens because it repeated itself. \
+                     Answer again: state each fact once, in at most 25 words, and stop."
+                )));
+            }
+        }
+        Err(Error::new(
+            ErrorCode::LlmFailure,
+            format!(
+                "the model's extraction answer was cut off at {budget} tokens twice with no complete fact \
+                 (it repeats itself); the next attempt extracts one message at a time"
+            ),
+        ))
     }
 
     /// A procedural add for an agent: the LLM merges the agent's current
@@ -259,11 +326,7 @@ impl Pipeline {
                     ChatMessage::system(PROCEDURAL_PROMPT),
                     ChatMessage::user(json!({"current": current, "new": new}).to_string()),
                 ],
-                schema: Some(JsonSchema {
-                    name: "instructions".into(),
-                    schema: json!({"type": "object", "additionalProperties": false, "required": ["summary"],
-                        "properties": {"summary": {"type": "string"}}}),
-                }),
+                schema: Some(schema("instructions", SUMMARY_SCHEMA)?),
                 temperature: 0.0,
                 max_tokens: Some(1500),
             },
@@ -288,7 +351,8 @@ impl Pipeline {
             Outcome {
                 results: vec![result],
                 usage: answer.usage,
-                rejected: 0,
+                truncated: usize::from(answer.truncated),
+                ..Default::default()
             },
         ))
     }
@@ -300,10 +364,22 @@ impl Pipeline {
         ctx: &RequestCtx,
         input: &AddInput,
     ) -> Result<(Vec<WriteOp>, Outcome)> {
+        self.prepare_attempt(ctx, input, 1).await
+    }
+
+    /// [`prepare`](Self::prepare) as a job's `attempt`-th try: from the
+    /// second on, each message is extracted on its own (a shorter input
+    /// than the one that failed).
+    pub async fn prepare_attempt(
+        &self,
+        ctx: &RequestCtx,
+        input: &AddInput,
+        attempt: u32,
+    ) -> Result<(Vec<WriteOp>, Outcome)> {
         let (mut ops, outcome) = if input.kind == MemoryKind::Procedural {
             self.prepare_procedural(ctx, input).await?
         } else {
-            self.prepare_facts(ctx, input).await?
+            self.prepare_facts(ctx, input, attempt >= 2).await?
         };
         self.memory.cap_episodic(ctx, &mut ops).await?;
         let u = outcome.usage;
@@ -327,6 +403,7 @@ impl Pipeline {
         &self,
         ctx: &RequestCtx,
         input: &AddInput,
+        one_by_one: bool,
     ) -> Result<(Vec<WriteOp>, Outcome)> {
         let new: Vec<ChatMessage> = match &input.content {
             Content::Text(t) => vec![ChatMessage::user(t.clone())],
@@ -355,10 +432,27 @@ impl Pipeline {
             return Ok((Vec::new(), Outcome::default()));
         }
         let context = self.recent_turns(ctx, &input.scope).await?;
-        let (facts, mut usage) = self.extract(&context, &new).await?;
+        let day = input
+            .timestamp
+            .unwrap_or_else(|| self.memory.now())
+            .to_zoned(jiff::tz::TimeZone::UTC);
+        let date = day.strftime("%Y-%m-%d (%A)").to_string();
         let mut outcome = Outcome::default();
+        let mut facts = Vec::new();
+        let chunks: Vec<&[ChatMessage]> = if one_by_one {
+            new.chunks(1).collect()
+        } else {
+            vec![&new[..]]
+        };
+        for chunk in chunks {
+            let got = self.extract(&context, chunk, &date).await?;
+            outcome.usage.add(got.usage);
+            outcome.checks.add(got.checks);
+            outcome.truncated += got.truncated;
+            facts.extend(got.facts);
+        }
+        let mut usage = outcome.usage;
         if facts.is_empty() {
-            outcome.usage = usage;
             return Ok((Vec::new(), outcome));
         }
         // Neighbours of every fact, in the same scope, under aliases m1…mN.
@@ -419,21 +513,39 @@ impl Pipeline {
                             json!({"existing": existing, "new_facts": new_facts}).to_string(),
                         ),
                     ],
-                    schema: Some(consolidate_schema()),
+                    schema: Some(schema("operations", CONSOLIDATE_SCHEMA)?),
                     temperature: 0.0,
-                    max_tokens: Some(2000),
+                    max_tokens: Some(consolidation_budget(facts.len())),
                 },
             )
             .await?;
             usage.add(answer.usage);
-            serde_json::from_value::<Vec<Operation>>(answer.value["operations"].clone()).map_err(
-                |e| {
+            let mut ops: Vec<Operation> =
+                serde_json::from_value(answer.value["operations"].clone()).map_err(|e| {
                     Error::new(
                         ErrorCode::LlmFailure,
                         format!("the consolidation answer does not match its schema: {e}"),
                     )
-                },
-            )?
+                })?;
+            if answer.truncated {
+                // Cut off: the facts it never reached are added (nothing is lost).
+                outcome.truncated += 1;
+                for i in 1..=facts.len() {
+                    let id = format!("f{i}");
+                    if !ops.iter().any(|o| o.fact == id) {
+                        ops.push(Operation {
+                            fact: id,
+                            event: "ADD".into(),
+                            target: None,
+                            text: None,
+                            reason: Some(
+                                "the consolidation answer was cut off before this fact".into(),
+                            ),
+                        });
+                    }
+                }
+            }
+            ops
         };
         outcome.usage = usage;
         let ops = self
@@ -647,6 +759,26 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schemas_are_json_with_the_fact_text_first() {
+        for (name, text) in [
+            ("facts", EXTRACT_SCHEMA),
+            ("operations", CONSOLIDATE_SCHEMA),
+            ("instructions", SUMMARY_SCHEMA),
+        ] {
+            schema(name, text).unwrap();
+        }
+        let order = |key: &str| EXTRACT_SCHEMA.find(&format!("\"{key}\": {{")).unwrap();
+        assert!(order("text") < order("speaker"));
+        assert!(order("speaker") < order("kind"));
+        assert!(order("kind") < order("entities"));
+        assert!(order("entities") < order("valid_at"));
+        assert!(
+            !EXTRACT_PROMPT.contains("{\"facts\""),
+            "a literal empty answer gets copied by small models"
+        );
+    }
 
     #[test]
     fn injected_memories_are_stripped() {

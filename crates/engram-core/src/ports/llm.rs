@@ -9,7 +9,6 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::Result;
 
@@ -44,10 +43,38 @@ impl ChatMessage {
 }
 
 /// A JSON Schema the answer must match, with a name (OpenAI's `json_schema.name`).
+///
+/// Kept as the JSON text it was written as: a grammar-constrained decoder
+/// (llama.cpp, vLLM, Ollama) emits properties in the order the schema lists
+/// them, so the order is part of the prompt — `text` before `entities` lets a
+/// small model write the fact before the details, instead of looping in the
+/// details. A `serde_json::Value` would sort the keys alphabetically.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonSchema {
-    pub name: String,
-    pub schema: Value,
+    name: String,
+    text: String,
+}
+
+impl JsonSchema {
+    /// A schema from its JSON text (property order kept). Fails when the text is not JSON.
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Result<JsonSchema> {
+        let text = text.into();
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| crate::Error::internal(format!("a JSON schema is not JSON: {e}")))?;
+        Ok(JsonSchema {
+            name: name.into(),
+            text,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The schema's JSON text, in the order it was written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +105,20 @@ pub struct ChatResponse {
     /// The assistant message's text.
     pub content: String,
     pub usage: Usage,
+    /// The answer stopped at `max_tokens` (`finish_reason: "length"`): its
+    /// JSON is cut off, usually because the model looped.
+    pub truncated: bool,
+}
+
+/// Calls waiting for and holding the provider's concurrency slots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LlmQueue {
+    /// Calls holding a slot (sent, not yet answered).
+    pub in_flight: usize,
+    /// Calls waiting for a slot.
+    pub waiting: usize,
+    /// Slots (`--llm-concurrency`).
+    pub limit: usize,
 }
 
 /// Whether calls go through (the circuit breaker's state).
@@ -114,6 +155,11 @@ pub trait Llm: Send + Sync + 'static {
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse>;
 
     fn state(&self) -> LlmState;
+
+    /// The calls in flight and waiting, when the adapter bounds concurrency.
+    fn queue(&self) -> Option<LlmQueue> {
+        None
+    }
 
     /// Estimated cost in US dollars of `usage` at the configured prices (0 when none are).
     fn cost_usd(&self, usage: &Usage) -> f64 {

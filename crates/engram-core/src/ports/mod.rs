@@ -24,7 +24,7 @@ pub use idempotency::{
 };
 pub use jobs::{Job, JobCounts, JobState, JobStore};
 pub use keys::{ApiKey, KeyStore};
-pub use llm::{ChatMessage, ChatRequest, ChatResponse, JsonSchema, Llm, LlmState, Usage};
+pub use llm::{ChatMessage, ChatRequest, ChatResponse, JsonSchema, Llm, LlmQueue, LlmState, Usage};
 pub use reembed::{ReembedItem, ReembedState, ReembedStore, check_reembed, check_start};
 pub use store::{
     Cursor, ModelInfo, ScopeIdStats, Store, StoreStats, UsageRow, VectorHits, VectorPath,

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::dot;
 use crate::access::Role;
 use crate::clock::to_millis;
+use crate::correction::{self, Comparison};
 use crate::ctx::RequestCtx;
 use crate::filter::Filter;
 use crate::memory::{Event, HistoryEvent, Memory, MemoryId, MemoryKind, Scope, text_hash};
@@ -123,7 +124,7 @@ impl MemoryService {
         let mut ops = Vec::new();
         let mut all_results = Vec::with_capacity(prepared.len());
         // Memories added earlier in this batch, per scope, for duplicate checks within the batch.
-        let mut batch: Vec<(Scope, MemoryId, String, Vec<f32>)> = Vec::new();
+        let mut batch: Vec<(Scope, MemoryId, String, String, Vec<f32>)> = Vec::new();
         for (input, pieces) in prepared {
             let (expires_at, idle_ttl) = self.expiry_of(&input, now)?;
             let scope_filter = Filter::exact_scope(&input.scope);
@@ -134,8 +135,11 @@ impl MemoryService {
                     .next()
                     .ok_or_else(|| Error::internal("vector count changed"))?;
                 let hash = text_hash(&piece);
-                if let Some((_, id, _, _)) = batch.iter().find(|(s, _, h, v)| {
-                    *s == input.scope && (*h == hash || dot(v, &vector) >= threshold)
+                if let Some((_, id, _, _, _)) = batch.iter().find(|(s, _, h, t, v)| {
+                    *s == input.scope
+                        && (*h == hash
+                            || (dot(v, &vector) >= threshold
+                                && correction::compare(t, &piece) == Comparison::Same))
                 }) {
                     results.push(AddResult {
                         id: *id,
@@ -144,16 +148,68 @@ impl MemoryService {
                     });
                     continue;
                 }
-                if let Some(existing) = self
-                    .find_duplicate(&scope_filter, &input.scope, &hash, &vector, threshold, vis)
+                match self
+                    .nearest_same(
+                        &scope_filter,
+                        &input.scope,
+                        &piece,
+                        &hash,
+                        &vector,
+                        threshold,
+                        vis,
+                    )
                     .await?
                 {
-                    results.push(AddResult {
-                        id: existing,
-                        memory: piece,
-                        event: Event::Noop,
-                    });
-                    continue;
+                    Near::Known(existing) => {
+                        results.push(AddResult {
+                            id: existing,
+                            memory: piece,
+                            event: Event::Noop,
+                        });
+                        continue;
+                    }
+                    // A memory corrected earlier in this batch is added, not versioned twice.
+                    Near::Corrected(old, reason) if !batch.iter().any(|b| b.1 == old.id) => {
+                        // The same statement with a number, date, name or
+                        // negation changed: a new version of the memory.
+                        let mut next = self.successor(&old, &piece, now);
+                        next.embedding_model = embedder.model().id.clone();
+                        for (k, v) in &input.metadata {
+                            next.metadata.insert(k.clone(), v.clone());
+                        }
+                        if input.timestamp.is_some() {
+                            next.valid_at = input.timestamp.map(to_millis);
+                        }
+                        let mut history = self.history_event(
+                            ctx,
+                            &next,
+                            Event::Update,
+                            Some(old.text.clone()),
+                            Some(piece.clone()),
+                            now,
+                        );
+                        history.reason = Some(reason);
+                        metrics::counter!("engram_corrections_total").increment(1);
+                        results.push(AddResult {
+                            id: old.id,
+                            memory: piece.clone(),
+                            event: Event::Update,
+                        });
+                        batch.push((
+                            input.scope.clone(),
+                            old.id,
+                            hash,
+                            piece.clone(),
+                            vector.clone(),
+                        ));
+                        ops.push(WriteOp::Update {
+                            memory: next,
+                            embedding: Some(vector),
+                            history,
+                        });
+                        continue;
+                    }
+                    Near::Corrected(..) | Near::None => {}
                 }
                 let id = Uuid::now_v7();
                 let memory = Memory {
@@ -180,10 +236,10 @@ impl MemoryService {
                     self.history_event(ctx, &memory, Event::Add, None, Some(piece.clone()), now);
                 results.push(AddResult {
                     id,
-                    memory: piece,
+                    memory: piece.clone(),
                     event: Event::Add,
                 });
-                batch.push((input.scope.clone(), id, hash, vector.clone()));
+                batch.push((input.scope.clone(), id, hash, piece.clone(), vector.clone()));
                 ops.push(WriteOp::Insert {
                     memory,
                     embedding: vector,
@@ -262,6 +318,8 @@ impl MemoryService {
         let count = |s: &str| embedder.count_tokens(s);
         let mut pieces = Vec::new();
         for (role, name, content) in turns {
+            // Memories the caller injected into the conversation are stored already.
+            let content = text::strip_injected(&content);
             for chunk in text::chunk(&content, self.inner.ingest.max_chunk_tokens, &count) {
                 // Every chunk of a named turn carries the speaker, so each stands on its own.
                 let piece = match &name {
@@ -274,15 +332,23 @@ impl MemoryService {
         Ok(pieces)
     }
 
-    pub(super) async fn find_duplicate(
+    /// The stored memory a new piece repeats or corrects, if any: among its
+    /// nearest neighbours in the scope, one with the same text, or one at
+    /// `threshold` similarity or above that says the same thing
+    /// ([`correction::compare`]), or one at the correction threshold or
+    /// above that says it with salient details changed. A neighbour that
+    /// says something else is not a duplicate.
+    #[allow(clippy::too_many_arguments)]
+    async fn nearest_same(
         &self,
         scope_filter: &Filter,
         scope: &Scope,
+        piece: &str,
         hash: &str,
         vector: &[f32],
         threshold: f32,
         vis: Visibility,
-    ) -> Result<Option<MemoryId>> {
+    ) -> Result<Near> {
         let near = self
             .inner
             .store
@@ -290,17 +356,31 @@ impl MemoryService {
             .await?;
         let candidates: Vec<MemoryId> = near.hits.iter().map(|(id, _)| *id).collect();
         if candidates.is_empty() {
-            return Ok(None);
+            return Ok(Near::None);
         }
         let scores: HashMap<MemoryId, f32> = near.hits.iter().copied().collect();
-        let memories = self.inner.store.get_many(&candidates, vis).await?;
-        Ok(memories
-            .into_iter()
-            .find(|m| {
-                m.scope == *scope
-                    && (m.hash == hash || scores.get(&m.id).is_some_and(|s| *s >= threshold))
-            })
-            .map(|m| m.id))
+        let mut memories = self.inner.store.get_many(&candidates, vis).await?;
+        memories.retain(|m| m.scope == *scope);
+        if let Some(m) = memories.iter().find(|m| m.hash == hash) {
+            return Ok(Near::Known(m.id));
+        }
+        let score = |m: &Memory| scores.get(&m.id).copied().unwrap_or(0.0);
+        let correction = self.inner.ingest.correction_threshold;
+        memories.retain(|m| score(m) >= threshold.min(correction));
+        memories.sort_by(|a, b| score(b).total_cmp(&score(a)));
+        for m in memories {
+            match correction::compare(&m.text, piece) {
+                Comparison::Same => return Ok(Near::Known(m.id)),
+                // Only a near-duplicate by meaning may correct, not a neighbour.
+                Comparison::Corrects(_) if score(&m) < correction => {}
+                c @ Comparison::Corrects(_) => {
+                    let reason = c.reason().unwrap_or_default();
+                    return Ok(Near::Corrected(m, reason));
+                }
+                Comparison::Different => {}
+            }
+        }
+        Ok(Near::None)
     }
 
     pub(crate) fn history_event(
@@ -326,4 +406,15 @@ impl MemoryService {
             created_at: at,
         }
     }
+}
+
+/// What a new piece's nearest neighbours say about it.
+enum Near {
+    /// A memory already says it.
+    Known(MemoryId),
+    /// A memory says it with a number, date, name or negation that the new
+    /// piece changes; the reason names the changes.
+    Corrected(Memory, String),
+    /// Nothing in the scope says it.
+    None,
 }

@@ -32,8 +32,14 @@ use crate::{Error, ErrorCode, Result};
 #[derive(Debug, Clone)]
 pub struct JobConfig {
     pub max_attempts: u32,
-    /// A worker's lease on a job; another worker takes the job over after it.
+    /// A worker's lease on a job; the worker renews it every quarter lease
+    /// while it works, so another worker takes the job over only when this
+    /// one stopped (died) for a whole lease.
     pub lease: Duration,
+    /// One attempt may run this many leases (its LLM time budget: derived
+    /// from the lease, never the reverse); past it, the attempt is abandoned
+    /// and retried later like any failure.
+    pub attempt_leases: u32,
     /// First retry delay; doubles per attempt up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -48,6 +54,7 @@ impl Default for JobConfig {
         JobConfig {
             max_attempts: 5,
             lease: Duration::from_secs(120),
+            attempt_leases: 5,
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             max_pending_per_org: 10_000,
@@ -346,6 +353,7 @@ impl JobRunner {
             return Ok(false);
         };
         let started = std::time::Instant::now();
+        tracing::info!(job = %job.id, worker = %self.worker, attempt = job.attempts, "job claimed");
         if job.attempts > job.max_attempts {
             store
                 .job_fail(
@@ -365,11 +373,12 @@ impl JobRunner {
             metrics::counter!("engram_jobs_total", "outcome" => "dead").increment(1);
             return Ok(true);
         }
-        let outcome = self.process(&job).await;
+        let outcome = self.process_with_heartbeat(&job).await;
         let elapsed = started.elapsed().as_secs_f64();
         metrics::histogram!("engram_job_duration_seconds").record(elapsed);
         match outcome {
             Ok(()) => {
+                tracing::info!(job = %job.id, worker = %self.worker, attempt = job.attempts, seconds = elapsed, outcome = "done", "job ended");
                 metrics::counter!("engram_jobs_total", "outcome" => "done").increment(1);
             }
             Err(e) if e.code == ErrorCode::Conflict && !self.holds_lease(job.id).await? => {
@@ -387,7 +396,7 @@ impl JobRunner {
                     plus(self.memory.now(), backoff)
                 });
                 let outcome = if retry_at.is_some() { "retry" } else { "dead" };
-                tracing::warn!(job = %job.id, attempt = job.attempts, code = %e.code, error = %e.message, outcome, "job failed");
+                tracing::warn!(job = %job.id, worker = %self.worker, attempt = job.attempts, seconds = elapsed, code = %e.code, error = %e.message, outcome, "job ended");
                 store
                     .job_fail(
                         job.id,
@@ -410,6 +419,61 @@ impl JobRunner {
         }))
     }
 
+    /// From this attempt on, a job the model keeps failing (answers that
+    /// cannot be used, not an unreachable provider) is stored verbatim.
+    fn fallback_attempt(&self, job: &Job) -> u32 {
+        job.max_attempts.min(3)
+    }
+
+    /// The attempt's time budget: `attempt_leases` leases.
+    fn budget(&self) -> Duration {
+        self.config
+            .lease
+            .saturating_mul(self.config.attempt_leases.max(1))
+    }
+
+    /// Runs the job while renewing its lease every quarter lease (the
+    /// heartbeat), within the attempt's budget. A lost lease stops the
+    /// attempt: another worker owns the job now.
+    async fn process_with_heartbeat(&self, job: &Job) -> Result<()> {
+        let work = self.process(job);
+        tokio::pin!(work);
+        let every = (self.config.lease / 4).max(Duration::from_millis(10));
+        let deadline = tokio::time::sleep(self.budget());
+        tokio::pin!(deadline);
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                outcome = &mut work => return outcome,
+                _ = &mut deadline => {
+                    let budget = self.budget();
+                    return Err(Error::new(
+                        ErrorCode::LlmUnavailable,
+                        format!(
+                            "the attempt took longer than its budget of {budget:?} ({} leases of {:?}); \
+                             a slower model needs a longer --job-lease-secs or --job-attempt-leases",
+                            self.config.attempt_leases, self.config.lease
+                        ),
+                    ));
+                }
+                _ = beat.tick() => {
+                    let until = plus(self.memory.now(), self.config.lease);
+                    match self.memory.store().job_renew(job.id, &self.worker, until).await {
+                        Ok(true) => metrics::counter!("engram_job_heartbeats_total").increment(1),
+                        Ok(false) => {
+                            return Err(Error::new(
+                                ErrorCode::Conflict,
+                                format!("job {} is no longer leased to this worker", job.id),
+                            ));
+                        }
+                        // A store hiccup: the next beat tries again (the lease still runs).
+                        Err(e) => tracing::warn!(job = %job.id, error = %e.message, "could not renew the job's lease"),
+                    }
+                }
+            }
+        }
+    }
+
     async fn process(&self, job: &Job) -> Result<()> {
         match job.kind.as_str() {
             "add" => {
@@ -417,11 +481,31 @@ impl JobRunner {
                 let input: AddInput = serde_json::from_value(job.payload.clone())
                     .map_err(|e| Error::invalid(format!("job payload is not an add: {e}")))?;
                 let ctx = RequestCtx::new(job.principal.clone(), "job", job.request_id.clone());
+                let mut extra = json!({});
                 let (mut ops, results, usage) = match (&self.pipeline, infer) {
-                    (Some(p), true) => {
-                        let (ops, outcome) = p.prepare(&ctx, &input).await?;
-                        (ops, outcome.results, Some(outcome.usage))
-                    }
+                    (Some(p), true) => match p.prepare_attempt(&ctx, &input, job.attempts).await {
+                        Ok((ops, outcome)) => {
+                            extra = json!({
+                                "checks": outcome.checks,
+                                "truncated": outcome.truncated,
+                                "rejected": outcome.rejected,
+                            });
+                            (ops, outcome.results, Some(outcome.usage))
+                        }
+                        // The model keeps answering what cannot be used: store
+                        // the messages verbatim rather than lose them.
+                        Err(e)
+                            if e.code == ErrorCode::LlmFailure
+                                && job.attempts >= self.fallback_attempt(job) =>
+                        {
+                            tracing::warn!(job = %job.id, attempt = job.attempts, error = %e.message, "the LLM failed this job again; storing its messages verbatim");
+                            metrics::counter!("engram_jobs_fallback_total").increment(1);
+                            extra = json!({"fallback": "verbatim", "llm_error": e.message});
+                            let (ops, results) = self.memory.prepare_add(&ctx, vec![input]).await?;
+                            (ops, results.into_iter().flatten().collect(), None)
+                        }
+                        Err(e) => return Err(e),
+                    },
                     (None, true) => {
                         return Err(Error::new(
                             ErrorCode::LlmUnavailable,
@@ -436,7 +520,13 @@ impl JobRunner {
                 ops.push(WriteOp::FinishJob {
                     id: job.id,
                     worker: self.worker.clone(),
-                    result: json!({ "results": results, "usage": usage }),
+                    result: {
+                        let mut r = json!({ "results": results, "usage": usage });
+                        if let (Some(r), Some(extra)) = (r.as_object_mut(), extra.as_object()) {
+                            r.extend(extra.clone());
+                        }
+                        r
+                    },
                     at: self.memory.now(),
                 });
                 self.memory.store().apply(ops).await?;
