@@ -280,6 +280,14 @@ pub fn compare(old: &str, new: &str) -> Comparison {
             continue;
         }
         let negated = gone.iter().chain(&came).any(|w| is_negation(w));
+        // Only dropping a detail ("Take care, John, bye!" → "Take care, bye!")
+        // says less, not something else: the stored text stands.
+        if came.is_empty() && !negated {
+            if gone.iter().all(|w| is_salient(w)) {
+                continue;
+            }
+            return Comparison::Different;
+        }
         let allowed =
             |w: &&Word| is_salient(w) || (negated && AUXILIARIES.contains(&w.lower.as_str()));
         if !gone.iter().chain(&came).all(allowed) {
@@ -318,6 +326,8 @@ mod tests {
             ("I love green tea.", "I really love green tea!"),
             ("I love the green tea.", "I love green tea"),
             ("Caroline: I went to Paris.", "Caroline: I went to Paris"),
+            // Dropping a name says less; the stored text stands.
+            ("James: Take care, John, bye!", "James: Take care, bye!"),
         ] {
             assert_eq!(compare(old, new), Comparison::Same, "{old:?} → {new:?}");
         }
