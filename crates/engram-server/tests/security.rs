@@ -903,8 +903,10 @@ async fn per_request_work_is_bounded() {
     use engram_core::service::SearchInput;
     let w = world(ServerConfig::default()).await;
     let admin = w.key(scope("acme", None, None), Role::Admin).await;
-    for n in 0..3 {
-        w.remember(&format!("note {n}"), scope("acme", None, Some("u")))
+    // Three different statements: "note 1" after "note 0" would be a
+    // correction of it (a changed number), not another memory.
+    for fruit in ["apples", "pears", "plums"] {
+        w.remember(&format!("note on {fruit}"), scope("acme", None, Some("u")))
             .await;
     }
     let small = w.memory.with_retrieval(RetrievalConfig {
