@@ -16,6 +16,8 @@
 //! different statement ([`Comparison::Different`]): stored as its own memory,
 //! never silently merged.
 
+use crate::text;
+
 /// How a new text relates to a near-identical stored one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Comparison {
@@ -84,45 +86,8 @@ const AUXILIARIES: &[&str] = &[
     "can", "could", "should", "must",
 ];
 
-const MONTHS: &[&str] = &[
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-    "jan",
-    "feb",
-    "mar",
-    "apr",
-    "jun",
-    "jul",
-    "aug",
-    "sep",
-    "sept",
-    "oct",
-    "nov",
-    "dec",
-];
-const WEEKDAYS: &[&str] = &[
-    "monday",
-    "tuesday",
-    "wednesday",
-    "thursday",
-    "friday",
-    "saturday",
-    "sunday",
-    "today",
-    "tomorrow",
-    "yesterday",
-    "tonight",
-];
+/// Days named relative to today; weekdays and months come from `text`.
+const RELATIVE_DAYS: &[&str] = &["today", "tomorrow", "yesterday", "tonight"];
 const NUMBER_WORDS: &[&str] = &[
     "zero",
     "one",
@@ -217,8 +182,9 @@ fn is_negation(w: &Word) -> bool {
 fn is_salient(w: &Word) -> bool {
     let l = w.lower.as_str();
     w.text.chars().any(|c| c.is_ascii_digit())
-        || MONTHS.contains(&l)
-        || WEEKDAYS.contains(&l)
+        || text::month_number(l).is_some()
+        || text::is_weekday(l)
+        || RELATIVE_DAYS.contains(&l)
         || NUMBER_WORDS.contains(&l)
         || is_negation(w)
         || (!w.starts_sentence && l != "i" && w.text.chars().next().is_some_and(char::is_uppercase))

@@ -261,6 +261,11 @@ const WEEKDAYS: &[&str] = &[
     "saturday",
     "sunday",
 ];
+/// Whether `word` names a day of the week, case-insensitively.
+pub fn is_weekday(word: &str) -> bool {
+    WEEKDAYS.contains(&word.to_lowercase().as_str())
+}
+
 /// The month (1-12) a month name or its abbreviation names, case-insensitively.
 pub fn month_number(word: &str) -> Option<i8> {
     let w = word.to_lowercase();

@@ -566,10 +566,13 @@ impl Llm for OpenAiChat {
         let permit = self.slots.acquire().await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         // The semaphore is never closed, so the permit is always granted.
-        let _permit = permit.map_err(|_| Error::internal("the LLM slots were closed"))?;
-        self.publish_queue();
-        let answer = self.call(&request).await;
-        drop(_permit);
+        let answer = match permit {
+            Ok(_slot) => {
+                self.publish_queue();
+                self.call(&request).await
+            }
+            Err(_) => Err(Error::internal("the LLM slots were closed")),
+        };
         self.publish_queue();
         answer
     }

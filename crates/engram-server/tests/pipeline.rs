@@ -9,10 +9,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use engram_core::access::Principal;
 use engram_core::clock::SystemClock;
-use engram_core::pipeline::Pipeline;
 use engram_core::service::KeyService;
 use engram_core::service::{JobConfig, JobRunner};
-use engram_llm::{ClientConfig, OpenAiChat, Sleeper};
 use engram_server::auth::AuthMode;
 use engram_server::{AppState, ServerConfig, app};
 use engram_testkit::{Reply, ScriptedLlm};
@@ -21,13 +19,6 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod common;
-
-struct NoSleep;
-
-#[async_trait::async_trait]
-impl Sleeper for NoSleep {
-    async fn sleep(&self, _: Duration) {}
-}
 
 struct World {
     router: axum::Router,
@@ -39,12 +30,7 @@ struct World {
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let (store, memory) = common::open(dir.path()).await;
-    let llm = ScriptedLlm::start().await;
-    let mut cfg = ClientConfig::new(llm.url(), "scripted");
-    cfg.max_retries = 0;
-    cfg.breaker_threshold = 100;
-    let chat = OpenAiChat::new(cfg, Arc::new(NoSleep), Arc::new(SystemClock)).unwrap();
-    let pipeline = Pipeline::new(memory.clone(), Arc::new(chat));
+    let (llm, pipeline) = common::scripted_pipeline(&memory, |_| {}).await;
     let jobs = JobConfig {
         max_attempts: 2,
         backoff_base: Duration::ZERO,

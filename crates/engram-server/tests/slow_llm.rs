@@ -6,10 +6,8 @@
 //! attempt's budget; a model that keeps failing falls back to verbatim.
 //! Runs on SQLite, and on Postgres with `ENGRAM_TEST_STORE=postgres`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use engram_core::clock::SystemClock;
 use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
 use engram_core::memory::Scope;
@@ -18,18 +16,10 @@ use engram_core::ports::JobState;
 use engram_core::service::{
     AddInput, Content, JobConfig, JobQueue, JobRunner, MemoryService, Message,
 };
-use engram_llm::{ClientConfig, OpenAiChat, Sleeper};
 use engram_testkit::{Reply, ScriptedLlm};
 use serde_json::{Value, json};
 
 mod common;
-
-struct NoSleep;
-
-#[async_trait::async_trait]
-impl Sleeper for NoSleep {
-    async fn sleep(&self, _: Duration) {}
-}
 
 struct World {
     memory: MemoryService,
@@ -42,13 +32,7 @@ struct World {
 async fn world(timeout: Duration) -> World {
     let dir = tempfile::tempdir().unwrap();
     let (store, memory) = common::open(dir.path()).await;
-    let llm = ScriptedLlm::start().await;
-    let mut cfg = ClientConfig::new(llm.url(), "scripted");
-    cfg.max_retries = 0;
-    cfg.breaker_threshold = 100;
-    cfg.timeout = timeout;
-    let chat = OpenAiChat::new(cfg, Arc::new(NoSleep), Arc::new(SystemClock)).unwrap();
-    let pipeline = Pipeline::new(memory.clone(), Arc::new(chat));
+    let (llm, pipeline) = common::scripted_pipeline(&memory, |c| c.timeout = timeout).await;
     World {
         memory,
         llm,

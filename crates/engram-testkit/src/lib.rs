@@ -56,27 +56,24 @@ pub struct Reply {
 impl Reply {
     /// A successful chat completion whose message content is `content`.
     pub fn chat(content: &str) -> Reply {
-        Reply::json(
-            200,
-            json!({
-                "id": "chatcmpl-test", "object": "chat.completion", "model": "scripted",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-            }),
-        )
+        Reply::completion(content, "stop", 20)
     }
 
     /// A chat completion cut off at `max_tokens` (`finish_reason: "length"`),
     /// as a model that loops produces.
     pub fn truncated(content: &str) -> Reply {
+        Reply::completion(content, "length", 256)
+    }
+
+    fn completion(content: &str, finish_reason: &str, completion_tokens: u64) -> Reply {
         Reply::json(
             200,
             json!({
                 "id": "chatcmpl-test", "object": "chat.completion", "model": "scripted",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": "length"}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 256, "total_tokens": 356},
+                             "finish_reason": finish_reason}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": completion_tokens,
+                          "total_tokens": 100 + completion_tokens},
             }),
         )
     }

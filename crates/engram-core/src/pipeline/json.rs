@@ -210,11 +210,6 @@ fn partial_text(object: &str) -> Option<String> {
     (!cut.is_empty()).then_some(cut)
 }
 
-/// Whether a model's text repeats one sentence (a loop).
-pub fn repeats(text: &str) -> bool {
-    super::validate::cut_loop(text).is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,7 +255,7 @@ mod tests {
             json!({"operations": []})
         );
         assert_eq!(salvage_truncated(""), json!({"items": []}));
-        assert!(repeats("a. b. a."));
-        assert!(!repeats("a. b. c."));
+        assert!(super::super::validate::cut_loop("a. b. a.").is_some());
+        assert!(super::super::validate::cut_loop("a. b. c.").is_none());
     }
 }

@@ -19,10 +19,9 @@
 mod json;
 mod validate;
 
-pub use json::{JsonAnswer, chat_json, parse_json_lenient, repeats, salvage_truncated};
-pub use validate::{
-    FactChecks, check_facts, consolidation_budget, cut_loop, extraction_budget, mentions_time,
-};
+pub use json::{JsonAnswer, chat_json, parse_json_lenient};
+pub use validate::FactChecks;
+use validate::{check_facts, consolidation_budget, extraction_budget};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -74,7 +73,7 @@ pub struct Outcome {
 
 /// One extraction: checked facts and what it took.
 #[derive(Debug, Clone, Default)]
-pub struct Extracted {
+struct Extracted {
     pub facts: Vec<Fact>,
     pub usage: Usage,
     pub checks: FactChecks,
@@ -179,10 +178,6 @@ const CONSOLIDATE_SCHEMA: &str = r#"{
 const SUMMARY_SCHEMA: &str = r#"{"type": "object", "additionalProperties": false, "required": ["summary"],
   "properties": {"summary": {"type": "string"}}}"#;
 
-fn schema(name: &str, text: &str) -> Result<JsonSchema> {
-    JsonSchema::new(name, text)
-}
-
 #[derive(Debug, Deserialize)]
 struct Operation {
     fact: String,
@@ -226,7 +221,7 @@ impl Pipeline {
     /// budget follows the input; an answer cut off at it keeps its complete
     /// facts, and when none survived the call is made once more with a
     /// note saying why, never replayed as it was.
-    pub async fn extract(
+    async fn extract(
         &self,
         context: &[ChatMessage],
         new: &[ChatMessage],
@@ -250,7 +245,7 @@ impl Pipeline {
                 ChatMessage::system(EXTRACT_PROMPT),
                 ChatMessage::user(convo),
             ],
-            schema: Some(schema("facts", EXTRACT_SCHEMA)?),
+            schema: Some(JsonSchema::new("facts", EXTRACT_SCHEMA)?),
             temperature: 0.0,
             max_tokens: Some(budget),
         };
@@ -326,7 +321,7 @@ impl Pipeline {
                     ChatMessage::system(PROCEDURAL_PROMPT),
                     ChatMessage::user(json!({"current": current, "new": new}).to_string()),
                 ],
-                schema: Some(schema("instructions", SUMMARY_SCHEMA)?),
+                schema: Some(JsonSchema::new("instructions", SUMMARY_SCHEMA)?),
                 temperature: 0.0,
                 max_tokens: Some(1500),
             },
@@ -513,7 +508,7 @@ impl Pipeline {
                             json!({"existing": existing, "new_facts": new_facts}).to_string(),
                         ),
                     ],
-                    schema: Some(schema("operations", CONSOLIDATE_SCHEMA)?),
+                    schema: Some(JsonSchema::new("operations", CONSOLIDATE_SCHEMA)?),
                     temperature: 0.0,
                     max_tokens: Some(consolidation_budget(facts.len())),
                 },
@@ -767,7 +762,7 @@ mod tests {
             ("operations", CONSOLIDATE_SCHEMA),
             ("instructions", SUMMARY_SCHEMA),
         ] {
-            schema(name, text).unwrap();
+            JsonSchema::new(name, text).unwrap();
         }
         let order = |key: &str| EXTRACT_SCHEMA.find(&format!("\"{key}\": {{")).unwrap();
         assert!(order("text") < order("speaker"));

@@ -83,6 +83,7 @@ pub fn consolidation_budget(facts: usize) -> u32 {
     (100 + 80 * facts).clamp(200, 2000) as u32
 }
 
+/// Words that say when, besides weekdays, months and digits.
 const TIME_WORDS: &[&str] = &[
     "today",
     "yesterday",
@@ -98,25 +99,6 @@ const TIME_WORDS: &[&str] = &[
     "morning",
     "evening",
     "afternoon",
-    "monday",
-    "tuesday",
-    "wednesday",
-    "thursday",
-    "friday",
-    "saturday",
-    "sunday",
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
     "since",
     "until",
     "heute",
@@ -134,7 +116,11 @@ const TIME_WORDS: &[&str] = &[
 /// words of German, French and Spanish; any digit counts).
 pub fn mentions_time(text: &str) -> bool {
     text.chars().any(|c| c.is_ascii_digit())
-        || words(text).any(|w| TIME_WORDS.contains(&w.as_str()))
+        || words(text).any(|w| {
+            TIME_WORDS.contains(&w.as_str())
+                || crate::text::is_weekday(&w)
+                || crate::text::month_number(&w).is_some()
+        })
 }
 
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {

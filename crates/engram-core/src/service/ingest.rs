@@ -123,11 +123,10 @@ impl MemoryService {
         let threshold = self.inner.ingest.dedup_threshold;
         let mut ops = Vec::new();
         let mut all_results = Vec::with_capacity(prepared.len());
-        // Memories added earlier in this batch, per scope, for duplicate checks within the batch.
-        let mut batch: Vec<(Scope, MemoryId, String, String, Vec<f32>)> = Vec::new();
+        // Memories added or corrected earlier in this batch, for duplicate checks within it.
+        let mut batch: Vec<Seen> = Vec::new();
         for (input, pieces) in prepared {
             let (expires_at, idle_ttl) = self.expiry_of(&input, now)?;
-            let scope_filter = Filter::exact_scope(&input.scope);
             let at = input.timestamp.map(to_millis).unwrap_or(now);
             let mut results = Vec::with_capacity(pieces.len());
             for (role, piece) in pieces {
@@ -135,29 +134,21 @@ impl MemoryService {
                     .next()
                     .ok_or_else(|| Error::internal("vector count changed"))?;
                 let hash = text_hash(&piece);
-                if let Some((_, id, _, _, _)) = batch.iter().find(|(s, _, h, t, v)| {
-                    *s == input.scope
-                        && (*h == hash
-                            || (dot(v, &vector) >= threshold
-                                && correction::compare(t, &piece) == Comparison::Same))
+                if let Some(seen) = batch.iter().find(|b| {
+                    b.scope == input.scope
+                        && (b.hash == hash
+                            || (dot(&b.vector, &vector) >= threshold
+                                && correction::compare(&b.text, &piece) == Comparison::Same))
                 }) {
                     results.push(AddResult {
-                        id: *id,
+                        id: seen.id,
                         memory: piece,
                         event: Event::Noop,
                     });
                     continue;
                 }
                 match self
-                    .nearest_same(
-                        &scope_filter,
-                        &input.scope,
-                        &piece,
-                        &hash,
-                        &vector,
-                        threshold,
-                        vis,
-                    )
+                    .nearest_same(&input.scope, &piece, &hash, &vector, vis)
                     .await?
                 {
                     Near::Known(existing) => {
@@ -169,7 +160,7 @@ impl MemoryService {
                         continue;
                     }
                     // A memory corrected earlier in this batch is added, not versioned twice.
-                    Near::Corrected(old, reason) if !batch.iter().any(|b| b.1 == old.id) => {
+                    Near::Corrected(old, reason) if !batch.iter().any(|b| b.id == old.id) => {
                         // The same statement with a number, date, name or
                         // negation changed: a new version of the memory.
                         let mut next = self.successor(&old, &piece, now);
@@ -195,13 +186,13 @@ impl MemoryService {
                             memory: piece.clone(),
                             event: Event::Update,
                         });
-                        batch.push((
-                            input.scope.clone(),
-                            old.id,
+                        batch.push(Seen {
+                            scope: input.scope.clone(),
+                            id: old.id,
                             hash,
-                            piece.clone(),
-                            vector.clone(),
-                        ));
+                            text: piece.clone(),
+                            vector: vector.clone(),
+                        });
                         ops.push(WriteOp::Update {
                             memory: next,
                             embedding: Some(vector),
@@ -239,7 +230,13 @@ impl MemoryService {
                     memory: piece.clone(),
                     event: Event::Add,
                 });
-                batch.push((input.scope.clone(), id, hash, piece.clone(), vector.clone()));
+                batch.push(Seen {
+                    scope: input.scope.clone(),
+                    id,
+                    hash,
+                    text: piece.clone(),
+                    vector: vector.clone(),
+                });
                 ops.push(WriteOp::Insert {
                     memory,
                     embedding: vector,
@@ -334,25 +331,22 @@ impl MemoryService {
 
     /// The stored memory a new piece repeats or corrects, if any: among its
     /// nearest neighbours in the scope, one with the same text, or one at
-    /// `threshold` similarity or above that says the same thing
+    /// the duplicate threshold or above that says the same thing
     /// ([`correction::compare`]), or one at the correction threshold or
     /// above that says it with salient details changed. A neighbour that
     /// says something else is not a duplicate.
-    #[allow(clippy::too_many_arguments)]
     async fn nearest_same(
         &self,
-        scope_filter: &Filter,
         scope: &Scope,
         piece: &str,
         hash: &str,
         vector: &[f32],
-        threshold: f32,
         vis: Visibility,
     ) -> Result<Near> {
         let near = self
             .inner
             .store
-            .vector_search(scope_filter, vis, vector, 4)
+            .vector_search(&Filter::exact_scope(scope), vis, vector, 4)
             .await?;
         let candidates: Vec<MemoryId> = near.hits.iter().map(|(id, _)| *id).collect();
         if candidates.is_empty() {
@@ -365,7 +359,10 @@ impl MemoryService {
             return Ok(Near::Known(m.id));
         }
         let score = |m: &Memory| scores.get(&m.id).copied().unwrap_or(0.0);
-        let correction = self.inner.ingest.correction_threshold;
+        let (threshold, correction) = (
+            self.inner.ingest.dedup_threshold,
+            self.inner.ingest.correction_threshold,
+        );
         memories.retain(|m| score(m) >= threshold.min(correction));
         memories.sort_by(|a, b| score(b).total_cmp(&score(a)));
         for m in memories {
@@ -406,6 +403,15 @@ impl MemoryService {
             created_at: at,
         }
     }
+}
+
+/// A piece this batch added (or corrected a memory with).
+struct Seen {
+    scope: Scope,
+    id: MemoryId,
+    hash: String,
+    text: String,
+    vector: Vec<f32>,
 }
 
 /// What a new piece's nearest neighbours say about it.

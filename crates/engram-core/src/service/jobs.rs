@@ -419,6 +419,16 @@ impl JobRunner {
         }))
     }
 
+    /// The verbatim add's writes and results for one input.
+    async fn verbatim(
+        &self,
+        ctx: &RequestCtx,
+        input: AddInput,
+    ) -> Result<(Vec<WriteOp>, Vec<AddResult>)> {
+        let (ops, results) = self.memory.prepare_add(ctx, vec![input]).await?;
+        Ok((ops, results.into_iter().flatten().collect()))
+    }
+
     /// From this attempt on, a job the model keeps failing (answers that
     /// cannot be used, not an unreachable provider) is stored verbatim.
     fn fallback_attempt(&self, job: &Job) -> u32 {
@@ -481,17 +491,19 @@ impl JobRunner {
                 let input: AddInput = serde_json::from_value(job.payload.clone())
                     .map_err(|e| Error::invalid(format!("job payload is not an add: {e}")))?;
                 let ctx = RequestCtx::new(job.principal.clone(), "job", job.request_id.clone());
-                let mut extra = json!({});
-                let (mut ops, results, usage) = match (&self.pipeline, infer) {
+                // The job's result: what it did, with how it went.
+                let (mut ops, results, mut result) = match (&self.pipeline, infer) {
                     (Some(p), true) => match p.prepare_attempt(&ctx, &input, job.attempts).await {
-                        Ok((ops, outcome)) => {
-                            extra = json!({
+                        Ok((ops, outcome)) => (
+                            ops,
+                            outcome.results,
+                            json!({
+                                "usage": outcome.usage,
                                 "checks": outcome.checks,
                                 "truncated": outcome.truncated,
                                 "rejected": outcome.rejected,
-                            });
-                            (ops, outcome.results, Some(outcome.usage))
-                        }
+                            }),
+                        ),
                         // The model keeps answering what cannot be used: store
                         // the messages verbatim rather than lose them.
                         Err(e)
@@ -500,9 +512,9 @@ impl JobRunner {
                         {
                             tracing::warn!(job = %job.id, attempt = job.attempts, error = %e.message, "the LLM failed this job again; storing its messages verbatim");
                             metrics::counter!("engram_jobs_fallback_total").increment(1);
-                            extra = json!({"fallback": "verbatim", "llm_error": e.message});
-                            let (ops, results) = self.memory.prepare_add(&ctx, vec![input]).await?;
-                            (ops, results.into_iter().flatten().collect(), None)
+                            let (ops, results) = self.verbatim(&ctx, input).await?;
+                            let result = json!({"usage": null, "fallback": "verbatim", "llm_error": e.message});
+                            (ops, results, result)
                         }
                         Err(e) => return Err(e),
                     },
@@ -513,20 +525,15 @@ impl JobRunner {
                         ));
                     }
                     _ => {
-                        let (ops, results) = self.memory.prepare_add(&ctx, vec![input]).await?;
-                        (ops, results.into_iter().flatten().collect(), None)
+                        let (ops, results) = self.verbatim(&ctx, input).await?;
+                        (ops, results, json!({"usage": null}))
                     }
                 };
+                result["results"] = json!(results);
                 ops.push(WriteOp::FinishJob {
                     id: job.id,
                     worker: self.worker.clone(),
-                    result: {
-                        let mut r = json!({ "results": results, "usage": usage });
-                        if let (Some(r), Some(extra)) = (r.as_object_mut(), extra.as_object()) {
-                            r.extend(extra.clone());
-                        }
-                        r
-                    },
+                    result,
                     at: self.memory.now(),
                 });
                 self.memory.store().apply(ops).await?;

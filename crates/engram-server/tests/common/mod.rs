@@ -116,3 +116,29 @@ pub async fn node_with(
         _dir: dir,
     }
 }
+
+/// A waiting strategy that never waits (LLM client retries in tests).
+struct NoSleep;
+
+#[async_trait::async_trait]
+impl engram_llm::Sleeper for NoSleep {
+    async fn sleep(&self, _: std::time::Duration) {}
+}
+
+/// The LLM pipeline over `memory`, its model a scripted OpenAI-compatible
+/// server on a real socket: no client retries and a breaker that stays
+/// closed, then whatever `tweak` changes.
+#[allow(dead_code)] // not every test binary asks
+pub async fn scripted_pipeline(
+    memory: &MemoryService,
+    tweak: impl FnOnce(&mut engram_llm::ClientConfig),
+) -> (engram_testkit::ScriptedLlm, engram_core::pipeline::Pipeline) {
+    let llm = engram_testkit::ScriptedLlm::start().await;
+    let mut cfg = engram_llm::ClientConfig::new(llm.url(), "scripted");
+    cfg.max_retries = 0;
+    cfg.breaker_threshold = 100;
+    tweak(&mut cfg);
+    let chat = engram_llm::OpenAiChat::new(cfg, Arc::new(NoSleep), Arc::new(SystemClock)).unwrap();
+    let pipeline = engram_core::pipeline::Pipeline::new(memory.clone(), Arc::new(chat));
+    (llm, pipeline)
+}
