@@ -81,39 +81,36 @@ struct Extracted {
     pub truncated: usize,
 }
 
-/// The facts of an extraction answer. Items of a cut-off answer that do not
-/// make a fact (a bare `text` is enough) are skipped, not fatal.
-fn facts_of(value: &Value, truncated: bool) -> Result<Vec<Fact>> {
-    let items = match &value["facts"] {
+/// The `key` list of a model's answer (`what` names it in errors). Items of
+/// a cut-off answer that do not make a `T` — the salvage may keep a bare
+/// `text` — are skipped, not fatal; in a complete answer they are errors.
+fn items_of<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    key: &str,
+    truncated: bool,
+    what: &str,
+) -> Result<Vec<T>> {
+    let schema_error = |why: String| {
+        Error::new(
+            ErrorCode::LlmFailure,
+            format!("the {what} answer does not match its schema: {why}"),
+        )
+    };
+    let items = match &value[key] {
         Value::Array(items) => items,
         Value::Null if truncated => return Ok(Vec::new()),
-        other => {
-            return Err(Error::new(
-                ErrorCode::LlmFailure,
-                format!(
-                    "the extraction answer does not match its schema: `facts` is {}",
-                    match other {
-                        Value::Null => "missing",
-                        _ => "not a list",
-                    }
-                ),
-            ));
-        }
+        Value::Null => return Err(schema_error(format!("`{key}` is missing"))),
+        _ => return Err(schema_error(format!("`{key}` is not a list"))),
     };
-    let mut facts = Vec::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
     for item in items {
-        match serde_json::from_value::<Fact>(item.clone()) {
-            Ok(f) => facts.push(f),
+        match serde_json::from_value::<T>(item.clone()) {
+            Ok(t) => out.push(t),
             Err(_) if truncated => {}
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorCode::LlmFailure,
-                    format!("the extraction answer does not match its schema: {e}"),
-                ));
-            }
+            Err(e) => return Err(schema_error(e.to_string())),
         }
     }
-    Ok(facts)
+    Ok(out)
 }
 
 const EXTRACT_PROMPT: &str = "You extract durable memories from a conversation between a user and an AI assistant.\n\
@@ -253,7 +250,8 @@ impl Pipeline {
         for round in 0..2 {
             let answer = chat_json(self.llm.as_ref(), request.clone()).await?;
             out.usage.add(answer.usage);
-            let facts = facts_of(&answer.value, answer.truncated)?;
+            let facts: Vec<Fact> =
+                items_of(&answer.value, "facts", answer.truncated, "extraction")?;
             if !answer.truncated {
                 let (facts, checks) = check_facts(facts, new, context);
                 out.checks.add(checks);
@@ -515,13 +513,12 @@ impl Pipeline {
             )
             .await?;
             usage.add(answer.usage);
-            let mut ops: Vec<Operation> =
-                serde_json::from_value(answer.value["operations"].clone()).map_err(|e| {
-                    Error::new(
-                        ErrorCode::LlmFailure,
-                        format!("the consolidation answer does not match its schema: {e}"),
-                    )
-                })?;
+            let mut ops: Vec<Operation> = items_of(
+                &answer.value,
+                "operations",
+                answer.truncated,
+                "consolidation",
+            )?;
             if answer.truncated {
                 // Cut off: the facts it never reached are added (nothing is lost).
                 outcome.truncated += 1;
@@ -772,6 +769,26 @@ mod tests {
         assert!(
             !EXTRACT_PROMPT.contains("{\"facts\""),
             "a literal empty answer gets copied by small models"
+        );
+    }
+
+    #[test]
+    fn a_cut_off_answer_skips_the_items_it_cannot_use() {
+        // The salvage of a cut-off consolidation can keep a bare `text`.
+        let cut = json!({"operations": [
+            {"fact": "f1", "event": "ADD", "target": null, "text": null, "reason": "new"},
+            {"text": "Lives in Oslo."}]});
+        let ops: Vec<Operation> = items_of(&cut, "operations", true, "consolidation").unwrap();
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].fact, "f1");
+        let e = items_of::<Operation>(&cut, "operations", false, "consolidation").unwrap_err();
+        assert!(e.message.contains("missing field `fact`"), "{e}");
+        let e = items_of::<Fact>(&json!({}), "facts", false, "extraction").unwrap_err();
+        assert!(e.message.contains("`facts` is missing"), "{e}");
+        assert!(
+            items_of::<Fact>(&json!({}), "facts", true, "extraction")
+                .unwrap()
+                .is_empty()
         );
     }
 
