@@ -133,6 +133,13 @@ impl RateLimits {
     }
 }
 
+impl RateLimits {
+    /// Charges one request to `principal`; how long to wait when it is over its limit.
+    pub(crate) fn retry_after(&self, principal: &Principal) -> Option<Duration> {
+        self.charge(principal).and_then(|c| c.retry_after)
+    }
+}
+
 fn bucket(per_minute: NonZeroU32, burst: NonZeroU32) -> Bucket {
     RateLimiter::direct_with_clock(Quota::per_minute(per_minute).allow_burst(burst), TokioClock)
         .with_middleware::<StateInformationMiddleware>()
@@ -184,7 +191,8 @@ fn unauthorized(detail: &str) -> Response {
 
 /// Middleware: resolve the principal, charge its bucket, run the request.
 pub async fn layer(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    if PUBLIC_PATHS.contains(&req.uri().path()) {
+    if PUBLIC_PATHS.contains(&req.uri().path()) || crate::ui::handles(req.uri().path()) {
+        // The dashboard authenticates by session and charges the key itself.
         return next.run(req).await;
     }
     let principal = match &app.config.auth {

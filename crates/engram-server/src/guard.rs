@@ -15,7 +15,9 @@
 //! - **Body type.** A request body must be JSON (`application/json`,
 //!   `…+json`) or JSON Lines (`application/x-ndjson`): the content types a
 //!   page can send without a CORS preflight (`text/plain`, forms) are
-//!   refused with `415`, so no "simple request" reaches a handler.
+//!   refused with `415`, so no "simple request" reaches a handler. The one
+//!   exception is the dashboard's own forms (`POST /ui/…`, URL-encoded),
+//!   which reach their handler only with the session's CSRF token.
 //!
 //! Allowed cross origins get CORS answers (preflight included), so a web
 //! app the operator trusts can call the API with a key.
@@ -132,6 +134,22 @@ fn json_type(headers: &HeaderMap) -> bool {
         || essence == "application/jsonl"
 }
 
+/// A dashboard form: a `POST` under `/ui/` with a URL-encoded body. Its
+/// handler runs only with the session's CSRF token (`crate::ui`).
+fn dashboard_form(req: &Request) -> bool {
+    req.method() == Method::POST
+        && req.uri().path().starts_with("/ui/")
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+}
+
 const ALLOW_HEADERS: &str = "authorization, content-type, idempotency-key, x-api-key, x-request-id, \
 mcp-session-id, mcp-protocol-version, last-event-id";
 const EXPOSE_HEADERS: &str =
@@ -193,7 +211,7 @@ pub async fn layer(config: Arc<GuardConfig>, req: Request, next: Next) -> Respon
         h.insert(header::VARY, HeaderValue::from_static("origin"));
         return resp;
     }
-    if has_body(&req) && !json_type(req.headers()) {
+    if has_body(&req) && !json_type(req.headers()) && !dashboard_form(&req) {
         return ApiError::new(
             HttpCode::UnsupportedMediaType,
             "request bodies must be JSON (`Content-Type: application/json`), or JSON Lines for /v1/import",

@@ -8,6 +8,7 @@
 //! the result; every rule lives in the service. This crate names no storage
 //! backend and no model.
 
+pub mod activity;
 mod api_keys;
 pub mod auth;
 pub mod compactor;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod portable;
 pub mod reembed;
 pub mod request_id;
+pub mod ui;
 pub mod wire;
 
 use std::future::Future;
@@ -69,6 +71,8 @@ pub struct ServerConfig {
     pub idempotency_ttl: Duration,
     /// When set, `/metrics` answers only scrapers that send it as a bearer token.
     pub metrics_token: Option<String>,
+    /// Dashboard sessions: idle and absolute expiry, how many at most.
+    pub ui_sessions: ui::SessionConfig,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             jobs: engram_core::service::JobConfig::default(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             metrics_token: None,
+            ui_sessions: ui::SessionConfig::default(),
         }
     }
 }
@@ -109,6 +114,8 @@ pub struct AppState {
     readiness: Arc<health::ProbeCache>,
     /// The store's compaction, one background job per node.
     pub compactor: Arc<compactor::Compactor>,
+    /// The dashboard's signed-in sessions (this node's memory).
+    pub sessions: Arc<ui::Sessions>,
 }
 
 impl AppState {
@@ -129,6 +136,7 @@ impl AppState {
             memory,
             keys,
             limits: Arc::new(RateLimits::new(config.rate_limit)),
+            sessions: Arc::new(ui::Sessions::new(config.ui_sessions)),
             config,
             metrics: crate::metrics::install(),
             shutdown: CancellationToken::new(),
@@ -207,6 +215,7 @@ pub fn app(state: AppState) -> Router {
     let guard = std::sync::Arc::new(state.config.guard.clone());
     let router = api
         .merge(mem0::router())
+        .merge(ui::router(state.clone()))
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),
@@ -230,7 +239,8 @@ pub fn app(state: AppState) -> Router {
         }));
     let router = router.nest_service("/mcp", mcp);
     // Layers run outside in: request id → guard (Host, Origin, body type) →
-    // metrics → auth and rate limit → idempotency → timeout → route.
+    // metrics → auth and rate limit (the dashboard: by session, in `ui`) →
+    // idempotency → timeout → route.
     router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -41,7 +41,19 @@ pub fn install() -> Option<PrometheusHandle> {
                         TOKEN_BUCKETS,
                     )
                 });
-            match builder.and_then(|b| b.install_recorder()) {
+            // The Prometheus recorder, observed for the dashboard's overview
+            // (crate::activity); every metric still reaches Prometheus.
+            let installed = builder.map_err(|e| e.to_string()).and_then(|b| {
+                let recorder = b.build_recorder();
+                let handle = recorder.handle();
+                metrics::set_global_recorder(crate::activity::Observed {
+                    inner: recorder,
+                    activity: crate::activity::global(),
+                })
+                .map(|()| handle)
+                .map_err(|e| e.to_string())
+            });
+            match installed {
                 Ok(handle) => Some(handle),
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
