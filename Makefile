@@ -6,16 +6,16 @@ MODEL_DIR  ?= $(or $(ENGRAM_MODEL_DIR),$(HOME)/.local/share/engram/models/all-Mi
 LOCOMO     ?= ../shared/datasets/locomo/locomo_dev7.json
 export ENGRAM_MODEL_DIR := $(MODEL_DIR)
 
-.PHONY: run test test-suites model venv mem0-venvs llm build lint fmt eval eval-scenarios bench bench-pg clean
+.PHONY: run test test-suites model venv mem0-venvs llm chromium screenshots build lint fmt eval eval-scenarios bench bench-pg clean
 
 ## Install what is missing (the embedding model), build release, serve on 127.0.0.1:8420 with data in ./engram-data.
 run: model build
 	$(TARGET_DIR)/release/engram serve
 
-## Every test suite (installs the model, the Python test clients, the local LLM
-## and a throwaway Postgres with pgvector first; the Postgres is stopped and
-## deleted afterwards).
-test: model venv mem0-venvs llm
+## Every test suite (installs the model, the Python test clients, the local LLM,
+## Chromium and a throwaway Postgres with pgvector first; the Postgres is
+## stopped and deleted afterwards).
+test: model venv mem0-venvs llm chromium
 	scripts/pg run $(MAKE) --no-print-directory test-suites
 
 # The suites, inside `scripts/pg run` (ENGRAM_TEST_PG_URL is set): everything on
@@ -33,15 +33,30 @@ test-suites:
 	ENGRAM_STORE=$$(scripts/pg db) $(VENV)/bin/python tests/api/fuzz.py $(ENGRAM) "$(MODEL_DIR)" $(FUZZ_EXAMPLES_PG)
 	ENGRAM_STORE=$$(scripts/pg db) .venv-mem0-2/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
 	ENGRAM_STORE=$$(scripts/pg db) .venv-mem0-1/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
+	$(VENV)/bin/python tests/ui/browser.py $(ENGRAM) "$(MODEL_DIR)"
+	ENGRAM_STORE=$$(scripts/pg db) $(VENV)/bin/python tests/ui/browser.py $(ENGRAM) "$(MODEL_DIR)"
 	scripts/llm run python3 tests/llm/smoke.py $(ENGRAM) "$(MODEL_DIR)"
 
-## A virtualenv with the official MCP Python SDK and schemathesis, pinned.
+## Chromium and its WebDriver for the dashboard's browser suite (Debian's packages;
+## Playwright's own browser download cannot work offline).
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing chromium and chromium-driver with apt-get"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+## The dashboard's screenshots in docs/img/ (the browser suite, on SQLite).
+screenshots: model venv chromium
+	$(CARGO) build --locked -p engram
+	$(VENV)/bin/python tests/ui/browser.py $(ENGRAM) "$(MODEL_DIR)" docs/img
+
+## A virtualenv with the official MCP Python SDK, schemathesis and selenium, pinned.
 VENV ?= .venv
 FUZZ_EXAMPLES ?= 100
 FUZZ_EXAMPLES_PG ?= 30
-PY_DEPS := mcp==2.3.0 schemathesis==4.32.5
-venv: $(VENV)/.deps-1
-$(VENV)/.deps-1:
+PY_DEPS := mcp==2.3.0 schemathesis==4.32.5 selenium==4.50.0
+venv: $(VENV)/.deps-2
+$(VENV)/.deps-2:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_DEPS)
 	touch $@

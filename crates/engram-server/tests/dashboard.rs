@@ -655,6 +655,11 @@ async fn every_page_renders_empty_and_populated() {
         assert_eq!(p.status, StatusCode::OK, "{path}: {}", p.body);
         assert!(p.body.contains(needle), "{path} shows {needle}: {}", p.body);
     }
+    let overview = b.get("/ui").await.body;
+    assert!(
+        !overview.contains("Last hour on this node") && !overview.contains("indexed vectors"),
+        "an org admin sees its org's figures, not the node's"
+    );
     let memory = b.get(&format!("/ui/memories/{id}?as_of=2000-01-01")).await;
     assert!(memory.body.contains("did not exist yet"), "{}", memory.body);
     let now_text = b
@@ -914,6 +919,8 @@ async fn without_auth_the_operator_needs_no_sign_in_but_forms_still_need_the_tok
     assert_eq!(login.location(), "/ui/memories?user_id=alice");
     let page = b.get("/ui/memories?user_id=alice").await;
     assert!(page.body.contains("local operator") && page.body.contains("green tea"));
+    let overview = b.get("/ui").await.body;
+    assert!(overview.contains("Last hour on this node") && overview.contains("indexed vectors"));
     let edit = format!("/ui/memories/{id}/edit");
     assert_eq!(
         b.post(&edit, &[("text", "x"), ("version", "1")])

@@ -59,6 +59,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allowed_hosts: Vec<String>,
+    /// Dashboard (`/ui`) sessions end after this many minutes without a request.
+    #[arg(long, env = "ENGRAM_UI_IDLE_MINUTES", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=10080))]
+    pub ui_idle_minutes: u64,
+    /// Dashboard sessions end this many hours after sign-in, used or not.
+    #[arg(long, env = "ENGRAM_UI_SESSION_HOURS", default_value_t = 12,
+          value_parser = clap::value_parser!(u64).range(1..=720))]
+    pub ui_session_hours: u64,
     /// Background workers processing queued jobs on this node (0: none).
     #[arg(long, env = "ENGRAM_WORKERS", default_value_t = 2)]
     pub workers: usize,
@@ -204,6 +212,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         workers: args.workers,
         jobs: args.jobs.config(),
+        ui_sessions: engram_server::ui::SessionConfig {
+            idle: std::time::Duration::from_secs(args.ui_idle_minutes * 60),
+            absolute: std::time::Duration::from_secs(args.ui_session_hours * 3600),
+            ..engram_server::ui::SessionConfig::default()
+        },
     };
     // This process holds the data directory: jobs left running were orphaned
     // by a crash. (With Postgres other nodes may hold live leases: a dead

@@ -216,6 +216,8 @@ pub async fn detail(
     });
     let at = q.as_of.as_deref().map(parse_time).transpose()?;
     let body = html! {
+        div.split {
+        div {
         section.current aria-labelledby="current" {
             h2 #current { "Current text" }
             blockquote { (m.text) }
@@ -237,6 +239,8 @@ pub async fn detail(
                 }
             }
         }
+        }
+        div {
         section aria-labelledby="asof" {
             h2 #asof { "As of a time" }
             form.filters method="get" action={ "/ui/memories/" (m.id) } {
@@ -278,6 +282,8 @@ pub async fn detail(
                     }
                 }
             }
+        }
+        }
         }
     };
     Ok(layout::page(&ui, "Memory", Nav::Memories, body))

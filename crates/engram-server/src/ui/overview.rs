@@ -5,6 +5,8 @@
 use axum::extract::State;
 use engram_core::filter::Filter;
 use engram_core::memory::{MemoryKind, ScopeField};
+use engram_core::ports::{JobCounts, JobState};
+use engram_core::service::MAX_PAGE;
 use maud::html;
 use serde_json::json;
 
@@ -47,8 +49,17 @@ pub async fn page(State(app): State<AppState>, ui: Ui) -> PageResult {
     }
     let total: usize = by_kind.iter().sum();
     let activity = crate::activity::global().summary();
-    let jobs = app.jobs.counts().await?;
-    let stats = if ui.is_admin() {
+    // Node-wide figures (every tenant's activity, the store's size, the job
+    // queue, the LLM's queue) are the operator's; a key bound to an org or
+    // below sees its own scopes' figures only.
+    let node_wide = ui.principal().role == engram_core::access::Role::Operator
+        || ui.principal().binding.is_empty();
+    let jobs = if node_wide {
+        app.jobs.counts().await?
+    } else {
+        own_jobs(&app, &ui).await?
+    };
+    let stats = if node_wide {
         Some(app.memory.store_stats().await?)
     } else {
         None
@@ -113,10 +124,12 @@ pub async fn page(State(app): State<AppState>, ui: Ui) -> PageResult {
                         table.kv {
                             tr { th scope="row" { "model" } td { (p.llm().model()) } }
                             tr { th scope="row" { "circuit" } td { (p.llm().state().as_str()) } }
-                            @if let Some(q) = queue {
-                                tr { th scope="row" { "in flight / waiting" } td { (q.in_flight) " / " (q.waiting) " of " (q.limit) } }
+                            @if node_wide {
+                                @if let Some(q) = queue {
+                                    tr { th scope="row" { "in flight / waiting" } td { (q.in_flight) " / " (q.waiting) " of " (q.limit) } }
+                                }
+                                tr { th scope="row" { "errors, last hour" } td { (activity.llm_errors) " of " (activity.llm_calls) " calls" } }
                             }
-                            tr { th scope="row" { "errors, last hour" } td { (activity.llm_errors) " of " (activity.llm_calls) " calls" } }
                             tr { th scope="row" { "tokens today" } td { (prompt) " in, " (completion) " out" } }
                             tr { th scope="row" { "cost today" } td { (format!("${:.4}", cost as f64 / 1e6)) } }
                         }
@@ -136,6 +149,7 @@ pub async fn page(State(app): State<AppState>, ui: Ui) -> PageResult {
                 }
             }
         }
+        @if node_wide {
         section aria-labelledby="activity" {
             h2 #activity { "Last hour on this node" }
             div.cards {
@@ -159,6 +173,7 @@ pub async fn page(State(app): State<AppState>, ui: Ui) -> PageResult {
                 }
             }
         }
+        }
         @if !ids.is_empty() {
             section aria-labelledby="busiest" {
                 h2 #busiest { "Largest scopes" }
@@ -178,6 +193,20 @@ pub async fn page(State(app): State<AppState>, ui: Ui) -> PageResult {
         }
     };
     Ok(layout::page(&ui, "Overview", Nav::Overview, body))
+}
+
+/// Jobs per state inside the caller's binding (the newest [`MAX_PAGE`] of each).
+async fn own_jobs(app: &AppState, ui: &Ui) -> Result<JobCounts, engram_core::Error> {
+    let mut c = JobCounts::default();
+    for (state, n) in [
+        (JobState::Queued, &mut c.queued),
+        (JobState::Running, &mut c.running),
+        (JobState::Done, &mut c.done),
+        (JobState::Dead, &mut c.dead),
+    ] {
+        *n = app.jobs.list(&ui.ctx, Some(state), MAX_PAGE).await?.len() as u64;
+    }
+    Ok(c)
 }
 
 fn top(ids: &[engram_core::ports::ScopeIdStats]) -> Vec<&engram_core::ports::ScopeIdStats> {
