@@ -177,7 +177,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn summary(mut ms: Vec<f64>) -> Value {
+pub(crate) fn summary(mut ms: Vec<f64>) -> Value {
     ms.sort_by(f64::total_cmp);
     let r = |x: f64| (x * 1000.0).round() / 1000.0;
     json!({"p50_ms": r(percentile(&ms, 50.0)), "p95_ms": r(percentile(&ms, 95.0)), "p99_ms": r(percentile(&ms, 99.0)), "n": ms.len()})
@@ -565,6 +565,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         c.await.context("qps client")??;
     }
     let qps = (8 * queries.len() / 2) as f64 / t_qps.elapsed().as_secs_f64();
+    // The dashboard's memories page and search playground, in user scopes and the big scope.
+    let base = format!("http://{addr}");
+    let user = |i: usize| format!("user_id=user-{}", (i * 31) % users);
+    let query = |i: usize| queries[i % queries.len()].clone();
+    let dashboard_user =
+        crate::bench_ui::dashboard(&base, &token, 100.min(queries.len()), user, query).await?;
+    let dashboard_big = crate::bench_ui::dashboard(
+        &base,
+        &token,
+        20,
+        |_| "agent_id=assistant".to_owned(),
+        query,
+    )
+    .await?;
     let _ = stop_tx.send(());
     server.await.context("server task")??;
 
@@ -653,6 +667,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "query_warmup_seconds": (warm_secs * 100.0).round() / 100.0,
         "http_search_end_to_end": {"embedding_cached": http_cached, "embedding_uncached": http_uncached,
             "qps_8_clients_embedding_cached": qps.round()},
+        "dashboard": {"user_scope": dashboard_user, "agent_scope": dashboard_big},
         "add_single": summary(single),
         "list_page_agent_scope": list_lat,
         "ingest_pipeline": {"memories": args.ingest, "memories_per_second": (args.ingest as f64 / ingest_secs).round(),

@@ -2,6 +2,7 @@
 //! `anyhow` lives here only; libraries return typed errors.
 
 mod bench;
+mod bench_ui;
 mod cli;
 mod config;
 mod eval;

@@ -95,8 +95,14 @@ async fn headers(req: Request, next: Next) -> Response {
     let docs = req.uri().path().starts_with("/docs");
     let asset =
         req.uri().path().starts_with("/ui/assets/") || req.uri().path().starts_with("/docs/");
+    let started = std::time::Instant::now();
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    // How long the server took (shown in the browser's network panel; `engram bench` reads it).
+    let took = format!("app;dur={:.2}", started.elapsed().as_secs_f64() * 1000.0);
+    if let Ok(v) = HeaderValue::from_str(&took) {
+        h.insert("server-timing", v);
+    }
     // Swagger UI sets element styles from script; nothing else needs more than 'self'.
     let style = if docs {
         "'self' 'unsafe-inline'"
