@@ -22,6 +22,31 @@ pub enum Normalization {
     MinMax,
     /// `s / max` over the candidates (keeps the gap to zero).
     Max,
+    /// Absolute scales that keep a weak best match weak: cosine mapped
+    /// linearly from [`Calibration::semantic_low`]..`semantic_high` to 0..1,
+    /// keyword scores saturating as `s / (s + keyword_half)`.
+    Calibrated,
+}
+
+/// The fixed scales of [`Normalization::Calibrated`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Cosine similarity that counts as no evidence (0).
+    pub semantic_low: f32,
+    /// Cosine similarity that counts as full evidence (1).
+    pub semantic_high: f32,
+    /// Raw keyword score that counts as half the evidence.
+    pub keyword_half: f32,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration {
+            semantic_low: 0.1,
+            semantic_high: 0.7,
+            keyword_half: 6.0,
+        }
+    }
 }
 
 /// Weight of each retrieval signal.
@@ -54,6 +79,19 @@ pub struct RetrievalConfig {
     pub context_weight: f32,
     /// Memories at most this many seconds apart in the same scope are each other's context.
     pub context_window_secs: i64,
+    /// Share of the score added to a memory whose speaker the query names
+    /// ("What did Caroline research?" → the turns Caroline said); 0 turns it off.
+    pub speaker_weight: f32,
+    /// How much more a memory whose speaker the query names counts, as a
+    /// factor (1: off): other memories' scores are divided by it. Unlike
+    /// `speaker_weight` it cannot lift an irrelevant turn of the named speaker.
+    pub speaker_factor: f32,
+    /// Factor on the score of a turn that only asks a question (its text
+    /// ends with `?`): the answer, not the question, is what a search wants
+    /// (1: no change).
+    pub question_factor: f32,
+    /// The scales of [`Normalization::Calibrated`].
+    pub calibration: Calibration,
     /// `k` of reciprocal-rank fusion.
     pub rrf_k: f32,
     /// Candidates each signal contributes before fusion.
@@ -80,10 +118,14 @@ impl Default for RetrievalConfig {
             fusion: FusionMethod::Weighted,
             normalization: Normalization::MinMax,
             weights: SignalWeights::default(),
-            context_weight: 0.3,
+            context_weight: 0.5,
             context_window_secs: 1800,
+            speaker_weight: 0.0,
+            speaker_factor: 1.3,
+            question_factor: 0.9,
+            calibration: Calibration::default(),
             rrf_k: 60.0,
-            candidates: 50,
+            candidates: 100,
             half_life_days: HalfLives::all(365.0),
             decay_floor: 0.8,
             kind_weights: KindWeights::default(),

@@ -25,6 +25,9 @@ pub struct SignalScores {
     pub entity: Option<f32>,
     /// The best fused score of a neighbouring turn, if the context signal is on.
     pub context: Option<f32>,
+    /// 1 when the query names the memory's speaker, 0 when not (if the speaker signal is on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speaker: Option<f32>,
     /// The fused score before decay and kind weight, in [0, 1].
     pub fused: f32,
 }
@@ -95,10 +98,25 @@ pub fn fuse<K: Copy + Eq + Hash>(
             // Entity scores are absolute in [0, 1] already: a common name must stay weak.
             for (i, (list, weight)) in lists.into_iter().enumerate() {
                 let raw: Vec<f32> = list.iter().map(|(_, s)| *s).collect();
+                let c = config.calibration;
                 let norm = match (i, config.normalization) {
                     (2, _) => raw.iter().map(|s| s.clamp(0.0, 1.0)).collect(),
                     (_, Normalization::MinMax) => min_max(&raw),
                     (_, Normalization::Max) => max_scale(&raw),
+                    (0, Normalization::Calibrated) => raw
+                        .iter()
+                        .map(|s| {
+                            ((s - c.semantic_low) / (c.semantic_high - c.semantic_low).max(1e-6))
+                                .clamp(0.0, 1.0)
+                        })
+                        .collect(),
+                    (_, Normalization::Calibrated) => raw
+                        .iter()
+                        .map(|s| {
+                            let s = s.max(0.0);
+                            s / (s + c.keyword_half.max(1e-6))
+                        })
+                        .collect(),
                 };
                 for ((key, _), norm) in list.iter().zip(norm) {
                     if let Some(entry) = out.get_mut(key) {
@@ -155,6 +173,29 @@ pub fn add_context<K: Copy + Eq + Hash>(
             fused: weight * ctx / (1.0 + weight),
             ..Default::default()
         });
+    }
+}
+
+/// Adds the speaker signal: a memory whose speaker the query names gains
+/// `weight` of a full score; every score is divided by `1 + weight` to stay in [0, 1].
+pub fn add_speaker(s: &mut SignalScores, named: bool, weight: f32) {
+    if weight <= 0.0 {
+        return;
+    }
+    let m = if named { 1.0 } else { 0.0 };
+    s.speaker = Some(m);
+    s.fused = (s.fused + weight * m) / (1.0 + weight);
+}
+
+/// The speaker signal as a factor: memories whose speaker the query does not
+/// name are divided by `factor` (≥ 1), so the named speaker's count `factor` times more.
+pub fn scale_speaker(s: &mut SignalScores, named: bool, factor: f32) {
+    if factor <= 1.0 {
+        return;
+    }
+    s.speaker = Some(if named { 1.0 } else { 0.0 });
+    if !named {
+        s.fused /= factor;
     }
 }
 
@@ -228,6 +269,68 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn speaker_signal_lifts_the_named_speakers_turns_and_stays_in_range() {
+        let base = SignalScores {
+            fused: 0.5,
+            ..Default::default()
+        };
+        let (mut named, mut other, mut off) = (base, base, base);
+        add_speaker(&mut named, true, 0.3);
+        add_speaker(&mut other, false, 0.3);
+        add_speaker(&mut off, true, 0.0);
+        assert!((named.fused - 0.8 / 1.3).abs() < 1e-6);
+        assert!((other.fused - 0.5 / 1.3).abs() < 1e-6);
+        assert_eq!((named.speaker, other.speaker), (Some(1.0), Some(0.0)));
+        assert_eq!(off, base, "weight 0 is off");
+        let mut full = SignalScores {
+            fused: 1.0,
+            ..Default::default()
+        };
+        add_speaker(&mut full, true, 0.3);
+        assert!(full.fused <= 1.0);
+    }
+
+    #[test]
+    fn speaker_factor_divides_the_others() {
+        let base = SignalScores {
+            fused: 0.6,
+            ..Default::default()
+        };
+        let (mut named, mut other, mut off) = (base, base, base);
+        scale_speaker(&mut named, true, 2.0);
+        scale_speaker(&mut other, false, 2.0);
+        scale_speaker(&mut off, false, 1.0);
+        assert_eq!((named.fused, other.fused), (0.6, 0.3));
+        assert_eq!(named.speaker, Some(1.0));
+        assert_eq!(off, base, "factor 1 is off");
+    }
+
+    #[test]
+    fn calibrated_scores_keep_a_weak_best_match_weak() {
+        let cfg = RetrievalConfig {
+            normalization: Normalization::Calibrated,
+            ..cfg(FusionMethod::Weighted)
+        };
+        // One weak candidate: min-max would stretch it to 1.
+        let f = fuse(&vec![(1, 0.25)], &vec![(1, 2.0)], &vec![], &cfg);
+        let c = cfg.calibration;
+        let want = 0.6 * (0.25 - c.semantic_low) / (c.semantic_high - c.semantic_low)
+            + 0.25 * 2.0 / (2.0 + c.keyword_half);
+        assert!(
+            (f[&1].fused - want).abs() < 1e-5,
+            "{} vs {want}",
+            f[&1].fused
+        );
+        let minmax = fuse(
+            &vec![(1, 0.25)],
+            &vec![(1, 2.0)],
+            &vec![],
+            &cfg(FusionMethod::Weighted),
+        );
+        assert!(minmax[&1].fused > f[&1].fused);
     }
 
     #[test]

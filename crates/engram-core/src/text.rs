@@ -223,6 +223,36 @@ pub fn keyword_terms(query: &str) -> Vec<String> {
         .collect()
 }
 
+/// The speaker of a memory stored from a named message: the verbatim add
+/// writes each piece of a turn with a `name` as `"{name}: {text}"`
+/// (`"Melanie: I love pottery"` → `Melanie`). `None` for other texts.
+pub fn speaker(text: &str) -> Option<&str> {
+    let (name, rest) = text.split_once(": ")?;
+    let plausible = !rest.trim().is_empty()
+        && name.len() <= 64
+        && name.split_whitespace().count() <= 4
+        && name.chars().next().is_some_and(char::is_uppercase)
+        && !name.contains(['.', '!', '?', ':', '"', ','])
+        && name.trim() == name;
+    plausible.then_some(name)
+}
+
+/// The lower-case words of a query, possessives stripped, for matching names.
+pub fn query_words(query: &str) -> HashSet<String> {
+    query
+        .unicode_words()
+        .map(|w| w.trim_matches('\'').to_lowercase())
+        .map(|w| w.strip_suffix("'s").map(str::to_owned).unwrap_or(w))
+        .collect()
+}
+
+/// Whether a query with `words` ([`query_words`]) names `speaker` (every word of it).
+pub fn names_speaker(words: &HashSet<String>, speaker: &str) -> bool {
+    speaker
+        .split_whitespace()
+        .all(|w| words.contains(&w.to_lowercase()))
+}
+
 /// Most entities tagged in one text (a list of 3,000 numbers is not 3,000 entities).
 pub const MAX_ENTITIES: usize = 64;
 
@@ -596,6 +626,24 @@ mod tests {
             chunk("a b c d e f g h.", 3, &words),
             vec!["a b c d e f g h.".to_owned()]
         );
+    }
+
+    #[test]
+    fn speakers_of_named_turns() {
+        assert_eq!(speaker("Melanie: I love pottery."), Some("Melanie"));
+        assert_eq!(speaker("Mary Ann: hi there"), Some("Mary Ann"));
+        for none in [
+            "I love pottery.",
+            "note: buy milk",
+            "Time: 12:30",
+            "Wait. He said: no",
+            "Bob:",
+        ] {
+            assert_eq!(speaker(none), None, "{none}");
+        }
+        let w = query_words("What did Melanie's kids like? Ask Mary Ann");
+        assert!(names_speaker(&w, "Melanie") && names_speaker(&w, "Mary Ann"));
+        assert!(!names_speaker(&w, "Caroline"));
     }
 
     #[test]

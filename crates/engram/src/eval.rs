@@ -47,9 +47,16 @@ pub struct LocomoArgs {
     #[arg(long)]
     pub signals: bool,
     /// Extra retrieval settings to score on the same ingest, `;`-separated:
-    /// `semantic,keyword,entity[@half_life_days[:floor]][#candidates][/max][+context_weight][/rrf]`, e.g. `0.5,0.5,0@0;0.4,0.4,0.2#100`.
+    /// `semantic,keyword,entity[@half_life_days[:floor]][#candidates][/max][+context_weight][/rrf]`, e.g. `0.5,0.5,0@0;0.4,0.4,0.2#100`,
+    /// or `key=value` pairs over the base settings, e.g. `speaker=0.2 norm=calibrated sem_low=0.15`
+    /// (keys: semantic keyword entity context candidates speaker speaker_factor question norm sem_low sem_high kw_half).
     #[arg(long)]
     pub sweep: Option<String>,
+    /// With `--sweep`: choose among the configurations by leave-one-conversation-out
+    /// (pick the best on every other conversation, score it on the one left out) and
+    /// report that estimate of recall@10 on categories 1–4.
+    #[arg(long)]
+    pub loco: bool,
     /// Only the first N conversations.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -62,6 +69,8 @@ pub struct LocomoArgs {
 
 /// One question's outcome.
 struct Scored {
+    /// Which conversation (index in the file) it belongs to.
+    conv: usize,
     category: u64,
     /// Rank (1-based) of each evidence turn found in the top `max_k`.
     ranks: Vec<Option<usize>>,
@@ -397,6 +406,10 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
+        if spec.contains('=') {
+            configs.push((format!("sweep {spec}"), keyed(spec, &base_cfg)?));
+            continue;
+        }
         let (rest, rrf) = match spec.strip_suffix("/rrf") {
             Some(r) => (r, true),
             None => (spec, false),
@@ -455,6 +468,8 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     let max_k = args.k.iter().copied().max().unwrap_or(20).max(10);
     let mut report = serde_json::Map::new();
     let mut signals = serde_json::Map::new();
+    // Per configuration: the headline questions' recall@10, per conversation.
+    let mut per_conv: Vec<(String, Vec<(f64, usize)>)> = Vec::new();
     for (name, cfg) in configs {
         let svc = service.with_retrieval(RetrievalConfig {
             default_token_budget: 0,
@@ -469,6 +484,12 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             .iter()
             .filter(|s| (1..=4).contains(&s.category))
             .collect();
+        let mut convs = vec![(0.0, 0usize); samples.len()];
+        for s in &headline {
+            convs[s.conv].0 += recall_at(s, 10);
+            convs[s.conv].1 += 1;
+        }
+        per_conv.push((name.clone(), convs));
         if name == "fused" {
             report.insert(
                 "overall".into(),
@@ -501,11 +522,24 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                        "questions_per_second": round(scored.len() as f64 / search_secs.max(1e-9))}),
             );
         } else {
-            signals.insert(name, serde_json::to_value(metrics(&headline, &args.k))?);
+            let mut v = serde_json::to_value(metrics(&headline, &args.k))?;
+            for cat in 1..=5u64 {
+                let items: Vec<&Scored> = scored.iter().filter(|s| s.category == cat).collect();
+                v[format!("recall@10_cat{cat}")] = metrics(&items, &[10]).0["recall@10"].clone();
+            }
+            signals.insert(name, v);
         }
     }
     if !signals.is_empty() {
         report.insert("signals".into(), Value::Object(signals));
+    }
+    if args.loco {
+        let sweep: Vec<_> = per_conv
+            .iter()
+            .filter(|(n, _)| n == "fused" || n.starts_with("sweep "))
+            .cloned()
+            .collect();
+        report.insert("loco".into(), loco(&sweep, &samples));
     }
     if args.json {
         println!("{}", serde_json::to_string(&Value::Object(report))?);
@@ -515,6 +549,82 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Share of a question's evidence turns in the top `k`.
+fn recall_at(s: &Scored, k: usize) -> f64 {
+    s.ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64 / s.ranks.len() as f64
+}
+
+/// Leave-one-conversation-out: for each conversation, the configuration with
+/// the best recall@10 on all the others, scored on it; the estimate is the
+/// mean over every question so scored.
+fn loco(per_conv: &[(String, Vec<(f64, usize)>)], samples: &[Value]) -> Value {
+    let n = per_conv.first().map_or(0, |(_, c)| c.len());
+    let (mut sum, mut questions) = (0.0, 0usize);
+    let mut picks = serde_json::Map::new();
+    for held in 0..n {
+        let mean_without = |convs: &Vec<(f64, usize)>| {
+            let (s, q) = convs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != held)
+                .fold((0.0, 0usize), |a, (_, c)| (a.0 + c.0, a.1 + c.1));
+            s / q.max(1) as f64
+        };
+        let Some((name, convs)) = per_conv
+            .iter()
+            .max_by(|a, b| mean_without(&a.1).total_cmp(&mean_without(&b.1)))
+        else {
+            continue;
+        };
+        sum += convs[held].0;
+        questions += convs[held].1;
+        let id = samples[held]["sample_id"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        picks.insert(id, json!({"config": name, "recall@10": round(convs[held].0 / convs[held].1.max(1) as f64)}));
+    }
+    json!({"recall@10": round(sum / questions.max(1) as f64), "questions": questions,
+           "configs": per_conv.len(), "picks": picks})
+}
+
+/// A `--sweep` entry of `key=value` pairs over `base`.
+fn keyed(spec: &str, base: &RetrievalConfig) -> anyhow::Result<RetrievalConfig> {
+    let mut cfg = base.clone();
+    for pair in spec.split_whitespace() {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--sweep: `{pair}` is not key=value"))?;
+        let num = || -> anyhow::Result<f32> {
+            v.parse::<f32>()
+                .with_context(|| format!("--sweep: `{k}` wants a number, not `{v}`"))
+        };
+        match k {
+            "semantic" => cfg.weights.semantic = num()?,
+            "keyword" => cfg.weights.keyword = num()?,
+            "entity" => cfg.weights.entity = num()?,
+            "context" => cfg.context_weight = num()?,
+            "candidates" => cfg.candidates = num()? as usize,
+            "speaker" => cfg.speaker_weight = num()?,
+            "question" => cfg.question_factor = num()?,
+            "speaker_factor" => cfg.speaker_factor = num()?,
+            "sem_low" => cfg.calibration.semantic_low = num()?,
+            "sem_high" => cfg.calibration.semantic_high = num()?,
+            "kw_half" => cfg.calibration.keyword_half = num()?,
+            "norm" => {
+                cfg.normalization = match v {
+                    "minmax" => engram_core::config::Normalization::MinMax,
+                    "max" => engram_core::config::Normalization::Max,
+                    "calibrated" => engram_core::config::Normalization::Calibrated,
+                    other => bail!("--sweep: unknown norm `{other}`"),
+                }
+            }
+            other => bail!("--sweep: unknown key `{other}`"),
+        }
+    }
+    Ok(cfg)
+}
+
 async fn ask_all(
     service: &MemoryService,
     samples: &[Value],
@@ -522,7 +632,7 @@ async fn ask_all(
 ) -> anyhow::Result<Vec<Scored>> {
     let mut out = Vec::new();
     let ctx = RequestCtx::operator("eval");
-    for sample in samples {
+    for (conv, sample) in samples.iter().enumerate() {
         let user = sample["sample_id"]
             .as_str()
             .unwrap_or("conversation")
@@ -566,6 +676,7 @@ async fn ask_all(
                 .map(|e| ranked.iter().position(|r| r == e).map(|p| p + 1))
                 .collect();
             out.push(Scored {
+                conv,
                 category: qa["category"].as_u64().unwrap_or(0),
                 ranks,
             });
@@ -651,10 +762,12 @@ mod tests {
     #[test]
     fn metric_maths() {
         let a = Scored {
+            conv: 0,
             category: 1,
             ranks: vec![Some(1), None],
         };
         let b = Scored {
+            conv: 0,
             category: 2,
             ranks: vec![Some(3)],
         };

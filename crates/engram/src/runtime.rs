@@ -492,7 +492,7 @@ pub struct RetrievalArgs {
     /// Fusion of the signals: `weighted` (normalised scores) or `rrf` (reciprocal ranks).
     #[arg(long, env = "ENGRAM_FUSION", default_value = "weighted", value_parser = parse_fusion)]
     pub fusion: FusionMethod,
-    /// Score normalisation before weighting: `minmax` or `max`.
+    /// Score normalisation before weighting: `minmax`, `max` or `calibrated` (fixed scales).
     #[arg(long, env = "ENGRAM_NORMALIZATION", default_value = "minmax", value_parser = parse_normalization)]
     pub normalization: Normalization,
     /// Signal weights `semantic,keyword,entity`.
@@ -516,6 +516,16 @@ pub struct RetrievalArgs {
     /// Share of a neighbouring turn's score a memory inherits (0 = off).
     #[arg(long, env = "ENGRAM_CONTEXT_WEIGHT", default_value_t = RetrievalConfig::default().context_weight)]
     pub context_weight: f32,
+    /// Share of a full score added to a memory whose speaker the query names (0 = off).
+    #[arg(long, env = "ENGRAM_SPEAKER_WEIGHT", default_value_t = RetrievalConfig::default().speaker_weight)]
+    pub speaker_weight: f32,
+    /// How many times more a memory counts when the query names its speaker
+    /// (other memories' scores are divided by it); 1 = off.
+    #[arg(long, env = "ENGRAM_SPEAKER_FACTOR", default_value_t = RetrievalConfig::default().speaker_factor)]
+    pub speaker_factor: f32,
+    /// Factor on the score of a turn that only asks a question (ends with `?`); 1 = off.
+    #[arg(long, env = "ENGRAM_QUESTION_FACTOR", default_value_t = RetrievalConfig::default().question_factor)]
+    pub question_factor: f32,
     /// Token budget of a search when the request gives none (0 = unlimited).
     #[arg(long, env = "ENGRAM_TOKEN_BUDGET", default_value_t = RetrievalConfig::default().default_token_budget)]
     pub token_budget: usize,
@@ -553,8 +563,9 @@ fn parse_normalization(s: &str) -> Result<Normalization, String> {
     match s {
         "minmax" => Ok(Normalization::MinMax),
         "max" => Ok(Normalization::Max),
+        "calibrated" => Ok(Normalization::Calibrated),
         other => Err(format!(
-            "unknown normalization `{other}`: use minmax or max"
+            "unknown normalization `{other}`: use minmax, max or calibrated"
         )),
     }
 }
@@ -598,6 +609,9 @@ impl RetrievalArgs {
                     .unwrap_or(self.half_life_days),
             },
             context_weight: self.context_weight,
+            speaker_weight: self.speaker_weight,
+            question_factor: self.question_factor,
+            speaker_factor: self.speaker_factor,
             decay_floor: self.decay_floor,
             default_token_budget: self.token_budget,
             candidates: self.candidates,

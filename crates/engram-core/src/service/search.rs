@@ -121,10 +121,12 @@ impl MemoryService {
             .filter(|m| input.filter.matches(m))
             .collect();
 
+        let words = text::query_words(query);
         let scored = memories
             .into_iter()
             .filter_map(|m| {
-                let signals = *fused.get(&m.id)?;
+                let mut signals = *fused.get(&m.id)?;
+                self.speaker_signal(&words, &m, &mut signals);
                 Some(self.weigh(m, signals, vis.now))
             })
             .collect();
@@ -137,6 +139,25 @@ impl MemoryService {
             tokens: used,
             cached_embedding: cached,
         })
+    }
+
+    /// The speaker signal (when on): a memory said by someone the query
+    /// names gains `speaker_weight` of a full score.
+    pub(super) fn speaker_signal(
+        &self,
+        words: &std::collections::HashSet<String>,
+        m: &Memory,
+        signals: &mut SignalScores,
+    ) {
+        let cfg = &self.inner.retrieval;
+        if cfg.speaker_weight > 0.0 || cfg.speaker_factor > 1.0 {
+            let named = text::speaker(&m.text).is_some_and(|s| text::names_speaker(words, s));
+            fusion::add_speaker(signals, named, cfg.speaker_weight);
+            fusion::scale_speaker(signals, named, cfg.speaker_factor);
+        }
+        if cfg.question_factor != 1.0 && m.text.trim_end().ends_with('?') {
+            signals.fused *= cfg.question_factor;
+        }
     }
 
     /// A candidate's final score: its fused signals × recency decay (age
@@ -246,6 +267,7 @@ impl MemoryService {
         let (query, top_k) = self.check_search(&input)?;
         let (vector, cached) = self.embed_query(&query).await?;
         let terms: Vec<String> = text::keyword_terms(&query);
+        let words = text::query_words(&query);
         let max = cfg.max_as_of_versions;
         let versions = self
             .inner
@@ -275,12 +297,13 @@ impl MemoryService {
                 };
                 let fused = (w.semantic * semantic + w.keyword * keyword)
                     / (w.semantic + w.keyword).max(f32::EPSILON);
-                let signals = SignalScores {
+                let mut signals = SignalScores {
                     semantic: Some(semantic),
                     keyword: Some(keyword),
                     fused,
                     ..Default::default()
                 };
+                self.speaker_signal(&words, &m, &mut signals);
                 self.weigh(m, signals, at)
             })
             .collect();
