@@ -310,13 +310,13 @@ mod tests {
 
     #[test]
     fn calibrated_scores_keep_a_weak_best_match_weak() {
-        let cfg = RetrievalConfig {
+        let calibrated = RetrievalConfig {
             normalization: Normalization::Calibrated,
             ..cfg(FusionMethod::Weighted)
         };
         // One weak candidate: min-max would stretch it to 1.
-        let f = fuse(&vec![(1, 0.25)], &vec![(1, 2.0)], &vec![], &cfg);
-        let c = cfg.calibration;
+        let f = fuse(&vec![(1, 0.25)], &vec![(1, 2.0)], &vec![], &calibrated);
+        let c = calibrated.calibration;
         let want = 0.6 * (0.25 - c.semantic_low) / (c.semantic_high - c.semantic_low)
             + 0.25 * 2.0 / (2.0 + c.keyword_half);
         assert!(

