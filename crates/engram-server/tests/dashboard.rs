@@ -343,6 +343,10 @@ async fn a_revoked_key_or_an_idle_session_signs_out() {
     );
     let login = b.get(expired.location()).await;
     assert!(login.body.contains("session ended"));
+    // Signing out of an ended session needs no token: it lands on the sign-in page.
+    let out = b.post("/ui/logout", &[]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(out.location().contains("signed_out"));
 
     let key = w.key(user("acme", "alice"), Role::ReadWrite).await;
     let mut b = w.browser();

@@ -374,12 +374,17 @@ async fn csrf(State(app): State<AppState>, req: Request, next: Next) -> Response
                 .find(|(k, _)| k == "csrf")
                 .map(|(_, v)| v)
         });
+    let live = cookie(&parts.headers, SESSION_COOKIE).and_then(|t| app.sessions.get(t));
+    if parts.uri.path() == "/ui/logout" && live.is_none() {
+        // The session already ended: signing out changes nothing, so it needs no token.
+        return next
+            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await;
+    }
     let expected = if parts.uri.path() == "/ui/login" {
         cookie(&parts.headers, LOGIN_COOKIE).map(str::to_owned)
     } else {
-        cookie(&parts.headers, SESSION_COOKIE)
-            .and_then(|t| app.sessions.get(t))
-            .map(|s| s.csrf)
+        live.map(|s| s.csrf)
     };
     let ok = matches!((&sent, &expected), (Some(s), Some(e)) if session::same_secret(s, e));
     if !ok {

@@ -175,6 +175,7 @@ mod tests {
         let a = s.open(None);
         tokio::time::advance(Duration::from_secs(1)).await;
         let b = s.open(None);
+        tokio::time::advance(Duration::from_secs(1)).await;
         let _ = s.get(&a);
         tokio::time::advance(Duration::from_secs(1)).await;
         let c = s.open(None);
