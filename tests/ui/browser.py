@@ -178,8 +178,9 @@ def run(b, base, admin, alice, dead_job):
     step("search and see explanations")
     b.go("/ui/search?user_id=alice&q=what+does+alice+drink&top_k=5")
     check("green tea" in b.text(), "search found the tea memory")
+    check("Alice: I drink a flat white" in b.text(), "search found Alice's own turn")
     check(b.d.find_elements(By.CSS_SELECTOR, "table.signals svg.bar"), "per-signal bars")
-    for signal in ["semantic", "keyword", "fused", "decay", "kind weight", "final"]:
+    for signal in ["semantic", "keyword", "context", "speaker named", "fused", "decay", "kind weight", "final"]:
         check(signal in b.text(), f"explanation shows {signal}")
     check("vector path" in b.text() and "tokens to inject" in b.text(), "path and tokens")
     b.labelled("search")
@@ -305,6 +306,10 @@ def main():
                                ("Alice's sister Maria is a nurse in Porto.", "alice"),
                                ("Bob's door code is 4711.", "bob")]:
                 api(base, admin, "POST", "/v1/memories", {"text": text, "user_id": user, "infer": False})
+            # A named turn: its speaker is known, and a question naming Alice weighs it up.
+            api(base, admin, "POST", "/v1/memories",
+                {"messages": [{"role": "user", "name": "Alice", "content": "I drink a flat white every morning."}],
+                 "user_id": "alice", "infer": False})
             job = api(base, admin, "POST", "/v1/memories",
                       {"messages": [{"role": "user", "content": "I play chess on Sundays."}],
                        "user_id": "alice", "async": True})["job_id"]

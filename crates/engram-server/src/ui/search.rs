@@ -134,11 +134,12 @@ pub async fn page(
 fn explanation(e: &engram_core::service::Explanation) -> Markup {
     let s = &e.signals;
     // Raw BM25 is unbounded: its bar is scaled to the largest plausible score.
-    let rows: [(&str, Option<f32>, f32); 8] = [
+    let rows: [(&str, Option<f32>, f32); 9] = [
         ("semantic", s.semantic, 1.0),
         ("keyword", s.keyword, 20.0),
         ("entity", s.entity, 1.0),
         ("context", s.context, 1.0),
+        ("speaker named", s.speaker, 1.0),
         ("fused", Some(s.fused), 1.0),
         ("decay", Some(e.decay), 1.0),
         ("kind weight", Some(e.kind_weight), 1.0),
