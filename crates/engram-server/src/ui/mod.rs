@@ -45,6 +45,8 @@ pub use session::{SessionConfig, Sessions};
 const SESSION_COOKIE: &str = "engram_session";
 /// The sign-in form's double-submit cookie.
 const LOGIN_COOKIE: &str = "engram_login";
+/// The largest dashboard form (the longest is a memory's text).
+const MAX_FORM_BYTES: usize = 1024 * 1024;
 
 /// Whether `path` is the dashboard's (or the API reference's): they
 /// authenticate by session, not by bearer key.
@@ -217,15 +219,20 @@ impl Ui {
     }
 }
 
+/// The value of cookie `name`, when the browser sent exactly one. Two
+/// means another site on the same host (another port, a sibling subdomain)
+/// planted one beside ours: neither is trusted.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v);
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// `Secure` when the browser reached us over TLS (directly or through a proxy that says so).
@@ -571,7 +578,8 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     type Rejection = PageError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+        // The CSRF middleware has read (and bounded) the body already.
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_FORM_BYTES)
             .await
             .map_err(|_| {
                 PageError::new(

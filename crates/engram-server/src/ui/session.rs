@@ -40,6 +40,9 @@ impl Default for SessionConfig {
     }
 }
 
+/// Sessions one key (or the local operator) may hold at once.
+pub const PER_KEY: usize = 10;
+
 /// What a live session holds.
 #[derive(Clone)]
 pub struct Session {
@@ -100,6 +103,18 @@ impl Sessions {
         };
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|_, s| self.alive(s, now));
+        // One key opens at most PER_KEY sessions: its own oldest goes first, so
+        // signing in again and again cannot push other people's sessions out.
+        let mine: Vec<([u8; 32], Instant)> = live
+            .iter()
+            .filter(|(_, s)| s.key == session.key)
+            .map(|(k, s)| (*k, s.seen))
+            .collect();
+        if mine.len() >= PER_KEY
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, seen)| *seen)
+        {
+            live.remove(oldest);
+        }
         if live.len() >= self.config.max
             && let Some(oldest) = live.iter().min_by_key(|(_, s)| s.seen).map(|(k, _)| *k)
         {
@@ -167,6 +182,21 @@ mod tests {
         let idle = s.open(None);
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(s.get(&idle).is_none(), "61 s unused ends it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_key_cannot_push_out_the_others() {
+        let s = sessions(100);
+        let victim = s.open(Some("victim".into()));
+        let mut attacker = Vec::new();
+        for _ in 0..50 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            attacker.push(s.open(Some("attacker".into())));
+        }
+        assert!(s.get(&victim).is_some(), "another key's session survives");
+        let alive = attacker.iter().filter(|t| s.get(t).is_some()).count();
+        assert_eq!(alive, PER_KEY, "a key keeps its newest sessions");
+        assert!(s.get(attacker.last().unwrap()).is_some());
     }
 
     #[tokio::test(start_paused = true)]
