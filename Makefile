@@ -6,7 +6,7 @@ MODEL_DIR  ?= $(or $(ENGRAM_MODEL_DIR),$(HOME)/.local/share/engram/models/all-Mi
 LOCOMO     ?= ../shared/datasets/locomo/locomo_dev7.json
 export ENGRAM_MODEL_DIR := $(MODEL_DIR)
 
-.PHONY: run test test-suites model venv mem0-venvs llm chromium screenshots build lint fmt eval eval-scenarios bench bench-pg clean
+.PHONY: run test test-suites model venv mem0-venvs mem0-ts llm chromium screenshots build lint fmt eval eval-scenarios bench bench-pg clean
 
 ## Install what is missing (the embedding model), build release, serve on 127.0.0.1:8420 with data in ./engram-data.
 run: model build
@@ -15,7 +15,7 @@ run: model build
 ## Every test suite (installs the model, the Python test clients, the local LLM,
 ## Chromium and a throwaway Postgres with pgvector first; the Postgres is
 ## stopped and deleted afterwards).
-test: model venv mem0-venvs llm chromium
+test: model venv mem0-venvs mem0-ts llm chromium
 	scripts/pg run $(MAKE) --no-print-directory test-suites
 
 # The suites, inside `scripts/pg run` (ENGRAM_TEST_PG_URL is set): everything on
@@ -29,10 +29,12 @@ test-suites:
 	$(VENV)/bin/python tests/api/fuzz.py $(ENGRAM) "$(MODEL_DIR)" $(FUZZ_EXAMPLES)
 	.venv-mem0-2/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
 	.venv-mem0-1/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
+	node tests/mem0-ts/client_test.mjs $(ENGRAM) "$(MODEL_DIR)"
 	ENGRAM_STORE=$$(scripts/pg db) $(VENV)/bin/python tests/mcp/client.py $(ENGRAM) "$(MODEL_DIR)"
 	ENGRAM_STORE=$$(scripts/pg db) $(VENV)/bin/python tests/api/fuzz.py $(ENGRAM) "$(MODEL_DIR)" $(FUZZ_EXAMPLES_PG)
 	ENGRAM_STORE=$$(scripts/pg db) .venv-mem0-2/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
 	ENGRAM_STORE=$$(scripts/pg db) .venv-mem0-1/bin/python tests/mem0/client_test.py $(ENGRAM) "$(MODEL_DIR)"
+	ENGRAM_STORE=$$(scripts/pg db) node tests/mem0-ts/client_test.mjs $(ENGRAM) "$(MODEL_DIR)"
 	$(VENV)/bin/python tests/ui/browser.py $(ENGRAM) "$(MODEL_DIR)"
 	ENGRAM_STORE=$$(scripts/pg db) $(VENV)/bin/python tests/ui/browser.py $(ENGRAM) "$(MODEL_DIR)"
 	scripts/llm run python3 tests/llm/smoke.py $(ENGRAM) "$(MODEL_DIR)"
@@ -64,6 +66,17 @@ $(VENV)/.deps-2:
 ## Mem0's own Python client, latest 2.x and last 1.x, each in its own virtualenv.
 MEM0_2 := 2.2.1
 MEM0_1 := 1.0.11
+## Mem0's TypeScript client (npm mem0ai, pinned by tests/mem0-ts/package-lock.json),
+## run with the system node (Debian's nodejs and npm are installed if missing).
+mem0-ts: tests/mem0-ts/node_modules/.installed
+tests/mem0-ts/node_modules/.installed: tests/mem0-ts/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		echo "installing nodejs and npm with apt-get"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nodejs npm; }
+	cd tests/mem0-ts && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 mem0-venvs: .venv-mem0-2/.mem0-$(MEM0_2) .venv-mem0-1/.mem0-$(MEM0_1)
 .venv-mem0-2/.mem0-$(MEM0_2):
 	python3 -m venv .venv-mem0-2

@@ -30,5 +30,6 @@ pub mod ports;
 pub mod service;
 pub mod telemetry;
 pub mod text;
+pub mod webhook;
 
 pub use error::{Error, ErrorCode, Result};

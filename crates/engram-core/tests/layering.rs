@@ -85,6 +85,7 @@ fn ports_import_only_the_domain() {
     const ALLOWED: &[&str] = &[
         "ports",
         "memory",
+        "webhook",
         "filter",
         "fusion",
         "access",

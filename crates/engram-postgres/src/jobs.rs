@@ -27,7 +27,7 @@ use crate::rows::{get, int, ts};
 use crate::{PgStore, pg_err};
 
 const COLUMNS: &str = "id, kind, state, payload, principal, scope, request_id, attempts, max_attempts, \
-     last_error, result, created_at, updated_at, run_after, lease_owner, lease_until";
+     last_error, result, created_at, updated_at, run_after, lease_owner, lease_until, ordering";
 
 fn row_to_job(row: &Row) -> Result<Job> {
     let state: String = get(row, 2)?;
@@ -54,6 +54,7 @@ fn row_to_job(row: &Row) -> Result<Job> {
         run_after: ts(get(row, 13)?)?,
         lease_owner: get(row, 14)?,
         lease_until: get::<Option<i64>>(row, 15)?.map(ts).transpose()?,
+        ordering: get(row, 16)?,
     })
 }
 
@@ -83,6 +84,43 @@ pub(crate) async fn finish(
         )
         .into());
     }
+    Ok(())
+}
+
+/// Inserts `job` (inside the caller's transaction, for a webhook delivery).
+pub(crate) async fn insert(
+    client: &impl GenericClient,
+    job: &Job,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            &format!(
+                "INSERT INTO jobs ({COLUMNS}, org_id, user_id) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+            ),
+            &[
+                &job.id,
+                &job.kind,
+                &job.state.as_str(),
+                &to_json(&job.payload),
+                &to_json(&job.principal),
+                &to_json(&job.scope),
+                &job.request_id,
+                &int(job.attempts),
+                &int(job.max_attempts),
+                &job.last_error,
+                &job.result.as_ref().map(to_json),
+                &job.created_at.as_millisecond(),
+                &job.updated_at.as_millisecond(),
+                &job.run_after.as_millisecond(),
+                &job.lease_owner,
+                &job.lease_until.map(|t| t.as_millisecond()),
+                &job.ordering,
+                &job.scope.org_id,
+                &job.scope.user_id,
+            ],
+        )
+        .await?;
     Ok(())
 }
 
@@ -160,36 +198,7 @@ pub(crate) async fn usage(client: &impl GenericClient, limit: usize) -> Result<V
 impl JobStore for PgStore {
     async fn job_insert(&self, job: &Job) -> Result<()> {
         let client = self.client().await?;
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO jobs ({COLUMNS}, org_id, user_id) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-                ),
-                &[
-                    &job.id,
-                    &job.kind,
-                    &job.state.as_str(),
-                    &to_json(&job.payload),
-                    &to_json(&job.principal),
-                    &to_json(&job.scope),
-                    &job.request_id,
-                    &int(job.attempts),
-                    &int(job.max_attempts),
-                    &job.last_error,
-                    &job.result.as_ref().map(to_json),
-                    &job.created_at.as_millisecond(),
-                    &job.updated_at.as_millisecond(),
-                    &job.run_after.as_millisecond(),
-                    &job.lease_owner,
-                    &job.lease_until.map(|t| t.as_millisecond()),
-                    &job.scope.org_id,
-                    &job.scope.user_id,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(())
+        insert(&**client, job).await.map_err(pg_err)
     }
 
     async fn job_claim(
@@ -210,8 +219,12 @@ impl JobStore for PgStore {
                     "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, \
                      attempts = attempts + 1, updated_at = $3 \
                      WHERE id = (SELECT j.id FROM jobs j \
-                                 WHERE (j.state = 'queued' AND j.run_after <= $3) \
-                                    OR (j.state = 'running' AND j.lease_until <= $3) \
+                                 WHERE ((j.state = 'queued' AND j.run_after <= $3) \
+                                    OR (j.state = 'running' AND j.lease_until <= $3)) \
+                                   AND (j.ordering IS NULL OR NOT EXISTS ( \
+                                        SELECT 1 FROM jobs e WHERE e.ordering = j.ordering \
+                                        AND e.state IN ('queued', 'running') \
+                                        AND (e.created_at, e.id) < (j.created_at, j.id))) \
                                  ORDER BY (SELECT count(*) FROM jobs r WHERE r.state = 'running' \
                                            AND r.lease_until > $3 AND (r.scope::jsonb ->> 'org_id') \
                                            IS NOT DISTINCT FROM (j.scope::jsonb ->> 'org_id')), \
@@ -308,7 +321,7 @@ impl JobStore for PgStore {
         let client = self.client().await?;
         let n: i64 = client
             .query_one(
-                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') \
+                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') AND kind = 'add' \
                  AND (scope::jsonb ->> 'org_id') IS NOT DISTINCT FROM $1::text",
                 &[&org_id],
             )

@@ -23,6 +23,7 @@ mod rows;
 mod schema;
 mod search;
 pub mod sql;
+mod webhooks;
 mod write;
 
 use std::str::FromStr;

@@ -206,6 +206,47 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX idempotency_age ON idempotency (created_at);
     CREATE INDEX idempotency_caller_age ON idempotency (principal, created_at);
     "#,
+    // 6: webhooks and their delivery attempts; deliveries are jobs, and jobs
+    // sharing an `ordering` key (one webhook, one memory) run in order.
+    r#"
+    CREATE TABLE webhooks (
+        id            uuid PRIMARY KEY,
+        url           text NOT NULL,
+        events        bigint NOT NULL,
+        org_id        text,
+        app_id        text,
+        user_id       text,
+        agent_id      text,
+        run_id        text,
+        name          text,
+        description   text,
+        format        text NOT NULL,
+        project_id    text,
+        include_text  boolean NOT NULL,
+        enabled       boolean NOT NULL,
+        failures      integer NOT NULL,
+        disabled_reason text,
+        secret        text NOT NULL,
+        created_by    text NOT NULL,
+        created_at    bigint NOT NULL,
+        updated_at    bigint NOT NULL
+    );
+    CREATE TABLE webhook_attempts (
+        id          uuid PRIMARY KEY,
+        webhook_id  uuid NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+        delivery_id uuid NOT NULL,
+        event       text NOT NULL,
+        attempt     integer NOT NULL,
+        outcome     text NOT NULL,
+        status_code integer,
+        latency_ms  bigint NOT NULL,
+        error       text,
+        at          bigint NOT NULL
+    );
+    CREATE INDEX webhook_attempts_by_hook ON webhook_attempts (webhook_id, id);
+    ALTER TABLE jobs ADD COLUMN ordering text;
+    CREATE INDEX jobs_ordering ON jobs (ordering, created_at) WHERE ordering IS NOT NULL;
+    "#,
 ];
 
 /// The lock every node takes while migrating or binding the model, and a

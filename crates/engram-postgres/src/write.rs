@@ -165,6 +165,19 @@ impl WriteTx for PgTx<'_, '_> {
     async fn record_usage(&mut self, row: &UsageRow) -> std::result::Result<(), ApplyError> {
         jobs::record_usage(self.0, row).await
     }
+
+    async fn webhooks(
+        &mut self,
+    ) -> std::result::Result<Vec<engram_core::webhook::Webhook>, ApplyError> {
+        crate::webhooks::enabled(self.0).await
+    }
+
+    async fn insert_job(
+        &mut self,
+        job: &engram_core::ports::Job,
+    ) -> std::result::Result<(), ApplyError> {
+        Ok(jobs::insert(self.0, job).await?)
+    }
 }
 
 async fn insert_version(

@@ -172,6 +172,7 @@ fn job(n: usize) -> Job {
         run_after: at,
         lease_owner: None,
         lease_until: None,
+        ordering: None,
     }
 }
 

@@ -135,3 +135,23 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyIdPath {
         }
     }
 }
+
+/// A webhook id in the path; anything but a UUID is a problem+json 404.
+pub struct WebhookIdPath(pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for WebhookIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::invalid(e.body_text()))?;
+        raw.parse().map(WebhookIdPath).map_err(|_| {
+            ApiError::new(
+                HttpCode::Core(engram_core::ErrorCode::NotFound),
+                format!("webhook {raw} not found (webhook ids are UUIDs)"),
+            )
+        })
+    }
+}

@@ -193,7 +193,8 @@ pub fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
                 state.config.jobs.clone(),
                 format!("{}-{i}", &node[node.len() - 8..]),
             )
-            .with_pipeline(state.jobs.pipeline().cloned());
+            .with_pipeline(state.jobs.pipeline().cloned())
+            .with_webhooks(Some(state.webhooks.clone()));
             // Queue gauges are refreshed when /metrics is scraped, not per job.
             let (stop, ready) = (state.shutdown.clone(), state.job_ready.clone());
             tokio::spawn(async move {

@@ -24,12 +24,16 @@ pub use jobs::{spawn_sweeper, spawn_workers};
 pub mod mcp;
 mod mcp_http;
 pub mod mem0;
+mod mem0_batch;
+mod mem0_webhooks;
 mod memories;
 pub mod metrics;
 pub mod portable;
 pub mod reembed;
 pub mod request_id;
 pub mod ui;
+pub mod webhook_send;
+mod webhooks;
 pub mod wire;
 
 use std::future::Future;
@@ -73,6 +77,8 @@ pub struct ServerConfig {
     pub metrics_token: Option<String>,
     /// Dashboard sessions: idle and absolute expiry, how many at most.
     pub ui_sessions: ui::SessionConfig,
+    /// Webhook delivery: private targets, failures before disabling, timeout.
+    pub webhooks: engram_core::service::WebhookConfig,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +95,7 @@ impl Default for ServerConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             metrics_token: None,
             ui_sessions: ui::SessionConfig::default(),
+            webhooks: engram_core::service::WebhookConfig::default(),
         }
     }
 }
@@ -116,6 +123,10 @@ pub struct AppState {
     pub compactor: Arc<compactor::Compactor>,
     /// The dashboard's signed-in sessions (this node's memory).
     pub sessions: Arc<ui::Sessions>,
+    /// Webhook management and delivery.
+    pub webhooks: engram_core::service::WebhookService,
+    /// Whether this node saw enabled webhooks lately (writes then wake a worker).
+    pub webhook_presence: webhooks::Presence,
 }
 
 impl AppState {
@@ -129,7 +140,22 @@ impl AppState {
         let job_ready = Arc::new(tokio::sync::Notify::new());
         let wake = job_ready.clone();
         let compactor = Arc::new(compactor::Compactor::new(memory.clone()));
+        let sender: Arc<dyn engram_core::ports::WebhookSender> = match webhook_send::HttpSender::new(
+            config.webhooks.allow_private,
+        ) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::error!(error = %e.message, "no HTTP client for webhooks: deliveries will fail");
+                Arc::new(webhook_send::NoSender(e.message))
+            }
+        };
         AppState {
+            webhooks: engram_core::service::WebhookService::new(
+                memory.clone(),
+                sender,
+                config.webhooks.clone(),
+            ),
+            webhook_presence: Arc::default(),
             jobs: engram_core::service::JobQueue::new(memory.clone(), config.jobs.clone(), None)
                 .with_waker(Arc::new(move || wake.notify_one())),
             job_ready,
@@ -145,6 +171,19 @@ impl AppState {
             readiness: Arc::default(),
             compactor,
         }
+    }
+
+    /// Sends webhook deliveries with `sender` (tests: fixed DNS answers).
+    pub fn with_webhook_sender(
+        mut self,
+        sender: Arc<dyn engram_core::ports::WebhookSender>,
+    ) -> AppState {
+        self.webhooks = engram_core::service::WebhookService::new(
+            self.memory.clone(),
+            sender,
+            self.config.webhooks.clone(),
+        );
+        self
     }
 
     /// Lets `/v1/admin/reembed` load the models it is asked for.
@@ -164,6 +203,7 @@ a key never reads or writes outside its binding."),
         (name = "jobs", description = "Background jobs: asynchronous adds, the dead-letter queue"),
         (name = "keys", description = "API keys (admin)"),
         (name = "governance", description = "Erasure with receipts, and the audit trail"),
+        (name = "webhooks", description = "Signed deliveries of memory changes to your URLs (admin)"),
         (name = "portability", description = "Export and import as versioned JSON Lines"),
         (name = "admin", description = "Operations on the whole store: re-embedding")
     ),
@@ -204,6 +244,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(governance::router())
         .merge(portable::router())
         .merge(reembed::router())
+        .merge(webhooks::router())
 }
 
 /// The whole application, ready to serve (tests call it with `oneshot`).
@@ -245,6 +286,10 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            webhooks::wake_for_deliveries,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -295,11 +340,25 @@ async fn with_timeout(
     }
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    // Mem0's clients end their paths with `/` (or call `/api/…`): they get
+    // Mem0's error shape, saying the method is one Engram does not serve.
+    if mem0::is_mem0_path(path) {
+        return mem0::Mem0Error(ApiError::new(
+            HttpCode::RouteNotFound,
+            format!(
+                "Engram does not serve `{method} {path}`: this Mem0 client method is not \
+                 supported (docs/mem0.md lists what is)"
+            ),
+        ))
+        .into_response();
+    }
     ApiError::new(
         HttpCode::RouteNotFound,
-        format!("no route for `{}`; see /openapi.json", uri.path()),
+        format!("no route for `{path}`; see /openapi.json"),
     )
+    .into_response()
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

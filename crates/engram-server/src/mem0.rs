@@ -66,10 +66,18 @@ pub fn router() -> Router<AppState> {
         .route("/reset", post(server_reset))
         .route("/entities", get(server_entities))
         .route("/entities/{kind}/{id}", delete(entity_delete))
+        .merge(crate::mem0_webhooks::router())
+        .merge(crate::mem0_batch::router())
+}
+
+/// Whether `path` looks like a call from a Mem0 client (they end their
+/// paths with `/`, and the platform's management routes live under `/api/`).
+pub fn is_mem0_path(path: &str) -> bool {
+    (path.ends_with('/') && path.len() > 1 && !path.starts_with("/ui")) || path.starts_with("/api/")
 }
 
 /// An error in Mem0's shape.
-pub struct Mem0Error(ApiError);
+pub struct Mem0Error(pub(crate) ApiError);
 
 impl From<ApiError> for Mem0Error {
     fn from(e: ApiError) -> Self {
@@ -88,10 +96,16 @@ impl IntoResponse for Mem0Error {
         let status = self.0.status();
         let code = self.0.code;
         let retry_after = self.0.retry_after();
-        let detail = if code == HttpCode::Core(ErrorCode::NotFound) {
+        let detail = self.0.public_detail();
+        // One missing memory is worded as Mem0 words it; other misses (a
+        // batch's, a webhook's) keep the message that names what is missing.
+        let one_memory = detail.starts_with("memory ")
+            && detail.ends_with(" not found")
+            && detail.len() == "memory  not found".len() + 36;
+        let detail = if code == HttpCode::Core(ErrorCode::NotFound) && one_memory {
             "Memory not found!".to_owned()
         } else {
-            self.0.public_detail()
+            detail
         };
         let mut resp = (
             status,
@@ -113,14 +127,14 @@ impl IntoResponse for Mem0Error {
     }
 }
 
-type Mem0Result<T = axum::Json<Value>> = Result<T, Mem0Error>;
+pub(crate) type Mem0Result<T = axum::Json<Value>> = Result<T, Mem0Error>;
 
-fn invalid(detail: impl Into<String>) -> Mem0Error {
+pub(crate) fn invalid(detail: impl Into<String>) -> Mem0Error {
     Mem0Error(ApiError::invalid(detail))
 }
 
 /// A JSON body, leniently: Mem0 clients send extra fields, which are ignored.
-pub struct Body(Map<String, Value>);
+pub struct Body(pub(crate) Map<String, Value>);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
     type Rejection = Mem0Error;
@@ -153,7 +167,7 @@ fn field<'a>(b: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     b.get(name).filter(|v| !v.is_null())
 }
 
-fn string(b: &Map<String, Value>, name: &str) -> Mem0Result<Option<String>> {
+pub(crate) fn string(b: &Map<String, Value>, name: &str) -> Mem0Result<Option<String>> {
     match field(b, name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -350,6 +364,7 @@ async fn search(State(app): State<AppState>, Caller(ctx): Caller, Body(b): Body)
                 .ok_or_else(|| invalid("`top_k` must be a positive integer"))? as usize,
         ),
     };
+    search_options(&b)?;
     let threshold = match field(&b, "threshold") {
         None => None,
         Some(v) => Some(
@@ -379,6 +394,28 @@ async fn search(State(app): State<AppState>, Caller(ctx): Caller, Body(b): Body)
     Ok(axum::Json(json!({"results": results})))
 }
 
+/// The v3 options Mem0's clients send with a search or a listing, checked: `latest_only`
+/// (Engram searches current versions — `true`, the default; `false` is
+/// refused rather than ignored), `keyword_search` and `rerank` (accepted:
+/// keyword matching and fusion always run), `reference_date` (a time).
+fn search_options(b: &Map<String, Value>) -> Mem0Result<()> {
+    for name in ["latest_only", "keyword_search", "rerank"] {
+        if field(b, name).is_some_and(|v| !v.is_boolean()) {
+            return Err(invalid(format!("`{name}` must be true or false")));
+        }
+    }
+    if field(b, "latest_only") == Some(&Value::Bool(false)) {
+        return Err(invalid(
+            "`latest_only: false` is not supported: Engram searches the current version of each \
+             memory; read older versions with the memory's history or a native search with `as_of`",
+        ));
+    }
+    if let Some(v) = field(b, "reference_date") {
+        time_field(Some(v), "reference_date")?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize)]
 struct PageQuery {
     page: Option<String>,
@@ -406,6 +443,7 @@ async fn get_all(
 ) -> Mem0Result {
     let page = positive(q.page.as_deref(), "page", 1)?;
     let size = positive(q.page_size.as_deref(), "page_size", 100)?;
+    search_options(&b)?;
     let filter = read_filter(field(&b, "filters"), &top_level_ids(&b)?)?;
     let (total, memories) = app.memory.list_page(&ctx, &filter, page, size).await?;
     let link = |p: usize| format!("{}?page={p}&page_size={size}", uri.path());
@@ -427,7 +465,7 @@ async fn memory_get(
     Ok(axum::Json(memory_json(m, None)))
 }
 
-fn update_input(b: &Map<String, Value>) -> Mem0Result<UpdateInput> {
+pub(crate) fn update_input(b: &Map<String, Value>) -> Mem0Result<UpdateInput> {
     let text = string(b, "text")?;
     let metadata = match field(b, "metadata") {
         None => None,
@@ -472,12 +510,20 @@ async fn delete_one(app: &AppState, ctx: &RequestCtx, id: &str, message: &str) -
     Ok(axum::Json(json!({ "message": message })))
 }
 
-/// `DELETE /v1/memories/{id}/`.
+/// `DELETE /v1/memories/{id}/`. `delete_linked` (v3 clients) is accepted:
+/// in Engram a memory's superseded versions share its id, so deleting it
+/// leaves none of them current — there is no separate chain to follow.
 async fn memory_delete(
     State(app): State<AppState>,
     Caller(ctx): Caller,
     Path(id): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Mem0Result {
+    if let Some(v) = q.get("delete_linked")
+        && !matches!(v.to_ascii_lowercase().as_str(), "true" | "false")
+    {
+        return Err(invalid("`delete_linked` must be true or false"));
+    }
     delete_one(&app, &ctx, &id, "Memory deleted successfully!").await
 }
 

@@ -176,4 +176,11 @@ async fn refresh_gauges(app: &AppState) {
     if let Ok(c) = app.jobs.counts().await {
         engram_core::telemetry::job_counts(&c);
     }
+    if let Ok(n) = app.webhooks.pending().await {
+        metrics::gauge!("engram_webhook_queue").set(n as f64);
+    }
+    if let Ok((all, disabled)) = app.webhooks.counts().await {
+        metrics::gauge!("engram_webhooks").set(all as f64);
+        metrics::gauge!("engram_webhooks_disabled").set(disabled as f64);
+    }
 }

@@ -1148,6 +1148,7 @@ async fn async_adds_are_durable_jobs_with_a_dead_letter_queue() {
         run_after: t.memory.now(),
         lease_owner: None,
         lease_until: None,
+        ordering: None,
     };
     t.memory.store().job_insert(&bad).await.unwrap();
     assert!(runner.run_once().await.unwrap());

@@ -16,7 +16,7 @@ use crate::rows::ts;
 use crate::{SqliteStore, db_err};
 
 const COLUMNS: &str = "id, kind, state, payload, principal, scope, request_id, attempts, max_attempts, \
-     last_error, result, created_at, updated_at, run_after, lease_owner, lease_until";
+     last_error, result, created_at, updated_at, run_after, lease_owner, lease_until, ordering";
 
 fn row_to_job(row: &rusqlite::Row<'_>) -> Result<Job> {
     let g = |e: rusqlite::Error| Error::store(format!("reading jobs row: {e}"));
@@ -46,6 +46,7 @@ fn row_to_job(row: &rusqlite::Row<'_>) -> Result<Job> {
         run_after: ts(row.get(13).map_err(g)?)?,
         lease_owner: row.get(14).map_err(g)?,
         lease_until: lease_until.map(ts).transpose()?,
+        ordering: row.get(16).map_err(g)?,
     })
 }
 
@@ -73,6 +74,39 @@ pub(crate) fn finish(
     Ok(())
 }
 
+/// Inserts `job` (inside the caller's transaction, for a webhook delivery).
+pub(crate) fn insert(conn: &Connection, job: &Job) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO jobs ({COLUMNS}, org_id, user_id) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+    ))
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            job.id.to_string(),
+            job.kind,
+            job.state.as_str(),
+            to_json(&job.payload),
+            to_json(&job.principal),
+            to_json(&job.scope),
+            job.request_id,
+            job.attempts,
+            job.max_attempts,
+            job.last_error,
+            job.result.as_ref().map(to_json),
+            job.created_at.as_millisecond(),
+            job.updated_at.as_millisecond(),
+            job.run_after.as_millisecond(),
+            job.lease_owner,
+            job.lease_until.map(|t| t.as_millisecond()),
+            job.ordering,
+            job.scope.org_id,
+            job.scope.user_id,
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
 fn get(conn: &Connection, id: Uuid) -> Result<Option<Job>> {
     let mut stmt = conn
         .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))
@@ -92,37 +126,7 @@ fn ms(d: Duration) -> i64 {
 impl JobStore for SqliteStore {
     async fn job_insert(&self, job: &Job) -> Result<()> {
         let job = job.clone();
-        self.write(move |conn| {
-            conn.execute(
-                &format!(
-                    "INSERT INTO jobs ({COLUMNS}, org_id, user_id) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-                ),
-                params![
-                    job.id.to_string(),
-                    job.kind,
-                    job.state.as_str(),
-                    to_json(&job.payload),
-                    to_json(&job.principal),
-                    to_json(&job.scope),
-                    job.request_id,
-                    job.attempts,
-                    job.max_attempts,
-                    job.last_error,
-                    job.result.as_ref().map(to_json),
-                    job.created_at.as_millisecond(),
-                    job.updated_at.as_millisecond(),
-                    job.run_after.as_millisecond(),
-                    job.lease_owner,
-                    job.lease_until.map(|t| t.as_millisecond()),
-                    job.scope.org_id,
-                    job.scope.user_id,
-                ],
-            )
-            .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        self.write(move |conn| insert(conn, &job)).await
     }
 
     async fn job_claim(
@@ -141,8 +145,12 @@ impl JobStore for SqliteStore {
                     "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_until = ?2, \
                      attempts = attempts + 1, updated_at = ?3 \
                      WHERE id = (SELECT j.id FROM jobs j \
-                                 WHERE (j.state = 'queued' AND j.run_after <= ?3) \
-                                    OR (j.state = 'running' AND j.lease_until <= ?3) \
+                                 WHERE ((j.state = 'queued' AND j.run_after <= ?3) \
+                                    OR (j.state = 'running' AND j.lease_until <= ?3)) \
+                                   AND (j.ordering IS NULL OR NOT EXISTS ( \
+                                        SELECT 1 FROM jobs e WHERE e.ordering = j.ordering \
+                                        AND e.state IN ('queued', 'running') \
+                                        AND (e.created_at, e.id) < (j.created_at, j.id))) \
                                  ORDER BY (SELECT count(*) FROM jobs r WHERE r.state = 'running' \
                                            AND r.lease_until > ?3 AND json_extract(r.scope, '$.org_id') \
                                            IS json_extract(j.scope, '$.org_id')), \
@@ -248,7 +256,7 @@ impl JobStore for SqliteStore {
         let org = org_id.map(str::to_owned);
         self.read(move |conn, _| {
             conn.query_row(
-                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') \
+                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') AND kind = 'add' \
                  AND json_extract(scope, '$.org_id') IS ?1",
                 params![org],
                 |r| r.get::<_, i64>(0),

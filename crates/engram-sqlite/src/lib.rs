@@ -25,6 +25,7 @@ mod reembed;
 mod rows;
 mod schema;
 mod search;
+mod webhooks;
 mod write;
 
 pub use connect::{DbKey, SqliteOptions, rekey};

@@ -194,6 +194,47 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX idempotency_age ON idempotency (created_at);
     CREATE INDEX idempotency_caller_age ON idempotency (principal, created_at);
     "#,
+    // 9: webhooks and their delivery attempts; deliveries are jobs, and jobs
+    // sharing an `ordering` key (one webhook, one memory) run in order.
+    r#"
+    CREATE TABLE webhooks (
+        id            TEXT PRIMARY KEY,
+        url           TEXT NOT NULL,
+        events        INTEGER NOT NULL,
+        org_id        TEXT,
+        app_id        TEXT,
+        user_id       TEXT,
+        agent_id      TEXT,
+        run_id        TEXT,
+        name          TEXT,
+        description   TEXT,
+        format        TEXT NOT NULL,
+        project_id    TEXT,
+        include_text  INTEGER NOT NULL,
+        enabled       INTEGER NOT NULL,
+        failures      INTEGER NOT NULL,
+        disabled_reason TEXT,
+        secret        TEXT NOT NULL,
+        created_by    TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+    );
+    CREATE TABLE webhook_attempts (
+        id          TEXT PRIMARY KEY,
+        webhook_id  TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+        delivery_id TEXT NOT NULL,
+        event       TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        outcome     TEXT NOT NULL,
+        status_code INTEGER,
+        latency_ms  INTEGER NOT NULL,
+        error       TEXT,
+        at          INTEGER NOT NULL
+    );
+    CREATE INDEX webhook_attempts_by_hook ON webhook_attempts (webhook_id, id);
+    ALTER TABLE jobs ADD COLUMN ordering TEXT;
+    CREATE INDEX jobs_ordering ON jobs (ordering, created_at) WHERE ordering IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

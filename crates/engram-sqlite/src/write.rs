@@ -173,6 +173,14 @@ impl WriteTx for SqliteTx<'_, '_> {
     async fn record_usage(&mut self, row: &UsageRow) -> Result<()> {
         jobs::record_usage(self.0, row)
     }
+
+    async fn webhooks(&mut self) -> Result<Vec<engram_core::webhook::Webhook>> {
+        crate::webhooks::enabled(self.0)
+    }
+
+    async fn insert_job(&mut self, job: &engram_core::ports::Job) -> Result<()> {
+        jobs::insert(self.0, job)
+    }
 }
 
 fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32]) -> Result<i64> {

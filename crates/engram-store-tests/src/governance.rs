@@ -145,6 +145,7 @@ pub async fn erasure_stays_within_the_binding(f: Fixture) {
             run_after: t0(),
             lease_owner: None,
             lease_until: None,
+            ordering: None,
         };
         f.store.job_insert(&job).await.unwrap();
         let usage = UsageRow {
@@ -294,6 +295,7 @@ pub async fn erasure_removes_every_trace(f: Fixture) {
         run_after: t0(),
         lease_owner: None,
         lease_until: None,
+        ordering: None,
     };
     let erin_job = job(org(user("erin")), "Erin's blood type is O-");
     let frank_job = job(org(user("frank")), "Frank's cat");

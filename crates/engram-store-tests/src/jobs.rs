@@ -36,6 +36,7 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
         run_after: at(n),
         lease_owner: None,
         lease_until: None,
+        ordering: None,
     };
     let j1 = job(1);
     f.store.job_insert(&j1).await.unwrap();
@@ -426,6 +427,7 @@ pub async fn job_claims_take_turns_across_orgs(f: Fixture) {
         run_after: at(s),
         lease_owner: None,
         lease_until: None,
+        ordering: None,
     };
     // A busy tenant queued three jobs before a quiet one queued its first.
     let busy: Vec<Job> = (0..3).map(|i| job("busy", i)).collect();

@@ -67,6 +67,19 @@ pub struct ServeArgs {
     #[arg(long, env = "ENGRAM_UI_SESSION_HOURS", default_value_t = 12,
           value_parser = clap::value_parser!(u64).range(1..=720))]
     pub ui_session_hours: u64,
+    /// Let webhooks target loopback, private and link-local addresses (an
+    /// on-premise receiver, tests). Off: such targets are refused at
+    /// creation and, after DNS, at every delivery.
+    #[arg(long, env = "ENGRAM_ALLOW_PRIVATE_WEBHOOKS")]
+    pub allow_private_webhooks: bool,
+    /// Failed delivery attempts in a row that disable a webhook.
+    #[arg(long, env = "ENGRAM_WEBHOOK_MAX_FAILURES", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub webhook_max_failures: u32,
+    /// Seconds one webhook delivery may take (connect, send, answer).
+    #[arg(long, env = "ENGRAM_WEBHOOK_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub webhook_timeout_secs: u64,
     /// Background workers processing queued jobs on this node (0: none).
     #[arg(long, env = "ENGRAM_WORKERS", default_value_t = 2)]
     pub workers: usize,
@@ -216,6 +229,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             idle: std::time::Duration::from_secs(args.ui_idle_minutes * 60),
             absolute: std::time::Duration::from_secs(args.ui_session_hours * 3600),
             ..engram_server::ui::SessionConfig::default()
+        },
+        webhooks: engram_core::service::WebhookConfig {
+            allow_private: args.allow_private_webhooks,
+            max_failures: args.webhook_max_failures,
+            timeout: std::time::Duration::from_secs(args.webhook_timeout_secs),
         },
     };
     // This process holds the data directory: jobs left running were orphaned

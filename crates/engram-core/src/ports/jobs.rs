@@ -75,6 +75,9 @@ pub struct Job {
     pub run_after: Timestamp,
     pub lease_owner: Option<String>,
     pub lease_until: Option<Timestamp>,
+    /// Jobs sharing this key run one at a time, oldest first (a webhook's
+    /// deliveries about one memory); `None` for jobs with no order.
+    pub ordering: Option<String>,
 }
 
 /// Jobs per state.
@@ -125,6 +128,6 @@ pub trait JobStore: Send + Sync + 'static {
     /// `dead` → `queued` with its attempts reset. False unless it was dead.
     async fn job_requeue(&self, id: Uuid, now: Timestamp) -> Result<bool>;
     async fn job_counts(&self) -> Result<JobCounts>;
-    /// Jobs queued or running for `org_id` (`None`: the operator's, without an org).
+    /// Add jobs queued or running for `org_id` (`None`: the operator's, without an org).
     async fn job_pending(&self, org_id: Option<&str>) -> Result<u64>;
 }

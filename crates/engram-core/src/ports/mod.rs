@@ -14,6 +14,7 @@ mod keys;
 mod llm;
 mod reembed;
 mod store;
+mod webhooks;
 pub mod write;
 
 pub use audit::{AuditEvent, AuditQuery, AuditStore, ErasureCounts, ErasureTarget};
@@ -29,4 +30,8 @@ pub use reembed::{ReembedItem, ReembedState, ReembedStore, check_reembed, check_
 pub use store::{
     Cursor, ModelInfo, ScopeIdStats, Store, StoreStats, UsageRow, VectorHits, VectorPath,
     Visibility, WriteOp, check_dimensions, check_model,
+};
+pub use webhooks::{
+    ATTEMPTS_KEPT, DeliveryAttempt, Outgoing, Sent, WebhookSender, WebhookStore, delivery_job,
+    memory_ordering,
 };

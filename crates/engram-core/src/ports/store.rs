@@ -269,6 +269,7 @@ pub trait Store:
     + crate::ports::IdempotencyStore
     + crate::ports::AuditStore
     + crate::ports::ReembedStore
+    + crate::ports::WebhookStore
     + Send
     + Sync
     + 'static

@@ -16,7 +16,11 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::memory::{HistoryEvent, Memory, MemoryId};
-use crate::ports::{AuditEvent, UsageRow, WriteOp, check_dimensions, check_model};
+use crate::ports::{
+    AuditEvent, Job, UsageRow, WriteOp, check_dimensions, check_model, delivery_job,
+    memory_ordering,
+};
+use crate::webhook::{Webhook, WebhookEvent, memory_body};
 use crate::{Error, ErrorCode, Result};
 
 /// The current version of a memory, as a write transaction found (and,
@@ -88,6 +92,13 @@ pub trait WriteTx {
     ) -> Result<(), Self::Error>;
 
     async fn record_usage(&mut self, row: &UsageRow) -> Result<(), Self::Error>;
+
+    /// The enabled webhooks, read once per batch inside the transaction.
+    async fn webhooks(&mut self) -> Result<Vec<Webhook>, Self::Error>;
+
+    /// Queues `job` inside the transaction (a webhook delivery: it exists
+    /// exactly when the change it announces committed).
+    async fn insert_job(&mut self, job: &Job) -> Result<(), Self::Error>;
 }
 
 /// What a batch changed, for a backend that keeps derived state in memory.
@@ -124,6 +135,7 @@ pub async fn apply_batch<T: WriteTx>(
     }
     check_dimensions(&ops, dim)?;
     let mut applied = Vec::with_capacity(ops.len());
+    let mut hooks = None;
     for op in ops {
         match op {
             WriteOp::Insert {
@@ -133,6 +145,7 @@ pub async fn apply_batch<T: WriteTx>(
             } => {
                 let row = tx.insert_version(&memory, &embedding).await?;
                 write_history(tx, &history).await?;
+                announce(tx, &mut hooks, &history).await?;
                 applied.push(Applied::Added {
                     row,
                     memory,
@@ -163,6 +176,7 @@ pub async fn apply_batch<T: WriteTx>(
                 };
                 let row = tx.insert_version(&memory, &vector).await?;
                 write_history(tx, &history).await?;
+                announce(tx, &mut hooks, &history).await?;
                 applied.push(Applied::Closed { row: old.row });
                 applied.push(Applied::Added {
                     row,
@@ -173,6 +187,7 @@ pub async fn apply_batch<T: WriteTx>(
             WriteOp::Delete { id, at, history } => {
                 let old = close_current(tx, id, at, None).await?;
                 write_history(tx, &history).await?;
+                announce(tx, &mut hooks, &history).await?;
                 applied.push(Applied::Closed { row: old.row });
             }
             WriteOp::Import { versions, history } => {
@@ -228,6 +243,37 @@ pub async fn apply_batch<T: WriteTx>(
 async fn write_history<T: WriteTx>(tx: &mut T, history: &HistoryEvent) -> Result<(), T::Error> {
     tx.insert_history(history).await?;
     tx.append_audit(&AuditEvent::of_history(history)).await
+}
+
+/// Queues a delivery of `history` to every enabled webhook that wants it,
+/// in the same transaction: a change that rolls back announces nothing.
+/// The webhooks are read on the batch's first change.
+async fn announce<T: WriteTx>(
+    tx: &mut T,
+    hooks: &mut Option<Vec<Webhook>>,
+    history: &HistoryEvent,
+) -> Result<(), T::Error> {
+    let Some(event) = WebhookEvent::of_history(history) else {
+        return Ok(());
+    };
+    if hooks.is_none() {
+        *hooks = Some(tx.webhooks().await?);
+    }
+    for hook in hooks.iter().flatten() {
+        if !hook.wants(event, &history.scope) {
+            continue;
+        }
+        let job = delivery_job(
+            hook,
+            event,
+            &history.scope,
+            memory_body(hook, event, history),
+            Some(memory_ordering(hook.id, history.memory_id)),
+            history.created_at,
+        );
+        tx.insert_job(&job).await?;
+    }
+    Ok(())
 }
 
 /// Closes the current version of `id` at `at`. With `expect`, it must be

@@ -100,6 +100,7 @@ impl MemoryService {
         tracing::info!(receipt = %receipt_id, field = field.as_str(), versions = erased.versions, "erasure done");
         let mut scope = target.within.clone();
         scope.set(field, Some(id.to_owned()));
+        self.announce_erasure(&scope, receipt_id).await?;
         Ok(ErasureReceipt {
             receipt_id,
             field: field.as_str().to_owned(),

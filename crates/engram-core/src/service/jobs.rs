@@ -25,7 +25,8 @@ use crate::ctx::RequestCtx;
 use crate::pipeline::Pipeline;
 use crate::ports::{AuditEvent, WriteOp};
 use crate::ports::{Job, JobCounts, JobState};
-use crate::service::{AddInput, AddResult, MAX_PAGE, MemoryService};
+use crate::service::{AddInput, AddResult, Delivery, MAX_PAGE, MemoryService, WebhookService};
+use crate::webhook::{DELIVERY_KIND, WebhookEvent};
 use crate::{Error, ErrorCode, Result};
 
 /// How jobs are retried.
@@ -233,6 +234,7 @@ impl JobQueue {
             run_after: now,
             lease_owner: None,
             lease_until: None,
+            ordering: None,
         };
         self.memory.store().job_insert(&job).await?;
         metrics::counter!("engram_jobs_enqueued_total", "kind" => "add").increment(1);
@@ -262,7 +264,8 @@ impl JobQueue {
             ));
         }
         let mut jobs = self.memory.store().job_list(state, 10 * limit).await?;
-        jobs.retain(|j| ctx.principal.covers(&j.scope));
+        // Webhook deliveries are listed with their webhook, not here.
+        jobs.retain(|j| j.kind != DELIVERY_KIND && ctx.principal.covers(&j.scope));
         jobs.truncate(limit);
         Ok(jobs)
     }
@@ -318,6 +321,7 @@ pub struct JobRunner {
     config: JobConfig,
     worker: String,
     pipeline: Option<Pipeline>,
+    webhooks: Option<WebhookService>,
 }
 
 fn record(results: &[AddResult]) {
@@ -333,7 +337,87 @@ impl JobRunner {
             config,
             worker: worker.into(),
             pipeline: None,
+            webhooks: None,
         }
+    }
+
+    /// Delivers webhooks (without, deliveries wait for a node that does).
+    pub fn with_webhooks(mut self, webhooks: Option<WebhookService>) -> JobRunner {
+        self.webhooks = webhooks;
+        self
+    }
+
+    fn backoff(&self, attempts: u32) -> Timestamp {
+        let backoff = self
+            .config
+            .backoff_base
+            .saturating_mul(1u32 << (attempts.saturating_sub(1)).min(16))
+            .min(self.config.backoff_max);
+        plus(self.memory.now(), backoff)
+    }
+
+    /// Tells webhooks subscribed to `job.dead` that an add gave up.
+    async fn announce_dead(&self, job: &Job, error: &str) {
+        let (Some(webhooks), false) = (&self.webhooks, job.kind == DELIVERY_KIND) else {
+            return;
+        };
+        let data = json!({
+            "job_id": job.id.to_string(),
+            "kind": job.kind,
+            "attempts": job.attempts,
+            "error": error,
+            "org_id": job.scope.org_id,
+            "app_id": job.scope.app_id,
+            "user_id": job.scope.user_id,
+            "agent_id": job.scope.agent_id,
+            "run_id": job.scope.run_id,
+        });
+        if let Err(e) = webhooks.emit(WebhookEvent::JobDead, &job.scope, data).await {
+            tracing::warn!(job = %job.id, error = %e.message, "could not queue the job.dead webhook event");
+        }
+    }
+
+    /// One attempt at a webhook delivery.
+    async fn run_delivery(&self, job: &Job) -> Result<()> {
+        let store = self.memory.store();
+        let Some(webhooks) = &self.webhooks else {
+            store
+                .job_fail(
+                    job.id,
+                    &self.worker,
+                    "this node does not deliver webhooks",
+                    Some(self.backoff(1)),
+                    self.memory.now(),
+                )
+                .await?;
+            return Ok(());
+        };
+        let (error, retry_at) = match webhooks.deliver(job).await? {
+            Delivery::Done(result) => {
+                let finish = WriteOp::FinishJob {
+                    id: job.id,
+                    worker: self.worker.clone(),
+                    result,
+                    at: self.memory.now(),
+                };
+                match store.apply(vec![finish]).await {
+                    Err(e) if e.code == ErrorCode::Conflict => {
+                        tracing::warn!(job = %job.id, "delivery lease lost after sending; its new worker sends it again");
+                    }
+                    other => other?,
+                }
+                return Ok(());
+            }
+            Delivery::Retry(e) if job.attempts < job.max_attempts => {
+                let at = self.backoff(job.attempts);
+                (e, Some(at))
+            }
+            Delivery::Retry(e) | Delivery::Dead(e) => (e, None),
+        };
+        store
+            .job_fail(job.id, &self.worker, &error, retry_at, self.memory.now())
+            .await?;
+        Ok(())
     }
 
     /// Runs `infer` adds through the LLM pipeline.
@@ -371,6 +455,11 @@ impl JobRunner {
                 )
                 .await?;
             metrics::counter!("engram_jobs_total", "outcome" => "dead").increment(1);
+            self.announce_dead(&job, "gave up after its attempts").await;
+            return Ok(true);
+        }
+        if job.kind == DELIVERY_KIND {
+            self.run_delivery(&job).await?;
             return Ok(true);
         }
         let outcome = self.process_with_heartbeat(&job).await;
@@ -387,26 +476,18 @@ impl JobRunner {
             }
             Err(e) => {
                 let retryable = !e.code.is_user_error();
-                let retry_at = (retryable && job.attempts < job.max_attempts).then(|| {
-                    let backoff = self
-                        .config
-                        .backoff_base
-                        .saturating_mul(1u32 << (job.attempts.saturating_sub(1)).min(16))
-                        .min(self.config.backoff_max);
-                    plus(self.memory.now(), backoff)
-                });
+                let retry_at = (retryable && job.attempts < job.max_attempts)
+                    .then(|| self.backoff(job.attempts));
                 let outcome = if retry_at.is_some() { "retry" } else { "dead" };
                 tracing::warn!(job = %job.id, worker = %self.worker, attempt = job.attempts, seconds = elapsed, code = %e.code, error = %e.message, outcome, "job ended");
-                store
-                    .job_fail(
-                        job.id,
-                        &self.worker,
-                        &format!("{}: {}", e.code, e.message),
-                        retry_at,
-                        self.memory.now(),
-                    )
+                let error = format!("{}: {}", e.code, e.message);
+                let failed = store
+                    .job_fail(job.id, &self.worker, &error, retry_at, self.memory.now())
                     .await?;
                 metrics::counter!("engram_jobs_total", "outcome" => outcome).increment(1);
+                if failed && retry_at.is_none() {
+                    self.announce_dead(&job, &error).await;
+                }
             }
         }
         Ok(true)

@@ -123,6 +123,48 @@ impl MemoryService {
     ) -> Result<Memory> {
         ctx.principal
             .require(Role::ReadWrite, "updating memories")?;
+        let Some((op, next)) = self.prepare_update(ctx, id, input).await? else {
+            return self.get(ctx, id).await;
+        };
+        self.inner.store.apply(vec![op]).await?;
+        telemetry::memory_event(Event::Update, 1);
+        Ok(next)
+    }
+
+    /// Updates several memories in one transaction: all or none. An error
+    /// names the memory it is about. At most [`MAX_BATCH_MEMORIES`] at once.
+    pub async fn update_many(
+        &self,
+        ctx: &RequestCtx,
+        updates: Vec<(MemoryId, UpdateInput)>,
+    ) -> Result<usize> {
+        ctx.principal
+            .require(Role::ReadWrite, "updating memories")?;
+        check_batch_len(updates.len())?;
+        check_distinct(updates.iter().map(|(id, _)| *id))?;
+        let mut ops = Vec::with_capacity(updates.len());
+        for (id, input) in updates {
+            let prepared = self
+                .prepare_update(ctx, id, input)
+                .await
+                .map_err(|e| about(id, e))?;
+            ops.extend(prepared.map(|(op, _)| op));
+        }
+        let n = ops.len();
+        if n > 0 {
+            self.inner.store.apply(ops).await?;
+        }
+        telemetry::memory_event(Event::Update, n as u64);
+        Ok(n)
+    }
+
+    /// The write of an update, or `None` when it changes nothing.
+    async fn prepare_update(
+        &self,
+        ctx: &RequestCtx,
+        id: MemoryId,
+        input: UpdateInput,
+    ) -> Result<Option<(WriteOp, Memory)>> {
         if input.text.is_none()
             && input.metadata.is_none()
             && input.categories.is_none()
@@ -157,7 +199,7 @@ impl MemoryService {
             next.idle_ttl = None;
         }
         if next == current {
-            return Ok(current);
+            return Ok(None);
         }
         next.version = current.version + 1;
         next.updated_at = now.max(current.updated_at);
@@ -179,16 +221,12 @@ impl MemoryService {
             Some(next.text.clone()),
             now,
         );
-        self.inner
-            .store
-            .apply(vec![WriteOp::Update {
-                memory: next.clone(),
-                embedding,
-                history,
-            }])
-            .await?;
-        telemetry::memory_event(Event::Update, 1);
-        Ok(next)
+        let op = WriteOp::Update {
+            memory: next.clone(),
+            embedding,
+            history,
+        };
+        Ok(Some((op, next)))
     }
 
     /// Restores the text of an earlier `version` as a new version (recorded
@@ -245,6 +283,34 @@ impl MemoryService {
     pub async fn delete(&self, ctx: &RequestCtx, id: MemoryId) -> Result<()> {
         ctx.principal
             .require(Role::ReadWrite, "deleting memories")?;
+        let op = self.prepare_delete(ctx, id).await?;
+        self.inner.store.apply(vec![op]).await?;
+        telemetry::memory_event(Event::Delete, 1);
+        Ok(())
+    }
+
+    /// Deletes several memories in one transaction: all or none. An error
+    /// names the memory it is about. At most [`MAX_BATCH_MEMORIES`] at once.
+    pub async fn delete_many(&self, ctx: &RequestCtx, ids: Vec<MemoryId>) -> Result<usize> {
+        ctx.principal
+            .require(Role::ReadWrite, "deleting memories")?;
+        check_batch_len(ids.len())?;
+        check_distinct(ids.iter().copied())?;
+        let mut ops = Vec::with_capacity(ids.len());
+        for id in ids {
+            ops.push(
+                self.prepare_delete(ctx, id)
+                    .await
+                    .map_err(|e| about(id, e))?,
+            );
+        }
+        let n = ops.len();
+        self.inner.store.apply(ops).await?;
+        telemetry::memory_event(Event::Delete, n as u64);
+        Ok(n)
+    }
+
+    async fn prepare_delete(&self, ctx: &RequestCtx, id: MemoryId) -> Result<WriteOp> {
         let current = self.get(ctx, id).await?;
         let now = self.now();
         let history = self.history_event(
@@ -255,16 +321,11 @@ impl MemoryService {
             None,
             now,
         );
-        self.inner
-            .store
-            .apply(vec![WriteOp::Delete {
-                id,
-                at: now,
-                history,
-            }])
-            .await?;
-        telemetry::memory_event(Event::Delete, 1);
-        Ok(())
+        Ok(WriteOp::Delete {
+            id,
+            at: now,
+            history,
+        })
     }
 
     /// Deletes every visible memory matching `filter` (which must name a scope id). Returns how many.
@@ -347,4 +408,38 @@ impl MemoryService {
         slide(&mut next, now);
         next
     }
+}
+
+/// Most memories one batch update or delete may name (Mem0's limit).
+pub const MAX_BATCH_MEMORIES: usize = 1000;
+
+fn check_batch_len(n: usize) -> Result<()> {
+    if n == 0 || n > MAX_BATCH_MEMORIES {
+        return Err(Error::new(
+            ErrorCode::LimitExceeded,
+            format!("a batch names between 1 and {MAX_BATCH_MEMORIES} memories, not {n}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_distinct(ids: impl Iterator<Item = MemoryId>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(Error::invalid(format!(
+                "memory {id} appears twice in the batch"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `e`, saying which memory stopped the batch (nothing of it was written).
+fn about(id: MemoryId, e: Error) -> Error {
+    let message = e.message.replace(&format!("memory {id} "), "it ");
+    Error::new(
+        e.code,
+        format!("the batch stopped at memory {id} (nothing was written): {message}"),
+    )
 }

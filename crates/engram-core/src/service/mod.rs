@@ -38,6 +38,7 @@ mod query_cache;
 mod reembed;
 mod search;
 mod types;
+mod webhooks;
 
 pub use governance::{ErasureReceipt, validate_target};
 pub use health::Readiness;
@@ -45,6 +46,7 @@ pub use jobs::{Added, JobConfig, JobQueue, JobRunner};
 pub use keys::{
     CACHE_TTL, KEY_PREFIX, KeyService, MAX_KEY_NAME, MAX_RATE_LIMIT, NewKey, hash_secret,
 };
+pub use memories::MAX_BATCH_MEMORIES;
 pub use query_cache::QueryCache;
 pub use reembed::{DEFAULT_BATCH, MAX_BATCH, ReembedReport, check_batch};
 pub use types::{
@@ -52,6 +54,8 @@ pub use types::{
     MAX_PAGE, MAX_PAGE_OFFSET, MAX_QUERY_BYTES, Message, Page, SearchHit, SearchInput,
     SearchOutput, SweepReport, UpdateInput,
 };
+
+pub use webhooks::{Delivery, NewWebhook, WebhookConfig, WebhookPatch, WebhookService};
 
 use model::{ModelCheck, ModelSlot};
 
