@@ -6,7 +6,7 @@
 // Starts `engram serve` on a free port with a fresh data directory (or the
 // store in ENGRAM_STORE), creates API keys with `engram keys create`, then
 // drives `new MemoryClient({apiKey, host})` through add, search, getAll, get,
-// update, history, delete, deleteAll, users, batchUpdate, batchDelete and the
+// update, history, delete, deleteAll, users, batchUpdate, batchDelete, feedback and the
 // webhook methods (with a receiver on loopback checking Mem0's payload and
 // the Standard Webhooks signature), asserting content.
 
@@ -145,6 +145,14 @@ async function exercise(host, admin, aliceKey) {
   r = await client.batchDelete(ids.slice(0, 2));
   check(r.message === "Successfully deleted 2 memories", `batchDelete: ${JSON.stringify(r)}`);
   await rejects(() => client.get(ids[0]), "a batch-deleted memory is gone");
+
+  // feedback: kept, and used by search
+  r = await client.feedback({ memoryId: ids[2], feedback: "NEGATIVE", feedbackReason: "stale" });
+  check(r.feedback === "NEGATIVE", `feedback: ${JSON.stringify(r)}`);
+  check((await client.get(ids[2])).feedback === "NEGATIVE", "get shows the feedback");
+  check(results(await client.search("Carol fact", { filters: { user_id: "carol" } })).length === 1, "NEGATIVE still found");
+  await client.feedback({ memoryId: ids[2], feedback: "VERY_NEGATIVE" });
+  check(results(await client.search("Carol fact", { filters: { user_id: "carol" } })).length === 0, "VERY_NEGATIVE leaves search");
 
   // A key bound to alice cannot touch bob's memories in a batch.
   const alice = new MemoryClient({ apiKey: aliceKey, host });

@@ -7,7 +7,9 @@ Runs under whichever mem0ai the interpreter has (make test runs it with 2.x and
 with 1.x). Starts `engram serve` on a free port with a fresh data directory,
 creates API keys with `engram keys create`, then drives `MemoryClient(api_key=…,
 host=…)` through every call a Mem0 user makes, asserting content, and the
-routes of Mem0's self-hosted server with plain HTTP.
+routes of Mem0's self-hosted server with plain HTTP; batch updates and deletes,
+feedback, the v3 search options and webhooks (a receiver on loopback checks
+Mem0's payload and the signature).
 """
 import json
 import os
@@ -217,6 +219,138 @@ def exercise_client(url, admin, alice_key):
     raises(AuthenticationError, lambda: client.get(frank_id), "a bad key → 401 → AuthenticationError")
 
 
+class Receiver:
+    """A webhook receiver on loopback: records each request's headers and body."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        got = self.got = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                got.append((dict((k.lower(), v) for k, v in self.headers.items()), body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, n):
+        for _ in range(200):
+            if len(self.got) >= n:
+                return self.got
+            time.sleep(0.05)
+        raise SystemExit(f"mem0ai {MEM0_VERSION}: FAILED: {n} webhook deliveries expected, got {len(self.got)}")
+
+
+def verified(secret, headers, body):
+    """Standard Webhooks: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">."""
+    import base64
+    import hashlib
+    import hmac
+
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return expected in headers["webhook-signature"].split()
+
+
+def feedback(client, memory_id, **kw):
+    """client.feedback; 1.0.11's raises TypeError after the server answered (its own
+    telemetry call has the wrong arity), so there the answer is read back with get()."""
+    try:
+        return client.feedback(memory_id, **kw)
+    except TypeError as e:
+        check(not V2 and "capture_client_event" in str(e), f"feedback raised {e}")
+        return {"feedback": client.get(memory_id).get("feedback")}
+
+
+def exercise_batch_feedback_webhooks(url, admin, alice_key):
+    """batch_update, batch_delete, feedback, webhooks and the v3 search options."""
+    client = MemoryClient(api_key=admin, host=url)
+    ids = [results(client.add(t, user_id="hana", infer=False))[0]["id"]
+           for t in ("Hana grows tomatoes.", "Hana rows on the river.", "Hana collects stamps.")]
+
+    # batch_update / batch_delete: all or nothing, the error names the memory.
+    r = client.batch_update([{"memory_id": ids[0], "text": "Hana grows peppers."},
+                             {"memory_id": ids[1], "text": "Hana rows on the lake."}])
+    check(r["message"] == "Successfully updated 2 memories", f"batch_update: {r}")
+    check(client.get(ids[0])["memory"] == "Hana grows peppers.", "batch_update wrote")
+    missing = "00000000-0000-7000-8000-000000000000"
+    e = raises(MemoryNotFoundError, lambda: client.batch_update([{"memory_id": ids[2], "text": "Must not land."},
+                                                                  {"memory_id": missing, "text": "x"}]),
+               "batch_update with an unknown id → 404")
+    check(missing in str(e), f"the error names the memory: {e}")
+    check(client.get(ids[2])["memory"] == "Hana collects stamps.", "nothing of the failed batch landed")
+    alice = MemoryClient(api_key=alice_key, host=url)
+    raises(MemoryNotFoundError, lambda: alice.batch_delete([{"memory_id": ids[2]}]),
+           "a key bound to alice cannot batch-delete hana's memory")
+    r = client.batch_delete([{"memory_id": ids[0]}, {"memory_id": ids[1]}])
+    check(r["message"] == "Successfully deleted 2 memories", f"batch_delete: {r}")
+    raises(MemoryNotFoundError, lambda: client.get(ids[0]), "a batch-deleted memory is gone")
+
+    # feedback: kept, and used by search (VERY_NEGATIVE leaves results).
+    stamps = ids[2]
+    r = feedback(client, stamps, feedback="NEGATIVE", feedback_reason="not a hobby any more")
+    check(r["feedback"] == "NEGATIVE", f"feedback: {r}")
+    check(client.get(stamps).get("feedback") == "NEGATIVE", "get shows the feedback")
+    check(client.history(stamps)[-1]["event"] == "FEEDBACK", "the history records it")
+    feedback(client, stamps, feedback="VERY_NEGATIVE")
+    check(results(search(client, "stamps", {"user_id": "hana"})) == [], "VERY_NEGATIVE leaves search results")
+    feedback(client, stamps, feedback=None)
+    check([m["id"] for m in results(search(client, "stamps", {"user_id": "hana"}))] == [stamps],
+          "cleared feedback brings it back")
+
+    if V2:
+        # v3 search options: accepted, or refused when Engram cannot honour them.
+        r = client.search("stamps", filters={"user_id": "hana"}, rerank=True, keyword_search=True,
+                          latest_only=True, reference_date="2026-01-01")
+        check([m["id"] for m in results(r)] == [stamps], f"v3 search options: {r}")
+        raises(ValidationError, lambda: client.search("stamps", filters={"user_id": "hana"}, latest_only=False),
+               "latest_only=False is refused, not ignored")
+        other = results(client.add("Hana bakes bread.", user_id="hana", infer=False))[0]["id"]
+        client.delete(other, delete_linked=True)
+        raises(MemoryNotFoundError, lambda: client.get(other), "delete(delete_linked=True)")
+
+    # webhooks: Mem0's methods and payload, signed.
+    recv = Receiver()
+    try:
+        hook = client.create_webhook(url=recv.url, name="py", project_id="default",
+                                     event_types=["memory_add", "memory_update"])
+        check(hook["secret"].startswith("whsec_") and hook["event_types"] == ["memory_add", "memory_update"],
+              f"create_webhook: {hook}")
+        hooks = client.get_webhooks(project_id="default")
+        check([h["webhook_id"] for h in hooks] == [hook["webhook_id"]] and "secret" not in hooks[0],
+              f"get_webhooks: {hooks}")
+        added = results(client.add("Hana learns Welsh.", user_id="hana", infer=False))[0]["id"]
+        headers, body = recv.wait(1)[0]
+        payload = json.loads(body)
+        check(payload == {"event_details": {"id": added, "data": {"memory": "Hana learns Welsh."}, "event": "ADD"}},
+              f"Mem0's payload: {payload}")
+        check(verified(hook["secret"], headers, body), "the delivery's signature verifies")
+        r = client.update_webhook(webhook_id=hook["webhook_id"], name="renamed", event_types=["memory_delete"])
+        check(r["message"] == "Webhook updated successfully" and r["event_types"] == ["memory_delete"],
+              f"update_webhook: {r}")
+        client.delete(added)
+        headers, body = recv.wait(2)[1]
+        check(json.loads(body)["event_details"]["event"] == "DELETE", f"memory_delete delivered: {body}")
+        r = client.delete_webhook(webhook_id=hook["webhook_id"])
+        check(r["message"] == "Webhook deleted successfully", f"delete_webhook: {r}")
+        check(client.get_webhooks(project_id="default") == [], "the webhook is gone")
+        raises(ValidationError, lambda: client.create_webhook(url="http://127.0.0.1/x", name="bad",
+                                                              project_id="default", event_types=["memory_explode"]),
+               "an unknown event type → 400")
+    finally:
+        recv.server.shutdown()
+
+
 def http(method, url, key=None, body=None, header="X-API-Key"):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
@@ -289,12 +423,14 @@ def main():
         alice_key = create_key(data, env, "--org", "acme", "--user", "alice", "--name", "alice")
         port = free_port()
         server = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
-                                   "--rate-limit-per-minute", "0"], env=env, stdout=subprocess.PIPE)
+                                   "--rate-limit-per-minute", "0", "--allow-private-webhooks"],
+                                  env=env, stdout=subprocess.PIPE)
         try:
             server.stdout.readline()
             url = f"http://127.0.0.1:{port}"
             started = time.perf_counter()
             exercise_client(url, admin, alice_key)
+            exercise_batch_feedback_webhooks(url, admin, alice_key)
             exercise_server_routes(url, admin)
             ms = (time.perf_counter() - started) * 1000
         finally:

@@ -227,6 +227,7 @@ mod tests {
             idle_ttl: None,
             embedding_model: String::new(),
             tokens: 1,
+            feedback: None,
         }
     }
 

@@ -110,6 +110,11 @@ pub struct RetrievalConfig {
     /// Most versions an `as_of` search scores (it scans the scope as it
     /// stood); a larger scope is refused with a hint to narrow it.
     pub max_as_of_versions: usize,
+    /// Factor on the score of a memory rated `NEGATIVE` (and `VERY_NEGATIVE`,
+    /// when those are searched at all); 1 = feedback ignored.
+    pub negative_feedback_factor: f32,
+    /// Whether memories rated `VERY_NEGATIVE` are left out of search results.
+    pub exclude_very_negative: bool,
 }
 
 impl Default for RetrievalConfig {
@@ -133,6 +138,8 @@ impl Default for RetrievalConfig {
             max_top_k: 100,
             default_token_budget: 200,
             max_as_of_versions: 20_000,
+            negative_feedback_factor: 0.5,
+            exclude_very_negative: true,
         }
     }
 }

@@ -862,6 +862,7 @@ mod tests {
             idle_ttl: None,
             embedding_model: String::new(),
             tokens: 4,
+            feedback: None,
         }
     }
 

@@ -263,6 +263,42 @@ pub struct Memory {
     pub embedding_model: String,
     /// Length in tokens of `text`, counted with the embedding model's tokenizer.
     pub tokens: u32,
+    /// How a user rated the memory (Mem0's feedback); weighs its ranking.
+    /// Set in place on the current version, kept by later versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<Feedback>,
+}
+
+/// A user's rating of a memory: a negative one ranks it lower, a very
+/// negative one keeps it out of search results (by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Feedback {
+    Positive,
+    Negative,
+    VeryNegative,
+}
+
+impl Feedback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feedback::Positive => "POSITIVE",
+            Feedback::Negative => "NEGATIVE",
+            Feedback::VeryNegative => "VERY_NEGATIVE",
+        }
+    }
+
+    /// `POSITIVE`, `NEGATIVE` or `VERY_NEGATIVE` (any case).
+    pub fn parse(s: &str) -> crate::Result<Feedback> {
+        match s.to_ascii_uppercase().as_str() {
+            "POSITIVE" => Ok(Feedback::Positive),
+            "NEGATIVE" => Ok(Feedback::Negative),
+            "VERY_NEGATIVE" => Ok(Feedback::VeryNegative),
+            _ => Err(crate::Error::invalid(format!(
+                "unknown feedback `{s}`: use POSITIVE, NEGATIVE or VERY_NEGATIVE (or null to clear it)"
+            ))),
+        }
+    }
 }
 
 impl Memory {
@@ -282,6 +318,8 @@ pub enum Event {
     Noop,
     /// A new version restoring an earlier version's text.
     Revert,
+    /// A user rated the memory (no new version; `reason` says how and why).
+    Feedback,
 }
 
 impl Event {
@@ -292,6 +330,7 @@ impl Event {
             Event::Delete => "DELETE",
             Event::Noop => "NOOP",
             Event::Revert => "REVERT",
+            Event::Feedback => "FEEDBACK",
         }
     }
 
@@ -302,6 +341,7 @@ impl Event {
             "DELETE" => Some(Event::Delete),
             "NOOP" => Some(Event::Noop),
             "REVERT" => Some(Event::Revert),
+            "FEEDBACK" => Some(Event::Feedback),
             _ => None,
         }
     }

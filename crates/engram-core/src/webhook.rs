@@ -118,7 +118,7 @@ impl WebhookEvent {
             Event::Add => Some(WebhookEvent::MemoryCreated),
             Event::Update | Event::Revert => Some(WebhookEvent::MemoryUpdated),
             Event::Delete => Some(WebhookEvent::MemoryDeleted),
-            Event::Noop => None,
+            Event::Noop | Event::Feedback => None,
         }
     }
 }

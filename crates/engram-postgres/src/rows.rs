@@ -20,8 +20,8 @@ pub(crate) fn opt_ts(ms: Option<i64>) -> Result<Option<Timestamp>> {
 /// Column list matching [`row_to_memory`].
 pub(crate) const COLUMNS: &str = "rowid, id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, \
      metadata, categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, \
-     embedding_model, tokens, idle_ttl_ms";
-pub(crate) const COLUMN_COUNT: usize = 23;
+     embedding_model, tokens, idle_ttl_ms, feedback";
+pub(crate) const COLUMN_COUNT: usize = 24;
 
 pub(crate) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
     row.try_get(i)
@@ -62,6 +62,9 @@ pub(crate) fn row_to_memory(row: &Row) -> Result<(i64, Memory)> {
         embedding_model: get(row, 20)?,
         tokens: u32::try_from(tokens).unwrap_or_default(),
         idle_ttl: get::<Option<i64>>(row, 22)?.map(jiff::SignedDuration::from_millis),
+        feedback: get::<Option<String>>(row, 23)?
+            .map(|f| engram_core::memory::Feedback::parse(&f))
+            .transpose()?,
     };
     Ok((get(row, 0)?, memory))
 }

@@ -166,6 +166,22 @@ impl WriteTx for PgTx<'_, '_> {
         jobs::record_usage(self.0, row).await
     }
 
+    async fn set_feedback(
+        &mut self,
+        id: MemoryId,
+        version: u32,
+        feedback: Option<engram_core::memory::Feedback>,
+    ) -> std::result::Result<bool, ApplyError> {
+        let n = self
+            .0
+            .execute(
+                "UPDATE memories SET feedback = $3 WHERE id = $1 AND version = $2 AND invalid_at IS NULL",
+                &[&id, &int(version), &feedback.map(|f| f.as_str())],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
     async fn webhooks(
         &mut self,
     ) -> std::result::Result<Vec<engram_core::webhook::Webhook>, ApplyError> {
@@ -189,9 +205,9 @@ async fn insert_version(
         .query_one(
             "INSERT INTO memories (id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, \
              metadata, categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, \
-             embedding_model, tokens, embedding, idle_ttl_ms) \
+             embedding_model, tokens, embedding, idle_ttl_ms, feedback) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23) RETURNING rowid",
+             $20, $21, $22, $23, $24) RETURNING rowid",
             &[
                 &m.id,
                 &int(m.version),
@@ -216,6 +232,7 @@ async fn insert_version(
                 &int(m.tokens),
                 &embedding,
                 &m.idle_ttl.map(|d| d.as_millis() as i64),
+                &m.feedback.map(|f| f.as_str()),
             ],
         )
         .await?;

@@ -262,7 +262,7 @@ async fn erase_org(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
-    /// e.g. `memory.add`, `memory.update`, `memory.delete`, `key.create`, `key.revoke`, `erasure`, `job.retry`.
+    /// e.g. `memory.add`, `memory.update`, `memory.delete`, `memory.feedback`, `key.create`, `key.revoke`, `webhook.create`, `erasure`, `job.retry`.
     pub action: Option<String>,
     /// `key:<id>`, or `cli` / `mcp:stdio` for the local operator.
     pub actor: Option<String>,

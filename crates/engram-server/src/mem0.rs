@@ -282,6 +282,9 @@ fn memory_json(m: Memory, score: Option<f32>) -> Value {
         "expiration_date": m.expires_at.map(ts),
         "kind": m.kind.as_str(),
     });
+    if let Some(f) = m.feedback {
+        v["feedback"] = json!(f.as_str());
+    }
     if let Some(s) = score {
         v["score"] = json!(s);
     }

@@ -1,11 +1,12 @@
 //! Mem0's batch routes (`batch_update`, `batch_delete`): many memories in
 //! one transaction — all change or none does — each checked against the
 //! key's binding like a single update or delete, and an error naming the
-//! memory that stopped the batch.
+//! memory that stopped the batch. And `feedback`: a user's rating of a
+//! memory, kept in its history and used by search.
 
 use axum::Router;
 use axum::extract::State;
-use axum::routing::put;
+use axum::routing::{post, put};
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
@@ -13,7 +14,9 @@ use crate::auth::Caller;
 use crate::mem0::{Body, Mem0Result, invalid, string, update_input};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/batch/", put(batch_update).delete(batch_delete))
+    Router::new()
+        .route("/v1/batch/", put(batch_update).delete(batch_delete))
+        .route("/v1/feedback/", post(feedback))
 }
 
 /// The `memories` list of a batch body, each with its `memory_id`.
@@ -68,4 +71,29 @@ async fn batch_delete(
     Ok(axum::Json(
         json!({"message": format!("Successfully deleted {n} memories")}),
     ))
+}
+
+/// `POST /v1/feedback/`: `{"memory_id", "feedback": "POSITIVE" | "NEGATIVE" |
+/// "VERY_NEGATIVE" | null, "feedback_reason"?}`.
+async fn feedback(State(app): State<AppState>, Caller(ctx): Caller, Body(b): Body) -> Mem0Result {
+    let raw = string(&b, "memory_id")?.ok_or_else(|| invalid("`memory_id` is required"))?;
+    let id = raw.parse().map_err(|_| {
+        crate::mem0::Mem0Error::from(engram_core::Error::not_found(format!(
+            "memory {raw} not found"
+        )))
+    })?;
+    let rating = string(&b, "feedback")?
+        .map(|f| engram_core::memory::Feedback::parse(&f))
+        .transpose()?;
+    let reason = string(&b, "feedback_reason")?;
+    let m = app
+        .memory
+        .feedback(&ctx, id, rating, reason.clone())
+        .await?;
+    Ok(axum::Json(json!({
+        "id": m.id,
+        "feedback": rating.map(|f| f.as_str()),
+        "feedback_reason": reason,
+        "message": "Feedback recorded",
+    })))
 }

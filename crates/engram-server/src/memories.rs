@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(memories_get, memories_update, memories_delete))
         .routes(routes!(memories_history))
         .routes(routes!(memories_revert))
+        .routes(routes!(memories_feedback))
 }
 
 /// Add memories.
@@ -244,5 +245,41 @@ async fn memories_revert(
 ) -> Result<ApiJson<MemoryOut>, ApiError> {
     Ok(ApiJson(
         app.memory.revert(&ctx, id, req.version).await?.into(),
+    ))
+}
+
+/// `POST /v1/memories/{id}/feedback`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    /// `POSITIVE`, `NEGATIVE` or `VERY_NEGATIVE`; `null` clears the rating.
+    #[schema(value_type = Option<String>, pattern = "^(POSITIVE|NEGATIVE|VERY_NEGATIVE)$")]
+    pub feedback: Option<String>,
+    /// Why (kept in the memory's history).
+    #[schema(max_length = 1000)]
+    pub reason: Option<String>,
+}
+
+/// Rate a memory: a negative rating lowers its rank, a very negative one
+/// keeps it out of searches (by default). Kept in place (no new version)
+/// with a `FEEDBACK` history event.
+#[utoipa::path(post, path = "/v1/memories/{id}/feedback", tag = "memories", params(("id" = uuid::Uuid, Path)), request_body = FeedbackRequest,
+    responses((status = 200, body = MemoryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+async fn memories_feedback(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    MemoryIdPath(id): MemoryIdPath,
+    ApiJson(req): ApiJson<FeedbackRequest>,
+) -> Result<ApiJson<MemoryOut>, ApiError> {
+    let rating = req
+        .feedback
+        .as_deref()
+        .map(engram_core::memory::Feedback::parse)
+        .transpose()?;
+    Ok(ApiJson(
+        app.memory
+            .feedback(&ctx, id, rating, req.reason)
+            .await?
+            .into(),
     ))
 }

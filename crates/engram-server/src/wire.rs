@@ -198,6 +198,10 @@ pub struct MemoryOut {
     /// Seconds of the sliding expiry: each use moves `expires_at` to then plus this.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<i64>,
+    /// A user's rating: `POSITIVE`, `NEGATIVE` or `VERY_NEGATIVE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub feedback: Option<engram_core::memory::Feedback>,
 }
 
 impl From<Memory> for MemoryOut {
@@ -222,6 +226,7 @@ impl From<Memory> for MemoryOut {
             updated_at: m.updated_at,
             expires_at: m.expires_at,
             ttl_seconds: m.idle_ttl.map(|d| d.as_secs()),
+            feedback: m.feedback,
         }
     }
 }

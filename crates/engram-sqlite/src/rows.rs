@@ -2,7 +2,7 @@
 //! blobs, the opaque FTS scope tokens, the meta table.
 
 use crate::db_err;
-use engram_core::memory::{Memory, Scope, ScopeField};
+use engram_core::memory::{Feedback, Memory, Scope, ScopeField};
 use engram_core::{Error, Result};
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension};
@@ -14,9 +14,9 @@ pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
 }
 
 pub(crate) const COLUMNS: &str = "rowid, id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, metadata, \
-     categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens, idle_ttl_ms";
+     categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens, idle_ttl_ms, feedback";
 
-pub(crate) const COLUMN_COUNT: usize = 23;
+pub(crate) const COLUMN_COUNT: usize = 24;
 
 pub(crate) fn ts(ms: i64) -> Result<Timestamp> {
     Timestamp::from_millisecond(ms)
@@ -72,6 +72,11 @@ pub(crate) fn row_to_memory(row: &rusqlite::Row<'_>) -> Result<(i64, Memory)> {
             .get::<_, Option<i64>>(22)
             .map_err(get_err)?
             .map(jiff::SignedDuration::from_millis),
+        feedback: row
+            .get::<_, Option<String>>(23)
+            .map_err(get_err)?
+            .map(|f| Feedback::parse(&f))
+            .transpose()?,
     };
     Ok((row.get(0).map_err(get_err)?, memory))
 }

@@ -195,7 +195,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX idempotency_caller_age ON idempotency (principal, created_at);
     "#,
     // 9: webhooks and their delivery attempts; deliveries are jobs, and jobs
-    // sharing an `ordering` key (one webhook, one memory) run in order.
+    // sharing an `ordering` key (one webhook, one memory) run in order. A
+    // memory's feedback (Mem0's POSITIVE / NEGATIVE / VERY_NEGATIVE).
     r#"
     CREATE TABLE webhooks (
         id            TEXT PRIMARY KEY,
@@ -234,6 +235,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX webhook_attempts_by_hook ON webhook_attempts (webhook_id, id);
     ALTER TABLE jobs ADD COLUMN ordering TEXT;
     CREATE INDEX jobs_ordering ON jobs (ordering, created_at) WHERE ordering IS NOT NULL;
+    ALTER TABLE memories ADD COLUMN feedback TEXT;
     "#,
 ];
 

@@ -61,6 +61,13 @@ pub(crate) async fn apply(store: &SqliteStore, ops: Vec<WriteOp>) -> Result<()> 
                             catalog.insert(rowid, Arc::new(m));
                         }
                     }
+                    Applied::Feedback { id, feedback } => {
+                        if let (Some(rowid), Some(m)) = (catalog.rowid_of(id), catalog.get(id)) {
+                            let mut m = (**m).clone();
+                            m.feedback = feedback;
+                            catalog.insert(rowid, Arc::new(m));
+                        }
+                    }
                 }
             }
             drop(catalog);
@@ -174,6 +181,24 @@ impl WriteTx for SqliteTx<'_, '_> {
         jobs::record_usage(self.0, row)
     }
 
+    async fn set_feedback(
+        &mut self,
+        id: MemoryId,
+        version: u32,
+        feedback: Option<engram_core::memory::Feedback>,
+    ) -> Result<bool> {
+        let n = self
+            .0
+            .prepare_cached(
+                "UPDATE memories SET feedback = ?3 WHERE id = ?1 AND version = ?2 AND invalid_at IS NULL",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![id.to_string(), version, feedback.map(|f| f.as_str())])
+            })
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
     async fn webhooks(&mut self) -> Result<Vec<engram_core::webhook::Webhook>> {
         crate::webhooks::enabled(self.0)
     }
@@ -186,8 +211,8 @@ impl WriteTx for SqliteTx<'_, '_> {
 fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32]) -> Result<i64> {
     tx.prepare_cached(
         "INSERT INTO memories (id, version, text, kind, hash, org_id, app_id, user_id, agent_id, run_id, metadata, \
-         categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens, embedding, idle_ttl_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+         categories, entities, role, created_at, updated_at, valid_at, invalid_at, expires_at, embedding_model, tokens, embedding, idle_ttl_ms, feedback) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -214,6 +239,7 @@ fn insert_version(tx: &rusqlite::Transaction<'_>, m: &Memory, embedding: &[f32])
             m.tokens,
             vec_to_blob(embedding),
             m.idle_ttl.map(|d| d.as_millis() as i64),
+            m.feedback.map(|f| f.as_str()),
         ])
     })
     .map_err(db_err)?;

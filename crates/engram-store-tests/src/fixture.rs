@@ -72,6 +72,7 @@ pub fn memory(text: &str, scope: Scope, at_secs: i64) -> Memory {
         idle_ttl: None,
         embedding_model: model().id,
         tokens: text.split_whitespace().count() as u32,
+        feedback: None,
     }
 }
 

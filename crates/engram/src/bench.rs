@@ -308,6 +308,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             hash: text_hash(&text),
             entities: tag_entities(&text),
             tokens: embedder.count_tokens(&text) as u32,
+            feedback: None,
             text: text.clone(),
             kind: MemoryKind::Semantic,
             scope: scope.clone(),

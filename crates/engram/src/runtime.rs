@@ -526,6 +526,14 @@ pub struct RetrievalArgs {
     /// Factor on the score of a turn that only asks a question (ends with `?`); 1 = off.
     #[arg(long, env = "ENGRAM_QUESTION_FACTOR", default_value_t = RetrievalConfig::default().question_factor)]
     pub question_factor: f32,
+    /// Factor on the score of a memory a user rated NEGATIVE (1 = ignore feedback).
+    #[arg(long, env = "ENGRAM_NEGATIVE_FEEDBACK_FACTOR", default_value_t = RetrievalConfig::default().negative_feedback_factor,
+          value_parser = unit_interval)]
+    pub negative_feedback_factor: f32,
+    /// Keep memories rated VERY_NEGATIVE in search results (weighed like
+    /// NEGATIVE ones) instead of leaving them out.
+    #[arg(long, env = "ENGRAM_SEARCH_VERY_NEGATIVE")]
+    pub search_very_negative: bool,
     /// Token budget of a search when the request gives none (0 = unlimited).
     #[arg(long, env = "ENGRAM_TOKEN_BUDGET", default_value_t = RetrievalConfig::default().default_token_budget)]
     pub token_budget: usize,
@@ -615,6 +623,8 @@ impl RetrievalArgs {
             decay_floor: self.decay_floor,
             default_token_budget: self.token_budget,
             candidates: self.candidates,
+            negative_feedback_factor: self.negative_feedback_factor,
+            exclude_very_negative: !self.search_very_negative,
             ..RetrievalConfig::default()
         }
     }
@@ -743,4 +753,12 @@ pub async fn open_service(args: &StoreArgs) -> anyhow::Result<(MemoryService, Ba
     .await?
     .with_lifecycle(args.lifecycle.config());
     Ok((service, store))
+}
+
+/// A factor in [0, 1].
+fn unit_interval(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number between 0 and 1")),
+    }
 }

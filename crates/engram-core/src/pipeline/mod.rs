@@ -651,6 +651,7 @@ impl Pipeline {
                         version: 1,
                         hash: text_hash(&text),
                         tokens: embedder.count_tokens(&text) as u32,
+                        feedback: None,
                         text: text.clone(),
                         kind: kind_of(fact),
                         scope: input.scope.clone(),

@@ -82,6 +82,7 @@ impl AuditEvent {
             Event::Update => "memory.update",
             Event::Delete => "memory.delete",
             Event::Revert => "memory.revert",
+            Event::Feedback => "memory.feedback",
             Event::Noop => "memory.noop",
         };
         let mut e = AuditEvent::new(

@@ -55,6 +55,14 @@ pub enum WriteOp {
         from: Option<Timestamp>,
         to: Option<Timestamp>,
     },
+    /// Sets the feedback of `id`'s current version in place, if it is still
+    /// `version` (else a `conflict`), with the history row saying so.
+    SetFeedback {
+        id: MemoryId,
+        version: u32,
+        feedback: Option<crate::memory::Feedback>,
+        history: HistoryEvent,
+    },
     /// Writes a memory from an export exactly as it was — every version (only
     /// the last current and indexed), its history rows as they are — unless
     /// the store already holds a memory with this id, in which case nothing
@@ -90,6 +98,7 @@ impl WriteOp {
             }
             WriteOp::Delete { .. }
             | WriteOp::SetExpiry { .. }
+            | WriteOp::SetFeedback { .. }
             | WriteOp::FinishJob { .. }
             | WriteOp::RecordUsage(_)
             | WriteOp::Audit(_) => Vec::new(),
@@ -246,6 +255,7 @@ pub fn check_model(ops: &[WriteOp], model: &str) -> Result<()> {
         WriteOp::Update { .. }
         | WriteOp::Delete { .. }
         | WriteOp::SetExpiry { .. }
+        | WriteOp::SetFeedback { .. }
         | WriteOp::FinishJob { .. }
         | WriteOp::RecordUsage(_)
         | WriteOp::Audit(_) => None,

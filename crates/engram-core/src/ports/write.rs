@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::memory::{HistoryEvent, Memory, MemoryId};
+use crate::memory::{Feedback, HistoryEvent, Memory, MemoryId};
 use crate::ports::{
     AuditEvent, Job, UsageRow, WriteOp, check_dimensions, check_model, delivery_job,
     memory_ordering,
@@ -81,6 +81,15 @@ pub trait WriteTx {
         to: Option<Timestamp>,
     ) -> Result<bool, Self::Error>;
 
+    /// [`WriteOp::SetFeedback`]: sets the feedback of `id`'s current version
+    /// if it is `version`; whether it did.
+    async fn set_feedback(
+        &mut self,
+        id: MemoryId,
+        version: u32,
+        feedback: Option<Feedback>,
+    ) -> Result<bool, Self::Error>;
+
     /// [`WriteOp::FinishJob`]: a `Conflict` naming the lease when `worker`
     /// no longer holds it.
     async fn finish_job(
@@ -117,6 +126,11 @@ pub enum Applied<R> {
     Expiry {
         id: MemoryId,
         expires_at: Option<Timestamp>,
+    },
+    /// The feedback of `id`'s current version changed in place.
+    Feedback {
+        id: MemoryId,
+        feedback: Option<Feedback>,
     },
 }
 
@@ -225,6 +239,22 @@ pub async fn apply_batch<T: WriteTx>(
                 if tx.set_expiry(id, version, from, to).await? {
                     applied.push(Applied::Expiry { id, expires_at: to });
                 }
+            }
+            WriteOp::SetFeedback {
+                id,
+                version,
+                feedback,
+                history,
+            } => {
+                if !tx.set_feedback(id, version, feedback).await? {
+                    return Err(match tx.current(id).await? {
+                        Some(c) => conflict(id, c.version),
+                        None => Error::not_found(format!("memory {id} not found")),
+                    }
+                    .into());
+                }
+                write_history(tx, &history).await?;
+                applied.push(Applied::Feedback { id, feedback });
             }
             WriteOp::FinishJob {
                 id,

@@ -208,6 +208,7 @@ impl MemoryService {
                     version: 1,
                     entities: text::tag_entities(&piece),
                     tokens: embedder.count_tokens(&piece) as u32,
+                    feedback: None,
                     hash: hash.clone(),
                     text: piece.clone(),
                     kind: input.kind,

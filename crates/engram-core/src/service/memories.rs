@@ -9,7 +9,7 @@ use crate::access::Role;
 use crate::clock::to_millis;
 use crate::ctx::RequestCtx;
 use crate::filter::Filter;
-use crate::memory::{Event, HistoryEvent, Memory, MemoryId, text_hash};
+use crate::memory::{Event, Feedback, HistoryEvent, Memory, MemoryId, text_hash};
 use crate::ports::{Cursor, WriteOp};
 use crate::service::{MAX_PAGE, MAX_PAGE_OFFSET, MemoryService, Page, UpdateInput};
 use crate::telemetry;
@@ -229,6 +229,56 @@ impl MemoryService {
         Ok(Some((op, next)))
     }
 
+    /// Records a user's rating of a memory (Mem0's feedback) on its current
+    /// version, in place — no new version — with a `FEEDBACK` history row
+    /// (and audit event) carrying the rating and the reason. `None` clears
+    /// it. A negative rating lowers the memory's rank; a very negative one
+    /// keeps it out of search results (`RetrievalConfig`).
+    pub async fn feedback(
+        &self,
+        ctx: &RequestCtx,
+        id: MemoryId,
+        feedback: Option<Feedback>,
+        reason: Option<String>,
+    ) -> Result<Memory> {
+        ctx.principal.require(Role::ReadWrite, "rating memories")?;
+        if reason
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_FEEDBACK_REASON)
+        {
+            return Err(Error::invalid(format!(
+                "`feedback_reason` is longer than {MAX_FEEDBACK_REASON} bytes"
+            )));
+        }
+        let mut current = self.get(ctx, id).await?;
+        let now = self.now();
+        let mut history = self.history_event(
+            ctx,
+            &current,
+            Event::Feedback,
+            Some(current.text.clone()),
+            Some(current.text.clone()),
+            now,
+        );
+        let rating = feedback.map_or("cleared", Feedback::as_str);
+        history.reason = Some(match reason.as_deref().map(str::trim) {
+            Some(r) if !r.is_empty() => format!("{rating}: {r}"),
+            _ => rating.to_owned(),
+        });
+        self.inner
+            .store
+            .apply(vec![WriteOp::SetFeedback {
+                id,
+                version: current.version,
+                feedback,
+                history,
+            }])
+            .await?;
+        telemetry::memory_event(Event::Feedback, 1);
+        current.feedback = feedback;
+        Ok(current)
+    }
+
     /// Restores the text of an earlier `version` as a new version (recorded
     /// as a `REVERT` history event); every version stays in the history.
     pub async fn revert(&self, ctx: &RequestCtx, id: MemoryId, version: u32) -> Result<Memory> {
@@ -443,3 +493,6 @@ fn about(id: MemoryId, e: Error) -> Error {
         format!("the batch stopped at memory {id} (nothing was written): {message}"),
     )
 }
+
+/// Longest reason a feedback may carry.
+pub const MAX_FEEDBACK_REASON: usize = 1000;

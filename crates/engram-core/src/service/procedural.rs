@@ -118,6 +118,7 @@ impl MemoryService {
                     hash: text_hash(&text),
                     entities: text::tag_entities(&text),
                     tokens,
+                    feedback: None,
                     text: text.clone(),
                     kind: MemoryKind::Procedural,
                     scope: input.scope.clone(),

@@ -8,7 +8,7 @@ use super::{dot, require_scope};
 use crate::budget;
 use crate::ctx::RequestCtx;
 use crate::fusion::{self, Ranked, SignalScores};
-use crate::memory::{Entity, Memory, MemoryId};
+use crate::memory::{Entity, Feedback, Memory, MemoryId};
 use crate::ports::VectorPath;
 use crate::service::{
     Explanation, MAX_QUERY_BYTES, MemoryService, SearchHit, SearchInput, SearchOutput,
@@ -161,7 +161,7 @@ impl MemoryService {
     }
 
     /// A candidate's final score: its fused signals × recency decay (age
-    /// relative to `now`) × its kind's weight.
+    /// relative to `now`) × its kind's weight × its feedback factor.
     pub(super) fn weigh(&self, memory: Memory, signals: SignalScores, now: Timestamp) -> Scored {
         let cfg = &self.inner.retrieval;
         let age_days = now.duration_since(memory.updated_at).as_secs_f64() / 86_400.0;
@@ -171,12 +171,17 @@ impl MemoryService {
             cfg.decay_floor,
         ) as f32;
         let kind_weight = cfg.kind_weights.get(memory.kind);
+        let feedback = match memory.feedback {
+            Some(Feedback::Negative | Feedback::VeryNegative) => cfg.negative_feedback_factor,
+            Some(Feedback::Positive) | None => 1.0,
+        };
         Scored {
-            score: signals.fused * decay * kind_weight,
+            score: signals.fused * decay * kind_weight * feedback,
             memory,
             signals,
             decay,
             kind_weight,
+            feedback,
         }
     }
 
@@ -191,7 +196,11 @@ impl MemoryService {
         budget: usize,
         path: VectorPath,
     ) -> (Vec<SearchHit>, usize) {
-        scored.retain(|c| input.threshold.is_none_or(|t| c.score >= t));
+        let exclude = self.inner.retrieval.exclude_very_negative;
+        scored.retain(|c| {
+            input.threshold.is_none_or(|t| c.score >= t)
+                && !(exclude && c.memory.feedback == Some(Feedback::VeryNegative))
+        });
         scored.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
@@ -210,6 +219,7 @@ impl MemoryService {
                     signals: c.signals,
                     decay: c.decay,
                     kind_weight: c.kind_weight,
+                    feedback: c.feedback,
                     score: c.score,
                     vector_path: path,
                 }),
@@ -325,4 +335,5 @@ pub(super) struct Scored {
     signals: SignalScores,
     decay: f32,
     kind_weight: f32,
+    feedback: f32,
 }

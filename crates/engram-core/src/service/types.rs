@@ -102,7 +102,9 @@ pub struct Explanation {
     /// Recency decay factor applied.
     pub decay: f32,
     pub kind_weight: f32,
-    /// `fused × decay × kind_weight`.
+    /// The memory's feedback factor (1 unless a user rated it negative).
+    pub feedback: f32,
+    /// `fused × decay × kind_weight × feedback`.
     pub score: f32,
     pub vector_path: VectorPath,
 }

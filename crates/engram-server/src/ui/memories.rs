@@ -304,6 +304,12 @@ fn facts(m: &Memory) -> Markup {
             tr { th scope="row" { "updated" } td { (layout::time(m.updated_at)) } }
             tr { th scope="row" { "true since" } td { (layout::time_opt(m.valid_at)) } }
             tr { th scope="row" { "expires" } td { (layout::time_opt(m.expires_at)) } }
+            tr { th scope="row" { "feedback" } td {
+                @match m.feedback {
+                    Some(f) => span.(format!("feedback-{}", f.as_str().to_ascii_lowercase())) { (f.as_str()) },
+                    None => span.muted { "none" },
+                }
+            } }
             tr { th scope="row" { "tokens" } td { (m.tokens) } }
         }
     }

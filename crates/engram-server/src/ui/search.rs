@@ -134,7 +134,7 @@ pub async fn page(
 fn explanation(e: &engram_core::service::Explanation) -> Markup {
     let s = &e.signals;
     // Raw BM25 is unbounded: its bar is scaled to the largest plausible score.
-    let rows: [(&str, Option<f32>, f32); 9] = [
+    let rows: [(&str, Option<f32>, f32); 10] = [
         ("semantic", s.semantic, 1.0),
         ("keyword", s.keyword, 20.0),
         ("entity", s.entity, 1.0),
@@ -143,6 +143,7 @@ fn explanation(e: &engram_core::service::Explanation) -> Markup {
         ("fused", Some(s.fused), 1.0),
         ("decay", Some(e.decay), 1.0),
         ("kind weight", Some(e.kind_weight), 1.0),
+        ("feedback", Some(e.feedback), 1.0),
         ("final", Some(e.score), 1.0),
     ];
     html! {
