@@ -174,6 +174,48 @@ const SWEEP_LOCK: i64 = 0x656e_6772_616d + 1;
 /// Removes up to `limit` memories whose current version expired by `now`
 /// (all versions, history, index entries) and appends `audit` with the
 /// counts when anything went. If another node is sweeping, does nothing.
+/// Queues `memory.expired` deliveries for the marked current versions, in
+/// the sweep's transaction (only when some webhook wants the event).
+async fn announce_expiry(
+    tx: &Transaction<'_>,
+    now: Timestamp,
+) -> std::result::Result<(), ApplyError> {
+    let hooks = crate::webhooks::enabled(tx).await?;
+    if !hooks.iter().any(|h| {
+        h.events
+            .contains(&engram_core::webhook::WebhookEvent::MemoryExpired)
+    }) {
+        return Ok(());
+    }
+    let rows = tx
+        .query(
+            "SELECT m.id, m.version, m.text, m.org_id, m.app_id, m.user_id, m.agent_id, m.run_id \
+             FROM memories m JOIN erased e ON e.r = m.rowid WHERE m.invalid_at IS NULL",
+            &[],
+        )
+        .await?;
+    let mut expired = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let version: i32 = crate::rows::get(r, 1)?;
+        expired.push(engram_core::ports::Expired {
+            id: crate::rows::get(r, 0)?,
+            version: u32::try_from(version).unwrap_or_default(),
+            text: crate::rows::get(r, 2)?,
+            scope: engram_core::memory::Scope {
+                org_id: crate::rows::get(r, 3)?,
+                app_id: crate::rows::get(r, 4)?,
+                user_id: crate::rows::get(r, 5)?,
+                agent_id: crate::rows::get(r, 6)?,
+                run_id: crate::rows::get(r, 7)?,
+            },
+        });
+    }
+    for job in engram_core::ports::expiry_jobs(&hooks, &expired, now) {
+        crate::jobs::insert(tx, &job).await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn sweep(
     tx: &Transaction<'_>,
     now: Timestamp,
@@ -199,6 +241,7 @@ pub(crate) async fn sweep(
         &[&now.as_millisecond(), &(limit as i64)],
     )
     .await?;
+    announce_expiry(tx, now).await?;
     let c = remove_marked(tx, "memory_id IN (SELECT id FROM erased)", &[]).await?;
     if c.memories > 0 {
         audit.add_counts(&c, true);

@@ -19,6 +19,9 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 /// Bytes of an answer read (then the connection is dropped or reused).
 pub const MAX_ANSWER: usize = 4096;
 
+/// How long creating a webhook waits for its host's DNS answer.
+const DNS_CHECK: Duration = Duration::from_secs(3);
+
 /// Why the guarded resolver refused a name (found again in reqwest's error chain).
 #[derive(Debug)]
 struct Blocked(String);
@@ -179,8 +182,20 @@ impl WebhookSender for HttpSender {
 
     async fn check(&self, url: &str) -> Result<()> {
         let parsed = check_url(url, self.dns.allow_private)?;
+        // A resolver that does not answer must not hold the request: after
+        // DNS_CHECK the name counts as unresolvable (checked at delivery).
+        let lookup = |host: &str| {
+            let dns = self.dns.clone();
+            let host = host.to_owned();
+            async move {
+                match tokio::time::timeout(DNS_CHECK, dns.lookup(&host)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no DNS answer within {DNS_CHECK:?}").into()),
+                }
+            }
+        };
         if let Some(url::Host::Domain(host)) = parsed.host()
-            && let Err(e) = self.dns.lookup(host).await
+            && let Err(e) = lookup(host).await
         {
             match blocked(e.as_ref()) {
                 Some(msg) => return Err(Error::invalid(format!("`url`: {msg}"))),

@@ -963,3 +963,63 @@ async fn erasure_and_dead_jobs_are_announced() {
             .contains("not an add")
     );
 }
+
+#[tokio::test]
+async fn the_expiry_sweep_announces_what_it_removes() {
+    let w = world(config(true, 20)).await;
+    let (recv, url) = Receiver::start().await;
+    let admin = w.key(org("acme"), Role::Admin).await;
+    w.call(
+        &admin,
+        "POST",
+        "/v1/webhooks",
+        Some(json!({"url": url, "events": ["memory.expired"]})),
+    )
+    .await;
+    let mut input = AddInput::new(
+        Content::Text("A code valid for a moment.".into()),
+        scope("acme", "u1"),
+    );
+    input.expires_at = Some(w.memory.now() + jiff::SignedDuration::from_millis(50));
+    let id = w
+        .memory
+        .add(&RequestCtx::operator("test"), input)
+        .await
+        .unwrap()[0]
+        .id;
+    w.add("A lasting fact.", scope("acme", "u1")).await;
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let report = w.memory.sweep().await.unwrap();
+    assert_eq!(report.memories, 1, "{report:?}");
+    w.drain(&w.runner("w")).await;
+    let bodies = recv.bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(bodies[0]["type"], "memory.expired");
+    assert_eq!(bodies[0]["data"]["id"], id.to_string());
+    assert_eq!(bodies[0]["data"]["text"], "A code valid for a moment.");
+    assert_eq!(bodies[0]["data"]["reason"], "expired");
+
+    // Metrics: deliveries by outcome, latency, the queue's depth.
+    let resp = w
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for name in [
+        "engram_webhook_deliveries_total",
+        "engram_webhook_delivery_seconds",
+        "engram_webhook_queue",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}

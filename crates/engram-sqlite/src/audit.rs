@@ -163,6 +163,47 @@ fn remove_marked(
 /// Removes up to `limit` memories whose current version expired by `now`
 /// (all versions, history, index entries); appends `audit` with the counts
 /// when anything went.
+/// Queues `memory.expired` deliveries for the marked current versions, in
+/// the sweep's transaction (only when some webhook wants the event).
+fn announce_expiry(tx: &rusqlite::Transaction<'_>, now: Timestamp) -> Result<()> {
+    let hooks = crate::webhooks::enabled(tx)?;
+    if !hooks.iter().any(|h| {
+        h.events
+            .contains(&engram_core::webhook::WebhookEvent::MemoryExpired)
+    }) {
+        return Ok(());
+    }
+    let mut stmt = tx
+        .prepare(
+            "SELECT m.id, m.version, m.text, m.org_id, m.app_id, m.user_id, m.agent_id, m.run_id \
+             FROM memories m JOIN temp.erased e ON e.r = m.rowid WHERE m.invalid_at IS NULL",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let mut expired = Vec::new();
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let id: String = r.get(0).map_err(db_err)?;
+        expired.push(engram_core::ports::Expired {
+            id: id
+                .parse()
+                .map_err(|e| engram_core::Error::store(format!("bad memory id {id}: {e}")))?,
+            version: r.get(1).map_err(db_err)?,
+            text: r.get(2).map_err(db_err)?,
+            scope: engram_core::memory::Scope {
+                org_id: r.get(3).map_err(db_err)?,
+                app_id: r.get(4).map_err(db_err)?,
+                user_id: r.get(5).map_err(db_err)?,
+                agent_id: r.get(6).map_err(db_err)?,
+                run_id: r.get(7).map_err(db_err)?,
+            },
+        });
+    }
+    for job in engram_core::ports::expiry_jobs(&hooks, &expired, now) {
+        crate::jobs::insert(tx, &job)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn sweep(
     tx: &rusqlite::Transaction<'_>,
     now: Timestamp,
@@ -177,6 +218,7 @@ pub(crate) fn sweep(
         params![now.as_millisecond(), limit as i64],
     )
     .map_err(db_err)?;
+    announce_expiry(tx, now)?;
     let (c, current) = remove_marked(tx, "memory_id IN (SELECT id FROM temp.erased)", [])?;
     tx.execute_batch("DROP TABLE temp.erased;")
         .map_err(db_err)?;

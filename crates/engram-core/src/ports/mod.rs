@@ -32,6 +32,6 @@ pub use store::{
     Visibility, WriteOp, check_dimensions, check_model,
 };
 pub use webhooks::{
-    ATTEMPTS_KEPT, DeliveryAttempt, Outgoing, Sent, WebhookSender, WebhookStore, delivery_job,
-    memory_ordering,
+    ATTEMPTS_KEPT, DeliveryAttempt, Expired, Outgoing, Sent, WebhookSender, WebhookStore,
+    delivery_job, expiry_jobs, memory_ordering,
 };

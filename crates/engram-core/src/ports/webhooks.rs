@@ -14,9 +14,11 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::access::Principal;
-use crate::memory::{MemoryId, Scope};
+use crate::memory::{Event, HistoryEvent, MemoryId, Scope};
 use crate::ports::{Job, JobState};
-use crate::webhook::{DELIVERY_ATTEMPTS, DELIVERY_KIND, DeliveryPayload, Webhook, WebhookEvent};
+use crate::webhook::{
+    DELIVERY_ATTEMPTS, DELIVERY_KIND, DeliveryPayload, Webhook, WebhookEvent, memory_body,
+};
 
 /// One attempt to deliver an event, as kept for `GET /v1/webhooks/{id}/deliveries`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -131,4 +133,46 @@ pub fn delivery_job(
 /// The ordering key of deliveries about one memory to one webhook.
 pub fn memory_ordering(hook: Uuid, memory: MemoryId) -> String {
     format!("{hook}:{memory}")
+}
+
+/// A memory the expiry sweep removes, as its `memory.expired` event tells it.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    pub id: MemoryId,
+    pub version: u32,
+    pub text: String,
+    pub scope: Scope,
+}
+
+/// The `memory.expired` deliveries for `expired` to those of `hooks` that
+/// want them — queued by the sweep in its own transaction.
+pub fn expiry_jobs(hooks: &[Webhook], expired: &[Expired], at: Timestamp) -> Vec<Job> {
+    let event = WebhookEvent::MemoryExpired;
+    let mut jobs = Vec::new();
+    for m in expired {
+        let history = HistoryEvent {
+            id: Uuid::now_v7(),
+            memory_id: m.id,
+            event: Event::Delete,
+            old_text: Some(m.text.clone()),
+            new_text: None,
+            version: m.version,
+            actor: Some("system".to_owned()),
+            reason: Some("expired".to_owned()),
+            request_id: None,
+            scope: m.scope.clone(),
+            created_at: at,
+        };
+        for hook in hooks.iter().filter(|h| h.wants(event, &m.scope)) {
+            jobs.push(delivery_job(
+                hook,
+                event,
+                &m.scope,
+                memory_body(hook, event, &history),
+                Some(memory_ordering(hook.id, m.id)),
+                at,
+            ));
+        }
+    }
+    jobs
 }
