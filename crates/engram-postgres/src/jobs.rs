@@ -226,8 +226,7 @@ impl JobStore for PgStore {
                                         AND e.state IN ('queued', 'running') \
                                         AND (e.created_at, e.id) < (j.created_at, j.id))) \
                                  ORDER BY (SELECT count(*) FROM jobs r WHERE r.state = 'running' \
-                                           AND r.lease_until > $3 AND (r.scope::jsonb ->> 'org_id') \
-                                           IS NOT DISTINCT FROM (j.scope::jsonb ->> 'org_id')), \
+                                           AND r.lease_until > $3 AND r.org_id IS NOT DISTINCT FROM j.org_id), \
                                           j.run_after, j.created_at \
                                  LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
                      RETURNING {COLUMNS}"
@@ -322,7 +321,7 @@ impl JobStore for PgStore {
         let n: i64 = client
             .query_one(
                 "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') AND kind = 'add' \
-                 AND (scope::jsonb ->> 'org_id') IS NOT DISTINCT FROM $1::text",
+                 AND org_id IS NOT DISTINCT FROM $1::text",
                 &[&org_id],
             )
             .await

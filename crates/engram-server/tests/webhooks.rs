@@ -49,6 +49,8 @@ struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<VecDeque<u16>>>,
     always: Arc<Mutex<Option<u16>>>,
+    /// How long the receiver takes to answer.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Receiver {
@@ -60,6 +62,8 @@ impl Receiver {
             axum::routing::post(move |headers: HeaderMap, body: String| {
                 let r = state.clone();
                 async move {
+                    let delay = *r.delay.lock().unwrap();
+                    tokio::time::sleep(delay).await;
                     let status = r
                         .always
                         .lock()
@@ -443,20 +447,43 @@ async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_webhook_disabl
         .await;
     assert_eq!(h["consecutive_failures"], 0, "a delivery resets the count");
 
-    // A 4xx other than 408/429 is not retried.
+    // A 4xx other than 408/429 is not retried, nor is a redirect (never followed).
     recv.script.lock().unwrap().push_back(410);
     w.add("Refused by the receiver.", scope("acme", "u1")).await;
     w.drain(&runner).await;
     assert_eq!(recv.got().last().unwrap().status, 410);
+    recv.script.lock().unwrap().push_back(302);
+    w.add("Redirected by the receiver.", scope("acme", "u1"))
+        .await;
+    w.drain(&runner).await;
     let n = recv.got().len();
+    assert_eq!(recv.got()[n - 1].status, 302);
+    let (_, d) = w
+        .call(
+            &admin,
+            "GET",
+            &format!("/v1/webhooks/{id}/deliveries?limit=2"),
+            None,
+        )
+        .await;
+    let last = &d["results"][0];
+    assert_eq!(last["outcome"], "dead", "{d}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("redirects are not followed"),
+        "{d}"
+    );
+    assert_eq!(d["results"][1]["status_code"], 410);
 
     // Always failing: after 4 failures in a row the webhook is disabled and
     // its delivery dead; later changes queue nothing.
     *recv.always.lock().unwrap() = Some(500);
     w.add("Never delivered.", scope("acme", "u1")).await;
     w.drain(&runner).await;
-    // 410 counted as the first failure in a row: three more 500s disable it.
-    assert_eq!(recv.got().len(), n + 3);
+    // 410 and 302 were the first two failures in a row: two more 500s disable it.
+    assert_eq!(recv.got().len(), n + 2);
     let (_, h) = w
         .call(&admin, "GET", &format!("/v1/webhooks/{id}"), None)
         .await;
@@ -497,6 +524,48 @@ async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_webhook_disabl
     w.add("Delivered again.", scope("acme", "u1")).await;
     w.drain(&runner).await;
     assert_eq!(recv.got().last().unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_slow_receiver_times_out_and_is_retried() {
+    let mut cfg = config(true, 20);
+    cfg.webhooks.timeout = Duration::from_millis(200);
+    let w = world(cfg).await;
+    let (recv, url) = Receiver::start().await;
+    let admin = w.key(org("acme"), Role::Admin).await;
+    let (_, hook) = w
+        .call(
+            &admin,
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": url, "events": ["memory.created"]})),
+        )
+        .await;
+    *recv.delay.lock().unwrap() = Duration::from_millis(600);
+    w.add("Slow to land.", scope("acme", "u1")).await;
+    let runner = w.runner("w");
+    assert!(runner.run_once().await.unwrap());
+    *recv.delay.lock().unwrap() = Duration::ZERO;
+    w.drain(&runner).await;
+    let (_, d) = w
+        .call(
+            &admin,
+            "GET",
+            &format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let d = d["results"].as_array().unwrap();
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(
+        (d[0]["outcome"].as_str(), d[1]["outcome"].as_str()),
+        (Some("delivered"), Some("failed"))
+    );
+    assert!(
+        d[1]["error"].as_str().unwrap().contains("timed out"),
+        "{d:?}"
+    );
+    assert!(d[1]["status_code"].is_null());
 }
 
 #[tokio::test]

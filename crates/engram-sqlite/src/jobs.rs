@@ -152,8 +152,7 @@ impl JobStore for SqliteStore {
                                         AND e.state IN ('queued', 'running') \
                                         AND (e.created_at, e.id) < (j.created_at, j.id))) \
                                  ORDER BY (SELECT count(*) FROM jobs r WHERE r.state = 'running' \
-                                           AND r.lease_until > ?3 AND json_extract(r.scope, '$.org_id') \
-                                           IS json_extract(j.scope, '$.org_id')), \
+                                           AND r.lease_until > ?3 AND r.org_id IS j.org_id), \
                                           j.run_after, j.created_at LIMIT 1) \
                      RETURNING {COLUMNS}"
                 ))
@@ -257,7 +256,7 @@ impl JobStore for SqliteStore {
         self.read(move |conn, _| {
             conn.query_row(
                 "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') AND kind = 'add' \
-                 AND json_extract(scope, '$.org_id') IS ?1",
+                 AND org_id IS ?1",
                 params![org],
                 |r| r.get::<_, i64>(0),
             )

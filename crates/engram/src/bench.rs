@@ -46,6 +46,19 @@ pub struct BenchArgs {
     /// sizes (comma-separated) inside an index of `--memories` vectors, to place `--exact-threshold`.
     #[arg(long, value_delimiter = ',')]
     pub crossover: Option<Vec<usize>>,
+    /// Instead of the full run: webhook delivery latency (commit to receiver)
+    /// and deliveries per second, with a receiver on loopback.
+    #[arg(long)]
+    pub webhooks: bool,
+    /// `--webhooks`: memories added one at a time for the latency figure.
+    #[arg(long, default_value_t = 300)]
+    pub webhook_adds: usize,
+    /// `--webhooks`: memories written in one transaction for the throughput figure.
+    #[arg(long, default_value_t = 2_000)]
+    pub webhook_burst: usize,
+    /// `--webhooks`: the server's job workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
     /// Data directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
@@ -248,6 +261,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Arc::new(SystemClock),
     )
     .await?;
+    if args.webhooks {
+        let keys = engram_core::service::KeyService::new(store.keys(), Arc::new(SystemClock));
+        let out = crate::bench_webhooks::run(
+            service,
+            keys,
+            args.workers,
+            args.webhook_adds,
+            args.webhook_burst,
+        )
+        .await?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
 
     // Part embeddings.
     let t0 = Instant::now();

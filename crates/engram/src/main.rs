@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_ui;
+mod bench_webhooks;
 mod cli;
 mod config;
 mod eval;
