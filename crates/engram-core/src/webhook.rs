@@ -7,7 +7,7 @@
 //! [`WebhookSender`](crate::ports::WebhookSender) port's; this module says
 //! which addresses a sender must refuse ([`blocked_ip`]).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -216,8 +216,8 @@ pub fn overlaps(a: &Scope, b: &Scope) -> bool {
 
 /// Deliveries are jobs of this kind.
 pub const DELIVERY_KIND: &str = "webhook";
-/// Attempts per delivery (with the job queue's doubling backoff, about
-/// half an hour of retries) before it is dead.
+/// Attempts per delivery (with the job queue's backoff, 2 s doubling to
+/// 5 min: about 14 minutes of retries) before it is dead.
 pub const DELIVERY_ATTEMPTS: u32 = 10;
 /// Longest URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
@@ -359,10 +359,21 @@ pub fn blocked_ip(ip: IpAddr) -> bool {
                 return blocked_v4(v4);
             }
             let s = v6.segments();
-            // NAT64 (64:ff9b::/96) carries an IPv4 address in its low bits.
-            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+            let low_v4 = || {
                 let [a, b] = s[6].to_be_bytes();
                 let [c, d] = s[7].to_be_bytes();
+                Ipv4Addr::new(a, b, c, d)
+            };
+            // NAT64 (64:ff9b::/96) and SIIT (::ffff:0:a.b.c.d) carry an IPv4
+            // address in their low bits; 6to4 (2002::/16) in bits 16–48.
+            if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4])
+                || (s[0..4] == [0; 4] && s[4] == 0xffff && s[5] == 0)
+            {
+                return blocked_v4(low_v4());
+            }
+            if s[0] == 0x2002 {
+                let [a, b] = s[1].to_be_bytes();
+                let [c, d] = s[2].to_be_bytes();
                 return blocked_v4(Ipv4Addr::new(a, b, c, d));
             }
             v6.is_loopback()
@@ -372,7 +383,10 @@ pub fn blocked_ip(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
                 || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
                 || (s[0] == 0 && s[1..6] == [0; 5]) // IPv4-compatible ::a.b.c.d
-                || v6 == Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0)
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 64:ff9b:1::/48
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32
+                || (s[0] == 0x2001 && s[1] == 0xdb8) // documentation 2001:db8::/32
+                || (s[0] == 0x0100 && s[1..4] == [0; 3]) // discard-only 100::/64
         }
     }
 }
@@ -426,12 +440,24 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a9fe:a9fe",
+            "::ffff:0:7f00:1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "64:ff9b:1::1",
+            "2001::1",
+            "2001:db8:1::1",
             "224.0.0.1",
             "255.255.255.255",
         ] {
             assert!(blocked_ip(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.215.14", "8.8.8.8", "2606:4700::1111", "1.1.1.1"] {
+        for ip in [
+            "93.184.215.14",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "1.1.1.1",
+            "2002:5db8:d70e::1",
+        ] {
             assert!(!blocked_ip(ip.parse().unwrap()), "{ip}");
         }
     }

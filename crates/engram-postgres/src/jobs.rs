@@ -73,7 +73,8 @@ pub(crate) async fn finish(
     let n = tx
         .execute(
             "UPDATE jobs SET state = 'done', result = $3, lease_owner = NULL, lease_until = NULL, \
-             updated_at = $4 WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+             updated_at = $4, payload = CASE WHEN kind = 'webhook' THEN '{}' ELSE payload END \
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
             &[&id, &worker, &to_json(result), &at.as_millisecond()],
         )
         .await?;
@@ -206,6 +207,7 @@ impl JobStore for PgStore {
         worker: &str,
         now: Timestamp,
         lease: Duration,
+        deliveries: bool,
     ) -> Result<Option<Job>> {
         let client = self.client().await?;
         let now_ms = now.as_millisecond();
@@ -221,6 +223,7 @@ impl JobStore for PgStore {
                      WHERE id = (SELECT j.id FROM jobs j \
                                  WHERE ((j.state = 'queued' AND j.run_after <= $3) \
                                     OR (j.state = 'running' AND j.lease_until <= $3)) \
+                                   AND ($4 OR j.kind <> 'webhook') \
                                    AND (j.ordering IS NULL OR NOT EXISTS ( \
                                         SELECT 1 FROM jobs e WHERE e.ordering = j.ordering \
                                         AND e.state IN ('queued', 'running') \
@@ -231,7 +234,7 @@ impl JobStore for PgStore {
                                  LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
                      RETURNING {COLUMNS}"
                 ),
-                &[&worker, &until, &now_ms],
+                &[&worker, &until, &now_ms, &deliveries],
             )
             .await
             .map_err(pg_err)?;
@@ -264,7 +267,8 @@ impl JobStore for PgStore {
             .execute(
                 "UPDATE jobs SET state = CASE WHEN $4::bigint IS NULL THEN 'dead' ELSE 'queued' END, \
                  run_after = COALESCE($4::bigint, run_after), last_error = $3, lease_owner = NULL, \
-                 lease_until = NULL, updated_at = $5 \
+                 lease_until = NULL, updated_at = $5, \
+                 payload = CASE WHEN $4::bigint IS NULL AND kind = 'webhook' THEN '{}' ELSE payload END \
                  WHERE id = $1 AND state = 'running' AND lease_owner = $2",
                 &[
                     &id,

@@ -7,6 +7,7 @@ use engram_core::memory::Scope;
 use engram_core::ports::{ATTEMPTS_KEPT, DeliveryAttempt, WebhookStore};
 use engram_core::webhook::{Webhook, WebhookEvent, WebhookFormat};
 use engram_core::{Error, Result};
+use jiff::Timestamp;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
@@ -155,15 +156,53 @@ impl WebhookStore for PgStore {
 
     async fn webhook_update(&self, hook: &Webhook) -> Result<bool> {
         let client = self.client().await?;
-        let n = write_row(
-            &**client,
-            "UPDATE webhooks SET url = $2, events = $3, org_id = $4, app_id = $5, user_id = $6, \
-             agent_id = $7, run_id = $8, name = $9, description = $10, format = $11, project_id = $12, \
-             include_text = $13, enabled = $14, failures = $15, disabled_reason = $16, secret = $17, \
-             created_by = $18, created_at = $19, updated_at = $20 WHERE id = $1",
-            hook,
-        )
-        .await?;
+        let n = client
+            .execute(
+                "UPDATE webhooks SET url = $2, events = $3, name = $4, description = $5, \
+                 include_text = $6, updated_at = $7 WHERE id = $1",
+                &[
+                    &hook.id,
+                    &hook.url,
+                    &WebhookEvent::mask(&hook.events),
+                    &hook.name,
+                    &hook.description,
+                    &hook.include_text,
+                    &hook.updated_at.as_millisecond(),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n > 0)
+    }
+
+    async fn webhook_set_enabled(
+        &self,
+        id: Uuid,
+        enabled: bool,
+        reason: Option<&str>,
+        at: Timestamp,
+    ) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE webhooks SET enabled = $2, disabled_reason = $3, updated_at = $4, \
+                 failures = CASE WHEN $2 THEN 0 ELSE failures END WHERE id = $1",
+                &[&id, &enabled, &reason, &at.as_millisecond()],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n > 0)
+    }
+
+    async fn webhook_set_secret(&self, id: Uuid, secret: &str, at: Timestamp) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE webhooks SET secret = $2, updated_at = $3 WHERE id = $1",
+                &[&id, &secret, &at.as_millisecond()],
+            )
+            .await
+            .map_err(pg_err)?;
         Ok(n > 0)
     }
 

@@ -197,7 +197,7 @@ async fn workers_on_two_nodes_claim_each_job_once() {
         tasks.push(tokio::spawn(async move {
             let worker = format!("node{}-w{w}", w % 2);
             let mut done = Vec::new();
-            while let Some(job) = store.job_claim(&worker, now, lease).await.unwrap() {
+            while let Some(job) = store.job_claim(&worker, now, lease, true).await.unwrap() {
                 if done.is_empty() {
                     all_holding.wait().await;
                 }
@@ -239,21 +239,21 @@ async fn workers_on_two_nodes_claim_each_job_once() {
     let j = job(1000);
     nodes[0].job_insert(&j).await.unwrap();
     let held = nodes[0]
-        .job_claim("dying", now, lease)
+        .job_claim("dying", now, lease, true)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(held.id, j.id);
     assert!(
         nodes[1]
-            .job_claim("other", now, lease)
+            .job_claim("other", now, lease, true)
             .await
             .unwrap()
             .is_none()
     );
     let later = now + SignedDuration::from_secs(61);
     let taken = nodes[1]
-        .job_claim("other", later, lease)
+        .job_claim("other", later, lease, true)
         .await
         .unwrap()
         .unwrap();

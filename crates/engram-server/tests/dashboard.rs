@@ -607,7 +607,7 @@ async fn every_page_renders_empty_and_populated() {
     let store = w.memory.store();
     let now = w.memory.now();
     let claimed = store
-        .job_claim("w1", now, Duration::from_secs(60))
+        .job_claim("w1", now, Duration::from_secs(60), true)
         .await
         .unwrap()
         .unwrap();

@@ -378,9 +378,28 @@ async fn every_change_is_delivered_signed_in_order_and_only_inside_the_scope() {
     assert_eq!(s, StatusCode::OK);
     w.add("Carol's secret diagnosis.", scope("acme", "u3"))
         .await;
+    // A worker that cannot send webhooks (the CLI's) leaves the delivery alone.
+    let cli = JobRunner::new(w.memory.clone(), jobs_fast(), "cli");
+    assert!(!cli.run_once().await.unwrap(), "no delivery claimed");
+    assert_eq!(w.memory.store().webhook_pending().await.unwrap(), 1);
     w.drain(&runner).await;
     let last = recv.got().pop().unwrap();
     assert!(!last.body.contains("diagnosis"), "{}", last.body);
+    assert!(
+        verify(new_secret, &last),
+        "a settings change after the rotation kept the new secret"
+    );
+    // Delivered: the queue keeps no memory text, and /v1/jobs shows no delivery.
+    let jobs = w.memory.store().job_list(None, 1000).await.unwrap();
+    let deliveries: Vec<_> = jobs.iter().filter(|j| j.kind == "webhook").collect();
+    assert_eq!(deliveries.len(), 5);
+    for j in &deliveries {
+        assert_eq!(j.payload, json!({}), "{j:?}");
+        let (s, _) = w
+            .call(&admin, "GET", &format!("/v1/jobs/{}", j.id), None)
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
 
     // Deleted: nothing more arrives.
     let (s, _) = w
@@ -506,6 +525,16 @@ async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_webhook_disabl
     assert_eq!(d["results"][0]["outcome"], "dead");
     w.add("After disabling.", scope("acme", "u1")).await;
     assert_eq!(w.memory.store().webhook_pending().await.unwrap(), 0);
+    // Changing a setting does not re-enable it (only `enabled: true` does).
+    let (s, h) = w
+        .call(
+            &admin,
+            "PATCH",
+            &format!("/v1/webhooks/{id}"),
+            Some(json!({"description": "still off"})),
+        )
+        .await;
+    assert_eq!((s, &h["enabled"]), (StatusCode::OK, &json!(false)), "{h}");
 
     // Re-enabled: deliveries resume.
     *recv.always.lock().unwrap() = None;
@@ -976,11 +1005,16 @@ async fn erasure_and_dead_jobs_are_announced() {
         )
         .await;
     w.add("To be erased.", scope("acme", "u1")).await;
-    let receipt = w
-        .memory
-        .erase(&RequestCtx::operator("test"), ScopeField::User, "u1", false)
+    // An operator's erasure of a user in another org (no org named) is not
+    // told to acme's webhook: no tenant learns another's ids.
+    w.add("Globex's user.", scope("globex", "g7")).await;
+    w.memory
+        .erase(&RequestCtx::operator("test"), ScopeField::User, "g7", false)
         .await
         .unwrap();
+    // acme's admin erases u1: the erased scope names acme.
+    let (s, receipt) = w.call(&admin, "DELETE", "/v1/users/u1", None).await;
+    assert_eq!(s, StatusCode::OK, "{receipt}");
     let (s, _) = w
         .call(
             &admin,
@@ -1022,7 +1056,8 @@ async fn erasure_and_dead_jobs_are_announced() {
     assert_eq!(bodies.len(), 2, "{bodies:?}");
     let erased = bodies.iter().find(|b| b["type"] == "scope.erased").unwrap();
     assert_eq!(erased["data"]["user_id"], "u1");
-    assert_eq!(erased["data"]["receipt_id"], receipt.receipt_id.to_string());
+    assert_eq!(erased["data"]["org_id"], "acme");
+    assert_eq!(erased["data"]["receipt_id"], receipt["receipt_id"]);
     let dead = bodies.iter().find(|b| b["type"] == "job.dead").unwrap();
     assert_eq!(dead["data"]["job_id"], bad.id.to_string());
     assert!(

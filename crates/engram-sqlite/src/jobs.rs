@@ -61,7 +61,8 @@ pub(crate) fn finish(
     let n = conn
         .execute(
             "UPDATE jobs SET state = 'done', result = ?3, lease_owner = NULL, lease_until = NULL, \
-             updated_at = ?4 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+             updated_at = ?4, payload = CASE WHEN kind = 'webhook' THEN '{}' ELSE payload END \
+             WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
             params![id.to_string(), worker, to_json(result), at.as_millisecond()],
         )
         .map_err(db_err)?;
@@ -134,6 +135,7 @@ impl JobStore for SqliteStore {
         worker: &str,
         now: Timestamp,
         lease: Duration,
+        deliveries: bool,
     ) -> Result<Option<Job>> {
         let worker = worker.to_owned();
         // Fair across tenants: among due jobs (and jobs whose lease ran out),
@@ -147,6 +149,7 @@ impl JobStore for SqliteStore {
                      WHERE id = (SELECT j.id FROM jobs j \
                                  WHERE ((j.state = 'queued' AND j.run_after <= ?3) \
                                     OR (j.state = 'running' AND j.lease_until <= ?3)) \
+                                   AND (?4 OR j.kind <> 'webhook') \
                                    AND (j.ordering IS NULL OR NOT EXISTS ( \
                                         SELECT 1 FROM jobs e WHERE e.ordering = j.ordering \
                                         AND e.state IN ('queued', 'running') \
@@ -158,7 +161,12 @@ impl JobStore for SqliteStore {
                 ))
                 .map_err(db_err)?;
             let mut rows = stmt
-                .query(params![worker, now_ms.saturating_add(ms(lease)), now_ms])
+                .query(params![
+                    worker,
+                    now_ms.saturating_add(ms(lease)),
+                    now_ms,
+                    deliveries
+                ])
                 .map_err(db_err)?;
             match rows.next().map_err(db_err)? {
                 Some(r) => Ok(Some(row_to_job(r)?)),
@@ -197,7 +205,8 @@ impl JobStore for SqliteStore {
                 .execute(
                     "UPDATE jobs SET state = CASE WHEN ?4 IS NULL THEN 'dead' ELSE 'queued' END, \
                      run_after = COALESCE(?4, run_after), last_error = ?3, lease_owner = NULL, \
-                     lease_until = NULL, updated_at = ?5 \
+                     lease_until = NULL, updated_at = ?5, \
+                     payload = CASE WHEN ?4 IS NULL AND kind = 'webhook' THEN '{}' ELSE payload END \
                      WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
                     params![
                         id.to_string(),

@@ -6,6 +6,7 @@ use engram_core::memory::Scope;
 use engram_core::ports::{ATTEMPTS_KEPT, DeliveryAttempt, WebhookStore};
 use engram_core::webhook::{Webhook, WebhookEvent, WebhookFormat};
 use engram_core::{Error, Result};
+use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
@@ -159,14 +160,56 @@ impl WebhookStore for SqliteStore {
     async fn webhook_update(&self, hook: &Webhook) -> Result<bool> {
         let hook = hook.clone();
         self.write(move |conn| {
-            let n = write_row(
-                conn,
-                "UPDATE webhooks SET url = ?2, events = ?3, org_id = ?4, app_id = ?5, user_id = ?6, \
-                 agent_id = ?7, run_id = ?8, name = ?9, description = ?10, format = ?11, project_id = ?12, \
-                 include_text = ?13, enabled = ?14, failures = ?15, disabled_reason = ?16, secret = ?17, \
-                 created_by = ?18, created_at = ?19, updated_at = ?20 WHERE id = ?1",
-                &hook,
-            )?;
+            let n = conn
+                .execute(
+                    "UPDATE webhooks SET url = ?2, events = ?3, name = ?4, description = ?5, \
+                     include_text = ?6, updated_at = ?7 WHERE id = ?1",
+                    params![
+                        hook.id.to_string(),
+                        hook.url,
+                        WebhookEvent::mask(&hook.events),
+                        hook.name,
+                        hook.description,
+                        hook.include_text,
+                        hook.updated_at.as_millisecond(),
+                    ],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn webhook_set_enabled(
+        &self,
+        id: Uuid,
+        enabled: bool,
+        reason: Option<&str>,
+        at: Timestamp,
+    ) -> Result<bool> {
+        let reason = reason.map(str::to_owned);
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE webhooks SET enabled = ?2, disabled_reason = ?3, updated_at = ?4, \
+                     failures = CASE WHEN ?2 THEN 0 ELSE failures END WHERE id = ?1",
+                    params![id.to_string(), enabled, reason, at.as_millisecond()],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn webhook_set_secret(&self, id: Uuid, secret: &str, at: Timestamp) -> Result<bool> {
+        let secret = secret.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE webhooks SET secret = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![id.to_string(), secret, at.as_millisecond()],
+                )
+                .map_err(db_err)?;
             Ok(n > 0)
         })
         .await
@@ -190,14 +233,17 @@ impl WebhookStore for SqliteStore {
         let a = a.clone();
         self.write_tx("webhook attempt", move |_, tx| {
             let hook = a.webhook_id.to_string();
-            let exists = tx
-                .query_row("SELECT 1 FROM webhooks WHERE id = ?1", [&hook], |_| Ok(()))
+            let Some((enabled, failures)) = tx
+                .query_row(
+                    "SELECT enabled, failures FROM webhooks WHERE id = ?1",
+                    [&hook],
+                    |r| Ok((r.get::<_, bool>(0)?, r.get::<_, u32>(1)?)),
+                )
                 .optional()
                 .map_err(db_err)?
-                .is_some();
-            if !exists {
+            else {
                 return Ok(false);
-            }
+            };
             tx.execute(
                 "INSERT INTO webhook_attempts (id, webhook_id, delivery_id, event, attempt, outcome, \
                  status_code, latency_ms, error, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -221,27 +267,16 @@ impl WebhookStore for SqliteStore {
                 params![hook, ATTEMPTS_KEPT as i64],
             )
             .map_err(db_err)?;
-            let disabled = if a.outcome == "delivered" {
-                tx.execute("UPDATE webhooks SET failures = 0 WHERE id = ?1", [&hook])
-                    .map_err(db_err)?;
-                false
-            } else {
-                let reason = format!("{max_failures} delivery attempts failed in a row");
-                tx.execute(
-                    "UPDATE webhooks SET failures = failures + 1, \
-                     enabled = CASE WHEN failures + 1 >= ?2 THEN 0 ELSE enabled END, \
-                     disabled_reason = CASE WHEN failures + 1 >= ?2 AND enabled = 1 THEN ?3 ELSE disabled_reason END \
-                     WHERE id = ?1",
-                    params![hook, max_failures, reason],
-                )
-                .map_err(db_err)?;
-                tx.query_row(
-                    "SELECT enabled = 0 AND failures = ?2 FROM webhooks WHERE id = ?1",
-                    params![hook, max_failures],
-                    |r| r.get::<_, bool>(0),
-                )
-                .map_err(db_err)?
-            };
+            let delivered = a.outcome == "delivered";
+            let failures = if delivered { 0 } else { failures.saturating_add(1) };
+            let disabled = enabled && !delivered && failures >= max_failures;
+            let reason = format!("{max_failures} delivery attempts failed in a row");
+            tx.execute(
+                "UPDATE webhooks SET failures = ?2, enabled = enabled AND NOT ?3, \
+                 disabled_reason = CASE WHEN ?3 THEN ?4 ELSE disabled_reason END WHERE id = ?1",
+                params![hook, failures, disabled, reason],
+            )
+            .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
             Ok(disabled)
         })

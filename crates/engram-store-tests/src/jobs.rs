@@ -43,7 +43,7 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
     assert_eq!(f.store.job_get(j1.id).await.unwrap().unwrap(), j1);
     let claimed = f
         .store
-        .job_claim("w1", at(2), lease)
+        .job_claim("w1", at(2), lease, true)
         .await
         .unwrap()
         .unwrap();
@@ -54,7 +54,7 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
     assert_eq!(claimed.lease_owner.as_deref(), Some("w1"));
     assert!(
         f.store
-            .job_claim("w2", at(3), lease)
+            .job_claim("w2", at(3), lease, true)
             .await
             .unwrap()
             .is_none(),
@@ -65,7 +65,7 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
     assert!(f.store.job_renew(j1.id, "w1", at(500)).await.unwrap());
     assert!(
         f.store
-            .job_claim("w2", at(100), lease)
+            .job_claim("w2", at(100), lease, true)
             .await
             .unwrap()
             .is_none(),
@@ -116,7 +116,7 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
     f.store.job_insert(&j2).await.unwrap();
     let c = f
         .store
-        .job_claim("w1", at(10), lease)
+        .job_claim("w1", at(10), lease, true)
         .await
         .unwrap()
         .unwrap();
@@ -134,7 +134,7 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
     );
     assert!(
         f.store
-            .job_claim("w2", at(20), lease)
+            .job_claim("w2", at(20), lease, true)
             .await
             .unwrap()
             .is_none(),
@@ -142,7 +142,7 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
     );
     let c = f
         .store
-        .job_claim("w2", at(30), lease)
+        .job_claim("w2", at(30), lease, true)
         .await
         .unwrap()
         .unwrap();
@@ -150,7 +150,7 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
     // w2 dies; after its lease, w3 takes over and w2 can no longer report.
     let c = f
         .store
-        .job_claim("w3", at(91), lease)
+        .job_claim("w3", at(91), lease, true)
         .await
         .unwrap()
         .unwrap();
@@ -441,14 +441,14 @@ pub async fn job_claims_take_turns_across_orgs(f: Fixture) {
     let lease = std::time::Duration::from_secs(60);
     let first = f
         .store
-        .job_claim("w1", at(20), lease)
+        .job_claim("w1", at(20), lease, true)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(first.id, busy[0].id, "the oldest first");
     let second = f
         .store
-        .job_claim("w2", at(20), lease)
+        .job_claim("w2", at(20), lease, true)
         .await
         .unwrap()
         .unwrap();
@@ -458,7 +458,7 @@ pub async fn job_claims_take_turns_across_orgs(f: Fixture) {
     );
     let third = f
         .store
-        .job_claim("w3", at(20), lease)
+        .job_claim("w3", at(20), lease, true)
         .await
         .unwrap()
         .unwrap();

@@ -117,6 +117,14 @@ impl ServeArgs {
                 self.listen
             );
         }
+        if self.webhook_timeout_secs >= self.jobs.job_lease_secs {
+            bail!(
+                "--webhook-timeout-secs ({}) must be shorter than the job lease ({} s, --job-lease-secs): \
+                 a delivery still sending when its lease runs out would be sent twice",
+                self.webhook_timeout_secs,
+                self.jobs.job_lease_secs
+            );
+        }
         if self.max_body_bytes < 1024 {
             bail!("--max-body-bytes must be at least 1024");
         }

@@ -106,14 +106,22 @@ impl JobCounts {
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     async fn job_insert(&self, job: &Job) -> Result<()>;
-    /// Leases the next due job to `worker` until `now + lease` and counts the attempt.
-    async fn job_claim(&self, worker: &str, now: Timestamp, lease: Duration)
-    -> Result<Option<Job>>;
+    /// Leases the next due job to `worker` until `now + lease` and counts the
+    /// attempt. Without `deliveries`, webhook deliveries are left to workers
+    /// that can send them.
+    async fn job_claim(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        lease: Duration,
+        deliveries: bool,
+    ) -> Result<Option<Job>>;
     /// Extends `worker`'s lease on a running job to `until` (the worker's
     /// heartbeat). False if the worker no longer holds it.
     async fn job_renew(&self, id: Uuid, worker: &str, until: Timestamp) -> Result<bool>;
     /// Records a failure while `worker` holds the lease: back to `queued` at
-    /// `retry_at`, or `dead` when `retry_at` is `None`. False if the lease was lost.
+    /// `retry_at`, or `dead` when `retry_at` is `None` (a dead delivery's
+    /// body — which may quote a memory — is dropped). False if the lease was lost.
     async fn job_fail(
         &self,
         id: Uuid,

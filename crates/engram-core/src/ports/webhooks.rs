@@ -46,8 +46,22 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn webhook_get(&self, id: Uuid) -> Result<Option<Webhook>>;
     /// Every webhook, oldest first (the caller filters by binding; there are few).
     async fn webhook_list(&self) -> Result<Vec<Webhook>>;
-    /// Replaces the stored row with `hook` (same id). False if it is gone.
+    /// Writes `hook`'s settings — url, events, name, description,
+    /// include_text, updated_at — and nothing else (never the secret, the
+    /// enabled state or the failure count, which have their own writers).
+    /// False if it is gone.
     async fn webhook_update(&self, hook: &Webhook) -> Result<bool>;
+    /// Enables (clearing the failure count and reason) or disables (with
+    /// `reason`) a webhook. False if it is gone.
+    async fn webhook_set_enabled(
+        &self,
+        id: Uuid,
+        enabled: bool,
+        reason: Option<&str>,
+        at: Timestamp,
+    ) -> Result<bool>;
+    /// Replaces the signing secret. False if the webhook is gone.
+    async fn webhook_set_secret(&self, id: Uuid, secret: &str, at: Timestamp) -> Result<bool>;
     /// Deletes the webhook and its attempts; its queued deliveries are
     /// skipped when they come up. False if it was gone.
     async fn webhook_delete(&self, id: Uuid) -> Result<bool>;

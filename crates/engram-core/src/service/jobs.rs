@@ -245,7 +245,9 @@ impl JobQueue {
     /// A job the caller may see (its own binding covers the job's scope).
     pub async fn get(&self, ctx: &RequestCtx, id: Uuid) -> Result<Job> {
         match self.memory.store().job_get(id).await? {
-            Some(j) if ctx.principal.covers(&j.scope) => Ok(j),
+            // Deliveries are seen through their webhook, never retried by hand
+            // (a re-sent old event would arrive after newer ones).
+            Some(j) if j.kind != DELIVERY_KIND && ctx.principal.covers(&j.scope) => Ok(j),
             _ => Err(job_not_found(id)),
         }
     }
@@ -431,7 +433,12 @@ impl JobRunner {
         let store = self.memory.store();
         let now = self.memory.now();
         let Some(job) = store
-            .job_claim(&self.worker, now, self.config.lease)
+            .job_claim(
+                &self.worker,
+                now,
+                self.config.lease,
+                self.webhooks.is_some(),
+            )
             .await?
         else {
             return Ok(false);

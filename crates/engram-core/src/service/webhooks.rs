@@ -245,22 +245,21 @@ impl WebhookService {
         if let Some(t) = patch.include_text {
             hook.include_text = t;
         }
-        match patch.enabled {
-            Some(true) => {
-                hook.enabled = true;
-                hook.consecutive_failures = 0;
-                hook.disabled_reason = None;
-            }
-            Some(false) => {
-                hook.enabled = false;
-                hook.disabled_reason = Some(format!("disabled by {}", ctx.actor()));
-            }
-            None => {}
-        }
-        hook.updated_at = self.memory.now();
-        if !self.memory.store().webhook_update(&hook).await? {
+        let now = self.memory.now();
+        hook.updated_at = now;
+        let store = self.memory.store();
+        if !store.webhook_update(&hook).await? {
             return Err(not_found(id));
         }
+        if let Some(enabled) = patch.enabled {
+            let reason = format!("disabled by {}", ctx.actor());
+            let reason = (!enabled).then_some(reason.as_str());
+            if !store.webhook_set_enabled(id, enabled, reason, now).await? {
+                return Err(not_found(id));
+            }
+        }
+        // What is stored now (the state may have moved meanwhile).
+        let hook = store.webhook_get(id).await?.ok_or_else(|| not_found(id))?;
         self.audit(ctx, "webhook.update", &hook).await?;
         Ok(hook)
     }
@@ -278,7 +277,11 @@ impl WebhookService {
         let mut hook = self.get(ctx, id).await?;
         hook.secret = new_secret()?;
         hook.updated_at = self.memory.now();
-        if !self.memory.store().webhook_update(&hook).await? {
+        let store = self.memory.store();
+        if !store
+            .webhook_set_secret(id, &hook.secret, hook.updated_at)
+            .await?
+        {
             return Err(not_found(id));
         }
         self.audit(ctx, "webhook.rotate_secret", &hook).await?;
@@ -465,14 +468,17 @@ impl MemoryService {
             "agent_id": scope.agent_id,
             "run_id": scope.run_id,
         });
-        // Every webhook whose scope overlaps the erased one hears of it (an
-        // operator's erasure of a user spans orgs).
+        // Every webhook whose scope overlaps the erased one hears of it —
+        // but an org-bound webhook only of an erasure that names its org (an
+        // operator's erasure of a user spans orgs, and no tenant may learn
+        // of another's ids).
         let store = self.store();
         let now = self.now();
         for hook in store.webhook_list().await? {
             let wants = hook.enabled
                 && hook.format == WebhookFormat::Engram
                 && hook.events.contains(&WebhookEvent::ScopeErased)
+                && (hook.scope.org_id.is_none() || hook.scope.org_id == scope.org_id)
                 && overlaps(&hook.scope, scope);
             if wants {
                 let body = envelope(WebhookEvent::ScopeErased, now, data.clone());
