@@ -76,7 +76,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ENGRAM_WEBHOOK_MAX_FAILURES", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub webhook_max_failures: u32,
-    /// Seconds one webhook delivery may take (connect, send, answer).
+    /// Seconds one webhook delivery may take (connect, send, answer); at
+    /// most half the job lease (`--job-lease-secs`).
     #[arg(long, env = "ENGRAM_WEBHOOK_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=120))]
     pub webhook_timeout_secs: u64,
@@ -115,14 +116,6 @@ impl ServeArgs {
                 "--insecure-no-auth turns authentication off, so it is only allowed on a loopback address; \
                  {} is not one. Create an API key (`engram keys create`) instead",
                 self.listen
-            );
-        }
-        if self.webhook_timeout_secs >= self.jobs.job_lease_secs {
-            bail!(
-                "--webhook-timeout-secs ({}) must be shorter than the job lease ({} s, --job-lease-secs): \
-                 a delivery still sending when its lease runs out would be sent twice",
-                self.webhook_timeout_secs,
-                self.jobs.job_lease_secs
             );
         }
         if self.max_body_bytes < 1024 {
@@ -241,7 +234,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         webhooks: engram_core::service::WebhookConfig {
             allow_private: args.allow_private_webhooks,
             max_failures: args.webhook_max_failures,
-            timeout: std::time::Duration::from_secs(args.webhook_timeout_secs),
+            // A delivery must end well inside its job's lease, or another
+            // worker would take it over and send it again.
+            timeout: std::time::Duration::from_secs(
+                args.webhook_timeout_secs
+                    .min((args.jobs.job_lease_secs / 2).max(1)),
+            ),
         },
     };
     // This process holds the data directory: jobs left running were orphaned
