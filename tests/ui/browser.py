@@ -21,6 +21,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import WebDriverWait
 
 BIN, MODEL = sys.argv[1], sys.argv[2]
@@ -242,7 +243,10 @@ def run(b, base, admin, alice, dead_job):
     check(len(rows) == 1, "the new key is listed")
     b.d.execute_script("window.confirm = () => true")
     rows[0].find_element(By.CSS_SELECTOR, "button.danger").click()
-    WebDriverWait(b.d, 30).until(lambda d: "revoked" in [r for r in d.find_elements(By.CSS_SELECTOR, "tbody tr") if "browser-suite" in r.text][0].text)
+    # The page reloads under the wait: rows read mid-reload are stale, so they are read again.
+    WebDriverWait(b.d, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: any("browser-suite" in r.text and "revoked" in r.text
+                      for r in d.find_elements(By.CSS_SELECTOR, "tbody tr")))
     try:
         api(base, secret, "GET", "/v1/memories?user_id=alice")
         check(False, "a revoked key is refused")
