@@ -194,7 +194,12 @@ pub fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
                 format!("{}-{i}", &node[node.len() - 8..]),
             )
             .with_pipeline(state.jobs.pipeline().cloned())
-            .with_webhooks(Some(state.webhooks.clone()));
+            .with_webhooks(
+                state
+                    .config
+                    .deliver_webhooks
+                    .then(|| state.webhooks.clone()),
+            );
             // Queue gauges are refreshed when /metrics is scraped, not per job.
             let (stop, ready) = (state.shutdown.clone(), state.job_ready.clone());
             tokio::spawn(async move {

@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub ui_sessions: ui::SessionConfig,
     /// Webhook delivery: private targets, failures before disabling, timeout.
     pub webhooks: engram_core::service::WebhookConfig,
+    /// Whether this process's workers send webhook deliveries (`engram mcp`
+    /// on stdio leaves them to the servers, whose flags say where they may go).
+    pub deliver_webhooks: bool,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +99,7 @@ impl Default for ServerConfig {
             metrics_token: None,
             ui_sessions: ui::SessionConfig::default(),
             webhooks: engram_core::service::WebhookConfig::default(),
+            deliver_webhooks: true,
         }
     }
 }

@@ -1127,3 +1127,34 @@ async fn the_expiry_sweep_announces_what_it_removes() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
 }
+
+#[tokio::test]
+async fn workers_told_not_to_deliver_leave_deliveries_to_those_that_do() {
+    // `engram mcp` on stdio: workers that run adds but never send webhooks.
+    let mut cfg = config(true, 20);
+    cfg.workers = 1;
+    cfg.deliver_webhooks = false;
+    let w = world(cfg).await;
+    let (recv, url) = Receiver::start().await;
+    let admin = w.key(org("acme"), Role::Admin).await;
+    w.call(
+        &admin,
+        "POST",
+        "/v1/webhooks",
+        Some(json!({"url": url, "events": ["memory.created"]})),
+    )
+    .await;
+    let workers = engram_server::spawn_workers(&w.state);
+    w.add("Left for a server.", scope("acme", "u1")).await;
+    w.state.job_ready.notify_one();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(recv.got().is_empty());
+    assert_eq!(w.memory.store().webhook_pending().await.unwrap(), 1);
+    // A server's worker sends it.
+    w.drain(&w.runner("server")).await;
+    assert_eq!(recv.got().len(), 1);
+    w.state.shutdown.cancel();
+    for t in workers {
+        let _ = t.await;
+    }
+}

@@ -73,6 +73,8 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
             .workers
             .unwrap_or(if pipeline.is_some() { 2 } else { 0 }),
         jobs: args.jobs.config(),
+        // Deliveries wait for a server: its flags say which targets are allowed.
+        deliver_webhooks: false,
         ..ServerConfig::default()
     };
     let mut state = AppState::new(service.clone(), keys, config);

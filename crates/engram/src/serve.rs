@@ -241,6 +241,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     .min((args.jobs.job_lease_secs / 2).max(1)),
             ),
         },
+        deliver_webhooks: true,
     };
     // This process holds the data directory: jobs left running were orphaned
     // by a crash. (With Postgres other nodes may hold live leases: a dead
