@@ -8,17 +8,14 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use engram_core::access::{Principal, Role};
+use axum::http::StatusCode;
+use engram_core::access::Role;
 use engram_core::clock::SystemClock;
 use engram_core::ctx::RequestCtx;
 use engram_core::memory::Scope;
-use engram_core::service::{AddInput, Content, KeyService, MemoryService, NewKey};
+use engram_core::service::{AddInput, Content, KeyService, MemoryService};
 use engram_server::{AppState, ServerConfig, app};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 mod common;
 
@@ -56,17 +53,7 @@ fn user(u: &str) -> Scope {
 
 impl World {
     async fn key(&self, binding: Scope, role: Role) -> String {
-        let new = NewKey {
-            name: "t".into(),
-            role: Some(role),
-            binding,
-            rate_limit: None,
-        };
-        self.keys
-            .create(&Principal::operator(), new)
-            .await
-            .unwrap()
-            .1
+        common::key(&self.keys, binding, role).await
     }
 
     async fn call(
@@ -76,29 +63,7 @@ impl World {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {key}"));
-        let body = match body {
-            Some(b) => {
-                req = req.header("content-type", "application/json");
-                Body::from(b.to_string())
-            }
-            None => Body::empty(),
-        };
-        let resp = self
-            .router
-            .clone()
-            .oneshot(req.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        common::call(&self.router, key, method, path, body).await
     }
 
     async fn add(&self, text: &str, scope: Scope) -> String {

@@ -142,3 +142,58 @@ pub async fn scripted_pipeline(
     let pipeline = engram_core::pipeline::Pipeline::new(memory.clone(), Arc::new(chat));
     (llm, pipeline)
 }
+
+/// A new API key with `role` bound to `binding`, made by the operator.
+#[allow(dead_code)] // not every test binary asks
+pub async fn key(
+    keys: &engram_core::service::KeyService,
+    binding: engram_core::memory::Scope,
+    role: engram_core::access::Role,
+) -> String {
+    let new = engram_core::service::NewKey {
+        name: "test".into(),
+        role: Some(role),
+        binding,
+        rate_limit: None,
+    };
+    keys.create(&engram_core::access::Principal::operator(), new)
+        .await
+        .unwrap()
+        .1
+}
+
+/// One request through `router` as `key`, with an optional JSON body; the
+/// status and the JSON answer (`null` when it is not JSON).
+#[allow(dead_code)] // not every test binary asks
+pub async fn call(
+    router: &axum::Router,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {key}"));
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            axum::body::Body::from(b.to_string())
+        }
+        None => axum::body::Body::empty(),
+    };
+    let resp = router
+        .clone()
+        .oneshot(req.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}

@@ -22,7 +22,7 @@ use engram_core::ctx::RequestCtx;
 use engram_core::memory::{Scope, ScopeField};
 use engram_core::ports::WriteOp;
 use engram_core::service::{
-    AddInput, Content, JobConfig, JobRunner, KeyService, MemoryService, NewKey, UpdateInput,
+    AddInput, Content, JobConfig, JobRunner, KeyService, MemoryService, UpdateInput,
 };
 use engram_server::webhook_send::HttpSender;
 use engram_server::{AppState, ServerConfig, app};
@@ -162,17 +162,7 @@ pub fn org(org: &str) -> Scope {
 
 impl World {
     async fn key(&self, binding: Scope, role: Role) -> String {
-        let new = NewKey {
-            name: "hooks".into(),
-            role: Some(role),
-            binding,
-            rate_limit: None,
-        };
-        self.keys
-            .create(&Principal::operator(), new)
-            .await
-            .unwrap()
-            .1
+        common::key(&self.keys, binding, role).await
     }
 
     async fn call(
@@ -182,27 +172,7 @@ impl World {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {key}"));
-        let body = match body {
-            Some(b) => {
-                req = req.header("content-type", "application/json");
-                Body::from(b.to_string())
-            }
-            None => Body::empty(),
-        };
-        let resp = self
-            .router
-            .clone()
-            .oneshot(req.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
+        common::call(&self.router, key, method, path, body).await
     }
 
     async fn add(&self, text: &str, scope: Scope) -> uuid::Uuid {
