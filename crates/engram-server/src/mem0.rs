@@ -310,6 +310,12 @@ fn history_json(h: HistoryEvent) -> Value {
     })
 }
 
+/// `raw` as an id; anything but a UUID names nothing: 404 saying `missing()`.
+pub(crate) fn id_or(raw: &str, missing: impl FnOnce() -> String) -> Mem0Result<uuid::Uuid> {
+    raw.parse()
+        .map_err(|_| Mem0Error::from(engram_core::Error::not_found(missing())))
+}
+
 fn uuid(id: &str) -> Mem0Result<uuid::Uuid> {
     // Any id that is not a UUID names no memory.
     id.parse()

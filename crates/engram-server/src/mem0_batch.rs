@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::mem0::{Body, Mem0Result, invalid, string, update_input};
+use crate::mem0::{Body, Mem0Result, id_or, invalid, string, update_input};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -34,10 +34,8 @@ fn items(b: &Map<String, Value>) -> Mem0Result<Vec<(uuid::Uuid, &Map<String, Val
             };
             let raw = string(obj, "memory_id")?
                 .ok_or_else(|| invalid(format!("`memories[{i}].memory_id` is required")))?;
-            let id = raw.parse().map_err(|_| {
-                crate::mem0::Mem0Error::from(engram_core::Error::not_found(format!(
-                    "memory {raw} not found (`memories[{i}].memory_id`)"
-                )))
+            let id = id_or(&raw, || {
+                format!("memory {raw} not found (`memories[{i}].memory_id`)")
             })?;
             Ok((id, obj))
         })
@@ -77,11 +75,7 @@ async fn batch_delete(
 /// "VERY_NEGATIVE" | null, "feedback_reason"?}`.
 async fn feedback(State(app): State<AppState>, Caller(ctx): Caller, Body(b): Body) -> Mem0Result {
     let raw = string(&b, "memory_id")?.ok_or_else(|| invalid("`memory_id` is required"))?;
-    let id = raw.parse().map_err(|_| {
-        crate::mem0::Mem0Error::from(engram_core::Error::not_found(format!(
-            "memory {raw} not found"
-        )))
-    })?;
+    let id = id_or(&raw, || format!("memory {raw} not found"))?;
     let rating = string(&b, "feedback")?
         .map(|f| engram_core::memory::Feedback::parse(&f))
         .transpose()?;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::mem0::{Body, Mem0Result, invalid, string};
+use crate::mem0::{Body, Mem0Result, id_or, invalid, string};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -62,11 +62,7 @@ fn webhook_json(w: &Webhook) -> Value {
 }
 
 fn id(raw: &str) -> Mem0Result<uuid::Uuid> {
-    raw.parse().map_err(|_| {
-        crate::mem0::Mem0Error::from(engram_core::Error::not_found(format!(
-            "webhook {raw} not found"
-        )))
-    })
+    id_or(raw, || format!("webhook {raw} not found"))
 }
 
 async fn list(

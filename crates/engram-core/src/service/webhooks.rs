@@ -108,6 +108,13 @@ fn not_found(id: Uuid) -> Error {
     Error::not_found(format!("webhook {id} not found"))
 }
 
+/// Each event once, in their declared order.
+fn distinct(mut events: Vec<WebhookEvent>) -> Vec<WebhookEvent> {
+    events.sort_by_key(|e| *e as u8);
+    events.dedup();
+    events
+}
+
 fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
     match value {
         Some(v) if v.len() > max => Err(Error::invalid(format!(
@@ -179,9 +186,7 @@ impl WebhookService {
             ));
         }
         let now = self.memory.now();
-        let mut events = new.events;
-        events.sort_by_key(|e| *e as u8);
-        events.dedup();
+        let events = distinct(new.events);
         let hook = Webhook {
             id: Uuid::now_v7(),
             url,
@@ -226,13 +231,11 @@ impl WebhookService {
         if let Some(url) = patch.url {
             hook.url = self.check_target(&url).await?;
         }
-        if let Some(mut events) = patch.events {
+        if let Some(events) = patch.events {
             if events.is_empty() && hook.format == WebhookFormat::Engram {
                 return Err(Error::invalid("`events` names no event"));
             }
-            events.sort_by_key(|e| *e as u8);
-            events.dedup();
-            hook.events = events;
+            hook.events = distinct(events);
         }
         check_text("name", patch.name.as_deref(), MAX_NAME)?;
         check_text("description", patch.description.as_deref(), MAX_DESCRIPTION)?;
@@ -437,10 +440,22 @@ impl MemoryService {
         scope: &Scope,
         data: Value,
     ) -> Result<()> {
+        self.emit_to(event, scope, data, |h| h.wants(event, scope))
+            .await
+    }
+
+    /// Queues `event` to every native webhook `reaches` accepts.
+    async fn emit_to(
+        &self,
+        event: WebhookEvent,
+        scope: &Scope,
+        data: Value,
+        reaches: impl Fn(&Webhook) -> bool,
+    ) -> Result<()> {
         let store = self.store();
         let now = self.now();
         for hook in store.webhook_list().await? {
-            if hook.format == WebhookFormat::Engram && hook.wants(event, scope) {
+            if hook.format == WebhookFormat::Engram && reaches(&hook) {
                 let body = envelope(event, now, data.clone());
                 store
                     .job_insert(&delivery_job(&hook, event, scope, body, None, now))
@@ -472,20 +487,13 @@ impl MemoryService {
         // but an org-bound webhook only of an erasure that names its org (an
         // operator's erasure of a user spans orgs, and no tenant may learn
         // of another's ids).
-        let store = self.store();
-        let now = self.now();
-        for hook in store.webhook_list().await? {
-            let wants = hook.enabled
-                && hook.format == WebhookFormat::Engram
-                && hook.events.contains(&WebhookEvent::ScopeErased)
-                && (hook.scope.org_id.is_none() || hook.scope.org_id == scope.org_id)
-                && overlaps(&hook.scope, scope);
-            if wants {
-                let body = envelope(WebhookEvent::ScopeErased, now, data.clone());
-                let job = delivery_job(&hook, WebhookEvent::ScopeErased, scope, body, None, now);
-                store.job_insert(&job).await?;
-            }
-        }
-        Ok(())
+        let event = WebhookEvent::ScopeErased;
+        self.emit_to(event, scope, data, |h| {
+            h.enabled
+                && h.events.contains(&event)
+                && (h.scope.org_id.is_none() || h.scope.org_id == scope.org_id)
+                && overlaps(&h.scope, scope)
+        })
+        .await
     }
 }
