@@ -292,15 +292,20 @@ impl JobStore for PgStore {
         row.as_ref().map(row_to_job).transpose()
     }
 
-    async fn job_list(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
+    async fn job_list(
+        &self,
+        state: Option<JobState>,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
         let client = self.client().await?;
         let rows = client
             .query(
                 &format!(
                     "SELECT {COLUMNS} FROM jobs WHERE ($1::text IS NULL OR state = $1::text) \
-                     ORDER BY created_at DESC, id DESC LIMIT $2"
+                     AND ($3::text IS NULL OR kind = $3::text) ORDER BY created_at DESC, id DESC LIMIT $2"
                 ),
-                &[&state.map(JobState::as_str), &(limit as i64)],
+                &[&state.map(JobState::as_str), &(limit as i64), &kind],
             )
             .await
             .map_err(pg_err)?;

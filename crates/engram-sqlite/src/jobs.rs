@@ -226,16 +226,22 @@ impl JobStore for SqliteStore {
         self.read(move |conn, _| get(conn, id)).await
     }
 
-    async fn job_list(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
+    async fn job_list(
+        &self,
+        state: Option<JobState>,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        let kind = kind.map(str::to_owned);
         self.read(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) \
-                     ORDER BY created_at DESC, id DESC LIMIT ?2"
+                     AND (?3 IS NULL OR kind = ?3) ORDER BY created_at DESC, id DESC LIMIT ?2"
                 ))
                 .map_err(db_err)?;
             let mut rows = stmt
-                .query(params![state.map(JobState::as_str), limit as i64])
+                .query(params![state.map(JobState::as_str), limit as i64, kind])
                 .map_err(db_err)?;
             let mut out = Vec::new();
             while let Some(r) = rows.next().map_err(db_err)? {

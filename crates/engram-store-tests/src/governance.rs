@@ -224,7 +224,7 @@ pub async fn erasure_stays_within_the_binding(f: Fixture) {
     assert_eq!(left, vec![in_a2.id, no_app.id, globex.id]);
     assert!(f.store.history(in_a1.id).await.unwrap().is_empty());
     assert_eq!(f.store.history(in_a2.id).await.unwrap().len(), 1);
-    let jobs = f.store.job_list(None, 10).await.unwrap();
+    let jobs = f.store.job_list(None, None, 10).await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].scope.app_id.as_deref(), Some("a2"));
     let usage = f.store.usage(10).await.unwrap();

@@ -176,9 +176,16 @@ pub async fn jobs_lease_finish_retry_and_dead_letter(f: Fixture) {
         (counts.done, counts.dead, counts.queued, counts.running),
         (1, 1, 0, 0)
     );
-    let dead = f.store.job_list(Some(JobState::Dead), 10).await.unwrap();
+    let dead = f
+        .store
+        .job_list(Some(JobState::Dead), None, 10)
+        .await
+        .unwrap();
     assert_eq!(dead.iter().map(|j| j.id).collect::<Vec<_>>(), vec![j2.id]);
-    assert_eq!(f.store.job_list(None, 10).await.unwrap().len(), 2);
+    assert_eq!(f.store.job_list(None, None, 10).await.unwrap().len(), 2);
+    let of_kind = |kind| f.store.job_list(None, Some(kind), 10);
+    assert_eq!(of_kind("add").await.unwrap().len(), 2);
+    assert!(of_kind("webhook").await.unwrap().is_empty());
     assert!(f.store.job_requeue(j2.id, at(100)).await.unwrap());
     assert!(
         !f.store.job_requeue(j2.id, at(100)).await.unwrap(),

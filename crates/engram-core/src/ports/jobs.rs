@@ -131,8 +131,14 @@ pub trait JobStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<bool>;
     async fn job_get(&self, id: Uuid) -> Result<Option<Job>>;
-    /// Jobs in `state` (all states with `None`), newest first.
-    async fn job_list(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>>;
+    /// Jobs in `state` (all states with `None`) of `kind` (every kind with
+    /// `None`), newest first.
+    async fn job_list(
+        &self,
+        state: Option<JobState>,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>>;
     /// `dead` → `queued` with its attempts reset. False unless it was dead.
     async fn job_requeue(&self, id: Uuid, now: Timestamp) -> Result<bool>;
     async fn job_counts(&self) -> Result<JobCounts>;

@@ -265,9 +265,13 @@ impl JobQueue {
                 format!("`limit` must be between 1 and {}", MAX_PAGE),
             ));
         }
-        let mut jobs = self.memory.store().job_list(state, 10 * limit).await?;
         // Webhook deliveries are listed with their webhook, not here.
-        jobs.retain(|j| j.kind != DELIVERY_KIND && ctx.principal.covers(&j.scope));
+        let mut jobs = self
+            .memory
+            .store()
+            .job_list(state, Some("add"), 10 * limit)
+            .await?;
+        jobs.retain(|j| ctx.principal.covers(&j.scope));
         jobs.truncate(limit);
         Ok(jobs)
     }

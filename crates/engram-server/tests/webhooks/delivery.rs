@@ -150,7 +150,7 @@ async fn every_change_is_delivered_signed_in_order_and_only_inside_the_scope() {
         "a settings change after the rotation kept the new secret"
     );
     // Delivered: the queue keeps no memory text, and /v1/jobs shows no delivery.
-    let jobs = w.memory.store().job_list(None, 1000).await.unwrap();
+    let jobs = w.memory.store().job_list(None, None, 1000).await.unwrap();
     let deliveries: Vec<_> = jobs.iter().filter(|j| j.kind == "webhook").collect();
     assert_eq!(deliveries.len(), 5);
     for j in &deliveries {
