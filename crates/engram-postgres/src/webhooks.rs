@@ -64,10 +64,13 @@ pub(crate) async fn enabled(
         .collect::<Result<Vec<_>>>()?)
 }
 
-async fn write_row(client: &impl GenericClient, sql: &str, w: &Webhook) -> Result<u64> {
+async fn insert(client: &impl GenericClient, w: &Webhook) -> Result<u64> {
     client
         .execute(
-            sql,
+            &format!(
+                "INSERT INTO webhooks ({COLUMNS}) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+            ),
             &[
                 &w.id,
                 &w.url,
@@ -118,16 +121,7 @@ fn row_to_attempt(row: &Row) -> Result<DeliveryAttempt> {
 impl WebhookStore for PgStore {
     async fn webhook_insert(&self, hook: &Webhook) -> Result<()> {
         let client = self.client().await?;
-        write_row(
-            &**client,
-            &format!(
-                "INSERT INTO webhooks ({COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
-            ),
-            hook,
-        )
-        .await
-        .map(drop)
+        insert(&**client, hook).await.map(drop)
     }
 
     async fn webhook_get(&self, id: Uuid) -> Result<Option<Webhook>> {

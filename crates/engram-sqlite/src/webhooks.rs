@@ -71,8 +71,11 @@ fn query(conn: &Connection, clause: &str) -> Result<Vec<Webhook>> {
     Ok(out)
 }
 
-fn write_row(conn: &Connection, sql: &str, w: &Webhook) -> Result<usize> {
-    conn.prepare_cached(sql)
+fn insert(conn: &Connection, w: &Webhook) -> Result<usize> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO webhooks ({COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+    ))
         .and_then(|mut stmt| {
             stmt.execute(params![
                 w.id.to_string(),
@@ -125,18 +128,7 @@ fn row_to_attempt(row: &rusqlite::Row<'_>) -> Result<DeliveryAttempt> {
 impl WebhookStore for SqliteStore {
     async fn webhook_insert(&self, hook: &Webhook) -> Result<()> {
         let hook = hook.clone();
-        self.write(move |conn| {
-            write_row(
-                conn,
-                &format!(
-                    "INSERT INTO webhooks ({COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-                ),
-                &hook,
-            )
-            .map(drop)
-        })
-        .await
+        self.write(move |conn| insert(conn, &hook).map(drop)).await
     }
 
     async fn webhook_get(&self, id: Uuid) -> Result<Option<Webhook>> {
