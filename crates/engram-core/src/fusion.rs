@@ -254,10 +254,73 @@ pub fn score_entities(
     out
 }
 
+/// BM25's term-frequency saturation and length normalisation (Lucene's and
+/// SQLite FTS5's defaults).
+const BM25_K1: f32 = 1.2;
+const BM25_B: f32 = 0.75;
+
+/// BM25 over the filtered set from each query term's matches in it:
+/// `matches[t]` lists `(row, length in tokens)` of the memories holding
+/// term `t`. A term's document frequency is its match count in the
+/// filtered set of `n` memories, so one tenant's vocabulary never weighs
+/// another's ranking; `avg_len` normalises lengths. Memories are
+/// short: a term counts once per memory. Best `k` first; among equals the
+/// newer row.
+pub fn score_keywords(matches: &[Vec<(i64, u32)>], n: usize, avg_len: f32, k: usize) -> Vec<(i64, f32)> {
+    let n = matches
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0)
+        .max(n)
+        .max(1) as f32;
+    let avg_len = avg_len.max(1.0);
+    let mut scores: HashMap<i64, f32> = HashMap::new();
+    for term in matches {
+        let df = term.len() as f32;
+        if df == 0.0 {
+            continue;
+        }
+        let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+        for &(row, len) in term {
+            let norm = 1.0 - BM25_B + BM25_B * len.max(1) as f32 / avg_len;
+            *scores.entry(row).or_default() += idf * (BM25_K1 + 1.0) / (1.0 + BM25_K1 * norm);
+        }
+    }
+    let mut out: Vec<(i64, f32)> = scores.into_iter().collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    out.truncate(k);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::SignalWeights;
+
+    #[test]
+    fn keyword_scores_favour_rare_terms_short_memories_and_more_terms() {
+        // 100 memories; "ramen" in rows 1 and 2, "dinner" in row 1 and 39 others.
+        let ramen = vec![(1, 10), (2, 10)];
+        let dinner: Vec<(i64, u32)> = std::iter::once(1)
+            .chain(3..=41)
+            .map(|r| (r, 10))
+            .collect();
+        let s = score_keywords(&[ramen.clone(), dinner.clone()], 100, 10.0, 100);
+        assert_eq!(s[0].0, 1, "both terms first");
+        assert_eq!(s[1].0, 2, "the rare term next");
+        let at = |row| s.iter().find(|(r, _)| *r == row).unwrap().1;
+        assert!(at(2) > at(3), "a rare term outweighs a common one");
+        assert!(at(3) > 0.0);
+        // A longer memory with the same match scores less.
+        let s = score_keywords(&[vec![(7, 5), (8, 40)]], 100, 10.0, 10);
+        assert_eq!(s[0].0, 7);
+        assert!(s[0].1 > s[1].1);
+        // Ties: the newer row first; k bounds the answer.
+        let s = score_keywords(&[vec![(3, 10), (9, 10)]], 100, 10.0, 1);
+        assert_eq!(s, vec![(9, s[0].1)]);
+        assert!(score_keywords(&[], 10, 10.0, 5).is_empty());
+    }
 
     fn cfg(fusion: FusionMethod) -> RetrievalConfig {
         RetrievalConfig {

@@ -23,11 +23,22 @@ fn entry(rowid: i64, m: &Memory) -> Entry {
 pub struct Catalog {
     rows: HashMap<i64, Arc<Memory>>,
     current: HashMap<MemoryId, i64>,
+    /// Sum of `tokens` over `rows`: the average length keyword scoring uses.
+    tokens: u64,
     /// Per scope field, per id: that scope's memories in time order.
     postings: [HashMap<String, BTreeSet<Entry>>; 5],
 }
 
 impl Catalog {
+    /// An empty catalog with room for `n` memories.
+    pub fn with_capacity(n: usize) -> Catalog {
+        Catalog {
+            rows: HashMap::with_capacity(n),
+            current: HashMap::with_capacity(n),
+            ..Catalog::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -44,7 +55,10 @@ impl Catalog {
         {
             self.remove_row(old);
         }
-        self.rows.insert(rowid, memory);
+        self.tokens += u64::from(memory.tokens);
+        if let Some(replaced) = self.rows.insert(rowid, memory) {
+            self.tokens -= u64::from(replaced.tokens);
+        }
     }
 
     pub fn remove(&mut self, rowid: i64) {
@@ -60,6 +74,7 @@ impl Catalog {
         let Some(memory) = self.rows.remove(&rowid) else {
             return;
         };
+        self.tokens -= u64::from(memory.tokens);
         for (field, value) in memory.scope.iter() {
             let postings = &mut self.postings[field.index()];
             if let Some(set) = postings.get_mut(value) {
@@ -69,6 +84,20 @@ impl Catalog {
                 }
             }
         }
+    }
+
+    /// The average length in tokens of the memories held.
+    pub fn average_tokens(&self) -> f32 {
+        self.tokens as f32 / self.rows.len().max(1) as f32
+    }
+
+    /// The length in tokens of `rowid` if it is a current, unexpired
+    /// version matching `filter`.
+    pub fn matching_tokens(&self, rowid: i64, filter: &Filter, now: Timestamp) -> Option<u32> {
+        self.rows
+            .get(&rowid)
+            .filter(|m| m.is_live(now) && filter.matches(m.as_ref()))
+            .map(|m| m.tokens)
     }
 
     pub fn get(&self, id: MemoryId) -> Option<&Arc<Memory>> {

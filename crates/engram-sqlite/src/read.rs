@@ -248,7 +248,17 @@ pub(crate) fn load_current(
     config: IndexConfig,
 ) -> Result<(Catalog, VectorIndex)> {
     let index = VectorIndex::new(dim, config).map_err(idx_err)?;
-    let mut catalog = Catalog::default();
+    // Sized up front: growing by doubling would hold two copies at the peak.
+    let current: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM memories WHERE invalid_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let current = usize::try_from(current).unwrap_or(0);
+    index.reserve(current);
+    let mut catalog = Catalog::with_capacity(current);
     let mut stmt = conn
         .prepare(&format!(
             "SELECT {COLUMNS}, embedding FROM memories WHERE invalid_at IS NULL"

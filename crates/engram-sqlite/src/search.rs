@@ -89,6 +89,21 @@ pub(crate) async fn vector_scores(
         .await
 }
 
+/// A term's matches read per search, newest first: bounds the cost of a
+/// common term in a large scope (its document frequency then counts as
+/// this many, which only understates how common it is).
+const TERM_MATCHES: i64 = 2_000;
+/// Query terms looked up per search.
+const MAX_TERMS: usize = 16;
+
+/// BM25 over the filtered set. FTS5 finds each term's matches inside the
+/// scope (its scope tokens ANDed with the term, which FTS5 answers by
+/// seeking through both posting lists); the scoring is ours
+/// ([`score_keywords`](engram_core::fusion::score_keywords)): the filtered
+/// set's size and each term's matches in it as statistics, lengths from
+/// the catalog. FTS5's `bm25()` would instead count each term over the
+/// whole table and read every match's length from disk, a cost that grows
+/// with the store, not the scope.
 pub(crate) async fn keyword_search(
     store: &SqliteStore,
     filter: &Filter,
@@ -104,48 +119,61 @@ pub(crate) async fn keyword_search(
         .into_iter()
         .map(|(f, v)| scope_token(f, v))
         .collect();
-    let text = terms
+    let queries: Vec<String> = terms
         .iter()
-        .map(|t| fts_quote(t))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let query = if scope.is_empty() {
-        format!("text : ({text})")
-    } else {
-        format!("scope : ({}) AND text : ({text})", scope.join(" AND "))
-    };
-    // Over-fetch: closed or expired versions and non-scope conditions are filtered afterwards.
-    let fetch = if scope.is_empty() {
-        k * 10 + 50
-    } else {
-        k * 2 + 20
-    };
-    let hits: Vec<(i64, f64)> = store
+        .take(MAX_TERMS)
+        .map(|t| {
+            if scope.is_empty() {
+                format!("text : {}", fts_quote(t))
+            } else {
+                format!("scope : ({}) AND text : {}", scope.join(" AND "), fts_quote(t))
+            }
+        })
+        .collect();
+    let per_term: Vec<Vec<i64>> = store
         .read(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT rowid, bm25(memories_fts, 1.0, 0.0) AS r FROM memories_fts \
-                     WHERE memories_fts MATCH ?1 ORDER BY r LIMIT ?2",
+                    "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1 \
+                     ORDER BY rowid DESC LIMIT ?2",
                 )
                 .map_err(db_err)?;
-            let rows = stmt
-                .query_map(params![query, fetch as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            queries
+                .iter()
+                .map(|q| {
+                    let rows = stmt
+                        .query_map(params![q, TERM_MATCHES], |r| r.get(0))
+                        .map_err(db_err)?;
+                    rows.collect::<rusqlite::Result<Vec<i64>>>().map_err(db_err)
+                })
+                .collect()
         })
         .await?;
     let filter = filter.clone();
     store
         .with_catalog(move |c, _| {
-            Ok(hits
+            // Closed or expired versions and non-scope conditions drop out here.
+            let matches: Vec<Vec<(i64, u32)>> = per_term
                 .into_iter()
-                .filter(|(rowid, _)| c.matches(*rowid, &filter, vis.now))
-                .filter_map(|(rowid, bm25)| c.id_of(rowid).map(|id| (id, -bm25 as f32)))
-                .take(k)
-                .collect())
+                .map(|rows| {
+                    rows.into_iter()
+                        .filter_map(|r| c.matching_tokens(r, &filter, vis.now).map(|t| (r, t)))
+                        .collect()
+                })
+                .collect();
+            let n = c.estimate(&filter);
+            Ok(
+                engram_core::fusion::score_keywords(&matches, n, c.average_tokens(), k)
+                    .into_iter()
+                    .filter_map(|(rowid, s)| c.id_of(rowid).map(|id| (id, s)))
+                    .collect(),
+            )
         })
         .await
 }
+
+/// An entity's mentions read per search in a large scope, newest first.
+const ENTITY_MATCHES: i64 = 5_000;
 
 pub(crate) async fn entity_search(
     store: &SqliteStore,
@@ -175,19 +203,28 @@ pub(crate) async fn entity_search(
         Some(rows) => rows,
         None => {
             let keys = keys.clone();
-            store.read(move |conn, _| {
-                let placeholders = vec!["?"; keys.len()].join(", ");
-                let mut stmt = conn
-                    .prepare(&format!(
-                        "SELECT key, memory FROM entities WHERE key IN ({placeholders}) ORDER BY memory DESC LIMIT 50000"
-                    ))
-                    .map_err(db_err)?;
-                let rows = stmt
-                    .query_map(rusqlite::params_from_iter(keys.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(db_err)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
-            })
-            .await?
+            store
+                .read(move |conn, _| {
+                    // Per key, its newest mentions: a bounded read however
+                    // common the entity (the scope filter applies after).
+                    let mut stmt = conn
+                        .prepare_cached(
+                            "SELECT memory FROM entities WHERE key = ?1 \
+                             ORDER BY memory DESC LIMIT ?2",
+                        )
+                        .map_err(db_err)?;
+                    let mut out = Vec::new();
+                    for key in &keys {
+                        let rows = stmt
+                            .query_map(params![key, ENTITY_MATCHES], |r| r.get::<_, i64>(0))
+                            .map_err(db_err)?;
+                        for row in rows {
+                            out.push((key.clone(), row.map_err(db_err)?));
+                        }
+                    }
+                    Ok(out)
+                })
+                .await?
         }
     };
     let filter = filter.clone();

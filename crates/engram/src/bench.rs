@@ -62,6 +62,14 @@ pub struct BenchArgs {
     /// Data directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
+    /// With `--data-dir`: search the memories a previous run loaded there
+    /// (no load; the figures that change the store are skipped).
+    #[arg(long, requires = "data_dir")]
+    pub reuse: bool,
+    /// Only the load, the search series and memory: no HTTP, dashboard,
+    /// ingest or sweep.
+    #[arg(long)]
+    pub quick: bool,
     /// Sentence-transformers model directory.
     #[arg(long, env = "ENGRAM_MODEL_DIR")]
     pub model_dir: Option<std::path::PathBuf>,
@@ -234,6 +242,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(engram_embed::default_model_dir);
     let embedder = load_embedder(model_dir).await?;
+    let t_open = Instant::now();
     let store = match &args.backend.store_url {
         Some(url) => crate::runtime::Backend::Postgres(
             engram_postgres::PgStore::connect(
@@ -252,6 +261,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let store_dyn: Arc<dyn Store> = store.store();
+    let open_secs = t_open.elapsed().as_secs_f64();
     let service = MemoryService::new(
         store_dyn.clone(),
         embedder.clone(),
@@ -302,7 +312,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let far = engram_core::clock::to_millis(now + jiff::SignedDuration::from_hours(24 * 365));
     let t_load = Instant::now();
     let mut batch = Vec::with_capacity(1000);
-    for i in 0..args.memories {
+    let to_load = if args.reuse { 0 } else { args.memories };
+    for i in 0..to_load {
         let (n, v, o, t) = (
             i % NAMES.len(),
             (i / 7) % VERBS.len(),
@@ -485,6 +496,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     say(format!(
         "list, agent scope, cursor pages of 100: {list_lat}"
     ));
+    if args.quick || args.reuse {
+        let (rss, peak) = rss_mib();
+        let report = json!({
+            "memories": args.memories,
+            "users": users,
+            "backend": store_dyn.backend(),
+            "open_seconds": (open_secs * 100.0).round() / 100.0,
+            "big_scope": {"name": "agent_id=assistant", "size": big_size, "path": big_path},
+            "load": (!args.reuse).then(|| json!({"seconds": (load_secs * 100.0).round() / 100.0,
+                "memories_per_second": (args.memories as f64 / load_secs).round()})),
+            "search_server_side_excluding_embedding": {"user_scope": user_lat, "user_scope_paths": user_paths, "agent_scope": agent_lat, "agent_scope_paths": agent_paths},
+            "list_page_agent_scope": list_lat,
+            "rss_mib": rss,
+            "peak_rss_mib": peak,
+        });
+        store_dyn.flush().await?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
 
     // Embedding alone (fresh texts, one at a time, as a query would be).
     let mut embed_ms = Vec::new();
@@ -687,6 +717,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "memories": args.memories,
         "users": users,
         "backend": store_dyn.backend(),
+        "open_seconds": (open_secs * 100.0).round() / 100.0,
         "big_scope": {"name": "agent_id=assistant", "size": big_size, "path": big_path},
         "load": {"seconds": (load_secs * 100.0).round() / 100.0, "memories_per_second": (args.memories as f64 / load_secs).round()},
         "search_server_side_excluding_embedding": {"user_scope": user_lat, "user_scope_paths": user_paths, "agent_scope": agent_lat, "agent_scope_paths": agent_paths},
