@@ -27,6 +27,8 @@ pub struct Catalog {
     tokens: u64,
     /// Per scope field, per id: that scope's memories in time order.
     postings: [HashMap<String, BTreeSet<Entry>>; 5],
+    /// Per scope field, per id: the sum of its memories' `tokens`.
+    scope_tokens: [HashMap<String, u64>; 5],
 }
 
 impl Catalog {
@@ -45,10 +47,15 @@ impl Catalog {
 
     pub fn insert(&mut self, rowid: i64, memory: Arc<Memory>) {
         for (field, value) in memory.scope.iter() {
-            self.postings[field.index()]
+            let fresh = self.postings[field.index()]
                 .entry(value.to_owned())
                 .or_default()
                 .insert(entry(rowid, &memory));
+            if fresh {
+                *self.scope_tokens[field.index()]
+                    .entry(value.to_owned())
+                    .or_default() += u64::from(memory.tokens);
+            }
         }
         if let Some(old) = self.current.insert(memory.id, rowid)
             && old != rowid
@@ -78,17 +85,36 @@ impl Catalog {
         for (field, value) in memory.scope.iter() {
             let postings = &mut self.postings[field.index()];
             if let Some(set) = postings.get_mut(value) {
-                set.remove(&entry(rowid, &memory));
+                let removed = set.remove(&entry(rowid, &memory));
                 if set.is_empty() {
                     postings.remove(value);
+                    self.scope_tokens[field.index()].remove(value);
+                } else if removed
+                    && let Some(sum) = self.scope_tokens[field.index()].get_mut(value)
+                {
+                    *sum = sum.saturating_sub(u64::from(memory.tokens));
                 }
             }
         }
     }
 
-    /// The average length in tokens of the memories held.
-    pub fn average_tokens(&self) -> f32 {
-        self.tokens as f32 / self.rows.len().max(1) as f32
+    /// The average length in tokens of the memories `filter`'s narrowest
+    /// scope ids hold (of every memory without a scope).
+    pub fn average_tokens(&self, filter: &Filter) -> f32 {
+        let (sum, n) = match filter.scope_plan() {
+            Some(plan) => plan
+                .narrowest(&|f, v| self.count(f, v))
+                .postings()
+                .iter()
+                .fold((0u64, 0usize), |(sum, n), (f, v)| {
+                    (
+                        sum + self.scope_tokens[f.index()].get(*v).copied().unwrap_or(0),
+                        n + self.count(*f, v),
+                    )
+                }),
+            None => (self.tokens, self.rows.len()),
+        };
+        sum as f32 / n.max(1) as f32
     }
 
     /// The length in tokens of `rowid` if it is a current, unexpired

@@ -163,7 +163,7 @@ pub(crate) async fn keyword_search(
                 .collect();
             let n = c.estimate(&filter);
             Ok(
-                engram_core::fusion::score_keywords(&matches, n, c.average_tokens(), k)
+                engram_core::fusion::score_keywords(&matches, n, c.average_tokens(&filter), k)
                     .into_iter()
                     .filter_map(|(rowid, s)| c.id_of(rowid).map(|id| (id, s)))
                     .collect(),

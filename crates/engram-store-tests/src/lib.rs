@@ -38,6 +38,7 @@ macro_rules! store_suite {
             filters_apply_to_reads,
             expired_memories_are_invisible,
             keyword_and_entity_ranking,
+            keyword_scores_ignore_other_scopes,
             neighbors_are_adjacent_turns_of_the_same_scope,
             stale_update_is_a_conflict,
             keys_round_trip,

@@ -277,6 +277,50 @@ pub async fn keyword_and_entity_ranking(f: Fixture) {
     assert!((vs[0].1 - 1.0).abs() < 1e-4 && vs[1].1.abs() < 1e-4);
 }
 
+/// A scope's keyword scores are its own: another tenant writing the same
+/// words (which would make them common store-wide) changes neither the
+/// scores nor the order. Global term statistics would leak one tenant's
+/// vocabulary into another's ranking.
+pub async fn keyword_scores_ignore_other_scopes(f: Fixture) {
+    bound(&f).await;
+    let mine = [
+        memory("Ramen night with miso broth", user("tenant-a"), 0),
+        memory("Miso soup recipe from Kyoto", user("tenant-a"), 1),
+        memory("The garden party was fun", user("tenant-a"), 2),
+        memory("Ramen shop near the office", user("tenant-a"), 3),
+    ];
+    f.store
+        .apply(
+            mine.iter()
+                .enumerate()
+                .map(|(i, m)| insert(m, vector(i, 0.0)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let scope = Filter::from_scope(&user("tenant-a"));
+    let terms = ["miso".to_owned(), "ramen".to_owned()];
+    let before = f.store.keyword_search(&scope, vis(), &terms, 10).await.unwrap();
+    assert_eq!(before.len(), 3);
+    assert_eq!(before[0].0, mine[0].id, "both words first");
+    let others: Vec<WriteOp> = (0..60)
+        .map(|i| {
+            let m = memory(
+                &format!("miso tasting number {i}"),
+                user("tenant-b"),
+                10 + i,
+            );
+            insert(&m, vector(i as usize % 4, 0.1))
+        })
+        .collect();
+    f.store.apply(others).await.unwrap();
+    let after = f.store.keyword_search(&scope, vis(), &terms, 10).await.unwrap();
+    assert_eq!(ids(&after), ids(&before));
+    for ((_, a), (_, b)) in before.iter().zip(&after) {
+        assert!((a - b).abs() < 1e-6, "score moved from {a} to {b}");
+    }
+}
+
 /// Neighbours are the turns just before and after in the same scope, within the time window.
 pub async fn neighbors_are_adjacent_turns_of_the_same_scope(f: Fixture) {
     bound(&f).await;
