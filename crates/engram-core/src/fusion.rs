@@ -266,7 +266,12 @@ const BM25_B: f32 = 0.75;
 /// another's ranking; `avg_len` normalises lengths. Memories are
 /// short: a term counts once per memory. Best `k` first; among equals the
 /// newer row.
-pub fn score_keywords(matches: &[Vec<(i64, u32)>], n: usize, avg_len: f32, k: usize) -> Vec<(i64, f32)> {
+pub fn score_keywords(
+    matches: &[Vec<(i64, u32)>],
+    n: usize,
+    avg_len: f32,
+    k: usize,
+) -> Vec<(i64, f32)> {
     let n = matches
         .iter()
         .map(Vec::len)
@@ -302,10 +307,7 @@ mod tests {
     fn keyword_scores_favour_rare_terms_short_memories_and_more_terms() {
         // 100 memories; "ramen" in rows 1 and 2, "dinner" in row 1 and 39 others.
         let ramen = vec![(1, 10), (2, 10)];
-        let dinner: Vec<(i64, u32)> = std::iter::once(1)
-            .chain(3..=41)
-            .map(|r| (r, 10))
-            .collect();
+        let dinner: Vec<(i64, u32)> = std::iter::once(1).chain(3..=41).map(|r| (r, 10)).collect();
         let s = score_keywords(&[ramen.clone(), dinner.clone()], 100, 10.0, 100);
         assert_eq!(s[0].0, 1, "both terms first");
         assert_eq!(s[1].0, 2, "the rare term next");

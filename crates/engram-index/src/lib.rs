@@ -300,7 +300,10 @@ impl VectorIndex {
     /// Cosine similarity (vectors are unit length) between `query` and `key`'s vector.
     pub fn similarity(&self, query: &[f32], key: u64) -> Option<f32> {
         let arena = self.arena_read();
-        arena.slots.get(&key).map(|&s| dot_f16(query, arena.vector(s)))
+        arena
+            .slots
+            .get(&key)
+            .map(|&s| dot_f16(query, arena.vector(s)))
     }
 
     /// Which path a filtered set of `estimated` vectors takes.

@@ -67,9 +67,9 @@ fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
     use std::arch::x86_64::{
-        __m128i, _mm_loadu_si128, _mm256_castps256_ps128, _mm256_cvtph_ps,
-        _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
-        _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps,
+        __m128i, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps, _mm_loadu_si128, _mm256_castps256_ps128,
+        _mm256_cvtph_ps, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_setzero_ps,
     };
     let n = a.len().min(b.len());
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -186,8 +186,14 @@ mod tests {
     #[test]
     fn i8_is_exact() {
         for n in [0, 1, 31, 32, 33, 384] {
-            let a: Vec<i8> = (0..n).map(|i| ((i * 37) % 255) as i32 - 127).map(|x| x as i8).collect();
-            let b: Vec<i8> = (0..n).map(|i| ((i * 11) % 255) as i32 - 127).map(|x| x as i8).collect();
+            let a: Vec<i8> = (0..n)
+                .map(|i| ((i * 37) % 255) as i32 - 127)
+                .map(|x| x as i8)
+                .collect();
+            let b: Vec<i8> = (0..n)
+                .map(|i| ((i * 11) % 255) as i32 - 127)
+                .map(|x| x as i8)
+                .collect();
             let naive: i32 = a.iter().zip(&b).map(|(x, y)| *x as i32 * *y as i32).sum();
             assert_eq!(dot_i8(&a, &b), naive, "n={n}");
         }

@@ -89,8 +89,7 @@ impl Catalog {
                 if set.is_empty() {
                     postings.remove(value);
                     self.scope_tokens[field.index()].remove(value);
-                } else if removed
-                    && let Some(sum) = self.scope_tokens[field.index()].get_mut(value)
+                } else if removed && let Some(sum) = self.scope_tokens[field.index()].get_mut(value)
                 {
                     *sum = sum.saturating_sub(u64::from(memory.tokens));
                 }

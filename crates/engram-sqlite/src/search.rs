@@ -126,7 +126,11 @@ pub(crate) async fn keyword_search(
             if scope.is_empty() {
                 format!("text : {}", fts_quote(t))
             } else {
-                format!("scope : ({}) AND text : {}", scope.join(" AND "), fts_quote(t))
+                format!(
+                    "scope : ({}) AND text : {}",
+                    scope.join(" AND "),
+                    fts_quote(t)
+                )
             }
         })
         .collect();

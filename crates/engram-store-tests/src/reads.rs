@@ -300,7 +300,11 @@ pub async fn keyword_scores_ignore_other_scopes(f: Fixture) {
         .unwrap();
     let scope = Filter::from_scope(&user("tenant-a"));
     let terms = ["miso".to_owned(), "ramen".to_owned()];
-    let before = f.store.keyword_search(&scope, vis(), &terms, 10).await.unwrap();
+    let before = f
+        .store
+        .keyword_search(&scope, vis(), &terms, 10)
+        .await
+        .unwrap();
     assert_eq!(before.len(), 3);
     assert_eq!(before[0].0, mine[0].id, "both words first");
     let others: Vec<WriteOp> = (0..60)
@@ -314,7 +318,11 @@ pub async fn keyword_scores_ignore_other_scopes(f: Fixture) {
         })
         .collect();
     f.store.apply(others).await.unwrap();
-    let after = f.store.keyword_search(&scope, vis(), &terms, 10).await.unwrap();
+    let after = f
+        .store
+        .keyword_search(&scope, vis(), &terms, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&after), ids(&before));
     for ((_, a), (_, b)) in before.iter().zip(&after) {
         assert!((a - b).abs() < 1e-6, "score moved from {a} to {b}");

@@ -50,6 +50,17 @@ pub struct BenchArgs {
     /// and deliveries per second, with a receiver on loopback.
     #[arg(long)]
     pub webhooks: bool,
+    /// Instead of the full run: `--clients` clients over HTTP for `--seconds`,
+    /// one request in five a single-text add, the rest searches (a store
+    /// starting empty).
+    #[arg(long)]
+    pub mixed: bool,
+    /// `--mixed`: concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// `--mixed`: how long to run.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
     /// `--webhooks`: memories added one at a time for the latency figure.
     #[arg(long, default_value_t = 300)]
     pub webhook_adds: usize,
@@ -79,7 +90,7 @@ pub struct BenchArgs {
     pub retrieval: RetrievalArgs,
 }
 
-const NAMES: &[&str] = &[
+pub(crate) const NAMES: &[&str] = &[
     "Alice",
     "Bob",
     "Carmen",
@@ -111,7 +122,7 @@ const NAMES: &[&str] = &[
     "Our neighbour",
     "The kids",
 ];
-const VERBS: &[&str] = &[
+pub(crate) const VERBS: &[&str] = &[
     "started learning",
     "stopped caring about",
     "is allergic to",
@@ -133,7 +144,7 @@ const VERBS: &[&str] = &[
     "recommended",
     "booked tickets for",
 ];
-const OBJECTS: &[&str] = &[
+pub(crate) const OBJECTS: &[&str] = &[
     "the violin",
     "Portuguese lessons",
     "peanuts",
@@ -175,7 +186,7 @@ const OBJECTS: &[&str] = &[
     "chess openings",
     "the apartment lease",
 ];
-const TIMES: &[&str] = &[
+pub(crate) const TIMES: &[&str] = &[
     "last week",
     "yesterday",
     "in March",
@@ -271,6 +282,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Arc::new(SystemClock),
     )
     .await?;
+    if args.mixed {
+        let keys = engram_core::service::KeyService::new(store.keys(), Arc::new(SystemClock));
+        let out =
+            crate::bench_mixed::run(store_dyn.clone(), service, keys, args.clients, args.seconds)
+                .await?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     if args.webhooks {
         let keys = engram_core::service::KeyService::new(store.keys(), Arc::new(SystemClock));
         let out = crate::bench_webhooks::run(

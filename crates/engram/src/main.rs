@@ -2,6 +2,7 @@
 //! `anyhow` lives here only; libraries return typed errors.
 
 mod bench;
+mod bench_mixed;
 mod bench_ui;
 mod bench_webhooks;
 mod cli;

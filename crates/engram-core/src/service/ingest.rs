@@ -19,6 +19,16 @@ use crate::telemetry;
 use crate::text;
 use crate::{Error, ErrorCode, Result};
 
+/// A verbatim add's pieces and their vectors, from one model.
+pub(super) struct Embedded {
+    embedder: std::sync::Arc<dyn crate::ports::Embedder>,
+    texts: Vec<String>,
+    vectors: Vec<Vec<f32>>,
+}
+
+/// How many times an add decides and writes before a conflict reaches the caller.
+const ADD_ATTEMPTS: u32 = 4;
+
 impl MemoryService {
     /// Stores messages or a text verbatim (no LLM): one memory per turn,
     /// long turns split by sentence, exact and near-duplicates in the same
@@ -37,10 +47,37 @@ impl MemoryService {
         ctx: &RequestCtx,
         inputs: Vec<AddInput>,
     ) -> Result<Vec<Vec<AddResult>>> {
-        let (ops, all_results) = self.prepare_add(ctx, inputs).await?;
-        if !ops.is_empty() {
-            self.inner.store.apply(ops).await?;
-        }
+        // A correction names the version it replaces. On this node, adds to
+        // one scope take turns from decision to commit; another node may
+        // still replace the version first: then decide again against what
+        // is stored now rather than fail the caller with a conflict.
+        ctx.principal.require(Role::ReadWrite, "adding memories")?;
+        let scopes: Vec<Scope> = inputs
+            .iter()
+            .map(|i| ctx.principal.bind_scope(i.scope.clone()))
+            .collect::<Result<_>>()?;
+        // The model runs before the turn is taken: adds to one scope wait
+        // for each other's decision and commit, not for each other's
+        // embedding (which concurrent adds share in batches).
+        let embedded = self.embed_verbatim(ctx, &inputs).await?;
+        let _turn = self.inner.add_locks.lock(&scopes).await;
+        let mut attempt = 1;
+        let all_results = loop {
+            let (ops, results) = self
+                .prepare_add_with(ctx, inputs.clone(), embedded.as_ref())
+                .await?;
+            if ops.is_empty() {
+                break results;
+            }
+            match self.inner.store.apply(ops).await {
+                Ok(()) => break results,
+                Err(e) if e.code == ErrorCode::Conflict && attempt < ADD_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "add raced another write; deciding again");
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // Saying a known fact again is a use of it.
         let repeated: Vec<MemoryId> = all_results
             .iter()
@@ -76,10 +113,45 @@ impl MemoryService {
         ctx: &RequestCtx,
         inputs: Vec<AddInput>,
     ) -> Result<(Vec<WriteOp>, Vec<Vec<AddResult>>)> {
+        self.prepare_add_with(ctx, inputs, None).await
+    }
+
+    /// The pieces of a verbatim add embedded ahead of its decision; `None`
+    /// when an input is procedural (those decide one at a time).
+    async fn embed_verbatim(
+        &self,
+        ctx: &RequestCtx,
+        inputs: &[AddInput],
+    ) -> Result<Option<Embedded>> {
+        if inputs.iter().any(|i| i.kind == MemoryKind::Procedural) {
+            return Ok(None);
+        }
+        let now = self.now();
+        let mut texts = Vec::new();
+        for input in inputs {
+            let mut input = input.clone();
+            input.scope = ctx.principal.bind_scope(input.scope)?;
+            texts.extend(self.pieces(&input, now)?.into_iter().map(|(_, t)| t));
+        }
+        let embedder = self.embedder();
+        let vectors = Self::embed_with(&*embedder, &texts).await?;
+        Ok(Some(Embedded {
+            embedder,
+            texts,
+            vectors,
+        }))
+    }
+
+    async fn prepare_add_with(
+        &self,
+        ctx: &RequestCtx,
+        inputs: Vec<AddInput>,
+        embedded: Option<&Embedded>,
+    ) -> Result<(Vec<WriteOp>, Vec<Vec<AddResult>>)> {
         ctx.principal.require(Role::ReadWrite, "adding memories")?;
         let procedural = |i: &AddInput| i.kind == MemoryKind::Procedural;
         if !inputs.iter().any(procedural) {
-            let (mut ops, results) = self.prepare_verbatim(ctx, inputs).await?;
+            let (mut ops, results) = self.prepare_verbatim(ctx, inputs, embedded).await?;
             self.cap_episodic(ctx, &mut ops).await?;
             return Ok((ops, results));
         }
@@ -91,7 +163,7 @@ impl MemoryService {
                 let (o, r) = self.prepare_procedural(ctx, input, None).await?;
                 (o, vec![r])
             } else {
-                let (o, mut r) = self.prepare_verbatim(ctx, vec![input]).await?;
+                let (o, mut r) = self.prepare_verbatim(ctx, vec![input], None).await?;
                 (o, r.pop().unwrap_or_default())
             };
             ops.extend(o);
@@ -106,6 +178,7 @@ impl MemoryService {
         &self,
         ctx: &RequestCtx,
         inputs: Vec<AddInput>,
+        embedded: Option<&Embedded>,
     ) -> Result<(Vec<WriteOp>, Vec<Vec<AddResult>>)> {
         let now = self.now();
         let mut prepared = Vec::with_capacity(inputs.len());
@@ -117,8 +190,16 @@ impl MemoryService {
             prepared.push((input, pieces));
         }
         // One model for the vectors and their label (a re-embedding may switch it meanwhile).
-        let embedder = self.embedder();
-        let mut vectors = Self::embed_with(&*embedder, &texts).await?.into_iter();
+        let (embedder, vectors) = match embedded {
+            // Embedded ahead for exactly these pieces.
+            Some(e) if e.texts == texts => (e.embedder.clone(), e.vectors.clone()),
+            _ => {
+                let embedder = self.embedder();
+                let vectors = Self::embed_with(&*embedder, &texts).await?;
+                (embedder, vectors)
+            }
+        };
+        let mut vectors = vectors.into_iter();
         let vis = Visibility { now };
         let threshold = self.inner.ingest.dedup_threshold;
         let mut ops = Vec::new();

@@ -24,6 +24,7 @@ use crate::memory::MemoryId;
 use crate::ports::{Embedder, Store, Visibility};
 use crate::{Error, ErrorCode, Result};
 
+mod embed_batch;
 mod governance;
 mod health;
 mod ingest;
@@ -36,6 +37,7 @@ mod portable;
 mod procedural;
 mod query_cache;
 mod reembed;
+mod scope_lock;
 mod search;
 mod types;
 mod webhooks;
@@ -78,6 +80,8 @@ struct Inner {
     ingest: IngestConfig,
     clock: Arc<dyn Clock>,
     lifecycle: LifecycleConfig,
+    /// Adds to one scope decide one at a time (`scope_lock.rs`).
+    add_locks: Arc<scope_lock::ScopeLocks>,
 }
 
 impl MemoryService {
@@ -105,6 +109,7 @@ impl MemoryService {
                 ingest,
                 clock,
                 lifecycle: LifecycleConfig::default(),
+                add_locks: Arc::default(),
             }),
         })
     }

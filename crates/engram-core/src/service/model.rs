@@ -15,6 +15,9 @@ pub(super) struct ModelSlot {
 
 impl ModelSlot {
     pub(super) fn new(embedder: Arc<dyn Embedder>, query_cache: usize) -> ModelSlot {
+        // Concurrent adds and fresh queries share the model's batches.
+        let embedder =
+            super::embed_batch::BatchingEmbedder::wrap(embedder, super::embed_batch::MAX_BATCH);
         let queries = Arc::new(QueryCache::new(embedder.clone(), query_cache));
         ModelSlot { embedder, queries }
     }
