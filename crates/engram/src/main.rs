@@ -45,7 +45,20 @@ fn parse() -> Result<
     Ok((cli, cmd, matches, file))
 }
 
+/// Threads the local embedding model computes with, unless
+/// `CANDLE_NUM_THREADS` says otherwise. One: candle's pool spin-waits for
+/// its workers, which under concurrent load burns the cores searches and
+/// batching need — one thread served 45% more adds in `engram bench
+/// --mixed` and embeds a lone query as fast; a bulk batch is ~16% slower
+/// (docs/benchmarks.md, "Concurrent adds").
+const MODEL_THREADS: &str = "1";
+
 fn main() -> std::process::ExitCode {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: the first statement of `main`, before any thread of this
+        // process exists that could read the environment concurrently.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", MODEL_THREADS) };
+    }
     let (cli, cmd, matches, file) = match parse() {
         Ok(parsed) => parsed,
         Err(e) => {
