@@ -280,10 +280,10 @@ impl PgStore {
             })
     }
 
-    /// How many current visible memories match, counting at most `cap`.
-    /// When the planner's row estimate is far above the cap (a big scope),
-    /// that is answer enough and nothing is counted; near or below it, the
-    /// rows are counted (up to `cap`), so small scopes are sized exactly.
+    /// How many current visible memories match. When the planner's row
+    /// estimate is far above `cap` (a big scope), that estimate is the
+    /// answer and nothing is counted; near or below it, the rows are
+    /// counted (up to `cap`), so small scopes are sized exactly.
     async fn estimate(
         &self,
         client: &impl GenericClient,
@@ -302,7 +302,7 @@ impl PgStore {
             .get(0);
         let planned = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
         if planned >= 2.0 * cap as f64 {
-            return Ok(cap);
+            return Ok(planned as usize);
         }
         let cap_p = p.push(cap as i64);
         let n: i64 = client
@@ -314,6 +314,36 @@ impl PgStore {
             .map_err(pg_err)?
             .get(0);
         Ok(n.max(0) as usize)
+    }
+
+    /// How many current visible memories match: counted up to `cap` (one
+    /// query for a small scope), the planner's estimate beyond it.
+    async fn size(
+        &self,
+        client: &impl GenericClient,
+        filter: &Filter,
+        vis: Visibility,
+        cap: usize,
+    ) -> Result<usize> {
+        let mut p = Params::default();
+        let live = live("", &mut p, ms(vis.now));
+        let cond = compile(filter, "", &mut p);
+        let select = format!("SELECT 1 FROM memories WHERE {live} AND {cond}");
+        let over = p.push(cap as i64 + 1);
+        let n: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM ({select} LIMIT {over}::bigint) t"),
+                &p.refs(),
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if n <= cap as i64 {
+            return Ok(n.max(0) as usize);
+        }
+        self.estimate(client, filter, vis, cap)
+            .await
+            .map(|e| e.max(cap + 1))
     }
 
     /// Runs `once` (one transaction) until it commits, again after a

@@ -8,7 +8,7 @@ use engram_core::Result;
 use engram_core::filter::Filter;
 use engram_core::fusion::Ranked;
 use engram_core::memory::MemoryId;
-use engram_core::ports::{Store, VectorHits, VectorPath, Visibility};
+use engram_core::ports::{VectorHits, VectorPath, Visibility};
 use pgvector::Vector;
 use tokio_postgres::Row;
 
@@ -142,14 +142,24 @@ pub(crate) async fn keyword_search(
         .map(|t| format!("plainto_tsquery('english', {}::text)", p.push(t.clone())))
         .collect::<Vec<_>>()
         .join(" || ");
+    let terms_p = p.push(terms.iter().take(MAX_TERMS).cloned().collect::<Vec<_>>());
     let live = live("m.", &mut p, ms(vis.now));
     let cond = compile(filter, "m.", &mut p);
+    let cap = p.push(TERM_MATCHES);
     let limit = p.push(k as i64);
+    // Candidates: per term, its newest matches in the scope (a bounded read
+    // however common the term); only they are ranked. `OFFSET 0` keeps the
+    // planner from walking the table newest first to serve the limit: the
+    // matches come from the text index (and the scope's), then are cut.
     let rows = client
         .query(
             &format!(
-                "SELECT m.id, ts_rank_cd(m.tsv, q.q, 1) AS r FROM memories m, (SELECT {query} AS q) q \
-                 WHERE m.tsv @@ q.q AND {live} AND {cond} \
+                "WITH c AS (SELECT DISTINCT x.rowid FROM unnest({terms_p}::text[]) AS t(term) \
+                 CROSS JOIN LATERAL (SELECT s.rowid FROM (SELECT m.rowid FROM memories m \
+                 WHERE m.tsv @@ plainto_tsquery('english', t.term) AND {live} AND {cond} \
+                 OFFSET 0) s ORDER BY s.rowid DESC LIMIT {cap}::bigint) x) \
+                 SELECT m.id, ts_rank_cd(m.tsv, q.q, 1) AS r FROM c JOIN memories m ON m.rowid = c.rowid, \
+                 (SELECT {query} AS q) q \
                  ORDER BY r DESC, m.rowid DESC LIMIT {limit}::bigint"
             ),
             &p.refs(),
@@ -160,6 +170,14 @@ pub(crate) async fn keyword_search(
         .map(|r| Ok((get(r, 0)?, get::<f32>(r, 1)?)))
         .collect()
 }
+
+/// A term's matches ranked per search, newest first: bounds the cost of a
+/// common term in a large scope.
+const TERM_MATCHES: i64 = 2_000;
+/// Query terms looked up per search.
+const MAX_TERMS: usize = 16;
+/// An entity's mentions read per search, newest first.
+const ENTITY_MATCHES: i64 = 5_000;
 
 pub(crate) async fn entity_search(
     store: &PgStore,
@@ -172,23 +190,34 @@ pub(crate) async fn entity_search(
         return Ok(Vec::new());
     }
     let client = store.client().await?;
-    // The filtered set's size weighs entity rarity (an index-only count).
-    let n = store.count(filter, vis).await?;
+    // The filtered set's size weighs entity rarity: counted when small,
+    // the planner's estimate when large (counting would cost the scope).
+    let n = store
+        .size(&**client, filter, vis, store.inner.options.exact_threshold)
+        .await?;
     let mut p = Params::default();
     let keys_p = p.push(keys.to_vec());
     let live = live("m.", &mut p, ms(vis.now));
     let cond = compile(filter, "m.", &mut p);
-    let rows = client
-        .query(
-            &format!(
-                "SELECT e.key, m.rowid, m.id FROM entities e JOIN memories m ON m.rowid = e.memory \
-                 WHERE e.key = ANY({keys_p}::text[]) AND {live} AND {cond} \
-                 ORDER BY m.rowid DESC LIMIT 50000"
-            ),
-            &p.refs(),
+    // A small scope is read from its own rows (the scope's index, then each
+    // row's entities); a large one per key, its newest mentions only — a
+    // bounded read however common the entity.
+    let sql = if n < store.inner.options.exact_threshold {
+        format!(
+            "SELECT e.key, m.rowid, m.id FROM entities e JOIN memories m ON m.rowid = e.memory \
+             WHERE e.key = ANY({keys_p}::text[]) AND {live} AND {cond}"
         )
-        .await
-        .map_err(pg_err)?;
+    } else {
+        let cap = p.push(ENTITY_MATCHES);
+        format!(
+            "SELECT k.key, x.rowid, x.id FROM unnest({keys_p}::text[]) AS k(key) \
+             CROSS JOIN LATERAL (SELECT m.rowid, m.id FROM entities e \
+             JOIN memories m ON m.rowid = e.memory \
+             WHERE e.key = k.key AND {live} AND {cond} \
+             ORDER BY e.memory DESC LIMIT {cap}::bigint) x"
+        )
+    };
+    let rows = client.query(&sql, &p.refs()).await.map_err(pg_err)?;
     let mut ids: HashMap<i64, MemoryId> = HashMap::with_capacity(rows.len());
     let mut pairs = Vec::with_capacity(rows.len());
     for r in &rows {

@@ -73,9 +73,9 @@ pub struct BenchArgs {
     /// Data directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
-    /// With `--data-dir`: search the memories a previous run loaded there
-    /// (no load; the figures that change the store are skipped).
-    #[arg(long, requires = "data_dir")]
+    /// Search the memories a previous run loaded into `--data-dir` or
+    /// `--store` (no load; the figures that change the store are skipped).
+    #[arg(long)]
     pub reuse: bool,
     /// Only the load, the search series and memory: no HTTP, dashboard,
     /// ingest or sweep.
@@ -238,6 +238,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(sizes) = args.crossover.clone() {
         return crossover(&args, &sizes);
     }
+    anyhow::ensure!(
+        !args.reuse || args.data_dir.is_some() || args.backend.store_url.is_some(),
+        "--reuse needs the --data-dir or --store a previous run loaded"
+    );
     let say = |msg: String| {
         if !args.json {
             eprintln!("{msg}");
