@@ -18,6 +18,7 @@
 mod audit;
 mod catalog;
 mod connect;
+mod graph_snapshot;
 mod jobs;
 mod keys;
 mod read;
@@ -82,6 +83,8 @@ struct Inner {
     /// Set when the model is bound; replaced whole when a re-embedding
     /// switches the model (under the writer lock).
     index: std::sync::RwLock<Option<Arc<VectorIndex>>>,
+    /// Whether opening loaded a saved graph rather than building it.
+    graph_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -150,6 +153,7 @@ impl SqliteStore {
                 readers: Mutex::new(readers),
                 catalog: std::sync::RwLock::new(Catalog::default()),
                 index: std::sync::RwLock::new(None),
+                graph_loaded: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         store.load()?;
@@ -173,10 +177,23 @@ impl SqliteStore {
         let dim: Option<usize> = meta_get(&conn, "embedding_dim")?.and_then(|d| d.parse().ok());
         let Some(dim) = dim else { return Ok(()) };
         let (catalog, index) = load_current(&conn, dim, self.inner.options.index)?;
+        let loaded = if self.inner.options.key.is_some() {
+            match graph_snapshot::load(&conn) {
+                Ok(Some(bytes)) => index.load_graph_bytes(&bytes).is_ok(),
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the graph snapshot; rebuilding");
+                    false
+                }
+            }
+        } else {
+            let graph_path = self.inner.dir.join(GRAPH_FILE);
+            graph_path.exists() && index.load_graph(&graph_path).is_ok()
+        };
         drop(conn);
-
-        let graph_path = self.inner.dir.join(GRAPH_FILE);
-        let loaded = graph_path.exists() && index.load_graph(&graph_path).is_ok();
+        self.inner
+            .graph_loaded
+            .store(loaded, std::sync::atomic::Ordering::Relaxed);
         if loaded {
             let added = index.index_pending().map_err(idx_err)?;
             tracing::info!(
@@ -218,16 +235,25 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Saves the HNSW graph beside the database — unless the database is
-    /// encrypted: the graph holds the vectors in the clear, so it is rebuilt
-    /// from the database at each start instead.
-    fn save_graph(&self, index: &VectorIndex) -> Result<()> {
+    /// Saves the HNSW graph beside the database — or, when the database is
+    /// encrypted (the graph holds the vectors in the clear), inside it
+    /// (`graph_snapshot.rs`). `conn` is the writer, held by the caller.
+    fn save_graph(&self, conn: &Connection, index: &VectorIndex) -> Result<()> {
         if self.inner.options.key.is_some() {
-            return Ok(());
+            return graph_snapshot::save(conn, index);
         }
         index
             .save_graph(&self.inner.dir.join(GRAPH_FILE))
             .map_err(idx_err)
+    }
+
+    /// Whether opening loaded the saved HNSW graph (the file beside a
+    /// plaintext database, the snapshot inside an encrypted one) rather
+    /// than building it from the table's vectors.
+    pub fn graph_loaded(&self) -> bool {
+        self.inner
+            .graph_loaded
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the database is encrypted (opened with a key).
@@ -359,12 +385,12 @@ impl SqliteStore {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             // No writes while the graph is rebuilt, so none is lost in the swap.
-            let _writer = lock(&store.inner.writer);
+            let writer = lock(&store.inner.writer);
             let index = store.index()?;
             index
                 .rebuild_graph(store.inner.options.build_threads)
                 .map_err(idx_err)?;
-            store.save_graph(&index)
+            store.save_graph(&writer, &index)
         })
         .await
         .map_err(|e| Error::internal(format!("rebuild task failed: {e}")))?
@@ -552,9 +578,9 @@ impl Store for SqliteStore {
     async fn flush(&self) -> Result<()> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
-            let _writer = lock(&store.inner.writer); // no writes while the graph is saved
+            let writer = lock(&store.inner.writer); // no writes while the graph is saved
             if let Some(index) = store.inner.index() {
-                store.save_graph(&index)?;
+                store.save_graph(&writer, &index)?;
             }
             Ok(())
         })
@@ -598,7 +624,7 @@ impl Store for SqliteStore {
                 index
                     .rebuild_graph(store.inner.options.build_threads)
                     .map_err(idx_err)?;
-                store.save_graph(&index)?;
+                store.save_graph(&conn, &index)?;
             }
             Ok(true)
         })

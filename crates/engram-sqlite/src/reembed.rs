@@ -167,6 +167,7 @@ impl ReembedStore for SqliteStore {
             // The saved graph holds the old vectors: gone before the commit,
             // so a crash in between cannot load it against the new ones.
             remove_graph_file(store.dir())?;
+            crate::graph_snapshot::clear(&tx)?;
             tx.commit().map_err(db_err)?;
             let index = Arc::new(index);
             *store.inner.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;

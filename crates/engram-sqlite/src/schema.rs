@@ -237,6 +237,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_ordering ON jobs (ordering, created_at) WHERE ordering IS NOT NULL;
     ALTER TABLE memories ADD COLUMN feedback TEXT;
     "#,
+    // 10: an encrypted store's HNSW graph, serialised in parts (graph_snapshot.rs).
+    r#"
+    CREATE TABLE graph_snapshot (
+        part INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -112,6 +112,33 @@ async fn an_encrypted_directory_holds_no_memory_text() {
     assert!(!holding(plain.path(), MARKER).is_empty());
 }
 
+/// An encrypted store keeps its graph inside the encrypted database, so a
+/// restart loads it instead of rebuilding it — and still no file holds the
+/// memory text or a plaintext graph.
+#[tokio::test]
+async fn an_encrypted_store_reloads_its_graph_from_inside_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    write_secret(dir.path(), Some(raw())).await;
+    let store = SqliteStore::open_async(dir.path().to_owned(), options(Some(raw())))
+        .await
+        .unwrap();
+    assert!(store.graph_loaded(), "the snapshot was loaded, not rebuilt");
+    drop(store);
+    assert!(!dir.path().join(GRAPH_FILE).exists());
+    assert_eq!(holding(dir.path(), MARKER), Vec::<String>::new());
+    assert_eq!(
+        read_secret(dir.path(), Some(raw())).await.unwrap(),
+        vec![SECRET]
+    );
+    // The plaintext store loads its file the same way.
+    let plain = tempfile::tempdir().unwrap();
+    write_secret(plain.path(), None).await;
+    let store = SqliteStore::open_async(plain.path().to_owned(), options(None))
+        .await
+        .unwrap();
+    assert!(store.graph_loaded());
+}
+
 #[test]
 fn keys_with_control_characters_are_refused() {
     assert!(DbKey::new("abc\u{0}def").is_err());
