@@ -186,14 +186,9 @@ mod tests {
     #[test]
     fn i8_is_exact() {
         for n in [0, 1, 31, 32, 33, 384] {
-            let a: Vec<i8> = (0..n)
-                .map(|i| ((i * 37) % 255) as i32 - 127)
-                .map(|x| x as i8)
-                .collect();
-            let b: Vec<i8> = (0..n)
-                .map(|i| ((i * 11) % 255) as i32 - 127)
-                .map(|x| x as i8)
-                .collect();
+            // Values in -127..=127: the casts are exact.
+            let a: Vec<i8> = (0..n).map(|i: i32| ((i * 37) % 255 - 127) as i8).collect();
+            let b: Vec<i8> = (0..n).map(|i: i32| ((i * 11) % 255 - 127) as i8).collect();
             let naive: i32 = a.iter().zip(&b).map(|(x, y)| *x as i32 * *y as i32).sum();
             assert_eq!(dot_i8(&a, &b), naive, "n={n}");
         }

@@ -52,9 +52,13 @@ impl Catalog {
                 .or_default()
                 .insert(entry(rowid, &memory));
             if fresh {
-                *self.scope_tokens[field.index()]
-                    .entry(value.to_owned())
-                    .or_default() += u64::from(memory.tokens);
+                let sums = &mut self.scope_tokens[field.index()];
+                match sums.get_mut(value) {
+                    Some(sum) => *sum += u64::from(memory.tokens),
+                    None => {
+                        sums.insert(value.to_owned(), u64::from(memory.tokens));
+                    }
+                }
             }
         }
         if let Some(old) = self.current.insert(memory.id, rowid)

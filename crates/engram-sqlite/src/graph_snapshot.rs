@@ -23,7 +23,8 @@ const PART: usize = 32 << 20;
 pub(crate) fn save(conn: &Connection, index: &VectorIndex) -> Result<()> {
     let bytes = index.graph_bytes().map_err(idx_err)?;
     let tx = conn.unchecked_transaction().map_err(db_err)?;
-    tx.execute("DELETE FROM graph_snapshot", []).map_err(db_err)?;
+    tx.execute("DELETE FROM graph_snapshot", [])
+        .map_err(db_err)?;
     {
         let mut insert = tx
             .prepare("INSERT INTO graph_snapshot (part, data) VALUES (?1, ?2)")
