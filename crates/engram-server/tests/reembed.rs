@@ -308,8 +308,10 @@ async fn serves_the_old_vectors_until_the_switch() {
         after.iter().map(|h| h.0).collect::<Vec<_>>(),
         before.iter().map(|h| h.0).collect::<Vec<_>>()
     );
+    // The node keeps vectors in half precision: a cosine moves by < 1e-3
+    // between two embeddings of one text, so scores agree to that.
     for (a, b) in after.iter().zip(&before) {
-        assert!((a.1 - b.1).abs() < 1e-4, "{after:?} vs {before:?}");
+        assert!((a.1 - b.1).abs() < 2e-3, "{after:?} vs {before:?}");
     }
     assert_eq!(
         search(&n.memory, "which instrument is Ann learning").await[0].0,
