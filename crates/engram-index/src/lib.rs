@@ -679,6 +679,14 @@ mod tests {
             .collect()
     }
 
+    /// `data` keyed by position, as the index takes it.
+    fn keyed(data: &[Vec<f32>]) -> Vec<(u64, &[f32])> {
+        data.iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.as_slice()))
+            .collect()
+    }
+
     fn build(n: usize) -> (VectorIndex, Vec<Vec<f32>>) {
         let data = vectors(n, 32, 7);
         let idx = VectorIndex::new(
@@ -689,11 +697,7 @@ mod tests {
             },
         )
         .unwrap();
-        let items: Vec<(u64, &[f32])> = data
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, v.as_slice()))
-            .collect();
+        let items = keyed(&data);
         idx.insert(&items).unwrap();
         (idx, data)
     }
@@ -737,11 +741,7 @@ mod tests {
     fn quantised_graph_top10_matches_exact_rescoring() {
         let data = vectors(3000, 384, 11);
         let idx = VectorIndex::new(384, IndexConfig::default()).unwrap();
-        let items: Vec<(u64, &[f32])> = data
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, v.as_slice()))
-            .collect();
+        let items = keyed(&data);
         idx.insert(&items).unwrap();
         let mut found = 0;
         for q in 0..50 {
@@ -795,11 +795,7 @@ mod tests {
         let path = dir.path().join("graph.usearch");
         idx.save_graph(&path).unwrap();
         let fresh = VectorIndex::new(32, IndexConfig::default()).unwrap();
-        let items: Vec<(u64, &[f32])> = data
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, v.as_slice()))
-            .collect();
+        let items = keyed(&data);
         fresh.insert_arena(&items).unwrap();
         fresh.insert_arena(&[(1000, data[0].as_slice())]).unwrap();
         fresh.load_graph(&path).unwrap();
@@ -817,11 +813,7 @@ mod tests {
         let (idx, data) = build(300);
         let bytes = idx.graph_bytes().unwrap();
         let fresh = VectorIndex::new(32, IndexConfig::default()).unwrap();
-        let items: Vec<(u64, &[f32])> = data
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, v.as_slice()))
-            .collect();
+        let items = keyed(&data);
         fresh.insert_arena(&items).unwrap();
         fresh.load_graph_bytes(&bytes).unwrap();
         assert_eq!(fresh.graph_len(), 300);

@@ -103,25 +103,18 @@ fn dot_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
 
 #[inline(always)]
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
-        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for i in chunks * 8..n {
-        sum += a[i] * b[i];
-    }
-    sum
+    dot_widened(a, b, |x| x)
 }
 
 #[inline(always)]
 fn dot_f16_portable(a: &[f32], b: &[f16]) -> f32 {
+    dot_widened(a, b, f16::to_f32)
+}
+
+/// The portable loop both float dots share: `b`'s elements widened to f32,
+/// eight independent accumulators.
+#[inline(always)]
+fn dot_widened<T: Copy>(a: &[f32], b: &[T], widen: impl Fn(T) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0.0f32; 8];
@@ -129,12 +122,12 @@ fn dot_f16_portable(a: &[f32], b: &[f16]) -> f32 {
     for i in 0..chunks {
         let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
         for j in 0..8 {
-            acc[j] += x[j] * y[j].to_f32();
+            acc[j] += x[j] * widen(y[j]);
         }
     }
     let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for i in chunks * 8..n {
-        sum += a[i] * b[i].to_f32();
+        sum += a[i] * widen(b[i]);
     }
     sum
 }

@@ -291,29 +291,11 @@ impl PgStore {
         vis: Visibility,
         cap: usize,
     ) -> Result<usize> {
-        let mut p = Params::default();
-        let live = live("", &mut p, ms(vis.now));
-        let cond = compile(filter, "", &mut p);
-        let select = format!("SELECT 1 FROM memories WHERE {live} AND {cond}");
-        let plan: serde_json::Value = client
-            .query_one(&format!("EXPLAIN (FORMAT JSON) {select}"), &p.refs())
-            .await
-            .map_err(pg_err)?
-            .get(0);
-        let planned = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
-        if planned >= 2.0 * cap as f64 {
-            return Ok(planned as usize);
+        let planned = planned_rows(client, filter, vis).await?;
+        if planned >= 2 * cap {
+            return Ok(planned);
         }
-        let cap_p = p.push(cap as i64);
-        let n: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM ({select} LIMIT {cap_p}::bigint) t"),
-                &p.refs(),
-            )
-            .await
-            .map_err(pg_err)?
-            .get(0);
-        Ok(n.max(0) as usize)
+        count_up_to(client, filter, vis, cap).await
     }
 
     /// How many current visible memories match: counted up to `cap` (one
@@ -325,25 +307,11 @@ impl PgStore {
         vis: Visibility,
         cap: usize,
     ) -> Result<usize> {
-        let mut p = Params::default();
-        let live = live("", &mut p, ms(vis.now));
-        let cond = compile(filter, "", &mut p);
-        let select = format!("SELECT 1 FROM memories WHERE {live} AND {cond}");
-        let over = p.push(cap as i64 + 1);
-        let n: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM ({select} LIMIT {over}::bigint) t"),
-                &p.refs(),
-            )
-            .await
-            .map_err(pg_err)?
-            .get(0);
-        if n <= cap as i64 {
-            return Ok(n.max(0) as usize);
+        let n = count_up_to(client, filter, vis, cap + 1).await?;
+        if n <= cap {
+            return Ok(n);
         }
-        self.estimate(client, filter, vis, cap)
-            .await
-            .map(|e| e.max(cap + 1))
+        Ok(planned_rows(client, filter, vis).await?.max(n))
     }
 
     /// Runs `once` (one transaction) until it commits, again after a
@@ -653,4 +621,50 @@ impl Store for PgStore {
         let client = self.client().await?;
         reembed::model_at(&**client, reembed::BOUND).await
     }
+}
+
+/// The current visible memories matching `filter`, as a `SELECT 1` and its parameters.
+fn matching(filter: &Filter, vis: Visibility) -> (String, Params) {
+    let mut p = Params::default();
+    let live = live("", &mut p, ms(vis.now));
+    let cond = compile(filter, "", &mut p);
+    (format!("SELECT 1 FROM memories WHERE {live} AND {cond}"), p)
+}
+
+/// The planner's estimate of how many memories match (`EXPLAIN`, nothing read).
+async fn planned_rows(
+    client: &impl GenericClient,
+    filter: &Filter,
+    vis: Visibility,
+) -> Result<usize> {
+    let (select, p) = matching(filter, vis);
+    let plan: serde_json::Value = client
+        .query_one(&format!("EXPLAIN (FORMAT JSON) {select}"), &p.refs())
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    Ok(plan[0]["Plan"]["Plan Rows"]
+        .as_f64()
+        .unwrap_or(0.0)
+        .max(0.0) as usize)
+}
+
+/// How many memories match, counting at most `limit`.
+async fn count_up_to(
+    client: &impl GenericClient,
+    filter: &Filter,
+    vis: Visibility,
+    limit: usize,
+) -> Result<usize> {
+    let (select, mut p) = matching(filter, vis);
+    let limit = p.push(limit as i64);
+    let n: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM ({select} LIMIT {limit}::bigint) t"),
+            &p.refs(),
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    Ok(n.max(0) as usize)
 }
