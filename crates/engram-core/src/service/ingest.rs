@@ -19,6 +19,11 @@ use crate::telemetry;
 use crate::text;
 use crate::{Error, ErrorCode, Result};
 
+/// An input's pieces: who said each (if a message named them) and its text.
+type Pieces = Vec<(Option<String>, String)>;
+/// An input (scope bound) with its pieces.
+type Split = (AddInput, Pieces);
+
 /// A verbatim add's pieces and their vectors, from one model.
 pub(super) struct Embedded {
     embedder: std::sync::Arc<dyn crate::ports::Embedder>,
@@ -126,13 +131,7 @@ impl MemoryService {
         if inputs.iter().any(|i| i.kind == MemoryKind::Procedural) {
             return Ok(None);
         }
-        let now = self.now();
-        let mut texts = Vec::new();
-        for input in inputs {
-            let mut input = input.clone();
-            input.scope = ctx.principal.bind_scope(input.scope)?;
-            texts.extend(self.pieces(&input, now)?.into_iter().map(|(_, t)| t));
-        }
+        let (_, texts) = self.split_verbatim(ctx, inputs.to_vec(), self.now())?;
         let embedder = self.embedder();
         let vectors = Self::embed_with(&*embedder, &texts).await?;
         Ok(Some(Embedded {
@@ -181,14 +180,7 @@ impl MemoryService {
         embedded: Option<&Embedded>,
     ) -> Result<(Vec<WriteOp>, Vec<Vec<AddResult>>)> {
         let now = self.now();
-        let mut prepared = Vec::with_capacity(inputs.len());
-        let mut texts: Vec<String> = Vec::new();
-        for mut input in inputs {
-            input.scope = ctx.principal.bind_scope(input.scope)?;
-            let pieces = self.pieces(&input, now)?;
-            texts.extend(pieces.iter().map(|(_, t)| t.clone()));
-            prepared.push((input, pieces));
-        }
+        let (prepared, texts) = self.split_verbatim(ctx, inputs, now)?;
         // One model for the vectors and their label (a re-embedding may switch it meanwhile).
         let (embedder, vectors) = match embedded {
             // Embedded ahead for exactly these pieces.
@@ -331,11 +323,27 @@ impl MemoryService {
     }
 
     /// Validates an add and splits its content into the texts to store, with their roles.
-    pub(super) fn pieces(
+    /// Each input bound to the caller's scope with its pieces (role, text),
+    /// and every piece's text in order: what a verbatim add embeds, whether
+    /// ahead of its turn (`embed_verbatim`) or inside it.
+    fn split_verbatim(
         &self,
-        input: &AddInput,
+        ctx: &RequestCtx,
+        inputs: Vec<AddInput>,
         now: Timestamp,
-    ) -> Result<Vec<(Option<String>, String)>> {
+    ) -> Result<(Vec<Split>, Vec<String>)> {
+        let mut prepared = Vec::with_capacity(inputs.len());
+        let mut texts = Vec::new();
+        for mut input in inputs {
+            input.scope = ctx.principal.bind_scope(input.scope)?;
+            let pieces = self.pieces(&input, now)?;
+            texts.extend(pieces.iter().map(|(_, t)| t.clone()));
+            prepared.push((input, pieces));
+        }
+        Ok((prepared, texts))
+    }
+
+    pub(super) fn pieces(&self, input: &AddInput, now: Timestamp) -> Result<Pieces> {
         input.scope.validate_for_write()?;
         if let Some(exp) = input.expires_at
             && exp <= now
